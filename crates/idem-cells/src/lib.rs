@@ -1,0 +1,13 @@
+//! idem's cells. A cell is the adapter for one (integration, operation) pair: it declares a
+//! profile (the three questions: key? lookup? human?) and implements `execute` and
+//! `reconcile`. It never decides whether a request may be sent; the worker does that with
+//! the core guard before it calls `execute`.
+
+pub mod cell;
+pub mod http;
+pub mod registry;
+pub mod stripe;
+
+pub use cell::{Attempt, Cell, InvalidArgs};
+pub use registry::Registry;
+pub use stripe::charge::StripeCharge;

@@ -1,0 +1,12 @@
+//! HTTP simulators of idem's partners. Each reproduces the documented semantics of
+//! `shared/partners.md` (status codes, error bodies, idempotency and lookup behaviour),
+//! keeps an **effect ledger** of every real effect it performed, and injects faults
+//! deterministically from a seed. Tests count effects here, from the partner's side.
+
+pub mod fault;
+pub mod server;
+pub mod stripe;
+
+pub use fault::{Fault, FaultRates};
+pub use server::SimServer;
+pub use stripe::{LedgerEntry, StripeSim, StripeSimConfig};

@@ -1,0 +1,13 @@
+//! idem's worker runtime, transport-agnostic, with the direct Postgres transport.
+//!
+//! Per action: receive (decode, match the inbox) → policy gate → write the attempt ahead and
+//! commit → call the partner → classify → settle with a compare-and-set. The sweeper drives
+//! expired leases, due retries and doubts on. Claims and settlements are batched: one
+//! transaction per batch, not per action.
+
+pub mod config;
+pub mod runtime;
+pub mod steps;
+
+pub use config::WorkerConfig;
+pub use runtime::{Delivery, Worker, WorkerError};

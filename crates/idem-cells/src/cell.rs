@@ -1,0 +1,53 @@
+//! The cell contract.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use idem_core::{ActionId, CellName, CellProfile, ExecOutcome, Verdict};
+
+/// The arguments do not fit the cell; the action goes to `dead` with this reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid arguments for {cell}: {reason}")]
+pub struct InvalidArgs {
+    pub cell: String,
+    pub reason: String,
+}
+
+/// One attempt as a cell sees it: written ahead and committed before `execute` runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    pub number: u32,
+    pub key: Option<String>,
+    pub started_at: DateTime<Utc>,
+    /// What the cell recorded before sending (e.g. a start time for list lookups).
+    pub pre_state: serde_json::Value,
+}
+
+#[async_trait]
+pub trait Cell: Send + Sync + std::fmt::Debug + 'static {
+    fn name(&self) -> &CellName;
+
+    fn profile(&self) -> &CellProfile;
+
+    /// Check the arguments before anything is written ahead.
+    fn validate(&self, args: &serde_json::Value) -> Result<(), InvalidArgs>;
+
+    /// The partner key for a key generation. Every attempt of one generation uses the same
+    /// key, so a same-key replay is byte-identical; a new generation gets a fresh key.
+    fn key(&self, action: ActionId, generation: u32) -> Option<String> {
+        self.profile().key.as_ref().map(|k| {
+            let key = format!("idem-{action}-g{generation}");
+            key.chars().take(k.max_len).collect()
+        })
+    }
+
+    /// State recorded with the attempt before it is sent, for reconciliation later.
+    fn pre_state(&self, now: DateTime<Utc>) -> serde_json::Value {
+        serde_json::json!({ "t0": now.timestamp() })
+    }
+
+    /// Send the request and classify the answer.
+    async fn execute(&self, action: ActionId, args: &serde_json::Value, attempt: &Attempt) -> ExecOutcome;
+
+    /// Ask the partner whether any of `attempts` had its effect.
+    async fn reconcile(&self, action: ActionId, args: &serde_json::Value, attempts: &[Attempt]) -> Verdict;
+}

@@ -1,0 +1,3 @@
+//! Stripe cells (partners.md §2, "Stripe").
+
+pub mod charge;

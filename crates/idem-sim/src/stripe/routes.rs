@@ -1,0 +1,427 @@
+//! Stripe's routes, as the simulator serves them.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::{Intent, KeyEntry, KeyState, LedgerEntry, RequestLog, StripeSim};
+use crate::{Fault, FaultRates};
+
+const CREATE: &str = "/v1/payment_intents";
+
+pub(super) fn router(sim: StripeSim) -> Router {
+    Router::new()
+        .route(CREATE, post(create).get(list))
+        .route("/v1/payment_intents/search", get(search))
+        .route("/v1/payment_intents/{id}", get(retrieve))
+        .route("/v1/payment_intents/{id}/confirm", post(confirm))
+        .route("/_sim/ledger", get(ledger))
+        .route("/_sim/requests", get(requests))
+        .route("/_sim/faults", post(set_faults))
+        .route("/_sim/script", post(script))
+        .with_state(sim)
+}
+
+fn error(status: StatusCode, body: Value) -> Response {
+    (status, Json(body)).into_response()
+}
+
+fn stripe_error(status: StatusCode, kind: &str, code: Option<&str>, message: &str) -> Value {
+    let mut e = json!({"type": kind, "message": message});
+    if let Some(c) = code {
+        e["code"] = json!(c);
+    }
+    let _ = status;
+    json!({ "error": e })
+}
+
+fn authorized(headers: &HeaderMap) -> bool {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|k| k.starts_with("sk_test_") && k.len() > 8)
+}
+
+fn unauthorized() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        stripe_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            None,
+            "Invalid API Key provided",
+        ),
+    )
+}
+
+fn with_headers(mut resp: Response, key: Option<&str>, replayed: bool, n: u64) -> Response {
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&format!("req_sim{n:014}")) {
+        h.insert("request-id", v);
+    }
+    if let Some(k) = key.and_then(|k| HeaderValue::from_str(k).ok()) {
+        h.insert("idempotency-key", k);
+    }
+    if replayed {
+        h.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    resp
+}
+
+/// A response whose connection is cut before the body arrives: the client sees a reset.
+fn dropped() -> Response {
+    let stream = futures::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "simulated lost response",
+        ))
+    });
+    Response::new(Body::from_stream(stream))
+}
+
+fn now_unix() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+async fn create(State(sim): State<StripeSim>, headers: HeaderMap, body: Bytes) -> Response {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (resp, log) = create_inner(&sim, &headers, key.as_deref(), &body).await;
+    let mut inner = sim.lock();
+    inner.requests.push(RequestLog {
+        route: format!("POST {CREATE}"),
+        idempotency_key: key.clone(),
+        status: log.0,
+        fault: log.1,
+        replayed: log.2,
+    });
+    let n = inner.requests.len() as u64;
+    drop(inner);
+    with_headers(resp, key.as_deref(), log.2, n)
+}
+
+type Log = (u16, Option<Fault>, bool);
+
+async fn create_inner(
+    sim: &StripeSim,
+    headers: &HeaderMap,
+    key: Option<&str>,
+    body: &[u8],
+) -> (Response, Log) {
+    // The API front end: authentication and rate limiting run before the idempotency
+    // layer, so neither answer is stored under the key.
+    if !authorized(headers) {
+        return (unauthorized(), (401, None, false));
+    }
+    let config = sim.config_snapshot();
+    let fault = {
+        let mut inner = sim.lock();
+        match inner.script.pop_front() {
+            Some(f) => Some(f),
+            None => {
+                let (route_key, nth) = match key {
+                    Some(k) => {
+                        let n = inner.seen.entry(k.to_owned()).or_insert(0);
+                        *n += 1;
+                        (k.to_owned(), *n - 1)
+                    }
+                    None => {
+                        inner.anon += 1;
+                        (String::new(), inner.anon)
+                    }
+                };
+                config.faults.pick(config.seed, CREATE, &route_key, nth)
+            }
+        }
+    };
+    if fault == Some(Fault::RateLimit) {
+        let mut resp = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            stripe_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "invalid_request_error",
+                Some("rate_limit"),
+                "Too many requests hit the API too quickly.",
+            ),
+        );
+        resp.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+        return (resp, (429, fault, false));
+    }
+    let mut params: Vec<(String, String)> = match serde_urlencoded::from_bytes(body) {
+        Ok(p) => p,
+        Err(e) => {
+            let b = stripe_error(StatusCode::BAD_REQUEST, "invalid_request_error", Some("parameter_invalid"), &format!("Invalid form body: {e}"));
+            return (error(StatusCode::BAD_REQUEST, b), (400, fault, false));
+        }
+    };
+    params.sort();
+    let canonical = serde_urlencoded::to_string(&params).unwrap_or_default();
+
+    // The idempotency layer.
+    if let Some(k) = key {
+        let mut inner = sim.lock();
+        let expired = inner
+            .keys
+            .get(k)
+            .is_some_and(|e| e.first_used.elapsed() >= config.key_retention);
+        if expired {
+            inner.keys.remove(k);
+        }
+        match inner.keys.get(k) {
+            Some(e) if e.endpoint != CREATE => {
+                let msg = format!("Keys for idempotent requests can only be used for the same endpoint they were first used for ('{}' vs '{}'). Try using a key other than '{k}' if you meant to execute a different request.", e.endpoint, CREATE);
+                return (error(StatusCode::BAD_REQUEST, stripe_error(StatusCode::BAD_REQUEST, "idempotency_error", None, &msg)), (400, fault, false));
+            }
+            Some(e) if e.params != canonical => {
+                let msg = format!("Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{k}' if you meant to execute a different request.");
+                return (error(StatusCode::BAD_REQUEST, stripe_error(StatusCode::BAD_REQUEST, "idempotency_error", None, &msg)), (400, fault, false));
+            }
+            Some(KeyEntry { state: KeyState::InFlight, .. }) => {
+                let msg = format!("There is currently another in-progress request using this Idempotent Key (that probably means you submitted twice, and the other request is still going through): {k}. Please try again later.");
+                return (error(StatusCode::CONFLICT, stripe_error(StatusCode::CONFLICT, "idempotency_error", Some("idempotency_key_in_use"), &msg)), (409, fault, false));
+            }
+            Some(KeyEntry { state: KeyState::Done { status, body }, .. }) => {
+                let status = *status;
+                let resp = (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), Json(body.clone())).into_response();
+                return (resp, (status, fault, true));
+            }
+            None => {
+                inner.keys.insert(
+                    k.to_owned(),
+                    KeyEntry { endpoint: CREATE.into(), params: canonical.clone(), state: KeyState::InFlight, first_used: Instant::now() },
+                );
+            }
+        }
+    }
+    let store = |status: u16, body: &Value| {
+        if let Some(k) = key {
+            if let Some(e) = sim.lock().keys.get_mut(k) {
+                e.state = KeyState::Done { status, body: body.clone() };
+            }
+        }
+    };
+    let forget = || {
+        if let Some(k) = key {
+            sim.lock().keys.remove(k);
+        }
+    };
+
+    if let Some(Fault::Delay(ms)) = fault {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    let p: HashMap<String, String> = params.iter().cloned().collect();
+    let amount = p.get("amount").and_then(|a| a.parse::<i64>().ok()).filter(|a| *a > 0);
+    let currency = p.get("currency").filter(|c| c.len() == 3).cloned();
+    let (Some(amount), Some(currency)) = (amount, currency) else {
+        // Parameter validation fails before execution: not stored.
+        forget();
+        let b = stripe_error(StatusCode::BAD_REQUEST, "invalid_request_error", Some("parameter_missing"), "Missing required param: amount or currency.");
+        return (error(StatusCode::BAD_REQUEST, b), (400, fault, false));
+    };
+
+    if fault == Some(Fault::FailBefore) {
+        let b = stripe_error(StatusCode::INTERNAL_SERVER_ERROR, "api_error", None, "An unknown error occurred (simulated, before any effect).");
+        if config.store_fail_before {
+            store(500, &b);
+        } else {
+            forget();
+        }
+        return (error(StatusCode::INTERNAL_SERVER_ERROR, b), (500, fault, false));
+    }
+
+    let metadata: serde_json::Map<String, Value> = params
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix("metadata[")
+                .and_then(|r| r.strip_suffix(']'))
+                .map(|mk| (mk.to_owned(), json!(v)))
+        })
+        .collect();
+    let declined = p.get("payment_method").is_some_and(|pm| pm == "pm_card_chargeDeclined");
+    let confirm = p.get("confirm").is_some_and(|c| c == "true");
+    let (pi, status_code) = {
+        let mut inner = sim.lock();
+        inner.next_id += 1;
+        let id = format!("pi_sim{:018}", inner.next_id);
+        let created = now_unix();
+        let status = match (confirm, declined) {
+            (false, _) => "requires_confirmation",
+            (true, true) => "requires_payment_method",
+            (true, false) => "succeeded",
+        };
+        let pi = json!({
+            "id": id, "object": "payment_intent", "amount": amount, "amount_received": if status == "succeeded" { amount } else { 0 },
+            "currency": currency, "customer": p.get("customer"), "status": status, "created": created,
+            "payment_method": p.get("payment_method"), "description": p.get("description"),
+            "metadata": Value::Object(metadata.clone()), "livemode": false,
+        });
+        inner.intents.push(Intent { body: pi.clone(), visible_to_search_at: Instant::now() + config.search_lag });
+        if status == "succeeded" {
+            inner.ledger.push(LedgerEntry {
+                effect: "charge".into(),
+                id,
+                amount,
+                currency: currency.clone(),
+                idem_action_id: metadata.get("idem_action_id").and_then(Value::as_str).map(str::to_owned),
+                idempotency_key: key.map(str::to_owned),
+                created,
+            });
+        }
+        (pi, if declined && confirm { 402 } else { 200 })
+    };
+
+    let (status, body) = if status_code == 402 {
+        (402u16, json!({"error": {"type": "card_error", "code": "card_declined", "decline_code": "generic_decline", "message": "Your card was declined.", "payment_intent": pi}}))
+    } else {
+        (200u16, pi)
+    };
+    if fault == Some(Fault::FailAfter) {
+        let b = stripe_error(StatusCode::INTERNAL_SERVER_ERROR, "api_error", None, "An unknown error occurred (simulated, after the effect).");
+        store(500, &b);
+        return (error(StatusCode::INTERNAL_SERVER_ERROR, b), (500, fault, false));
+    }
+    store(status, &body);
+    if fault == Some(Fault::DropAfterEffect) {
+        return (dropped(), (status, fault, false));
+    }
+    let resp = (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), Json(body)).into_response();
+    (resp, (status, fault, false))
+}
+
+async fn retrieve(State(sim): State<StripeSim>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if !authorized(&headers) {
+        return unauthorized();
+    }
+    let found = sim.lock().intents.iter().find(|i| i.body["id"] == id.as_str()).map(|i| i.body.clone());
+    match found {
+        Some(pi) => Json(pi).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            json!({"error": {"type": "invalid_request_error", "code": "resource_missing", "param": "intent", "message": format!("No such payment_intent: '{id}'")}}),
+        ),
+    }
+}
+
+async fn confirm(State(sim): State<StripeSim>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if !authorized(&headers) {
+        return unauthorized();
+    }
+    let found = sim.lock().intents.iter().find(|i| i.body["id"] == id.as_str()).map(|i| i.body.clone());
+    match found {
+        Some(pi) if pi["status"] == "succeeded" => error(
+            StatusCode::BAD_REQUEST,
+            json!({"error": {"type": "invalid_request_error", "code": "payment_intent_unexpected_state",
+                "message": "You cannot confirm this PaymentIntent because it has already succeeded after being previously confirmed.",
+                "payment_intent": pi}}),
+        ),
+        Some(pi) => Json(pi).into_response(),
+        None => error(StatusCode::NOT_FOUND, json!({"error": {"type": "invalid_request_error", "code": "resource_missing", "message": format!("No such payment_intent: '{id}'")}})),
+    }
+}
+
+/// `GET /v1/payment_intents`: newest first, `customer`, `created[gte|gt|lte|lt]`,
+/// `limit` (≤100), `starting_after`. Read-your-writes: no lag.
+async fn list(State(sim): State<StripeSim>, headers: HeaderMap, Query(q): Query<Vec<(String, String)>>) -> Response {
+    if !authorized(&headers) {
+        return unauthorized();
+    }
+    let q: HashMap<String, String> = q.into_iter().collect();
+    let num = |k: &str| q.get(k).and_then(|v| v.parse::<i64>().ok());
+    let limit = num("limit").unwrap_or(10).clamp(1, 100) as usize;
+    let inner = sim.lock();
+    let mut all: Vec<&Value> = inner
+        .intents
+        .iter()
+        .rev()
+        .map(|i| &i.body)
+        .filter(|pi| q.get("customer").is_none_or(|c| pi["customer"] == c.as_str()))
+        .filter(|pi| {
+            let c = pi["created"].as_i64().unwrap_or(0);
+            num("created[gte]").is_none_or(|v| c >= v)
+                && num("created[gt]").is_none_or(|v| c > v)
+                && num("created[lte]").is_none_or(|v| c <= v)
+                && num("created[lt]").is_none_or(|v| c < v)
+        })
+        .collect();
+    if let Some(after) = q.get("starting_after") {
+        match all.iter().position(|pi| pi["id"] == after.as_str()) {
+            Some(pos) => all = all.split_off(pos + 1),
+            None => all.clear(),
+        }
+    }
+    let has_more = all.len() > limit;
+    all.truncate(limit);
+    Json(json!({"object": "list", "url": CREATE, "has_more": has_more, "data": all})).into_response()
+}
+
+/// `GET /v1/payment_intents/search?query=metadata['k']:'v'`, lagging by `search_lag`.
+async fn search(State(sim): State<StripeSim>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+    if !authorized(&headers) {
+        return unauthorized();
+    }
+    let query = q.get("query").cloned().unwrap_or_default();
+    let Some((field, value)) = parse_metadata_query(&query) else {
+        return error(StatusCode::BAD_REQUEST, json!({"error": {"type": "invalid_request_error", "message": format!("Unsupported search query (simulator supports metadata['k']:'v'): {query}")}}));
+    };
+    let inner = sim.lock();
+    let now = Instant::now();
+    let data: Vec<&Value> = inner
+        .intents
+        .iter()
+        .filter(|i| i.visible_to_search_at <= now)
+        .map(|i| &i.body)
+        .filter(|pi| pi["metadata"][&field] == value.as_str())
+        .collect();
+    Json(json!({"object": "search_result", "url": "/v1/payment_intents/search", "has_more": false, "next_page": null, "data": data})).into_response()
+}
+
+fn parse_metadata_query(q: &str) -> Option<(String, String)> {
+    let rest = q.trim().strip_prefix("metadata['")?;
+    let (field, rest) = rest.split_once("']:'")?;
+    let value = rest.strip_suffix('\'')?;
+    Some((field.to_owned(), value.to_owned()))
+}
+
+async fn ledger(State(sim): State<StripeSim>) -> Json<Value> {
+    Json(json!({"effects": sim.ledger()}))
+}
+
+async fn requests(State(sim): State<StripeSim>) -> Json<Value> {
+    Json(json!({"requests": sim.requests()}))
+}
+
+async fn set_faults(State(sim): State<StripeSim>, Json(rates): Json<FaultRates>) -> Json<Value> {
+    sim.set_faults(rates);
+    Json(json!({"faults": rates}))
+}
+
+async fn script(State(sim): State<StripeSim>, Json(faults): Json<Vec<Fault>>) -> Json<Value> {
+    let n = faults.len();
+    sim.script(faults);
+    Json(json!({"scripted": n}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_metadata_query;
+
+    #[test]
+    fn parses_metadata_queries() {
+        assert_eq!(
+            parse_metadata_query("metadata['idem_action_id']:'abc'"),
+            Some(("idem_action_id".into(), "abc".into()))
+        );
+        assert_eq!(parse_metadata_query("amount>100"), None);
+    }
+}

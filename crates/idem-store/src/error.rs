@@ -1,0 +1,28 @@
+//! Store errors, split by what the caller can do about them.
+
+use idem_core::ActionId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot reach PostgreSQL at {target}: {source}. Start it (e.g. `pg_ctlcluster 15 main start`) or set DATABASE_URL")]
+    Unreachable { target: String, source: sqlx::Error },
+    #[error("invalid database configuration: {0}")]
+    Config(String),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("corrupt row for action {action_id}: {detail}")]
+    Corrupt { action_id: ActionId, detail: String },
+}
+
+/// Why an enqueue was refused. Nothing was written in any of these cases.
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    #[error("action {action_id} already exists with other arguments: an action id names one request forever")]
+    Conflict { action_id: ActionId },
+    #[error("invalid action: {0}")]
+    Invalid(String),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}

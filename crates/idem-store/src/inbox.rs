@@ -1,0 +1,265 @@
+//! Inbox rows and compare-and-set transitions, applied in batches.
+
+use chrono::{DateTime, Utc};
+use idem_core::{transition, ActionId, Event, State, TransitionError};
+use serde::Serialize;
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::StoreError;
+
+/// One inbox row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ActionRow {
+    pub action_id: ActionId,
+    pub cell: String,
+    pub args: serde_json::Value,
+    pub ordering_key: String,
+    pub state: State,
+    pub attempts: u32,
+    pub key_generation: u32,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<DateTime<Utc>>,
+    pub due_at: Option<DateTime<Utc>>,
+    pub doubt_since: Option<DateTime<Utc>>,
+    pub reconcile_rounds: u32,
+    pub reason: Option<String>,
+    pub receipt: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub settled_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct RawRow {
+    action_id: Uuid,
+    cell: String,
+    args: serde_json::Value,
+    ordering_key: String,
+    state: String,
+    attempts: i32,
+    key_generation: i32,
+    lease_owner: Option<String>,
+    lease_until: Option<DateTime<Utc>>,
+    due_at: Option<DateTime<Utc>>,
+    doubt_since: Option<DateTime<Utc>>,
+    reconcile_rounds: i32,
+    reason: Option<String>,
+    receipt: Option<serde_json::Value>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    settled_at: Option<DateTime<Utc>>,
+}
+
+pub(crate) const COLUMNS: &str = "action_id, cell, args, ordering_key, state, attempts, key_generation, \
+     lease_owner, lease_until, due_at, doubt_since, reconcile_rounds, reason, receipt, \
+     created_at, updated_at, settled_at";
+
+impl TryFrom<RawRow> for ActionRow {
+    type Error = StoreError;
+    fn try_from(r: RawRow) -> Result<Self, StoreError> {
+        let action_id = ActionId(r.action_id);
+        Ok(Self {
+            action_id,
+            state: r.state.parse().map_err(|e: idem_core::state::UnknownState| StoreError::Corrupt {
+                action_id,
+                detail: e.to_string(),
+            })?,
+            cell: r.cell,
+            args: r.args,
+            ordering_key: r.ordering_key,
+            attempts: r.attempts.max(0) as u32,
+            key_generation: r.key_generation.max(0) as u32,
+            lease_owner: r.lease_owner,
+            lease_until: r.lease_until,
+            due_at: r.due_at,
+            doubt_since: r.doubt_since,
+            reconcile_rounds: r.reconcile_rounds.max(0) as u32,
+            reason: r.reason,
+            receipt: r.receipt,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            settled_at: r.settled_at,
+        })
+    }
+}
+
+/// Read one action.
+pub async fn get<'e, E: PgExecutor<'e>>(
+    executor: E,
+    id: ActionId,
+) -> Result<Option<ActionRow>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM idem.actions WHERE action_id = $1");
+    let row: Option<RawRow> = sqlx::query_as(&sql)
+        .bind(id.as_uuid())
+        .fetch_optional(executor)
+        .await?;
+    row.map(ActionRow::try_from).transpose()
+}
+
+/// Lock the given actions for the rest of the transaction (waiting for any other holder:
+/// a concurrent delivery of the same action sees the state the winner committed).
+pub async fn lock(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<ActionRow>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM idem.actions WHERE action_id = ANY($1) ORDER BY action_id FOR UPDATE"
+    );
+    let rows: Vec<RawRow> = sqlx::query_as(&sql).bind(ids).fetch_all(conn).await?;
+    rows.into_iter().map(ActionRow::try_from).collect()
+}
+
+/// A compare-and-set transition of one action, built from the row it was read as.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub action_id: ActionId,
+    /// Guard: the state and attempt number the row must still have.
+    pub from: State,
+    pub expected_attempts: u32,
+    pub event: Event,
+    pub to: State,
+    pub attempts: u32,
+    pub key_generation: u32,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<DateTime<Utc>>,
+    pub due_at: Option<DateTime<Utc>>,
+    pub doubt_since: Option<DateTime<Utc>>,
+    pub reconcile_rounds: u32,
+    pub reason: Option<String>,
+    pub receipt: Option<serde_json::Value>,
+}
+
+impl Change {
+    /// The change `event` makes to `row`, with the target state from the core state machine.
+    /// Leases are cleared outside `executing`, due times outside the waiting states, and
+    /// `doubt_since` is stamped on entering `in_doubt`.
+    pub fn new(row: &ActionRow, event: Event, now: DateTime<Utc>) -> Result<Self, TransitionError> {
+        let to = transition(row.state, event)?;
+        let doubt_since = match (row.state, to) {
+            (State::InDoubt, State::InDoubt) => row.doubt_since,
+            (_, State::InDoubt) => Some(now),
+            _ => None,
+        };
+        Ok(Self {
+            action_id: row.action_id,
+            from: row.state,
+            expected_attempts: row.attempts,
+            event,
+            to,
+            attempts: row.attempts,
+            key_generation: row.key_generation,
+            lease_owner: None,
+            lease_until: None,
+            due_at: None,
+            doubt_since,
+            reconcile_rounds: row.reconcile_rounds,
+            reason: None,
+            receipt: None,
+        })
+    }
+
+    pub fn reason(mut self, reason: Option<String>) -> Self {
+        self.reason = reason;
+        self
+    }
+
+    pub fn due(mut self, at: Option<DateTime<Utc>>) -> Self {
+        self.due_at = at;
+        self
+    }
+}
+
+/// Apply changes as compare-and-sets in one statement, auditing each applied one. Returns
+/// the ids that were applied; a change whose guard no longer holds is skipped (someone
+/// else moved the action first).
+pub async fn apply(
+    conn: &mut PgConnection,
+    changes: &[Change],
+    actor: &str,
+) -> Result<Vec<ActionId>, StoreError> {
+    if changes.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut ids = Vec::with_capacity(changes.len());
+    let mut from = Vec::with_capacity(changes.len());
+    let mut expected = Vec::with_capacity(changes.len());
+    let mut event = Vec::with_capacity(changes.len());
+    let mut to = Vec::with_capacity(changes.len());
+    let mut attempts = Vec::with_capacity(changes.len());
+    let mut generation = Vec::with_capacity(changes.len());
+    let mut owner = Vec::with_capacity(changes.len());
+    let mut lease = Vec::with_capacity(changes.len());
+    let mut due = Vec::with_capacity(changes.len());
+    let mut doubt = Vec::with_capacity(changes.len());
+    let mut rounds = Vec::with_capacity(changes.len());
+    let mut reason = Vec::with_capacity(changes.len());
+    let mut receipt = Vec::with_capacity(changes.len());
+    let mut settled = Vec::with_capacity(changes.len());
+    for c in changes {
+        ids.push(c.action_id.as_uuid());
+        from.push(c.from.as_str());
+        expected.push(c.expected_attempts as i32);
+        event.push(serde_json::to_value(c.event).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default());
+        to.push(c.to.as_str());
+        attempts.push(c.attempts as i32);
+        generation.push(c.key_generation as i32);
+        owner.push(c.lease_owner.clone());
+        lease.push(c.lease_until);
+        due.push(c.due_at);
+        doubt.push(c.doubt_since);
+        rounds.push(c.reconcile_rounds as i32);
+        reason.push(c.reason.clone());
+        receipt.push(c.receipt.clone());
+        settled.push(c.to.is_settled());
+    }
+    let applied: Vec<(Uuid,)> = sqlx::query_as(
+        r#"
+        WITH v AS (
+            SELECT * FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::text[], $5::text[],
+                                 $6::int4[], $7::int4[], $8::text[], $9::timestamptz[],
+                                 $10::timestamptz[], $11::timestamptz[], $12::int4[],
+                                 $13::text[], $14::jsonb[], $15::bool[])
+                AS v(id, from_state, expected, event, to_state, attempts, generation, owner,
+                     lease_until, due_at, doubt_since, rounds, reason, receipt, settled)
+        ), upd AS (
+            UPDATE idem.actions a SET
+                state = v.to_state,
+                attempts = v.attempts,
+                key_generation = v.generation,
+                lease_owner = v.owner,
+                lease_until = v.lease_until,
+                due_at = v.due_at,
+                doubt_since = v.doubt_since,
+                reconcile_rounds = v.rounds,
+                reason = coalesce(v.reason, CASE WHEN v.settled THEN a.reason END),
+                receipt = coalesce(v.receipt, a.receipt),
+                settled_at = CASE WHEN v.settled THEN now() END,
+                updated_at = now()
+            FROM v
+            WHERE a.action_id = v.id AND a.state = v.from_state AND a.attempts = v.expected
+            RETURNING a.action_id, v.from_state, v.to_state, v.event, v.reason
+        ), audit AS (
+            INSERT INTO idem.transitions (action_id, from_state, to_state, event, actor, reason)
+            SELECT action_id, from_state, to_state, event, $16, reason FROM upd
+        )
+        SELECT action_id FROM upd
+        "#,
+    )
+    .bind(&ids)
+    .bind(&from)
+    .bind(&expected)
+    .bind(&event)
+    .bind(&to)
+    .bind(&attempts)
+    .bind(&generation)
+    .bind(&owner)
+    .bind(&lease)
+    .bind(&due)
+    .bind(&doubt)
+    .bind(&rounds)
+    .bind(&reason)
+    .bind(&receipt)
+    .bind(&settled)
+    .bind(actor)
+    .fetch_all(conn)
+    .await?;
+    Ok(applied.into_iter().map(|(id,)| ActionId(id)).collect())
+}

@@ -1,0 +1,180 @@
+//! Taking work: outbox rows for the direct transport, due retries and doubts, and expired
+//! leases. Every claim uses `FOR UPDATE SKIP LOCKED`, so any number of workers share the
+//! queue without blocking each other or taking the same row.
+
+use chrono::{DateTime, Utc};
+use idem_core::{transition, ActionId, Envelope, Event, State};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::inbox::{ActionRow, RawRow, COLUMNS};
+use crate::StoreError;
+
+/// A row taken from the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxMessage {
+    pub seq: i64,
+    pub action_id: Uuid,
+    pub payload: Vec<u8>,
+    pub headers: serde_json::Value,
+}
+
+/// Delete and return up to `limit` outbox rows in enqueue order, skipping rows another
+/// worker holds. The caller's transaction makes this atomic with what it does next.
+pub async fn take_outbox(conn: &mut PgConnection, limit: u32) -> Result<Vec<OutboxMessage>, StoreError> {
+    let rows: Vec<(i64, Uuid, Vec<u8>, serde_json::Value)> = sqlx::query_as(
+        r#"WITH picked AS (
+               SELECT seq FROM idem.outbox ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
+           )
+           DELETE FROM idem.outbox o USING picked WHERE o.seq = picked.seq
+           RETURNING o.seq, o.action_id, o.payload, o.headers"#,
+    )
+    .bind(limit as i64)
+    .fetch_all(conn)
+    .await?;
+    let mut msgs: Vec<OutboxMessage> = rows
+        .into_iter()
+        .map(|(seq, action_id, payload, headers)| OutboxMessage { seq, action_id, payload, headers })
+        .collect();
+    msgs.sort_by_key(|m| m.seq);
+    Ok(msgs)
+}
+
+/// A message that cannot become an action, kept with its raw bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub action_id: Option<ActionId>,
+    pub raw: Vec<u8>,
+    pub reason: String,
+    /// Where it came from: outbox sequence, or Kafka topic/partition/offset.
+    pub source: serde_json::Value,
+}
+
+pub async fn dead_letter(conn: &mut PgConnection, letters: &[DeadLetter]) -> Result<(), StoreError> {
+    if letters.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Option<Uuid>> = letters.iter().map(|l| l.action_id.map(|a| a.as_uuid())).collect();
+    let raws: Vec<Vec<u8>> = letters.iter().map(|l| l.raw.clone()).collect();
+    let reasons: Vec<String> = letters.iter().map(|l| l.reason.clone()).collect();
+    let sources: Vec<serde_json::Value> = letters.iter().map(|l| l.source.clone()).collect();
+    sqlx::query(
+        "INSERT INTO idem.dead_letters (action_id, raw, reason, source) \
+         SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::text[], $4::jsonb[])",
+    )
+    .bind(&ids)
+    .bind(&raws)
+    .bind(&reasons)
+    .bind(&sources)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A delivered envelope matched against the inbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    /// The inbox row, locked for the rest of the transaction.
+    pub row: ActionRow,
+    /// False when the inbox already holds this id with other arguments.
+    pub same_arguments: bool,
+}
+
+/// Make sure every envelope has an inbox row (the direct transport's rows exist since
+/// enqueue; a separate inbox database gets them here), then lock and return the rows. The
+/// fingerprint is computed by Postgres exactly as `idem.enqueue` computes it.
+pub async fn receive(conn: &mut PgConnection, envelopes: &[Envelope]) -> Result<Vec<Received>, StoreError> {
+    if envelopes.is_empty() {
+        return Ok(vec![]);
+    }
+    let ids: Vec<Uuid> = envelopes.iter().map(|e| e.action_id.as_uuid()).collect();
+    let cells: Vec<String> = envelopes.iter().map(|e| e.cell.clone()).collect();
+    let args: Vec<serde_json::Value> = envelopes.iter().map(|e| e.args.clone()).collect();
+    let keys: Vec<String> = envelopes.iter().map(|e| e.ordering_key.clone()).collect();
+    sqlx::query(
+        r#"INSERT INTO idem.actions (action_id, cell, args, fingerprint, ordering_key)
+           SELECT id, cell, args, sha256(convert_to(cell || E'\n' || args::text, 'UTF8')), okey
+           FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[]) AS v(id, cell, args, okey)
+           ORDER BY id
+           ON CONFLICT (action_id) DO NOTHING"#,
+    )
+    .bind(&ids)
+    .bind(&cells)
+    .bind(&args)
+    .bind(&keys)
+    .execute(&mut *conn)
+    .await?;
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    let rows = crate::inbox::lock(&mut *conn, &sorted).await?;
+    let same: Vec<(Uuid, bool)> = sqlx::query_as(
+        r#"SELECT v.id, a.fingerprint = sha256(convert_to(v.cell || E'\n' || v.args::text, 'UTF8'))
+           FROM unnest($1::uuid[], $2::text[], $3::jsonb[]) WITH ORDINALITY AS v(id, cell, args, ord)
+           JOIN idem.actions a ON a.action_id = v.id ORDER BY v.ord"#,
+    )
+    .bind(&ids)
+    .bind(&cells)
+    .bind(&args)
+    .fetch_all(&mut *conn)
+    .await?;
+    let by_id: std::collections::HashMap<Uuid, ActionRow> =
+        rows.into_iter().map(|r| (r.action_id.as_uuid(), r)).collect();
+    Ok(same
+        .into_iter()
+        .filter_map(|(id, same_arguments)| {
+            by_id.get(&id).map(|row| Received { row: row.clone(), same_arguments })
+        })
+        .collect())
+}
+
+/// Lock up to `limit` actions whose retry or doubt is due, oldest first, skipping rows
+/// another worker holds.
+pub async fn take_due(conn: &mut PgConnection, limit: u32) -> Result<Vec<ActionRow>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM idem.actions \
+         WHERE state IN ('retry_scheduled', 'in_doubt') AND due_at <= now() \
+         ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED"
+    );
+    let rows: Vec<RawRow> = sqlx::query_as(&sql).bind(limit as i64).fetch_all(conn).await?;
+    rows.into_iter().map(ActionRow::try_from).collect()
+}
+
+/// Move actions whose worker lost its lease (died or hung mid-call) to `in_doubt`, mark
+/// their open attempt `lease_expired`, and audit it. Returns the ids moved.
+pub async fn expire_leases(
+    conn: &mut PgConnection,
+    limit: u32,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<ActionId>, StoreError> {
+    let to = transition(State::Executing, Event::LeaseExpired).expect("edge exists");
+    let moved: Vec<(Uuid,)> = sqlx::query_as(
+        r#"WITH x AS (
+               SELECT action_id FROM idem.actions
+               WHERE state = $1 AND lease_until < $5
+               ORDER BY lease_until LIMIT $3 FOR UPDATE SKIP LOCKED
+           ), u AS (
+               UPDATE idem.actions a SET state = $2, doubt_since = $5, due_at = $5,
+                   lease_owner = NULL, lease_until = NULL, updated_at = now(),
+                   reason = 'worker lost its lease mid-call'
+               FROM x WHERE a.action_id = x.action_id
+               RETURNING a.action_id, a.attempts
+           ), t AS (
+               UPDATE idem.attempts t SET result = 'lease_expired', finished_at = now()
+               FROM u WHERE t.action_id = u.action_id AND t.number = u.attempts AND t.result IS NULL
+           ), audit AS (
+               INSERT INTO idem.transitions (action_id, from_state, to_state, event, actor, reason)
+               SELECT action_id, $1, $2, 'lease_expired', $4, 'worker lost its lease mid-call' FROM u
+           )
+           SELECT action_id FROM u"#,
+    )
+    .bind(State::Executing.as_str())
+    .bind(to.as_str())
+    .bind(limit as i64)
+    .bind(actor)
+    .bind(now)
+    .fetch_all(conn)
+    .await?;
+    Ok(moved.into_iter().map(|(id,)| ActionId(id)).collect())
+}

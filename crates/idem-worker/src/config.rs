@@ -1,0 +1,33 @@
+//! Worker settings.
+
+use std::time::Duration;
+
+/// How a worker runs. The defaults suit one machine; the demo and tests shorten intervals.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Names this worker in leases and audit rows.
+    pub id: String,
+    /// Partner calls in flight at once (backpressure: nothing is claimed beyond this).
+    pub concurrency: usize,
+    /// Most actions claimed or settled in one transaction.
+    pub batch: u32,
+    /// Poll the outbox this often when no NOTIFY arrives.
+    pub poll_interval: Duration,
+    /// Look for expired leases, due retries and doubts this often.
+    pub sweep_interval: Duration,
+    /// Claim new actions from the outbox (direct transport). Off for a sweep-only process.
+    pub claim_outbox: bool,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            id: format!("worker-{}", uuid::Uuid::new_v4().simple()),
+            concurrency: 32,
+            batch: 64,
+            poll_interval: Duration::from_millis(500),
+            sweep_interval: Duration::from_secs(1),
+            claim_outbox: true,
+        }
+    }
+}

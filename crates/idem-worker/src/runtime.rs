@@ -1,0 +1,597 @@
+//! The worker: claims work, calls cells, settles outcomes; plus the sweeper.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use idem_cells::Registry;
+use idem_core::plan::{plan_in_doubt, InDoubtPlan};
+use idem_core::profile::ApprovalPolicy;
+use idem_core::{Envelope, Event, ExecOutcome, State, Verdict};
+use idem_store::queue::{self, DeadLetter};
+use idem_store::{attempts, inbox, Change, NewAttempt, Store, StoreError};
+use rand::Rng;
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, Postgres, Transaction};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::steps::{self, ReconcileJob, Started};
+use crate::WorkerConfig;
+
+/// A message from any transport: the raw bytes and where they came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub payload: Vec<u8>,
+    pub source: serde_json::Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// What one receive step did, for transports and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReceiveReport {
+    pub started: usize,
+    pub dead: usize,
+    /// Deliveries of actions already past `received`: acknowledged without a partner call.
+    pub duplicates: usize,
+    pub awaiting_approval: usize,
+}
+
+/// One worker process's engine. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    store: Store,
+    cells: Arc<Registry>,
+    config: Arc<WorkerConfig>,
+}
+
+enum Work {
+    Execute(Started),
+    Reconcile(ReconcileJob),
+}
+
+struct Settlement {
+    started: Started,
+    outcome: ExecOutcome,
+    _permit: OwnedSemaphorePermit,
+}
+
+fn sample() -> f64 {
+    rand::thread_rng().gen::<f64>()
+}
+
+impl Worker {
+    pub fn new(store: Store, cells: Registry, config: WorkerConfig) -> Self {
+        Self {
+            store,
+            cells: Arc::new(cells),
+            config: Arc::new(config),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    pub fn cells(&self) -> &Registry {
+        &self.cells
+    }
+
+    /// Run until `shutdown` turns true, then stop claiming, finish in-flight calls and
+    /// settle them. Dropping (aborting) this future abandons in-flight calls instead: their
+    /// leases expire and the sweeper of any worker drives them on.
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+        let sem = Arc::new(Semaphore::new(self.config.concurrency));
+        let (settle_tx, settle_rx) = mpsc::channel::<Settlement>(self.config.concurrency * 2);
+        let mut tasks = JoinSet::new();
+        {
+            let me = self.clone();
+            tasks.spawn(async move { me.settler(settle_rx).await });
+        }
+        let mut listener = match PgListener::connect_with(self.store.pool()).await {
+            Ok(mut l) => match l.listen("idem_outbox").await {
+                Ok(()) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN failed; polling only");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "no LISTEN connection; polling only");
+                None
+            }
+        };
+        let mut last_sweep = Instant::now() - self.config.sweep_interval;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let mut busy = false;
+            let free = sem.available_permits() as u32;
+            if self.config.claim_outbox && free > 0 {
+                match self.claim_outbox(free.min(self.config.batch)).await {
+                    Ok(work) => {
+                        busy = work.len() as u32 == free.min(self.config.batch) && !work.is_empty();
+                        self.dispatch(work, &sem, &settle_tx, &mut tasks).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "claim from outbox failed; retrying");
+                        tokio::time::sleep(self.config.poll_interval).await;
+                    }
+                }
+            }
+            if last_sweep.elapsed() >= self.config.sweep_interval {
+                last_sweep = Instant::now();
+                let free = sem.available_permits() as u32;
+                if free > 0 {
+                    match self.sweep(free.min(self.config.batch)).await {
+                        Ok(work) => self.dispatch(work, &sem, &settle_tx, &mut tasks).await,
+                        Err(e) => tracing::warn!(error = %e, "sweep failed; retrying"),
+                    }
+                }
+            }
+            // Reap finished tasks so the set does not grow.
+            while let Some(r) = tasks.try_join_next() {
+                if let Err(e) = r {
+                    if e.is_panic() {
+                        tracing::error!(error = %e, "worker task panicked");
+                    }
+                }
+            }
+            if busy {
+                continue;
+            }
+            let wait = self.config.poll_interval.min(self.config.sweep_interval);
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                _ = async {
+                    match listener.as_mut() {
+                        Some(l) => { let _ = l.recv().await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        // Graceful stop: every permit back means every call settled or handed to the settler.
+        let _all = sem
+            .acquire_many(self.config.concurrency as u32)
+            .await
+            .expect("semaphore is never closed");
+        drop(settle_tx);
+        while tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    async fn dispatch(
+        &self,
+        work: Vec<Work>,
+        sem: &Arc<Semaphore>,
+        settle_tx: &mpsc::Sender<Settlement>,
+        tasks: &mut JoinSet<()>,
+    ) {
+        for w in work {
+            let permit = sem.clone().acquire_owned().await.expect("semaphore is never closed");
+            match w {
+                Work::Execute(started) => {
+                    let tx = settle_tx.clone();
+                    tasks.spawn(async move {
+                        let outcome = execute(&started).await;
+                        let _ = tx
+                            .send(Settlement {
+                                started,
+                                outcome,
+                                _permit: permit,
+                            })
+                            .await;
+                    });
+                }
+                Work::Reconcile(job) => {
+                    let me = self.clone();
+                    tasks.spawn(async move {
+                        me.reconcile(job).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+    }
+
+    async fn settler(&self, mut rx: mpsc::Receiver<Settlement>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < self.config.batch as usize {
+                match rx.try_recv() {
+                    Ok(s) => batch.push(s),
+                    Err(_) => break,
+                }
+            }
+            let items: Vec<(Started, ExecOutcome)> = batch
+                .iter()
+                .map(|s| (s.started.clone(), s.outcome.clone()))
+                .collect();
+            let mut delay = Duration::from_millis(50);
+            for round in 0..8 {
+                match self.settle(&items).await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        // The actions keep their leases; if this never succeeds the sweeper
+                        // moves them to in_doubt and a replay or reconcile settles them.
+                        tracing::warn!(error = %e, round, "settle failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+            drop(batch); // releases the permits
+        }
+    }
+
+    /// Settle executed attempts in one transaction. Returns how many compare-and-sets held.
+    pub async fn settle(&self, items: &[(Started, ExecOutcome)]) -> Result<usize, WorkerError> {
+        let now = Utc::now();
+        let mut audits = Vec::with_capacity(items.len());
+        let mut changes = Vec::with_capacity(items.len());
+        for (started, outcome) in items {
+            let (audit, change, _) = steps::settle(started, outcome, now, sample());
+            audits.push(audit);
+            changes.push(change);
+        }
+        let mut tx = self.store.pool().begin().await?;
+        attempts::record(&mut tx, &audits).await?;
+        let applied = inbox::apply(&mut tx, &changes, &self.config.id).await?;
+        tx.commit().await?;
+        if applied.len() < changes.len() {
+            tracing::info!(
+                lost = changes.len() - applied.len(),
+                "some outcomes arrived after the action moved on; kept in their attempt rows"
+            );
+        }
+        Ok(applied.len())
+    }
+
+    /// Take new actions from the outbox (direct transport) and start them.
+    async fn claim_outbox(&self, limit: u32) -> Result<Vec<Work>, WorkerError> {
+        let mut tx = self.store.pool().begin().await?;
+        let msgs = queue::take_outbox(&mut tx, limit).await?;
+        if msgs.is_empty() {
+            tx.rollback().await?;
+            return Ok(vec![]);
+        }
+        let deliveries: Vec<Delivery> = msgs
+            .into_iter()
+            .map(|m| Delivery {
+                payload: m.payload,
+                source: serde_json::json!({ "transport": "postgres", "outbox_seq": m.seq }),
+            })
+            .collect();
+        let (started, _) = self.receive_in(&mut tx, &deliveries).await?;
+        tx.commit().await?;
+        Ok(started.into_iter().map(Work::Execute).collect())
+    }
+
+    /// Receive deliveries from any transport and run what they start to completion:
+    /// call, classify, settle. For transports that hand over one batch at a time.
+    pub async fn deliver(&self, deliveries: &[Delivery]) -> Result<ReceiveReport, WorkerError> {
+        let mut tx = self.store.pool().begin().await?;
+        let (started, report) = self.receive_in(&mut tx, deliveries).await?;
+        tx.commit().await?;
+        let mut set = JoinSet::new();
+        for s in started {
+            set.spawn(async move {
+                let o = execute(&s).await;
+                (s, o)
+            });
+        }
+        let mut items = vec![];
+        while let Some(r) = set.join_next().await {
+            if let Ok(item) = r {
+                items.push(item);
+            }
+        }
+        self.settle(&items).await?;
+        Ok(report)
+    }
+
+    /// Decode, match against the inbox, gate and write attempts ahead, inside `tx`.
+    async fn receive_in(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        deliveries: &[Delivery],
+    ) -> Result<(Vec<Started>, ReceiveReport), WorkerError> {
+        let mut report = ReceiveReport::default();
+        let mut letters = vec![];
+        let mut envelopes = vec![];
+        for d in deliveries {
+            match Envelope::decode(&d.payload) {
+                Ok(env) => envelopes.push((env, d)),
+                Err(e) => letters.push(DeadLetter {
+                    action_id: serde_json::from_slice::<serde_json::Value>(&d.payload)
+                        .ok()
+                        .and_then(|v| v["action_id"].as_str().and_then(|s| s.parse().ok())),
+                    raw: d.payload.clone(),
+                    reason: e.to_string(),
+                    source: d.source.clone(),
+                }),
+            }
+        }
+        let received = queue::receive(
+            tx,
+            &envelopes.iter().map(|(e, _)| e.clone()).collect::<Vec<_>>(),
+        )
+        .await?;
+        let now = Utc::now();
+        let mut changes: Vec<Change> = vec![];
+        let mut new_attempts: Vec<NewAttempt> = vec![];
+        let mut started = vec![];
+        let mut seen = std::collections::HashSet::new();
+        for (r, (env, d)) in received.iter().zip(&envelopes) {
+            if !r.same_arguments {
+                letters.push(DeadLetter {
+                    action_id: Some(env.action_id),
+                    raw: d.payload.clone(),
+                    reason: "action id reused with other arguments (conflict); the first action stands".into(),
+                    source: d.source.clone(),
+                });
+                continue;
+            }
+            if r.row.state != State::Received || !seen.insert(r.row.action_id) {
+                report.duplicates += 1;
+                continue;
+            }
+            let row = &r.row;
+            let Some(cell) = self.cells.get(&row.cell) else {
+                changes.push(
+                    Change::new(row, Event::Poison, now)
+                        .expect("received accepts poison")
+                        .reason(Some(format!("unknown cell {:?}", row.cell))),
+                );
+                report.dead += 1;
+                continue;
+            };
+            if let Err(e) = cell.validate(&row.args) {
+                changes.push(
+                    Change::new(row, Event::Poison, now)
+                        .expect("received accepts poison")
+                        .reason(Some(e.to_string())),
+                );
+                report.dead += 1;
+                continue;
+            }
+            if needs_approval(&cell.profile().approval, &row.args) {
+                changes.push(
+                    Change::new(row, Event::RequireApproval, now)
+                        .expect("received accepts approval")
+                        .reason(Some("the cell's approval policy wants a person".into())),
+                );
+                report.awaiting_approval += 1;
+                continue;
+            }
+            match steps::start_attempt(row, cell, &[], Event::Start, &self.config.id, now) {
+                Ok((change, attempt, s)) => {
+                    changes.push(change);
+                    new_attempts.push(attempt);
+                    started.push(s);
+                }
+                Err(e) => tracing::error!(action = %row.action_id, error = %e, "cannot start"),
+            }
+        }
+        report.dead += letters.len();
+        queue::dead_letter(tx, &letters).await?;
+        let applied = inbox::apply(tx, &changes, &self.config.id).await?;
+        attempts::insert(tx, &new_attempts).await?;
+        started.retain(|s| applied.contains(&s.row.action_id));
+        report.started = started.len();
+        Ok((started, report))
+    }
+
+    /// One sweep run to completion (for `idem sweep` and tests): expire leases, start due
+    /// retries and replays, reconcile due doubts, settle what was sent. Returns how many
+    /// actions it moved on.
+    pub async fn sweep_once(&self) -> Result<usize, WorkerError> {
+        let work = self.sweep(self.config.batch).await?;
+        let n = work.len();
+        let mut executes = JoinSet::new();
+        let mut reconciles = JoinSet::new();
+        for w in work {
+            match w {
+                Work::Execute(s) => {
+                    executes.spawn(async move {
+                        let o = execute(&s).await;
+                        (s, o)
+                    });
+                }
+                Work::Reconcile(job) => {
+                    let me = self.clone();
+                    reconciles.spawn(async move { me.reconcile(job).await });
+                }
+            }
+        }
+        let mut items = vec![];
+        while let Some(r) = executes.join_next().await {
+            if let Ok(item) = r {
+                items.push(item);
+            }
+        }
+        self.settle(&items).await?;
+        while reconciles.join_next().await.is_some() {}
+        Ok(n)
+    }
+
+    /// One sweep: expire leases, then start due retries and plan due doubts.
+    async fn sweep(&self, limit: u32) -> Result<Vec<Work>, WorkerError> {
+        let now = Utc::now();
+        let mut tx = self.store.pool().begin().await?;
+        let expired = queue::expire_leases(&mut tx, limit, &self.config.id, now).await?;
+        if !expired.is_empty() {
+            tracing::info!(count = expired.len(), "leases expired; actions now in doubt");
+        }
+        let due = queue::take_due(&mut tx, limit).await?;
+        if due.is_empty() {
+            tx.commit().await?;
+            return Ok(vec![]);
+        }
+        let ids: Vec<uuid::Uuid> = due.iter().map(|r| r.action_id.as_uuid()).collect();
+        let mut all_attempts = attempts::load(&mut *tx, &ids).await?;
+        let mut changes = vec![];
+        let mut new_attempts = vec![];
+        let mut reconcile_leases = vec![];
+        let mut work = vec![];
+        for row in due {
+            let rows = all_attempts.remove(&row.action_id).unwrap_or_default();
+            let history: Vec<_> = rows.iter().map(|a| a.record()).collect();
+            let Some(cell) = self.cells.get(&row.cell).cloned() else {
+                tracing::error!(action = %row.action_id, cell = %row.cell, "due action for a cell this worker lacks; leaving it to another worker");
+                continue;
+            };
+            let event = match row.state {
+                State::RetryScheduled => Event::RetryDue,
+                _ => match plan_in_doubt(
+                    cell.profile(),
+                    &history,
+                    row.key_generation,
+                    row.doubt_since.unwrap_or(now),
+                    now,
+                ) {
+                    InDoubtPlan::Replay => Event::Replay,
+                    InDoubtPlan::AdoptSuccess { attempt } => {
+                        let receipt = rows
+                            .iter()
+                            .find(|a| a.number as u32 == attempt)
+                            .and_then(|a| a.detail.as_ref())
+                            .map(|d| d["receipt"].clone());
+                        let mut c = Change::new(&row, Event::ReconciledHappened, now)?
+                            .reason(Some(format!("attempt {attempt} recorded success after its lease expired")));
+                        c.receipt = receipt;
+                        changes.push(c);
+                        continue;
+                    }
+                    InDoubtPlan::GiveUp { reason } => {
+                        changes.push(Change::new(&row, Event::GiveUp, now)?.reason(Some(reason)));
+                        continue;
+                    }
+                    InDoubtPlan::Reconcile => {
+                        reconcile_leases.push((row.action_id.as_uuid(), cell.profile().call_timeout * 2));
+                        work.push(Work::Reconcile(ReconcileJob {
+                            row,
+                            cell,
+                            attempts: rows,
+                        }));
+                        continue;
+                    }
+                },
+            };
+            match steps::start_attempt(&row, &cell, &history, event, &self.config.id, now) {
+                Ok((change, attempt, s)) => {
+                    changes.push(change);
+                    new_attempts.push(attempt);
+                    work.push(Work::Execute(s));
+                }
+                Err(e) => {
+                    tracing::error!(action = %row.action_id, error = %e, "guard refused a due retry; holding it for an hour");
+                    reconcile_leases.push((row.action_id.as_uuid(), Duration::from_secs(3600)));
+                }
+            }
+        }
+        hold(&mut tx, &reconcile_leases).await?;
+        let applied = inbox::apply(&mut tx, &changes, &self.config.id).await?;
+        attempts::insert(&mut tx, &new_attempts).await?;
+        tx.commit().await?;
+        work.retain(|w| match w {
+            Work::Execute(s) => applied.contains(&s.row.action_id),
+            Work::Reconcile(_) => true,
+        });
+        Ok(work)
+    }
+
+    /// Ask the partner and apply the verdict with a compare-and-set.
+    async fn reconcile(&self, job: ReconcileJob) {
+        let attempts = steps::cell_attempts(&job.attempts);
+        let timeout = job.cell.profile().call_timeout * 2;
+        let verdict = match tokio::time::timeout(
+            timeout,
+            job.cell.reconcile(job.row.action_id, &job.row.args, &attempts),
+        )
+        .await
+        {
+            Ok(v) => v,
+            Err(_) => Verdict::Unknown {
+                reason: "reconciliation timed out".into(),
+            },
+        };
+        tracing::debug!(action = %job.row.action_id, verdict = verdict.class(), "reconciled");
+        let change = steps::verdict_change(&job, &verdict, Utc::now(), sample());
+        let result = async {
+            let mut tx = self.store.pool().begin().await?;
+            inbox::apply(&mut tx, std::slice::from_ref(&change), &self.config.id).await?;
+            tx.commit().await?;
+            Ok::<_, WorkerError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(action = %job.row.action_id, error = %e, "could not record verdict; the action stays in doubt");
+        }
+    }
+}
+
+/// Push `due_at` forward for actions this worker is reconciling, so no other sweeper takes
+/// them meanwhile. Not a state change.
+async fn hold(conn: &mut PgConnection, holds: &[(uuid::Uuid, Duration)]) -> Result<(), WorkerError> {
+    if holds.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<uuid::Uuid> = holds.iter().map(|h| h.0).collect();
+    let ms: Vec<i64> = holds.iter().map(|h| h.1.as_millis() as i64).collect();
+    sqlx::query(
+        "UPDATE idem.actions a SET due_at = now() + v.ms * interval '1 millisecond' \
+         FROM unnest($1::uuid[], $2::int8[]) AS v(id, ms) \
+         WHERE a.action_id = v.id AND a.state IN ('in_doubt', 'retry_scheduled')",
+    )
+    .bind(&ids)
+    .bind(&ms)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+fn needs_approval(policy: &ApprovalPolicy, args: &serde_json::Value) -> bool {
+    match policy {
+        ApprovalPolicy::Never => false,
+        ApprovalPolicy::Always => true,
+        ApprovalPolicy::Above {
+            argument,
+            threshold,
+        } => args[argument].as_i64().is_some_and(|v| v >= *threshold),
+    }
+}
+
+/// Call the partner, bounded by the cell's timeout (cells time out themselves; this is a
+/// second fence against a cell that hangs).
+async fn execute(s: &Started) -> ExecOutcome {
+    let limit = s.cell.profile().call_timeout + Duration::from_secs(1);
+    match tokio::time::timeout(
+        limit,
+        s.cell.execute(s.row.action_id, &s.row.args, &s.attempt),
+    )
+    .await
+    {
+        Ok(o) => o,
+        Err(_) => ExecOutcome::Ambiguous {
+            reason: "call exceeded the cell's timeout".into(),
+            replayed_error: false,
+        },
+    }
+}
+
+impl From<idem_core::TransitionError> for WorkerError {
+    fn from(e: idem_core::TransitionError) -> Self {
+        WorkerError::Store(StoreError::Config(e.to_string()))
+    }
+}
