@@ -1,1 +1,268 @@
-fn main() {}
+//! The `idem` command.
+
+mod cells;
+mod demo;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use idem_core::{ActionId, CellName};
+use idem_store::{enqueue, NewAction, Store, DEFAULT_DATABASE_URL};
+use idem_worker::{Worker, WorkerConfig};
+
+#[derive(Parser, Debug)]
+#[command(name = "idem", version, about = "The exactly-once layer under AI agents")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Db {
+    /// PostgreSQL URL (defaults to the local server).
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
+    database_url: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Apply idem's migrations (schema `idem`).
+    Migrate(Db),
+    /// Run a worker on the direct Postgres transport (claims from the outbox, sweeps).
+    Worker(WorkerArgs),
+    /// Run one sweep pass: expire leases, start due retries, reconcile doubts.
+    Sweep(WorkerArgs),
+    /// Enqueue one action (in its own transaction).
+    Enqueue(EnqueueArgs),
+    /// Show an action, its receipt and its attempts as JSON.
+    Status {
+        #[command(flatten)]
+        db: Db,
+        action_id: ActionId,
+    },
+    /// Run a partner simulator.
+    Sim {
+        #[command(subcommand)]
+        partner: SimCommand,
+    },
+    /// The main job: run N actions through faulty partners and count effects.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct WorkerArgs {
+    #[command(flatten)]
+    db: Db,
+    #[command(flatten)]
+    cells: cells::CellArgs,
+    /// Partner calls in flight at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Actions claimed or settled per transaction.
+    #[arg(long, default_value_t = 64)]
+    batch: u32,
+    #[arg(long, default_value_t = 500)]
+    poll_interval_ms: u64,
+    #[arg(long, default_value_t = 1000)]
+    sweep_interval_ms: u64,
+    /// Worker name in leases and audit rows.
+    #[arg(long)]
+    id: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct EnqueueArgs {
+    #[command(flatten)]
+    db: Db,
+    /// Cell, e.g. stripe.charge.
+    #[arg(long)]
+    cell: CellName,
+    /// Arguments as a JSON object.
+    #[arg(long)]
+    args: String,
+    /// Action id (reuse it on retry). Without it, the id is derived from --intent-scope.
+    #[arg(long, conflicts_with = "intent_scope")]
+    id: Option<ActionId>,
+    /// Derive the id from (scope, cell, arguments): a re-planned call gets the same id.
+    #[arg(long)]
+    intent_scope: Option<String>,
+    #[arg(long)]
+    ordering_key: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum SimCommand {
+    /// The Stripe simulator (PaymentIntents, Idempotency-Key store, ledger at /_sim/ledger).
+    Stripe {
+        #[arg(long, default_value = "127.0.0.1:12111")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Probability of a lost response after the effect.
+        #[arg(long, default_value_t = 0.0)]
+        drop_after_effect: f64,
+        /// Probability of a 500 before the effect.
+        #[arg(long, default_value_t = 0.0)]
+        fail_before: f64,
+        /// Probability of a 500 after the effect.
+        #[arg(long, default_value_t = 0.0)]
+        fail_after: f64,
+        /// Probability of a 429.
+        #[arg(long, default_value_t = 0.0)]
+        rate_limit: f64,
+        /// Key retention in seconds (Stripe: 24 h).
+        #[arg(long, default_value_t = 86_400.0)]
+        key_retention_secs: f64,
+        /// Search indexing lag in seconds.
+        #[arg(long, default_value_t = 0.0)]
+        search_lag_secs: f64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // The demo prints a table; its workers' info lines would drown it.
+    let default_filter = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "warn,idem=info",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Migrate(db) => {
+            let store = connect(&db).await?;
+            store.migrate().await?;
+            println!("migrated");
+        }
+        Command::Worker(args) => run_worker(args).await?,
+        Command::Sweep(args) => {
+            let worker = build_worker(&args).await?;
+            let n = worker.sweep_once().await?;
+            println!("{n} actions moved on");
+        }
+        Command::Enqueue(a) => {
+            let store = connect(&a.db).await?;
+            let args: serde_json::Value =
+                serde_json::from_str(&a.args).context("--args must be JSON")?;
+            let registry = cells::CellArgs::default().registry();
+            let Some(cell) = registry.get(a.cell.as_str()) else {
+                bail!("unknown cell {}; known: {}", a.cell, cells::names(&registry));
+            };
+            cell.validate(&args)?;
+            let mut action = match (a.id, a.intent_scope) {
+                (Some(id), _) => NewAction::new(id, a.cell, args),
+                (None, Some(scope)) => NewAction::from_intent(&scope, a.cell, args),
+                (None, None) => bail!("give --id (reused on retry) or --intent-scope"),
+            };
+            if let Some(k) = a.ordering_key {
+                action = action.with_ordering_key(k);
+            }
+            let done = enqueue(store.pool(), &action).await?;
+            println!("{}", serde_json::to_string_pretty(&done)?);
+        }
+        Command::Status { db, action_id } => {
+            let store = connect(&db).await?;
+            let Some(row) = idem_store::inbox::get(store.pool(), action_id).await? else {
+                bail!("no action {action_id}");
+            };
+            let attempts = idem_store::attempts::load(store.pool(), &[action_id.as_uuid()]).await?;
+            let out = serde_json::json!({
+                "action": row,
+                "attempts": attempts.get(&action_id).cloned().unwrap_or_default(),
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Command::Sim { partner } => match partner {
+            SimCommand::Stripe {
+                listen,
+                seed,
+                drop_after_effect,
+                fail_before,
+                fail_after,
+                rate_limit,
+                key_retention_secs,
+                search_lag_secs,
+            } => {
+                let sim = idem_sim::StripeSim::new(idem_sim::StripeSimConfig {
+                    seed,
+                    key_retention: Duration::from_secs_f64(key_retention_secs),
+                    search_lag: Duration::from_secs_f64(search_lag_secs),
+                    faults: idem_sim::FaultRates {
+                        drop_after_effect,
+                        fail_before,
+                        fail_after,
+                        rate_limit,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                });
+                let server = idem_sim::SimServer::start(sim.router(), listen).await?;
+                eprintln!("stripe simulator on {} (ledger: /_sim/ledger)", server.base_url());
+                tokio::signal::ctrl_c().await?;
+            }
+        },
+        Command::Demo(args) => {
+            let ok = demo::run(args).await?;
+            if !ok {
+                std::process::exit(1);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn connect(db: &Db) -> Result<Store> {
+    Ok(Store::connect(&db.database_url, 8).await?)
+}
+
+async fn build_worker(args: &WorkerArgs) -> Result<Worker> {
+    let store = Store::connect(&args.db.database_url, (args.concurrency as u32 / 4).clamp(4, 32)).await?;
+    let mut config = WorkerConfig {
+        concurrency: args.concurrency.max(1),
+        batch: args.batch.max(1),
+        poll_interval: Duration::from_millis(args.poll_interval_ms),
+        sweep_interval: Duration::from_millis(args.sweep_interval_ms),
+        ..WorkerConfig::default()
+    };
+    if let Some(id) = &args.id {
+        config.id = id.clone();
+    }
+    Ok(Worker::new(store, args.cells.registry(), config))
+}
+
+async fn run_worker(args: WorkerArgs) -> Result<()> {
+    let worker = build_worker(&args).await?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight calls");
+        let _ = tx.send(true);
+    });
+    tracing::info!(worker = worker.id(), "worker started");
+    worker.run(rx).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,149 @@
+//! Test kit for idem and for applications that use it: a fresh, migrated PostgreSQL
+//! database per test, and the partner simulators on local ports.
+//!
+//! PostgreSQL comes from `DATABASE_URL` first, then from testcontainers where a Docker
+//! engine exists; with neither, [`TestDb::new`] panics with a message that says what to
+//! start. Tests never skip silently.
+
+use std::sync::OnceLock;
+
+use idem_sim::{SimServer, StripeSim, StripeSimConfig};
+use idem_store::Store;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection};
+
+/// A database of its own for one test, dropped when the value is dropped.
+#[derive(Debug)]
+pub struct TestDb {
+    pub url: String,
+    pub store: Store,
+    name: String,
+    admin: PgConnectOptions,
+}
+
+const HOW_TO: &str = "idem's tests need PostgreSQL: set DATABASE_URL (e.g. \
+     DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres; start a local server with \
+     `pg_ctlcluster 15 main start`), or run a Docker engine so testcontainers can start one";
+
+fn docker_available() -> bool {
+    std::env::var_os("DOCKER_HOST").is_some() || std::path::Path::new("/var/run/docker.sock").exists()
+}
+
+/// The server every test database is created on.
+fn admin_url() -> String {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            return url;
+        }
+        if docker_available() {
+            return start_container();
+        }
+        panic!("{HOW_TO}");
+    })
+    .clone()
+}
+
+/// Start a Postgres container once per test binary; it lives until the process exits.
+fn start_container() -> String {
+    use testcontainers_modules::postgres::Postgres;
+    use testcontainers_modules::testcontainers::runners::AsyncRunner;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async move {
+            let result = Postgres::default().start().await;
+            match result {
+                Ok(container) => {
+                    let port = container.get_host_port_ipv4(5432).await;
+                    let _ = tx.send(port.map(|p| format!("postgres://postgres:postgres@127.0.0.1:{p}/postgres")).map_err(|e| e.to_string()));
+                    // Keep the container (and this runtime) alive for the whole test run.
+                    std::future::pending::<()>().await;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                }
+            }
+        });
+    });
+    match rx.recv() {
+        Ok(Ok(url)) => url,
+        Ok(Err(e)) => panic!("testcontainers could not start PostgreSQL ({e}). {HOW_TO}"),
+        Err(_) => panic!("testcontainers thread died. {HOW_TO}"),
+    }
+}
+
+impl TestDb {
+    /// Create and migrate a fresh database.
+    pub async fn new() -> Self {
+        let url = admin_url();
+        let admin: PgConnectOptions = url.parse().unwrap_or_else(|e| panic!("DATABASE_URL {url:?} is not a PostgreSQL URL: {e}"));
+        let name = format!("idem_t_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = admin
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {}:{} ({e}). {HOW_TO}", admin.get_host(), admin.get_port()));
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut conn)
+            .await
+            .expect("CREATE DATABASE");
+        let _ = conn.close().await;
+        let opts = admin.clone().database(&name);
+        let test_url = opts.to_url_lossy().to_string();
+        let store = Store::connect(&test_url, 16).await.expect("connect to the test database");
+        store.migrate().await.expect("migrate the test database");
+        Self {
+            url: test_url,
+            store,
+            name,
+            admin,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin = self.admin.clone();
+        let name = self.name.clone();
+        let pool = self.store.pool().clone();
+        // Drop the database from a thread of its own: Drop cannot await.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async move {
+                pool.close().await;
+                if let Ok(mut c) = admin.connect().await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                        .execute(&mut c)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A Stripe simulator serving on a free local port.
+#[derive(Debug)]
+pub struct StripeFixture {
+    pub sim: StripeSim,
+    pub server: SimServer,
+}
+
+impl StripeFixture {
+    pub async fn start(config: StripeSimConfig) -> Self {
+        let sim = StripeSim::new(config);
+        let server = SimServer::start(sim.router(), ([127, 0, 0, 1], 0).into())
+            .await
+            .expect("bind a local port for the simulator");
+        Self { sim, server }
+    }
+
+    pub fn base_url(&self) -> String {
+        self.server.base_url()
+    }
+}
+
+/// The test secret the simulator accepts.
+pub const TEST_SECRET: &str = "sk_test_idem_testkit";

@@ -1,0 +1,379 @@
+//! `idem demo`: N charges through a faulty Stripe simulator on the direct Postgres
+//! transport, with a worker killed mid-flight; then the partner's ledger is compared with
+//! idem's receipts.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use idem_cells::{Registry, StripeCharge};
+use idem_core::{CellName, RetryPolicy};
+use idem_sim::{FaultRates, SimServer, StripeSim, StripeSimConfig};
+use idem_store::{enqueue, NewAction, Store, DEFAULT_DATABASE_URL};
+use idem_worker::{Worker, WorkerConfig};
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use sqlx::{ConnectOptions, Connection};
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// PostgreSQL server; the demo (re)creates its own database `idem_demo` there.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
+    database_url: String,
+    /// Actions to run.
+    #[arg(long, default_value_t = 1000)]
+    actions: usize,
+    /// Print the result as one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Worker tasks (one of them is killed and restarted mid-flight).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Partner calls in flight per worker.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Lost responses after the effect.
+    #[arg(long, default_value_t = 0.10)]
+    drop_after_effect: f64,
+    /// 500 before the effect.
+    #[arg(long, default_value_t = 0.05)]
+    fail_before: f64,
+    /// 500 after the effect.
+    #[arg(long, default_value_t = 0.02)]
+    fail_after: f64,
+    /// 429 before the idempotency layer.
+    #[arg(long, default_value_t = 0.02)]
+    rate_limit: f64,
+    /// Give up waiting after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct CellReport {
+    actions: usize,
+    effects: usize,
+    duplicates: usize,
+    lost: usize,
+    succeeded: usize,
+    failed: usize,
+    needs_human: usize,
+    dead: usize,
+    in_doubt_resolved_by_reconcile: usize,
+    in_doubt_resolved_by_replay: usize,
+    p50_ms: u64,
+    p99_ms: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    actions: usize,
+    effects: usize,
+    duplicates: usize,
+    lost: usize,
+    needs_human: usize,
+    enqueue_calls: usize,
+    enqueue_duplicates_suppressed: usize,
+    worker_killed: bool,
+    elapsed_ms: u64,
+    faults: FaultRates,
+    cells: HashMap<String, CellReport>,
+}
+
+async fn fresh_database(server_url: &str) -> Result<String> {
+    let admin: sqlx::postgres::PgConnectOptions = server_url.parse().context("DATABASE_URL")?;
+    let mut conn = admin.connect().await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach PostgreSQL at {}:{} ({e}). Start it (e.g. `pg_ctlcluster 15 main start`) or set DATABASE_URL",
+            admin.get_host(),
+            admin.get_port()
+        )
+    })?;
+    sqlx::query("DROP DATABASE IF EXISTS idem_demo WITH (FORCE)").execute(&mut conn).await?;
+    sqlx::query("CREATE DATABASE idem_demo").execute(&mut conn).await?;
+    let _ = conn.close().await;
+    Ok(admin.database("idem_demo").to_url_lossy().to_string())
+}
+
+pub async fn run(args: DemoArgs) -> Result<bool> {
+    let started = Instant::now();
+    let url = fresh_database(&args.database_url).await?;
+    let store = Store::connect(&url, 24).await?;
+    store.migrate().await?;
+
+    let faults = FaultRates {
+        drop_after_effect: args.drop_after_effect,
+        fail_before: args.fail_before,
+        fail_after: args.fail_after,
+        rate_limit: args.rate_limit,
+        ..FaultRates::default()
+    };
+    let sim = StripeSim::new(StripeSimConfig {
+        seed: args.seed,
+        faults,
+        ..StripeSimConfig::default()
+    });
+    let server = SimServer::start(sim.router(), ([127, 0, 0, 1], 0).into()).await?;
+    let registry = || {
+        Registry::new().with(StripeCharge::new(server.base_url(), "sk_test_idem_demo").with_profile(|p| {
+            // Demo timings: a lost response is noticed in 1 s, a lease lasts 3 s.
+            p.call_timeout = Duration::from_millis(1000);
+            p.settle_time = Duration::from_millis(500);
+            p.retry = RetryPolicy {
+                base: Duration::from_millis(100),
+                max: Duration::from_secs(2),
+                max_attempts: 8,
+                jitter: 0.5,
+            };
+        }))
+    };
+    let worker_config = |i: usize| WorkerConfig {
+        id: format!("demo-worker-{i}"),
+        concurrency: args.concurrency,
+        batch: 64,
+        poll_interval: Duration::from_millis(100),
+        sweep_interval: Duration::from_millis(200),
+        claim_outbox: true,
+    };
+
+    // Workers first, so the run overlaps enqueueing like a live system.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut workers = vec![];
+    for i in 0..args.workers.max(1) {
+        let w = Worker::new(store.clone(), registry(), worker_config(i));
+        let rx = stop_rx.clone();
+        workers.push(tokio::spawn(async move { w.run(rx).await }));
+    }
+
+    // Agents: each action inside an application transaction, in groups; some enqueued
+    // twice (a retried tool call), some re-planned from the same intent.
+    let cell = CellName::new("stripe.charge")?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+    let mut ids = vec![];
+    let mut calls = 0;
+    let mut suppressed = 0;
+    for chunk in (0..args.actions).collect::<Vec<_>>().chunks(50) {
+        let mut tx = store.pool().begin().await?;
+        for &i in chunk {
+            let declined = rng.gen_bool(0.03);
+            let args_json = serde_json::json!({
+                "amount": rng.gen_range(100..100_000),
+                "currency": "usd",
+                "customer": format!("cus_demo{:03}", i % 100),
+                "description": format!("demo order {i}"),
+                "payment_method": if declined { "pm_card_chargeDeclined" } else { "pm_card_visa" },
+            });
+            let action = NewAction::from_intent(&format!("agent-turn-{i}"), cell.clone(), args_json.clone());
+            calls += 1;
+            if !enqueue(&mut *tx, &action).await?.created {
+                suppressed += 1;
+            }
+            ids.push(action.action_id);
+            if rng.gen_bool(0.10) {
+                // The same tool call retried with the same id.
+                calls += 1;
+                if !enqueue(&mut *tx, &action).await?.created {
+                    suppressed += 1;
+                }
+            }
+            if rng.gen_bool(0.10) {
+                // The model re-plans the same charge in the same turn: same intent, same id.
+                let replanned = NewAction::from_intent(&format!("agent-turn-{i}"), cell.clone(), args_json);
+                calls += 1;
+                if !enqueue(&mut *tx, &replanned).await?.created {
+                    suppressed += 1;
+                }
+            }
+        }
+        tx.commit().await?;
+    }
+
+    let bar = indicatif::ProgressBar::new(ids.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} settled {pos}/{len} [{elapsed}] {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    let mut killed = false;
+    loop {
+        let (settled,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM idem.actions WHERE state IN ('succeeded','failed','rejected','needs_human','dead')",
+        )
+        .fetch_one(store.pool())
+        .await?;
+        bar.set_position(settled as u64);
+        if !killed && settled as usize >= ids.len() / 4 {
+            // Kill a worker mid-flight: its in-flight calls are abandoned with their leases
+            // held; another worker's sweeper must settle them. Then restart it.
+            workers[0].abort();
+            let _ = (&mut workers[0]).await;
+            bar.set_message("worker 0 killed mid-flight, restarting");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let w = Worker::new(store.clone(), registry(), worker_config(100));
+            let rx = stop_rx.clone();
+            workers[0] = tokio::spawn(async move { w.run(rx).await });
+            killed = true;
+        }
+        if settled as usize >= ids.len() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bar.abandon();
+            bail!("not every action settled within {}s", args.timeout_secs);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bar.finish_and_clear();
+    let _ = stop_tx.send(true);
+    for w in workers {
+        let _ = w.await;
+    }
+
+    let report = check(&store, &sim, ids.len(), calls, suppressed, killed, faults, started).await?;
+    let ok = report.duplicates == 0 && report.lost == 0;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    drop(server);
+    Ok(ok)
+}
+
+/// Compare the partner's ledger with idem's view, action by action.
+#[allow(clippy::too_many_arguments)]
+async fn check(
+    store: &Store,
+    sim: &StripeSim,
+    actions: usize,
+    calls: usize,
+    suppressed: usize,
+    killed: bool,
+    faults: FaultRates,
+    started: Instant,
+) -> Result<Report> {
+    let rows: Vec<(uuid::Uuid, String, String, Option<serde_json::Value>, Option<f64>)> = sqlx::query_as(
+        "SELECT action_id, cell, state, receipt, \
+         (extract(epoch from (settled_at - created_at)) * 1000)::float8 FROM idem.actions",
+    )
+    .fetch_all(store.pool())
+    .await?;
+    let events: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+        "SELECT DISTINCT action_id, event FROM idem.transitions \
+         WHERE event IN ('reconciled_happened','reconciled_not_happened','reconciled_failed','replay')",
+    )
+    .fetch_all(store.pool())
+    .await?;
+    let mut effects_by_action: HashMap<String, Vec<String>> = HashMap::new();
+    let ledger = sim.ledger();
+    for e in &ledger {
+        effects_by_action
+            .entry(e.idem_action_id.clone().unwrap_or_default())
+            .or_default()
+            .push(e.id.clone());
+    }
+    let mut cells: HashMap<String, CellReport> = HashMap::new();
+    let mut latencies: HashMap<String, Vec<u64>> = HashMap::new();
+    for (id, cell, state, receipt, ms) in &rows {
+        let c = cells.entry(cell.clone()).or_default();
+        c.actions += 1;
+        let effects = effects_by_action.get(&id.to_string()).cloned().unwrap_or_default();
+        c.effects += effects.len();
+        c.duplicates += effects.len().saturating_sub(1);
+        match state.as_str() {
+            "succeeded" => {
+                c.succeeded += 1;
+                let partner_ref = receipt.as_ref().and_then(|r| r["partner_ref"].as_str());
+                // Lost: succeeded without the effect its receipt names.
+                if partner_ref.is_none_or(|r| !effects.iter().any(|e| e == r)) {
+                    c.lost += 1;
+                }
+            }
+            "failed" | "rejected" | "dead" => {
+                if state == "failed" {
+                    c.failed += 1;
+                } else if state == "dead" {
+                    c.dead += 1;
+                }
+                // Lost: the partner did it but idem says it did not.
+                if !effects.is_empty() {
+                    c.lost += 1;
+                }
+            }
+            "needs_human" => c.needs_human += 1,
+            _ => c.lost += 1, // never settled
+        }
+        if let Some(ms) = ms {
+            latencies.entry(cell.clone()).or_default().push(*ms as u64);
+        }
+    }
+    for (id, event) in &events {
+        let Some((_, cell, ..)) = rows.iter().find(|r| r.0 == *id) else { continue };
+        let c = cells.entry(cell.clone()).or_default();
+        if event == "replay" {
+            c.in_doubt_resolved_by_replay += 1;
+        } else {
+            c.in_doubt_resolved_by_reconcile += 1;
+        }
+    }
+    for (cell, mut l) in latencies {
+        l.sort_unstable();
+        let pct = |p: f64| l.get(((l.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0);
+        if let Some(c) = cells.get_mut(&cell) {
+            c.p50_ms = pct(0.50);
+            c.p99_ms = pct(0.99);
+        }
+    }
+    let sum = |f: fn(&CellReport) -> usize| cells.values().map(f).sum::<usize>();
+    Ok(Report {
+        actions,
+        effects: sum(|c| c.effects),
+        duplicates: sum(|c| c.duplicates),
+        lost: sum(|c| c.lost) + actions.saturating_sub(rows.len()),
+        needs_human: sum(|c| c.needs_human),
+        enqueue_calls: calls,
+        enqueue_duplicates_suppressed: suppressed,
+        worker_killed: killed,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+        faults,
+        cells,
+    })
+}
+
+fn print_table(r: &Report) {
+    println!(
+        "idem demo: {} actions, {} enqueue calls ({} duplicates suppressed at enqueue), worker killed mid-flight: {}",
+        r.actions, r.enqueue_calls, r.enqueue_duplicates_suppressed, r.worker_killed
+    );
+    println!(
+        "faults: {:.0}% lost responses after effect, {:.0}% 5xx before, {:.0}% 5xx after, {:.0}% 429",
+        r.faults.drop_after_effect * 100.0,
+        r.faults.fail_before * 100.0,
+        r.faults.fail_after * 100.0,
+        r.faults.rate_limit * 100.0
+    );
+    println!();
+    println!(
+        "{:<14} {:>7} {:>7} {:>10} {:>5} {:>9} {:>6} {:>11} {:>16} {:>14} {:>7} {:>7}",
+        "cell", "actions", "effects", "duplicates", "lost", "succeeded", "failed", "needs_human",
+        "doubt→reconcile", "doubt→replay", "p50 ms", "p99 ms"
+    );
+    let mut names: Vec<_> = r.cells.keys().collect();
+    names.sort();
+    for n in names {
+        let c = &r.cells[n];
+        println!(
+            "{:<14} {:>7} {:>7} {:>10} {:>5} {:>9} {:>6} {:>11} {:>16} {:>14} {:>7} {:>7}",
+            n, c.actions, c.effects, c.duplicates, c.lost, c.succeeded, c.failed, c.needs_human,
+            c.in_doubt_resolved_by_reconcile, c.in_doubt_resolved_by_replay, c.p50_ms, c.p99_ms
+        );
+    }
+    println!();
+    println!(
+        "total: {} actions, {} effects, {} duplicates, {} lost, {} needs_human ({:.1}s)",
+        r.actions, r.effects, r.duplicates, r.lost, r.needs_human, r.elapsed_ms as f64 / 1000.0
+    );
+}
