@@ -1,0 +1,463 @@
+//! End-to-end tests of the direct Postgres path: real PostgreSQL (from DATABASE_URL or
+//! testcontainers), real HTTP to idem's Stripe simulator, real child processes. Every
+//! exactly-once claim is checked in the simulator's effect ledger.
+
+use std::time::Duration;
+
+use idem_cells::{Registry, StripeCharge};
+use idem_core::{ActionId, CellName, RetryPolicy, State};
+use idem_sim::{Fault, StripeSimConfig};
+use idem_store::{enqueue, inbox, EnqueueError, NewAction, Store};
+use idem_testkit::{StripeFixture, TestDb, TEST_SECRET};
+use idem_worker::{Delivery, Worker, WorkerConfig};
+use serde_json::json;
+
+fn charge_args(amount: i64) -> serde_json::Value {
+    json!({"amount": amount, "currency": "usd", "customer": "cus_test"})
+}
+
+fn cell_name() -> CellName {
+    CellName::new("stripe.charge").unwrap()
+}
+
+/// A stripe.charge cell with test timings: 1 s calls, 300 ms settle time, fast retries.
+fn cell(base: &str, f: impl FnOnce(StripeCharge) -> StripeCharge) -> Registry {
+    let c = StripeCharge::new(base, TEST_SECRET).with_profile(|p| {
+        p.call_timeout = Duration::from_millis(1000);
+        p.settle_time = Duration::from_millis(300);
+        p.retry = RetryPolicy {
+            base: Duration::from_millis(50),
+            max: Duration::from_millis(400),
+            max_attempts: 8,
+            jitter: 0.0,
+        };
+    });
+    Registry::new().with(f(c))
+}
+
+fn worker(store: &Store, cells: Registry, id: &str) -> Worker {
+    Worker::new(
+        store.clone(),
+        cells,
+        WorkerConfig {
+            id: id.into(),
+            concurrency: 8,
+            batch: 16,
+            poll_interval: Duration::from_millis(50),
+            sweep_interval: Duration::from_millis(50),
+            claim_outbox: true,
+        },
+    )
+}
+
+async fn state(store: &Store, id: ActionId) -> inbox::ActionRow {
+    inbox::get(store.pool(), id).await.unwrap().expect("action exists")
+}
+
+/// Take the action's outbox message as a transport would deliver it.
+async fn take_delivery(store: &Store) -> Delivery {
+    let mut tx = store.pool().begin().await.unwrap();
+    let msgs = idem_store::queue::take_outbox(&mut tx, 1).await.unwrap();
+    tx.commit().await.unwrap();
+    let m = msgs.into_iter().next().expect("one outbox row");
+    Delivery {
+        payload: m.payload,
+        source: json!({"outbox_seq": m.seq}),
+    }
+}
+
+/// Run sweeps until the action settles (or panic after `limit`).
+async fn sweep_until_settled(w: &Worker, store: &Store, id: ActionId, limit: Duration) -> inbox::ActionRow {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        w.sweep_once().await.unwrap();
+        let row = state(store, id).await;
+        if row.state.is_settled() {
+            return row;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not settled: {row:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn transitions(store: &Store, id: ActionId) -> Vec<String> {
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT event FROM idem.transitions WHERE action_id = $1 ORDER BY id")
+        .bind(id.as_uuid())
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    rows.into_iter().map(|r| r.0).collect()
+}
+
+fn receipt_ref(row: &inbox::ActionRow) -> String {
+    row.receipt.as_ref().and_then(|r| r["partner_ref"].as_str()).expect("receipt").to_owned()
+}
+
+// ---------------------------------------------------------------- enqueue
+
+#[tokio::test]
+async fn enqueue_rolled_back_leaves_nothing() {
+    let db = TestDb::new().await;
+    let action = NewAction::new(ActionId::random(), cell_name(), charge_args(500));
+    let mut tx = db.store.pool().begin().await.unwrap();
+    let e = enqueue(&mut *tx, &action).await.unwrap();
+    assert!(e.created);
+    tx.rollback().await.unwrap();
+    assert!(inbox::get(db.store.pool(), action.action_id).await.unwrap().is_none());
+    let (outbox,): (i64,) = sqlx::query_as("SELECT count(*) FROM idem.outbox").fetch_one(db.store.pool()).await.unwrap();
+    assert_eq!(outbox, 0);
+}
+
+#[tokio::test]
+async fn enqueue_is_idempotent_and_conflicts_on_other_arguments() {
+    let db = TestDb::new().await;
+    let action = NewAction::from_intent("session-1", cell_name(), charge_args(500));
+    assert!(enqueue(db.store.pool(), &action).await.unwrap().created);
+    let again = enqueue(db.store.pool(), &action).await.unwrap();
+    assert!(!again.created);
+    assert_eq!(again.state, State::Received);
+    // Re-planned from the same intent: same id, no second action.
+    let replanned = NewAction::from_intent("session-1", cell_name(), json!({"customer": "cus_test", "currency": "usd", "amount": 500}));
+    assert_eq!(replanned.action_id, action.action_id);
+    assert!(!enqueue(db.store.pool(), &replanned).await.unwrap().created);
+    // Same id, other arguments: a conflict, and nothing changes.
+    let other = NewAction::new(action.action_id, cell_name(), charge_args(501));
+    match enqueue(db.store.pool(), &other).await {
+        Err(EnqueueError::Conflict { action_id }) => assert_eq!(action_id, action.action_id),
+        r => panic!("expected a conflict, got {r:?}"),
+    }
+    let (actions, outbox): (i64, i64) = sqlx::query_as("SELECT (SELECT count(*) FROM idem.actions), (SELECT count(*) FROM idem.outbox)")
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+    assert_eq!((actions, outbox), (1, 1));
+    assert_eq!(state(&db.store, action.action_id).await.args["amount"], 500);
+}
+
+#[tokio::test]
+async fn enqueue_from_plain_sql() {
+    let db = TestDb::new().await;
+    let id = uuid::Uuid::new_v4();
+    let mut conn = db.store.pool().acquire().await.unwrap();
+    sqlx::raw_sql(&format!(
+        "BEGIN; \
+         SELECT * FROM idem.enqueue('{id}', 'stripe.charge', '{{\"amount\": 700, \"currency\": \"usd\"}}'::jsonb, 'session-7'); \
+         SELECT * FROM idem.enqueue('{id}', 'stripe.charge', '{{\"currency\": \"usd\", \"amount\": 700}}'::jsonb, 'session-7'); \
+         COMMIT;"
+    ))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let (state, key): (String, String) = sqlx::query_as("SELECT state, ordering_key FROM idem.action_status JOIN idem.actions USING (action_id, cell, state) WHERE action_id = $1")
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!((state.as_str(), key.as_str()), ("received", "session-7"));
+    let err = sqlx::raw_sql(&format!("SELECT * FROM idem.enqueue('{id}', 'stripe.charge', '{{\"amount\": 1}}'::jsonb)"))
+        .execute(&mut *conn)
+        .await
+        .unwrap_err();
+    let code = err.as_database_error().and_then(|e| e.code()).map(|c| c.to_string());
+    assert_eq!(code.as_deref(), Some("IDM01"), "{err}");
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM idem.outbox").fetch_one(&mut *conn).await.unwrap();
+    assert_eq!(n, 1);
+}
+
+// ---------------------------------------------------------------- faults
+
+#[tokio::test]
+async fn lost_response_after_effect_is_replayed_under_the_same_key() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    stripe.sim.script([Fault::DropAfterEffect]);
+    let w = worker(&db.store, cell(&stripe.base_url(), |c| c), "w1");
+    let action = NewAction::new(ActionId::random(), cell_name(), charge_args(1500));
+    enqueue(db.store.pool(), &action).await.unwrap();
+    let report = w.deliver(&[take_delivery(&db.store).await]).await.unwrap();
+    assert_eq!(report.started, 1);
+    assert_eq!(state(&db.store, action.action_id).await.state, State::InDoubt);
+    let row = sweep_until_settled(&w, &db.store, action.action_id, Duration::from_secs(10)).await;
+    assert_eq!(row.state, State::Succeeded);
+    let ledger = stripe.sim.ledger();
+    assert_eq!(stripe.sim.effects_for(&action.action_id.to_string()), 1, "{ledger:?}");
+    assert_eq!(receipt_ref(&row), ledger[0].id, "receipt matches the ledger");
+    let reqs = stripe.sim.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[0].idempotency_key, reqs[1].idempotency_key);
+    assert!(reqs[1].replayed);
+}
+
+#[tokio::test]
+async fn stored_500_after_effect_is_found_by_reconcile() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    stripe.sim.script([Fault::FailAfter]);
+    let w = worker(&db.store, cell(&stripe.base_url(), |c| c), "w1");
+    let action = NewAction::new(ActionId::random(), cell_name(), charge_args(2500));
+    enqueue(db.store.pool(), &action).await.unwrap();
+    w.deliver(&[take_delivery(&db.store).await]).await.unwrap();
+    let row = sweep_until_settled(&w, &db.store, action.action_id, Duration::from_secs(10)).await;
+    assert_eq!(row.state, State::Succeeded);
+    assert_eq!(stripe.sim.effects_for(&action.action_id.to_string()), 1);
+    assert_eq!(receipt_ref(&row), stripe.sim.ledger()[0].id);
+    let events = transitions(&db.store, action.action_id).await;
+    assert!(events.contains(&"reconciled_happened".to_string()), "{events:?}");
+}
+
+#[tokio::test]
+async fn stored_500_before_effect_is_retried_once_under_a_new_key() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    stripe.sim.script([Fault::FailBefore]);
+    let w = worker(&db.store, cell(&stripe.base_url(), |c| c), "w1");
+    let action = NewAction::new(ActionId::random(), cell_name(), charge_args(3500));
+    enqueue(db.store.pool(), &action).await.unwrap();
+    w.deliver(&[take_delivery(&db.store).await]).await.unwrap();
+    let row = sweep_until_settled(&w, &db.store, action.action_id, Duration::from_secs(10)).await;
+    assert_eq!(row.state, State::Succeeded);
+    assert_eq!(stripe.sim.effects_for(&action.action_id.to_string()), 1);
+    assert_eq!(row.key_generation, 1, "the poisoned key was retired after a trusted miss");
+    let keys: std::collections::BTreeSet<_> = stripe.sim.requests().into_iter().filter_map(|r| r.idempotency_key).collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let events = transitions(&db.store, action.action_id).await;
+    assert!(events.contains(&"reconciled_not_happened".to_string()), "{events:?}");
+}
+
+#[tokio::test]
+async fn rate_limit_is_retried_and_declines_fail_without_effect() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    stripe.sim.script([Fault::RateLimit]);
+    let w = worker(&db.store, cell(&stripe.base_url(), |c| c), "w1");
+    let ok = NewAction::new(ActionId::random(), cell_name(), charge_args(100));
+    enqueue(db.store.pool(), &ok).await.unwrap();
+    w.deliver(&[take_delivery(&db.store).await]).await.unwrap();
+    assert_eq!(state(&db.store, ok.action_id).await.state, State::RetryScheduled);
+    assert_eq!(sweep_until_settled(&w, &db.store, ok.action_id, Duration::from_secs(10)).await.state, State::Succeeded);
+    let declined = NewAction::new(ActionId::random(), cell_name(), json!({"amount": 100, "currency": "usd", "payment_method": "pm_card_chargeDeclined"}));
+    enqueue(db.store.pool(), &declined).await.unwrap();
+    w.deliver(&[take_delivery(&db.store).await]).await.unwrap();
+    let row = state(&db.store, declined.action_id).await;
+    assert_eq!(row.state, State::Failed);
+    assert!(row.reason.unwrap().contains("card_error"));
+    assert_eq!(stripe.sim.effects_for(&declined.action_id.to_string()), 0);
+    assert_eq!(stripe.sim.effects_for(&ok.action_id.to_string()), 1);
+}
+
+#[tokio::test]
+async fn same_action_delivered_to_two_workers_at_once_calls_the_partner_once() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    // Slow partner, so both deliveries overlap the call.
+    stripe.sim.script([Fault::Delay(300)]);
+    let other = Store::connect(&db.url, 4).await.unwrap();
+    let w1 = worker(&db.store, cell(&stripe.base_url(), |c| c), "w1");
+    let w2 = worker(&other, cell(&stripe.base_url(), |c| c), "w2");
+    let action = NewAction::new(ActionId::random(), cell_name(), charge_args(4500));
+    enqueue(db.store.pool(), &action).await.unwrap();
+    let d = take_delivery(&db.store).await;
+    let (r1, r2) = tokio::join!(w1.deliver(std::slice::from_ref(&d)), w2.deliver(std::slice::from_ref(&d)));
+    let (r1, r2) = (r1.unwrap(), r2.unwrap());
+    assert_eq!(r1.started + r2.started, 1, "{r1:?} {r2:?}");
+    assert_eq!(r1.duplicates + r2.duplicates, 1);
+    assert_eq!(stripe.sim.requests().len(), 1);
+    assert_eq!(stripe.sim.effects_for(&action.action_id.to_string()), 1);
+    assert_eq!(state(&db.store, action.action_id).await.state, State::Succeeded);
+    // A redelivery after settlement: acknowledged, no partner call.
+    let r3 = w1.deliver(&[d]).await.unwrap();
+    assert_eq!((r3.started, r3.duplicates), (0, 1));
+    assert_eq!(stripe.sim.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn key_past_retention_is_not_replayed_blindly() {
+    let db = TestDb::new().await;
+    // The simulator prunes keys after 1 s; the cell knows the window (1.2 s minus margin).
+    let stripe = StripeFixture::start(StripeSimConfig { key_retention: Duration::from_secs(1), ..Default::default() }).await;
+    stripe.sim.script([Fault::DropAfterEffect]);
+    let cells = cell(&stripe.base_url(), |c| {
+        c.with_profile(|p| {
+            let k = p.key.as_mut().unwrap();
+            k.retention = Duration::from_millis(1200);
+            k.safety_margin = Duration::from_millis(200);
+        })
+    });
+    let w = worker(&db.store, cells, "w1");
+    let action = NewAction::new(ActionId::random(), cell_name(), charge_args(5500));
+    enqueue(db.store.pool(), &action).await.unwrap();
+    w.deliver(&[take_delivery(&db.store).await]).await.unwrap();
+    assert_eq!(state(&db.store, action.action_id).await.state, State::InDoubt);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let row = sweep_until_settled(&w, &db.store, action.action_id, Duration::from_secs(10)).await;
+    assert_eq!(row.state, State::Succeeded);
+    // A blind replay would have hit a pruned key and charged again.
+    assert_eq!(stripe.sim.requests().len(), 1, "no second request");
+    assert_eq!(stripe.sim.effects_for(&action.action_id.to_string()), 1);
+    assert!(transitions(&db.store, action.action_id).await.contains(&"reconciled_happened".to_string()));
+}
+
+#[tokio::test]
+async fn lagging_search_miss_is_not_trusted_before_the_settle_time() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig {
+        key_retention: Duration::from_millis(300),
+        search_lag: Duration::from_millis(1500),
+        ..Default::default()
+    })
+    .await;
+    stripe.sim.script([Fault::DropAfterEffect]);
+    let cells = cell(&stripe.base_url(), |c| {
+        c.with_profile(|p| {
+            let k = p.key.as_mut().unwrap();
+            k.retention = Duration::from_millis(300);
+            k.safety_margin = Duration::from_millis(100);
+        })
+        .reconcile_via_search(Duration::from_millis(2500))
+    });
+    let w = worker(&db.store, cells, "w1");
+    let action = NewAction::new(ActionId::random(), cell_name(), charge_args(6500));
+    enqueue(db.store.pool(), &action).await.unwrap();
+    w.deliver(&[take_delivery(&db.store).await]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Search does not see the charge yet: the miss must not lead to a retry.
+    for _ in 0..5 {
+        w.sweep_once().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let row = state(&db.store, action.action_id).await;
+    assert_eq!(row.state, State::InDoubt, "{row:?}");
+    assert!(row.reconcile_rounds >= 1, "it did reconcile");
+    assert_eq!(stripe.sim.requests().len(), 1);
+    let row = sweep_until_settled(&w, &db.store, action.action_id, Duration::from_secs(10)).await;
+    assert_eq!(row.state, State::Succeeded);
+    assert_eq!(stripe.sim.effects_for(&action.action_id.to_string()), 1);
+    assert_eq!(stripe.sim.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn malformed_actions_go_dead_and_the_worker_keeps_running() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let pool = db.store.pool();
+    // A buggy producer wrote bytes that are not an envelope.
+    sqlx::query("INSERT INTO idem.outbox (action_id, ordering_key, payload) VALUES ($1, 'k', $2)")
+        .bind(uuid::Uuid::new_v4())
+        .bind(b"{not json".to_vec())
+        .execute(pool)
+        .await
+        .unwrap();
+    let unknown = uuid::Uuid::new_v4();
+    sqlx::query("SELECT * FROM idem.enqueue($1, 'nosuch.cell', '{\"x\":1}'::jsonb)").bind(unknown).execute(pool).await.unwrap();
+    let invalid = NewAction::new(ActionId::random(), cell_name(), json!({"currency": "usd"}));
+    enqueue(pool, &invalid).await.unwrap();
+    let good = NewAction::new(ActionId::random(), cell_name(), charge_args(700));
+    enqueue(pool, &good).await.unwrap();
+
+    let w = worker(&db.store, cell(&stripe.base_url(), |c| c), "w1");
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(async move { w.run(rx).await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while state(&db.store, good.action_id).await.state != State::Succeeded {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tx.send(true).unwrap();
+    run.await.unwrap().unwrap();
+
+    let (raw, reason): (Vec<u8>, String) = sqlx::query_as("SELECT raw, reason FROM idem.dead_letters").fetch_one(pool).await.unwrap();
+    assert_eq!(raw, b"{not json");
+    assert!(reason.contains("not a JSON envelope"), "{reason}");
+    let u = state(&db.store, ActionId(unknown)).await;
+    assert_eq!(u.state, State::Dead);
+    assert!(u.reason.unwrap().contains("unknown cell"));
+    let i = state(&db.store, invalid.action_id).await;
+    assert_eq!(i.state, State::Dead);
+    assert!(i.reason.unwrap().contains("amount"), "reason names the field");
+    assert_eq!(stripe.sim.ledger().len(), 1);
+}
+
+// ---------------------------------------------------------------- processes
+
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_worker(db_url: &str, stripe: &str, id: &str) -> Child {
+    Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_idem"))
+            .args(["worker", "--id", id, "--poll-interval-ms", "50", "--sweep-interval-ms", "100"])
+            .args(["--stripe-call-timeout-ms", "1000", "--stripe-settle-ms", "300"])
+            .env("DATABASE_URL", db_url)
+            .env("IDEM_STRIPE_BASE", stripe)
+            .env("STRIPE_SECRET_KEY", TEST_SECRET)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn idem worker"),
+    )
+}
+
+#[tokio::test]
+async fn worker_process_killed_mid_call_is_settled_by_another_worker() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    // The partner takes 700 ms; the first worker is killed while waiting for it.
+    stripe.sim.script([Fault::Delay(700)]);
+    let mut first = spawn_worker(&db.url, &stripe.base_url(), "doomed");
+    let action = NewAction::new(ActionId::random(), cell_name(), charge_args(8500));
+    enqueue(db.store.pool(), &action).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while state(&db.store, action.action_id).await.state != State::Executing {
+        assert!(tokio::time::Instant::now() < deadline, "worker never claimed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // SIGKILL: no cleanup, the lease stays held.
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let row = state(&db.store, action.action_id).await;
+    assert_eq!(row.state, State::Executing);
+    assert_eq!(row.lease_owner.as_deref(), Some("doomed"));
+
+    let _second = spawn_worker(&db.url, &stripe.base_url(), "survivor");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let row = loop {
+        let row = state(&db.store, action.action_id).await;
+        if row.state.is_settled() {
+            break row;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not settled: {row:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(row.state, State::Succeeded);
+    assert_eq!(stripe.sim.effects_for(&action.action_id.to_string()), 1);
+    assert_eq!(receipt_ref(&row), stripe.sim.ledger()[0].id);
+    let events = transitions(&db.store, action.action_id).await;
+    assert!(events.contains(&"lease_expired".to_string()), "{events:?}");
+}
+
+#[tokio::test]
+async fn demo_binary_reports_no_duplicates_and_nothing_lost() {
+    // The README's main job, small: through the real binary, its own database.
+    let db = TestDb::new().await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_idem"))
+        .args(["demo", "--actions", "200", "--json", "--seed", "7"])
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("demo --json prints JSON");
+    assert_eq!(v["actions"], 200);
+    assert_eq!(v["duplicates"], 0);
+    assert_eq!(v["lost"], 0);
+    assert!(v["effects"].as_u64().unwrap() > 150);
+    assert_eq!(v["cells"]["stripe.charge"]["actions"], 200);
+}

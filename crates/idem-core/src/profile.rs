@@ -101,7 +101,7 @@ impl CellProfile {
 
     /// The lease a worker holds while one request is in flight.
     pub fn lease(&self) -> Duration {
-        self.call_timeout * 2 + Duration::from_secs(5)
+        self.call_timeout * 2 + Duration::from_secs(1)
     }
 }
 

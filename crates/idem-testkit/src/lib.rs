@@ -105,14 +105,13 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let admin = self.admin.clone();
         let name = self.name.clone();
-        let pool = self.store.pool().clone();
-        // Drop the database from a thread of its own: Drop cannot await.
+        // Drop the database from a thread of its own: Drop cannot await, and the test's own
+        // runtime is blocked here. WITH (FORCE) ends the pool's connections.
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
                 return;
             };
             rt.block_on(async move {
-                pool.close().await;
                 if let Ok(mut c) = admin.connect().await {
                     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                         .execute(&mut c)

@@ -91,7 +91,15 @@ fn now_unix() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
+/// Like Stripe, the simulator finishes a request it has started even if the client hangs
+/// up (a killed worker does not cancel the charge), so the work runs in a task of its own.
 async fn create(State(sim): State<StripeSim>, headers: HeaderMap, body: Bytes) -> Response {
+    tokio::spawn(create_detached(sim, headers, body))
+        .await
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+async fn create_detached(sim: StripeSim, headers: HeaderMap, body: Bytes) -> Response {
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
