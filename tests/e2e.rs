@@ -51,7 +51,10 @@ fn worker(store: &Store, cells: Registry, id: &str) -> Worker {
 }
 
 async fn state(store: &Store, id: ActionId) -> inbox::ActionRow {
-    inbox::get(store.pool(), id).await.unwrap().expect("action exists")
+    inbox::get(store.pool(), id)
+        .await
+        .unwrap()
+        .expect("action exists")
 }
 
 /// Take the action's outbox message as a transport would deliver it.
@@ -67,7 +70,12 @@ async fn take_delivery(store: &Store) -> Delivery {
 }
 
 /// Run sweeps until the action settles (or panic after `limit`).
-async fn sweep_until_settled(w: &Worker, store: &Store, id: ActionId, limit: Duration) -> inbox::ActionRow {
+async fn sweep_until_settled(
+    w: &Worker,
+    store: &Store,
+    id: ActionId,
+    limit: Duration,
+) -> inbox::ActionRow {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         w.sweep_once().await.unwrap();
@@ -75,22 +83,30 @@ async fn sweep_until_settled(w: &Worker, store: &Store, id: ActionId, limit: Dur
         if row.state.is_settled() {
             return row;
         }
-        assert!(tokio::time::Instant::now() < deadline, "not settled: {row:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not settled: {row:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 async fn transitions(store: &Store, id: ActionId) -> Vec<String> {
-    let rows: Vec<(String,)> = sqlx::query_as("SELECT event FROM idem.transitions WHERE action_id = $1 ORDER BY id")
-        .bind(id.as_uuid())
-        .fetch_all(store.pool())
-        .await
-        .unwrap();
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT event FROM idem.transitions WHERE action_id = $1 ORDER BY id")
+            .bind(id.as_uuid())
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
     rows.into_iter().map(|r| r.0).collect()
 }
 
 fn receipt_ref(row: &inbox::ActionRow) -> String {
-    row.receipt.as_ref().and_then(|r| r["partner_ref"].as_str()).expect("receipt").to_owned()
+    row.receipt
+        .as_ref()
+        .and_then(|r| r["partner_ref"].as_str())
+        .expect("receipt")
+        .to_owned()
 }
 
 // ---------------------------------------------------------------- enqueue
@@ -103,8 +119,14 @@ async fn enqueue_rolled_back_leaves_nothing() {
     let e = enqueue(&mut *tx, &action).await.unwrap();
     assert!(e.created);
     tx.rollback().await.unwrap();
-    assert!(inbox::get(db.store.pool(), action.action_id).await.unwrap().is_none());
-    let (outbox,): (i64,) = sqlx::query_as("SELECT count(*) FROM idem.outbox").fetch_one(db.store.pool()).await.unwrap();
+    assert!(inbox::get(db.store.pool(), action.action_id)
+        .await
+        .unwrap()
+        .is_none());
+    let (outbox,): (i64,) = sqlx::query_as("SELECT count(*) FROM idem.outbox")
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
     assert_eq!(outbox, 0);
 }
 
@@ -117,7 +139,11 @@ async fn enqueue_is_idempotent_and_conflicts_on_other_arguments() {
     assert!(!again.created);
     assert_eq!(again.state, State::Received);
     // Re-planned from the same intent: same id, no second action.
-    let replanned = NewAction::from_intent("session-1", cell_name(), json!({"customer": "cus_test", "currency": "usd", "amount": 500}));
+    let replanned = NewAction::from_intent(
+        "session-1",
+        cell_name(),
+        json!({"customer": "cus_test", "currency": "usd", "amount": 500}),
+    );
     assert_eq!(replanned.action_id, action.action_id);
     assert!(!enqueue(db.store.pool(), &replanned).await.unwrap().created);
     // Same id, other arguments: a conflict, and nothing changes.
@@ -126,10 +152,12 @@ async fn enqueue_is_idempotent_and_conflicts_on_other_arguments() {
         Err(EnqueueError::Conflict { action_id }) => assert_eq!(action_id, action.action_id),
         r => panic!("expected a conflict, got {r:?}"),
     }
-    let (actions, outbox): (i64, i64) = sqlx::query_as("SELECT (SELECT count(*) FROM idem.actions), (SELECT count(*) FROM idem.outbox)")
-        .fetch_one(db.store.pool())
-        .await
-        .unwrap();
+    let (actions, outbox): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM idem.actions), (SELECT count(*) FROM idem.outbox)",
+    )
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
     assert_eq!((actions, outbox), (1, 1));
     assert_eq!(state(&db.store, action.action_id).await.args["amount"], 500);
 }
@@ -154,13 +182,21 @@ async fn enqueue_from_plain_sql() {
         .await
         .unwrap();
     assert_eq!((state.as_str(), key.as_str()), ("received", "session-7"));
-    let err = sqlx::raw_sql(&format!("SELECT * FROM idem.enqueue('{id}', 'stripe.charge', '{{\"amount\": 1}}'::jsonb)"))
-        .execute(&mut *conn)
-        .await
-        .unwrap_err();
-    let code = err.as_database_error().and_then(|e| e.code()).map(|c| c.to_string());
+    let err = sqlx::raw_sql(&format!(
+        "SELECT * FROM idem.enqueue('{id}', 'stripe.charge', '{{\"amount\": 1}}'::jsonb)"
+    ))
+    .execute(&mut *conn)
+    .await
+    .unwrap_err();
+    let code = err
+        .as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.to_string());
     assert_eq!(code.as_deref(), Some("IDM01"), "{err}");
-    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM idem.outbox").fetch_one(&mut *conn).await.unwrap();
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM idem.outbox")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
     assert_eq!(n, 1);
 }
 
@@ -176,12 +212,23 @@ async fn lost_response_after_effect_is_replayed_under_the_same_key() {
     enqueue(db.store.pool(), &action).await.unwrap();
     let report = w.deliver(&[take_delivery(&db.store).await]).await.unwrap();
     assert_eq!(report.started, 1);
-    assert_eq!(state(&db.store, action.action_id).await.state, State::InDoubt);
+    assert_eq!(
+        state(&db.store, action.action_id).await.state,
+        State::InDoubt
+    );
     let row = sweep_until_settled(&w, &db.store, action.action_id, Duration::from_secs(10)).await;
     assert_eq!(row.state, State::Succeeded);
     let ledger = stripe.sim.ledger();
-    assert_eq!(stripe.sim.effects_for(&action.action_id.to_string()), 1, "{ledger:?}");
-    assert_eq!(receipt_ref(&row), ledger[0].id, "receipt matches the ledger");
+    assert_eq!(
+        stripe.sim.effects_for(&action.action_id.to_string()),
+        1,
+        "{ledger:?}"
+    );
+    assert_eq!(
+        receipt_ref(&row),
+        ledger[0].id,
+        "receipt matches the ledger"
+    );
     let reqs = stripe.sim.requests();
     assert_eq!(reqs.len(), 2);
     assert_eq!(reqs[0].idempotency_key, reqs[1].idempotency_key);
@@ -202,7 +249,10 @@ async fn stored_500_after_effect_is_found_by_reconcile() {
     assert_eq!(stripe.sim.effects_for(&action.action_id.to_string()), 1);
     assert_eq!(receipt_ref(&row), stripe.sim.ledger()[0].id);
     let events = transitions(&db.store, action.action_id).await;
-    assert!(events.contains(&"reconciled_happened".to_string()), "{events:?}");
+    assert!(
+        events.contains(&"reconciled_happened".to_string()),
+        "{events:?}"
+    );
 }
 
 #[tokio::test]
@@ -217,11 +267,22 @@ async fn stored_500_before_effect_is_retried_once_under_a_new_key() {
     let row = sweep_until_settled(&w, &db.store, action.action_id, Duration::from_secs(10)).await;
     assert_eq!(row.state, State::Succeeded);
     assert_eq!(stripe.sim.effects_for(&action.action_id.to_string()), 1);
-    assert_eq!(row.key_generation, 1, "the poisoned key was retired after a trusted miss");
-    let keys: std::collections::BTreeSet<_> = stripe.sim.requests().into_iter().filter_map(|r| r.idempotency_key).collect();
+    assert_eq!(
+        row.key_generation, 1,
+        "the poisoned key was retired after a trusted miss"
+    );
+    let keys: std::collections::BTreeSet<_> = stripe
+        .sim
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.idempotency_key)
+        .collect();
     assert_eq!(keys.len(), 2, "{keys:?}");
     let events = transitions(&db.store, action.action_id).await;
-    assert!(events.contains(&"reconciled_not_happened".to_string()), "{events:?}");
+    assert!(
+        events.contains(&"reconciled_not_happened".to_string()),
+        "{events:?}"
+    );
 }
 
 #[tokio::test]
@@ -233,9 +294,21 @@ async fn rate_limit_is_retried_and_declines_fail_without_effect() {
     let ok = NewAction::new(ActionId::random(), cell_name(), charge_args(100));
     enqueue(db.store.pool(), &ok).await.unwrap();
     w.deliver(&[take_delivery(&db.store).await]).await.unwrap();
-    assert_eq!(state(&db.store, ok.action_id).await.state, State::RetryScheduled);
-    assert_eq!(sweep_until_settled(&w, &db.store, ok.action_id, Duration::from_secs(10)).await.state, State::Succeeded);
-    let declined = NewAction::new(ActionId::random(), cell_name(), json!({"amount": 100, "currency": "usd", "payment_method": "pm_card_chargeDeclined"}));
+    assert_eq!(
+        state(&db.store, ok.action_id).await.state,
+        State::RetryScheduled
+    );
+    assert_eq!(
+        sweep_until_settled(&w, &db.store, ok.action_id, Duration::from_secs(10))
+            .await
+            .state,
+        State::Succeeded
+    );
+    let declined = NewAction::new(
+        ActionId::random(),
+        cell_name(),
+        json!({"amount": 100, "currency": "usd", "payment_method": "pm_card_chargeDeclined"}),
+    );
     enqueue(db.store.pool(), &declined).await.unwrap();
     w.deliver(&[take_delivery(&db.store).await]).await.unwrap();
     let row = state(&db.store, declined.action_id).await;
@@ -257,13 +330,19 @@ async fn same_action_delivered_to_two_workers_at_once_calls_the_partner_once() {
     let action = NewAction::new(ActionId::random(), cell_name(), charge_args(4500));
     enqueue(db.store.pool(), &action).await.unwrap();
     let d = take_delivery(&db.store).await;
-    let (r1, r2) = tokio::join!(w1.deliver(std::slice::from_ref(&d)), w2.deliver(std::slice::from_ref(&d)));
+    let (r1, r2) = tokio::join!(
+        w1.deliver(std::slice::from_ref(&d)),
+        w2.deliver(std::slice::from_ref(&d))
+    );
     let (r1, r2) = (r1.unwrap(), r2.unwrap());
     assert_eq!(r1.started + r2.started, 1, "{r1:?} {r2:?}");
     assert_eq!(r1.duplicates + r2.duplicates, 1);
     assert_eq!(stripe.sim.requests().len(), 1);
     assert_eq!(stripe.sim.effects_for(&action.action_id.to_string()), 1);
-    assert_eq!(state(&db.store, action.action_id).await.state, State::Succeeded);
+    assert_eq!(
+        state(&db.store, action.action_id).await.state,
+        State::Succeeded
+    );
     // A redelivery after settlement: acknowledged, no partner call.
     let r3 = w1.deliver(&[d]).await.unwrap();
     assert_eq!((r3.started, r3.duplicates), (0, 1));
@@ -274,7 +353,11 @@ async fn same_action_delivered_to_two_workers_at_once_calls_the_partner_once() {
 async fn key_past_retention_is_not_replayed_blindly() {
     let db = TestDb::new().await;
     // The simulator prunes keys after 1 s; the cell knows the window (1.2 s minus margin).
-    let stripe = StripeFixture::start(StripeSimConfig { key_retention: Duration::from_secs(1), ..Default::default() }).await;
+    let stripe = StripeFixture::start(StripeSimConfig {
+        key_retention: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
     stripe.sim.script([Fault::DropAfterEffect]);
     let cells = cell(&stripe.base_url(), |c| {
         c.with_profile(|p| {
@@ -287,14 +370,19 @@ async fn key_past_retention_is_not_replayed_blindly() {
     let action = NewAction::new(ActionId::random(), cell_name(), charge_args(5500));
     enqueue(db.store.pool(), &action).await.unwrap();
     w.deliver(&[take_delivery(&db.store).await]).await.unwrap();
-    assert_eq!(state(&db.store, action.action_id).await.state, State::InDoubt);
+    assert_eq!(
+        state(&db.store, action.action_id).await.state,
+        State::InDoubt
+    );
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let row = sweep_until_settled(&w, &db.store, action.action_id, Duration::from_secs(10)).await;
     assert_eq!(row.state, State::Succeeded);
     // A blind replay would have hit a pruned key and charged again.
     assert_eq!(stripe.sim.requests().len(), 1, "no second request");
     assert_eq!(stripe.sim.effects_for(&action.action_id.to_string()), 1);
-    assert!(transitions(&db.store, action.action_id).await.contains(&"reconciled_happened".to_string()));
+    assert!(transitions(&db.store, action.action_id)
+        .await
+        .contains(&"reconciled_happened".to_string()));
 }
 
 #[tokio::test]
@@ -348,7 +436,11 @@ async fn malformed_actions_go_dead_and_the_worker_keeps_running() {
         .await
         .unwrap();
     let unknown = uuid::Uuid::new_v4();
-    sqlx::query("SELECT * FROM idem.enqueue($1, 'nosuch.cell', '{\"x\":1}'::jsonb)").bind(unknown).execute(pool).await.unwrap();
+    sqlx::query("SELECT * FROM idem.enqueue($1, 'nosuch.cell', '{\"x\":1}'::jsonb)")
+        .bind(unknown)
+        .execute(pool)
+        .await
+        .unwrap();
     let invalid = NewAction::new(ActionId::random(), cell_name(), json!({"currency": "usd"}));
     enqueue(pool, &invalid).await.unwrap();
     let good = NewAction::new(ActionId::random(), cell_name(), charge_args(700));
@@ -365,7 +457,11 @@ async fn malformed_actions_go_dead_and_the_worker_keeps_running() {
     tx.send(true).unwrap();
     run.await.unwrap().unwrap();
 
-    let (raw, reason): (Vec<u8>, String) = sqlx::query_as("SELECT raw, reason FROM idem.dead_letters").fetch_one(pool).await.unwrap();
+    let (raw, reason): (Vec<u8>, String) =
+        sqlx::query_as("SELECT raw, reason FROM idem.dead_letters")
+            .fetch_one(pool)
+            .await
+            .unwrap();
     assert_eq!(raw, b"{not json");
     assert!(reason.contains("not a JSON envelope"), "{reason}");
     let u = state(&db.store, ActionId(unknown)).await;
@@ -373,7 +469,10 @@ async fn malformed_actions_go_dead_and_the_worker_keeps_running() {
     assert!(u.reason.unwrap().contains("unknown cell"));
     let i = state(&db.store, invalid.action_id).await;
     assert_eq!(i.state, State::Dead);
-    assert!(i.reason.unwrap().contains("amount"), "reason names the field");
+    assert!(
+        i.reason.unwrap().contains("amount"),
+        "reason names the field"
+    );
     assert_eq!(stripe.sim.ledger().len(), 1);
 }
 
@@ -391,8 +490,21 @@ impl Drop for Child {
 fn spawn_worker(db_url: &str, stripe: &str, id: &str) -> Child {
     Child(
         std::process::Command::new(env!("CARGO_BIN_EXE_idem"))
-            .args(["worker", "--id", id, "--poll-interval-ms", "50", "--sweep-interval-ms", "100"])
-            .args(["--stripe-call-timeout-ms", "1000", "--stripe-settle-ms", "300"])
+            .args([
+                "worker",
+                "--id",
+                id,
+                "--poll-interval-ms",
+                "50",
+                "--sweep-interval-ms",
+                "100",
+            ])
+            .args([
+                "--stripe-call-timeout-ms",
+                "1000",
+                "--stripe-settle-ms",
+                "300",
+            ])
             .env("DATABASE_URL", db_url)
             .env("IDEM_STRIPE_BASE", stripe)
             .env("STRIPE_SECRET_KEY", TEST_SECRET)
@@ -414,7 +526,10 @@ async fn worker_process_killed_mid_call_is_settled_by_another_worker() {
     enqueue(db.store.pool(), &action).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while state(&db.store, action.action_id).await.state != State::Executing {
-        assert!(tokio::time::Instant::now() < deadline, "worker never claimed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "worker never claimed"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -432,7 +547,10 @@ async fn worker_process_killed_mid_call_is_settled_by_another_worker() {
         if row.state.is_settled() {
             break row;
         }
-        assert!(tokio::time::Instant::now() < deadline, "not settled: {row:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not settled: {row:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(row.state, State::Succeeded);
@@ -453,7 +571,11 @@ async fn demo_binary_reports_no_duplicates_and_nothing_lost() {
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_str(&stdout).expect("demo --json prints JSON");
     assert_eq!(v["actions"], 200);
     assert_eq!(v["duplicates"], 0);

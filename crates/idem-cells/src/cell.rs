@@ -46,8 +46,18 @@ pub trait Cell: Send + Sync + std::fmt::Debug + 'static {
     }
 
     /// Send the request and classify the answer.
-    async fn execute(&self, action: ActionId, args: &serde_json::Value, attempt: &Attempt) -> ExecOutcome;
+    async fn execute(
+        &self,
+        action: ActionId,
+        args: &serde_json::Value,
+        attempt: &Attempt,
+    ) -> ExecOutcome;
 
     /// Ask the partner whether any of `attempts` had its effect.
-    async fn reconcile(&self, action: ActionId, args: &serde_json::Value, attempts: &[Attempt]) -> Verdict;
+    async fn reconcile(
+        &self,
+        action: ActionId,
+        args: &serde_json::Value,
+        attempts: &[Attempt],
+    ) -> Verdict;
 }

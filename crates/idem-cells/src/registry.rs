@@ -17,7 +17,8 @@ impl Registry {
     }
 
     pub fn with(mut self, cell: impl Cell) -> Self {
-        self.cells.insert(cell.name().as_str().to_owned(), Arc::new(cell));
+        self.cells
+            .insert(cell.name().as_str().to_owned(), Arc::new(cell));
         self
     }
 

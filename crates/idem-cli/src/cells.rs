@@ -8,10 +8,20 @@ use idem_cells::{Registry, StripeCharge};
 #[derive(Args, Debug, Clone)]
 pub struct CellArgs {
     /// Stripe API base (Stripe itself, or `idem sim stripe`).
-    #[arg(long, env = "IDEM_STRIPE_BASE", default_value = "http://127.0.0.1:12111")]
+    #[arg(
+        long,
+        env = "IDEM_STRIPE_BASE",
+        default_value = "http://127.0.0.1:12111"
+    )]
     pub stripe_base: String,
     /// Stripe secret key; sent only in the Authorization header, never logged.
-    #[arg(long, env = "STRIPE_SECRET_KEY", default_value = "sk_test_idem_simulator", hide_env_values = true, hide_default_value = true)]
+    #[arg(
+        long,
+        env = "STRIPE_SECRET_KEY",
+        default_value = "sk_test_idem_simulator",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
     pub stripe_secret: String,
     /// Override the cell's call timeout (ms); the lease is derived from it.
     #[arg(long)]
@@ -55,5 +65,8 @@ impl CellArgs {
 }
 
 pub fn names(r: &Registry) -> String {
-    r.iter().map(|c| c.name().to_string()).collect::<Vec<_>>().join(", ")
+    r.iter()
+        .map(|c| c.name().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -92,8 +92,12 @@ async fn fresh_database(server_url: &str) -> Result<String> {
             admin.get_port()
         )
     })?;
-    sqlx::query("DROP DATABASE IF EXISTS idem_demo WITH (FORCE)").execute(&mut conn).await?;
-    sqlx::query("CREATE DATABASE idem_demo").execute(&mut conn).await?;
+    sqlx::query("DROP DATABASE IF EXISTS idem_demo WITH (FORCE)")
+        .execute(&mut conn)
+        .await?;
+    sqlx::query("CREATE DATABASE idem_demo")
+        .execute(&mut conn)
+        .await?;
     let _ = conn.close().await;
     Ok(admin.database("idem_demo").to_url_lossy().to_string())
 }
@@ -118,17 +122,19 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
     });
     let server = SimServer::start(sim.router(), ([127, 0, 0, 1], 0).into()).await?;
     let registry = || {
-        Registry::new().with(StripeCharge::new(server.base_url(), "sk_test_idem_demo").with_profile(|p| {
-            // Demo timings: a lost response is noticed in 1 s, a lease lasts 3 s.
-            p.call_timeout = Duration::from_millis(1000);
-            p.settle_time = Duration::from_millis(500);
-            p.retry = RetryPolicy {
-                base: Duration::from_millis(100),
-                max: Duration::from_secs(2),
-                max_attempts: 8,
-                jitter: 0.5,
-            };
-        }))
+        Registry::new().with(
+            StripeCharge::new(server.base_url(), "sk_test_idem_demo").with_profile(|p| {
+                // Demo timings: a lost response is noticed in 1 s, a lease lasts 3 s.
+                p.call_timeout = Duration::from_millis(1000);
+                p.settle_time = Duration::from_millis(500);
+                p.retry = RetryPolicy {
+                    base: Duration::from_millis(100),
+                    max: Duration::from_secs(2),
+                    max_attempts: 8,
+                    jitter: 0.5,
+                };
+            }),
+        )
     };
     let worker_config = |i: usize| WorkerConfig {
         id: format!("demo-worker-{i}"),
@@ -166,7 +172,8 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
                 "description": format!("demo order {i}"),
                 "payment_method": if declined { "pm_card_chargeDeclined" } else { "pm_card_visa" },
             });
-            let action = NewAction::from_intent(&format!("agent-turn-{i}"), cell.clone(), args_json.clone());
+            let action =
+                NewAction::from_intent(&format!("agent-turn-{i}"), cell.clone(), args_json.clone());
             calls += 1;
             if !enqueue(&mut *tx, &action).await?.created {
                 suppressed += 1;
@@ -181,7 +188,8 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
             }
             if rng.gen_bool(0.10) {
                 // The model re-plans the same charge in the same turn: same intent, same id.
-                let replanned = NewAction::from_intent(&format!("agent-turn-{i}"), cell.clone(), args_json);
+                let replanned =
+                    NewAction::from_intent(&format!("agent-turn-{i}"), cell.clone(), args_json);
                 calls += 1;
                 if !enqueue(&mut *tx, &replanned).await?.created {
                     suppressed += 1;
@@ -232,7 +240,17 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         let _ = w.await;
     }
 
-    let report = check(&store, &sim, ids.len(), calls, suppressed, killed, faults, started).await?;
+    let report = check(
+        &store,
+        &sim,
+        ids.len(),
+        calls,
+        suppressed,
+        killed,
+        faults,
+        started,
+    )
+    .await?;
     let ok = report.duplicates == 0 && report.lost == 0;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -242,6 +260,15 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
     drop(server);
     Ok(ok)
 }
+
+/// (action id, cell, state, receipt, settle latency in ms)
+type ActionSummary = (
+    uuid::Uuid,
+    String,
+    String,
+    Option<serde_json::Value>,
+    Option<f64>,
+);
 
 /// Compare the partner's ledger with idem's view, action by action.
 #[allow(clippy::too_many_arguments)]
@@ -255,7 +282,7 @@ async fn check(
     faults: FaultRates,
     started: Instant,
 ) -> Result<Report> {
-    let rows: Vec<(uuid::Uuid, String, String, Option<serde_json::Value>, Option<f64>)> = sqlx::query_as(
+    let rows: Vec<ActionSummary> = sqlx::query_as(
         "SELECT action_id, cell, state, receipt, \
          (extract(epoch from (settled_at - created_at)) * 1000)::float8 FROM idem.actions",
     )
@@ -280,7 +307,10 @@ async fn check(
     for (id, cell, state, receipt, ms) in &rows {
         let c = cells.entry(cell.clone()).or_default();
         c.actions += 1;
-        let effects = effects_by_action.get(&id.to_string()).cloned().unwrap_or_default();
+        let effects = effects_by_action
+            .get(&id.to_string())
+            .cloned()
+            .unwrap_or_default();
         c.effects += effects.len();
         c.duplicates += effects.len().saturating_sub(1);
         match state.as_str() {
@@ -311,7 +341,9 @@ async fn check(
         }
     }
     for (id, event) in &events {
-        let Some((_, cell, ..)) = rows.iter().find(|r| r.0 == *id) else { continue };
+        let Some((_, cell, ..)) = rows.iter().find(|r| r.0 == *id) else {
+            continue;
+        };
         let c = cells.entry(cell.clone()).or_default();
         if event == "replay" {
             c.in_doubt_resolved_by_replay += 1;
@@ -321,7 +353,11 @@ async fn check(
     }
     for (cell, mut l) in latencies {
         l.sort_unstable();
-        let pct = |p: f64| l.get(((l.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0);
+        let pct = |p: f64| {
+            l.get(((l.len() as f64 - 1.0) * p).round() as usize)
+                .copied()
+                .unwrap_or(0)
+        };
         if let Some(c) = cells.get_mut(&cell) {
             c.p50_ms = pct(0.50);
             c.p99_ms = pct(0.99);
@@ -358,8 +394,18 @@ fn print_table(r: &Report) {
     println!();
     println!(
         "{:<14} {:>7} {:>7} {:>10} {:>5} {:>9} {:>6} {:>11} {:>16} {:>14} {:>7} {:>7}",
-        "cell", "actions", "effects", "duplicates", "lost", "succeeded", "failed", "needs_human",
-        "doubt→reconcile", "doubt→replay", "p50 ms", "p99 ms"
+        "cell",
+        "actions",
+        "effects",
+        "duplicates",
+        "lost",
+        "succeeded",
+        "failed",
+        "needs_human",
+        "doubt→reconcile",
+        "doubt→replay",
+        "p50 ms",
+        "p99 ms"
     );
     let mut names: Vec<_> = r.cells.keys().collect();
     names.sort();
@@ -367,13 +413,28 @@ fn print_table(r: &Report) {
         let c = &r.cells[n];
         println!(
             "{:<14} {:>7} {:>7} {:>10} {:>5} {:>9} {:>6} {:>11} {:>16} {:>14} {:>7} {:>7}",
-            n, c.actions, c.effects, c.duplicates, c.lost, c.succeeded, c.failed, c.needs_human,
-            c.in_doubt_resolved_by_reconcile, c.in_doubt_resolved_by_replay, c.p50_ms, c.p99_ms
+            n,
+            c.actions,
+            c.effects,
+            c.duplicates,
+            c.lost,
+            c.succeeded,
+            c.failed,
+            c.needs_human,
+            c.in_doubt_resolved_by_reconcile,
+            c.in_doubt_resolved_by_replay,
+            c.p50_ms,
+            c.p99_ms
         );
     }
     println!();
     println!(
         "total: {} actions, {} effects, {} duplicates, {} lost, {} needs_human ({:.1}s)",
-        r.actions, r.effects, r.duplicates, r.lost, r.needs_human, r.elapsed_ms as f64 / 1000.0
+        r.actions,
+        r.effects,
+        r.duplicates,
+        r.lost,
+        r.needs_human,
+        r.elapsed_ms as f64 / 1000.0
     );
 }

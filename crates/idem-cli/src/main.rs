@@ -13,7 +13,11 @@ use idem_store::{enqueue, NewAction, Store, DEFAULT_DATABASE_URL};
 use idem_worker::{Worker, WorkerConfig};
 
 #[derive(Parser, Debug)]
-#[command(name = "idem", version, about = "The exactly-once layer under AI agents")]
+#[command(
+    name = "idem",
+    version,
+    about = "The exactly-once layer under AI agents"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -154,7 +158,11 @@ async fn main() -> Result<()> {
                 serde_json::from_str(&a.args).context("--args must be JSON")?;
             let registry = cells::CellArgs::default().registry();
             let Some(cell) = registry.get(a.cell.as_str()) else {
-                bail!("unknown cell {}; known: {}", a.cell, cells::names(&registry));
+                bail!(
+                    "unknown cell {}; known: {}",
+                    a.cell,
+                    cells::names(&registry)
+                );
             };
             cell.validate(&args)?;
             let mut action = match (a.id, a.intent_scope) {
@@ -205,7 +213,10 @@ async fn main() -> Result<()> {
                     ..Default::default()
                 });
                 let server = idem_sim::SimServer::start(sim.router(), listen).await?;
-                eprintln!("stripe simulator on {} (ledger: /_sim/ledger)", server.base_url());
+                eprintln!(
+                    "stripe simulator on {} (ledger: /_sim/ledger)",
+                    server.base_url()
+                );
                 tokio::signal::ctrl_c().await?;
             }
         },
@@ -224,7 +235,11 @@ async fn connect(db: &Db) -> Result<Store> {
 }
 
 async fn build_worker(args: &WorkerArgs) -> Result<Worker> {
-    let store = Store::connect(&args.db.database_url, (args.concurrency as u32 / 4).clamp(4, 32)).await?;
+    let store = Store::connect(
+        &args.db.database_url,
+        (args.concurrency as u32 / 4).clamp(4, 32),
+    )
+    .await?;
     let mut config = WorkerConfig {
         concurrency: args.concurrency.max(1),
         batch: args.batch.max(1),

@@ -70,7 +70,10 @@ mod tests {
         };
         for i in 0..100 {
             let d = p.delay(3, i as f64 / 100.0);
-            assert!(d >= Duration::from_millis(400) && d <= Duration::from_millis(800), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(400) && d <= Duration::from_millis(800),
+                "{d:?}"
+            );
         }
     }
 }

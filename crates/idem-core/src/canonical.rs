@@ -32,7 +32,10 @@ mod tests {
     #[test]
     fn nested_keys_are_sorted() {
         let v = json!({"b": {"y": 1, "x": [ {"d": 1, "c": 2} ]}, "a": null});
-        assert_eq!(canonical_json(&v), r#"{"a":null,"b":{"x":[{"c":2,"d":1}],"y":1}}"#);
+        assert_eq!(
+            canonical_json(&v),
+            r#"{"a":null,"b":{"x":[{"c":2,"d":1}],"y":1}}"#
+        );
     }
 
     #[test]

@@ -68,7 +68,10 @@ mod tests {
             ordering_key: id.to_string(),
         };
         assert_eq!(Envelope::decode(&env.encode()).unwrap(), env);
-        assert!(matches!(Envelope::decode(b"{nope"), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            Envelope::decode(b"{nope"),
+            Err(DecodeError::Malformed(_))
+        ));
         assert_eq!(
             Envelope::decode(br#"{"v":2}"#),
             Err(DecodeError::UnknownVersion(2))

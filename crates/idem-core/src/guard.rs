@@ -141,7 +141,8 @@ pub fn check_send(
             attempt: other.number,
         });
     }
-    let window = chrono::Duration::from_std(support.replay_window()).unwrap_or(chrono::Duration::MAX);
+    let window =
+        chrono::Duration::from_std(support.replay_window()).unwrap_or(chrono::Duration::MAX);
     if now - first.started_at >= window {
         return Err(SendViolation::KeyExpired {
             attempt: first.number,

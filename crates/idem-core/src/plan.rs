@@ -127,7 +127,9 @@ pub fn plan_in_doubt(
     {
         return InDoubtPlan::AdoptSuccess { attempt: a.number };
     }
-    if now - doubt_since > chrono::Duration::from_std(profile.doubt_horizon).unwrap_or(chrono::Duration::MAX) {
+    if now - doubt_since
+        > chrono::Duration::from_std(profile.doubt_horizon).unwrap_or(chrono::Duration::MAX)
+    {
         return InDoubtPlan::GiveUp {
             reason: format!(
                 "still in doubt after {}s, the cell's doubt horizon",
@@ -154,8 +156,9 @@ pub fn plan_in_doubt(
     }
     if profile.lookup == Lookup::None {
         return InDoubtPlan::GiveUp {
-            reason: "the outcome is unknown, no key replay is allowed and the partner has no lookup"
-                .into(),
+            reason:
+                "the outcome is unknown, no key replay is allowed and the partner has no lookup"
+                    .into(),
         };
     }
     InDoubtPlan::Reconcile
@@ -186,7 +189,8 @@ pub fn after_verdict(
         Verdict::Unknowable { reason } => Next::settle(Event::GiveUp).with_reason(reason.clone()),
         Verdict::Unknown { reason } => later(reason.clone()),
         Verdict::NotHappened => {
-            let trust = chrono::Duration::from_std(profile.trust_after()).unwrap_or(chrono::Duration::MAX);
+            let trust =
+                chrono::Duration::from_std(profile.trust_after()).unwrap_or(chrono::Duration::MAX);
             let newest_unproven = history
                 .iter()
                 .filter(|a| !a.is_proven_not_happened(key_generation))

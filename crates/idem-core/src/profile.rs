@@ -63,7 +63,10 @@ pub enum ApprovalPolicy {
     Never,
     Always,
     /// Above a threshold on one integer argument (e.g. `amount` in minor units).
-    Above { argument: String, threshold: i64 },
+    Above {
+        argument: String,
+        threshold: i64,
+    },
 }
 
 /// Everything the planner needs to know about one cell.

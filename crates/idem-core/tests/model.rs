@@ -16,7 +16,9 @@ use chrono::{DateTime, TimeZone, Utc};
 use idem_core::guard::{AttemptRecord, AttemptResult};
 use idem_core::plan::{after_outcome, after_verdict, plan_in_doubt, InDoubtPlan};
 use idem_core::profile::{ApprovalPolicy, KeySupport, Lookup, ReplayModel};
-use idem_core::{check_send, transition, CellProfile, Event, ExecOutcome, Receipt, RetryPolicy, State, Verdict};
+use idem_core::{
+    check_send, transition, CellProfile, Event, ExecOutcome, Receipt, RetryPolicy, State, Verdict,
+};
 use proptest::prelude::*;
 
 fn profile(lookup: Lookup, key: bool) -> CellProfile {
@@ -27,7 +29,11 @@ fn profile(lookup: Lookup, key: bool) -> CellProfile {
             retention: Duration::from_secs(100),
             safety_margin: Duration::from_secs(10),
         }),
-        replay: if key { ReplayModel::FrozenResponse } else { ReplayModel::None },
+        replay: if key {
+            ReplayModel::FrozenResponse
+        } else {
+            ReplayModel::None
+        },
         lookup,
         settle_time: Duration::from_secs(5),
         doubt_horizon: Duration::from_secs(10_000),
@@ -100,7 +106,8 @@ struct Partner {
 impl Partner {
     fn stored(&mut self, key: &str, now: DateTime<Utc>) -> Option<bool> {
         let retention = self.retention;
-        self.keys.retain(|(_, at, _)| (now - *at).num_seconds() < retention);
+        self.keys
+            .retain(|(_, at, _)| (now - *at).num_seconds() < retention);
         self.keys.iter().find(|(k, _, _)| k == key).map(|k| k.2)
     }
 
@@ -110,7 +117,8 @@ impl Partner {
     }
 
     fn lookup(&self, now: DateTime<Utc>) -> bool {
-        self.effect_at.is_some_and(|t| (now - t).num_seconds() >= self.lag)
+        self.effect_at
+            .is_some_and(|t| (now - t).num_seconds() >= self.lag)
     }
 }
 
@@ -133,7 +141,10 @@ impl World {
         Self {
             partner: Partner {
                 lag,
-                retention: profile.key.as_ref().map_or(0, |k| k.retention.as_secs() as i64),
+                retention: profile
+                    .key
+                    .as_ref()
+                    .map_or(0, |k| k.retention.as_secs() as i64),
                 ..Partner::default()
             },
             profile,
@@ -159,8 +170,18 @@ impl World {
     /// One request under the guard; returns the classified outcome.
     fn send(&mut self, fate: Fate) -> Option<ExecOutcome> {
         let key = self.key();
-        let rule = check_send(&self.profile, &self.history, self.generation, Some(&key), "fp", self.now);
-        assert!(rule.is_ok(), "planner asked to send against the guard: {rule:?}");
+        let rule = check_send(
+            &self.profile,
+            &self.history,
+            self.generation,
+            Some(&key),
+            "fp",
+            self.now,
+        );
+        assert!(
+            rule.is_ok(),
+            "planner asked to send against the guard: {rule:?}"
+        );
         self.sends += 1;
         let number = self.history.len() as u32 + 1;
         self.history.push(AttemptRecord {
@@ -179,7 +200,10 @@ impl World {
                 return Some(if stored {
                     ExecOutcome::Succeeded(receipt())
                 } else {
-                    ExecOutcome::Ambiguous { reason: "replayed 500".into(), replayed_error: true }
+                    ExecOutcome::Ambiguous {
+                        reason: "replayed 500".into(),
+                        replayed_error: true,
+                    }
                 });
             }
         }
@@ -202,22 +226,36 @@ impl World {
                 remember(&mut self.partner, true);
                 match fate {
                     Fate::CrashAfterEffect => None,
-                    _ => Some(ExecOutcome::Ambiguous { reason: "timeout".into(), replayed_error: false }),
+                    _ => Some(ExecOutcome::Ambiguous {
+                        reason: "timeout".into(),
+                        replayed_error: false,
+                    }),
                 }
             }
             Fate::Error5xxBefore => {
                 remember(&mut self.partner, false);
-                Some(ExecOutcome::Ambiguous { reason: "500".into(), replayed_error: false })
+                Some(ExecOutcome::Ambiguous {
+                    reason: "500".into(),
+                    replayed_error: false,
+                })
             }
             Fate::Error5xxAfter => {
                 self.partner.effect(now);
                 remember(&mut self.partner, false);
-                Some(ExecOutcome::Ambiguous { reason: "500".into(), replayed_error: false })
+                Some(ExecOutcome::Ambiguous {
+                    reason: "500".into(),
+                    replayed_error: false,
+                })
             }
-            Fate::RateLimited => Some(ExecOutcome::NotProcessed { reason: "429".into(), retry_after: None }),
+            Fate::RateLimited => Some(ExecOutcome::NotProcessed {
+                reason: "429".into(),
+                retry_after: None,
+            }),
             Fate::Declined => {
                 remember(&mut self.partner, false);
-                Some(ExecOutcome::Failed { reason: "card_declined".into() })
+                Some(ExecOutcome::Failed {
+                    reason: "card_declined".into(),
+                })
             }
             Fate::CrashBeforeSend => {
                 self.sends -= 1; // nothing left the machine
@@ -231,7 +269,10 @@ impl World {
             ExecOutcome::Succeeded(_) => AttemptResult::Succeeded,
             ExecOutcome::Failed { .. } => AttemptResult::Failed,
             ExecOutcome::NotProcessed { .. } => AttemptResult::NotProcessed,
-            ExecOutcome::Ambiguous { replayed_error: true, .. } => AttemptResult::ReplayedError,
+            ExecOutcome::Ambiguous {
+                replayed_error: true,
+                ..
+            } => AttemptResult::ReplayedError,
             ExecOutcome::Ambiguous { .. } => AttemptResult::Ambiguous,
         };
         self.history.last_mut().unwrap().result = Some(r);
@@ -241,7 +282,15 @@ impl World {
         match self.send(fate) {
             Some(outcome) => {
                 self.record(&outcome);
-                let next = after_outcome(&self.profile, &outcome, self.history.len() as u32, &self.history, self.generation, self.now, 0.5);
+                let next = after_outcome(
+                    &self.profile,
+                    &outcome,
+                    self.history.len() as u32,
+                    &self.history,
+                    self.generation,
+                    self.now,
+                    0.5,
+                );
                 self.go(next.event);
                 if self.state == State::InDoubt {
                     self.doubt_since = self.now;
@@ -274,7 +323,13 @@ impl World {
                 self.go(Event::RetryDue);
                 self.execute(fate);
             }
-            State::InDoubt => match plan_in_doubt(&self.profile, &self.history, self.generation, self.doubt_since, self.now) {
+            State::InDoubt => match plan_in_doubt(
+                &self.profile,
+                &self.history,
+                self.generation,
+                self.doubt_since,
+                self.now,
+            ) {
                 InDoubtPlan::AdoptSuccess { .. } => self.go(Event::ReconciledHappened),
                 InDoubtPlan::Replay => {
                     self.go(Event::Replay);
@@ -287,7 +342,15 @@ impl World {
                     } else {
                         Verdict::NotHappened
                     };
-                    let next = after_verdict(&self.profile, &verdict, &self.history, self.generation, self.rounds, self.now, 0.5);
+                    let next = after_verdict(
+                        &self.profile,
+                        &verdict,
+                        &self.history,
+                        self.generation,
+                        self.rounds,
+                        self.now,
+                        0.5,
+                    );
                     self.rounds += 1;
                     if next.bump_generation {
                         self.generation += 1;
@@ -303,18 +366,30 @@ impl World {
     }
 
     fn check(&self) {
-        assert!(self.partner.effects <= 1, "second effect: {} effects after {} sends", self.partner.effects, self.sends);
+        assert!(
+            self.partner.effects <= 1,
+            "second effect: {} effects after {} sends",
+            self.partner.effects,
+            self.sends
+        );
         if self.state == State::Succeeded {
             assert_eq!(self.partner.effects, 1, "succeeded without an effect");
         }
         if self.state == State::Failed {
-            assert_eq!(self.partner.effects, 0, "failed but the partner has the effect");
+            assert_eq!(
+                self.partner.effects, 0,
+                "failed but the partner has the effect"
+            );
         }
     }
 }
 
 fn receipt() -> Receipt {
-    Receipt { partner_ref: "pi_1".into(), response_digest: "d".into(), detail: serde_json::Value::Null }
+    Receipt {
+        partner_ref: "pi_1".into(),
+        response_digest: "d".into(),
+        detail: serde_json::Value::Null,
+    }
 }
 
 fn run(profile: CellProfile, lag: i64, steps: Vec<Step>) -> World {
@@ -335,7 +410,12 @@ fn run(profile: CellProfile, lag: i64, steps: Vec<Step>) -> World {
         w.work(Fate::Ok);
         w.check();
     }
-    assert!(w.state.is_settled(), "never settled: {:?} after {:?}", w.state, w.history);
+    assert!(
+        w.state.is_settled(),
+        "never settled: {:?} after {:?}",
+        w.state,
+        w.history
+    );
     w
 }
 
@@ -368,10 +448,27 @@ proptest! {
 /// The check can fail: a planner that trusts a lagging lookup at once double-charges.
 #[test]
 fn trusting_a_lagging_miss_is_caught() {
-    let mut p = profile(Lookup::Eventual { lag_bound: Duration::from_secs(0) }, true);
+    let mut p = profile(
+        Lookup::Eventual {
+            lag_bound: Duration::from_secs(0),
+        },
+        true,
+    );
     p.settle_time = Duration::from_secs(0);
     let result = std::panic::catch_unwind(|| {
-        run(p, 20, vec![Step::Work(Fate::Error5xxAfter), Step::Advance(1), Step::Work(Fate::Ok), Step::Work(Fate::Ok)])
+        run(
+            p,
+            20,
+            vec![
+                Step::Work(Fate::Error5xxAfter),
+                Step::Advance(1),
+                Step::Work(Fate::Ok),
+                Step::Work(Fate::Ok),
+            ],
+        )
     });
-    assert!(result.is_err(), "a wrong lag bound must produce a second effect");
+    assert!(
+        result.is_err(),
+        "a wrong lag bound must produce a second effect"
+    );
 }

@@ -78,9 +78,17 @@ mod tests {
             fail_before: 0.05,
             ..FaultRates::default()
         };
-        let picks: Vec<_> = (0..20_000).map(|i| r.pick(7, "c", &format!("k{i}"), 0)).collect();
-        let drops = picks.iter().filter(|p| **p == Some(Fault::DropAfterEffect)).count();
-        let fails = picks.iter().filter(|p| **p == Some(Fault::FailBefore)).count();
+        let picks: Vec<_> = (0..20_000)
+            .map(|i| r.pick(7, "c", &format!("k{i}"), 0))
+            .collect();
+        let drops = picks
+            .iter()
+            .filter(|p| **p == Some(Fault::DropAfterEffect))
+            .count();
+        let fails = picks
+            .iter()
+            .filter(|p| **p == Some(Fault::FailBefore))
+            .count();
         assert!((1_800..2_200).contains(&drops), "{drops}");
         assert!((800..1_200).contains(&fails), "{fails}");
         assert_eq!(r.pick(7, "c", "k1", 0), picks[1]);

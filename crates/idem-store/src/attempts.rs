@@ -82,7 +82,10 @@ pub async fn insert(conn: &mut PgConnection, attempts: &[NewAttempt]) -> Result<
     let numbers: Vec<i32> = attempts.iter().map(|a| a.number as i32).collect();
     let generations: Vec<i32> = attempts.iter().map(|a| a.key_generation as i32).collect();
     let keys: Vec<Option<String>> = attempts.iter().map(|a| a.key.clone()).collect();
-    let fps: Vec<String> = attempts.iter().map(|a| a.request_fingerprint.clone()).collect();
+    let fps: Vec<String> = attempts
+        .iter()
+        .map(|a| a.request_fingerprint.clone())
+        .collect();
     let rules: Vec<&str> = attempts.iter().map(|a| rule_str(a.rule)).collect();
     let pre: Vec<serde_json::Value> = attempts.iter().map(|a| a.pre_state.clone()).collect();
     let workers: Vec<String> = attempts.iter().map(|a| a.worker.clone()).collect();
@@ -109,7 +112,10 @@ pub async fn insert(conn: &mut PgConnection, attempts: &[NewAttempt]) -> Result<
 
 /// Record classified results (one statement for the batch). An attempt's result is written
 /// once: a late worker cannot overwrite what the sweeper recorded, nor the reverse.
-pub async fn record(conn: &mut PgConnection, outcomes: &[AttemptOutcome]) -> Result<(), StoreError> {
+pub async fn record(
+    conn: &mut PgConnection,
+    outcomes: &[AttemptOutcome],
+) -> Result<(), StoreError> {
     if outcomes.is_empty() {
         return Ok(());
     }

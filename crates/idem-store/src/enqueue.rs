@@ -72,9 +72,9 @@ pub async fn enqueue<'e, E: PgExecutor<'e>>(
     match row {
         Ok((id, state, created)) => Ok(Enqueued {
             action_id: id.into(),
-            state: state
-                .parse()
-                .map_err(|e: idem_core::state::UnknownState| EnqueueError::Invalid(e.to_string()))?,
+            state: state.parse().map_err(|e: idem_core::state::UnknownState| {
+                EnqueueError::Invalid(e.to_string())
+            })?,
             created,
         }),
         Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("IDM01") => {

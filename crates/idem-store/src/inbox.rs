@@ -51,7 +51,8 @@ pub(crate) struct RawRow {
     settled_at: Option<DateTime<Utc>>,
 }
 
-pub(crate) const COLUMNS: &str = "action_id, cell, args, ordering_key, state, attempts, key_generation, \
+pub(crate) const COLUMNS: &str =
+    "action_id, cell, args, ordering_key, state, attempts, key_generation, \
      lease_owner, lease_until, due_at, doubt_since, reconcile_rounds, reason, receipt, \
      created_at, updated_at, settled_at";
 
@@ -61,10 +62,13 @@ impl TryFrom<RawRow> for ActionRow {
         let action_id = ActionId(r.action_id);
         Ok(Self {
             action_id,
-            state: r.state.parse().map_err(|e: idem_core::state::UnknownState| StoreError::Corrupt {
-                action_id,
-                detail: e.to_string(),
-            })?,
+            state: r
+                .state
+                .parse()
+                .map_err(|e: idem_core::state::UnknownState| StoreError::Corrupt {
+                    action_id,
+                    detail: e.to_string(),
+                })?,
             cell: r.cell,
             args: r.args,
             ordering_key: r.ordering_key,
@@ -197,7 +201,12 @@ pub async fn apply(
         ids.push(c.action_id.as_uuid());
         from.push(c.from.as_str());
         expected.push(c.expected_attempts as i32);
-        event.push(serde_json::to_value(c.event).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default());
+        event.push(
+            serde_json::to_value(c.event)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+        );
         to.push(c.to.as_str());
         attempts.push(c.attempts as i32);
         generation.push(c.key_generation as i32);

@@ -36,8 +36,15 @@ impl Store {
     /// Connect, retrying briefly so that a database still starting up is not an error.
     /// The error names the server that could not be reached (without its password).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
-        let opts: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| StoreError::Config(e.to_string()))?;
-        let target = format!("{}:{}/{}", opts.get_host(), opts.get_port(), opts.get_database().unwrap_or("postgres"));
+        let opts: PgConnectOptions = url
+            .parse()
+            .map_err(|e: sqlx::Error| StoreError::Config(e.to_string()))?;
+        let target = format!(
+            "{}:{}/{}",
+            opts.get_host(),
+            opts.get_port(),
+            opts.get_database().unwrap_or("postgres")
+        );
         let connect = || {
             let opts = opts.clone();
             async move {
@@ -55,10 +62,7 @@ impl Store {
                     .with_max_times(4),
             )
             .await
-            .map_err(|e| StoreError::Unreachable {
-                target,
-                source: e,
-            })?;
+            .map_err(|e| StoreError::Unreachable { target, source: e })?;
         Ok(Self { pool })
     }
 

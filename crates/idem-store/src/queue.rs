@@ -21,7 +21,10 @@ pub struct OutboxMessage {
 
 /// Delete and return up to `limit` outbox rows in enqueue order, skipping rows another
 /// worker holds. The caller's transaction makes this atomic with what it does next.
-pub async fn take_outbox(conn: &mut PgConnection, limit: u32) -> Result<Vec<OutboxMessage>, StoreError> {
+pub async fn take_outbox(
+    conn: &mut PgConnection,
+    limit: u32,
+) -> Result<Vec<OutboxMessage>, StoreError> {
     let rows: Vec<(i64, Uuid, Vec<u8>, serde_json::Value)> = sqlx::query_as(
         r#"WITH picked AS (
                SELECT seq FROM idem.outbox ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
@@ -34,7 +37,12 @@ pub async fn take_outbox(conn: &mut PgConnection, limit: u32) -> Result<Vec<Outb
     .await?;
     let mut msgs: Vec<OutboxMessage> = rows
         .into_iter()
-        .map(|(seq, action_id, payload, headers)| OutboxMessage { seq, action_id, payload, headers })
+        .map(|(seq, action_id, payload, headers)| OutboxMessage {
+            seq,
+            action_id,
+            payload,
+            headers,
+        })
         .collect();
     msgs.sort_by_key(|m| m.seq);
     Ok(msgs)
@@ -50,11 +58,17 @@ pub struct DeadLetter {
     pub source: serde_json::Value,
 }
 
-pub async fn dead_letter(conn: &mut PgConnection, letters: &[DeadLetter]) -> Result<(), StoreError> {
+pub async fn dead_letter(
+    conn: &mut PgConnection,
+    letters: &[DeadLetter],
+) -> Result<(), StoreError> {
     if letters.is_empty() {
         return Ok(());
     }
-    let ids: Vec<Option<Uuid>> = letters.iter().map(|l| l.action_id.map(|a| a.as_uuid())).collect();
+    let ids: Vec<Option<Uuid>> = letters
+        .iter()
+        .map(|l| l.action_id.map(|a| a.as_uuid()))
+        .collect();
     let raws: Vec<Vec<u8>> = letters.iter().map(|l| l.raw.clone()).collect();
     let reasons: Vec<String> = letters.iter().map(|l| l.reason.clone()).collect();
     let sources: Vec<serde_json::Value> = letters.iter().map(|l| l.source.clone()).collect();
@@ -83,7 +97,10 @@ pub struct Received {
 /// Make sure every envelope has an inbox row (the direct transport's rows exist since
 /// enqueue; a separate inbox database gets them here), then lock and return the rows. The
 /// fingerprint is computed by Postgres exactly as `idem.enqueue` computes it.
-pub async fn receive(conn: &mut PgConnection, envelopes: &[Envelope]) -> Result<Vec<Received>, StoreError> {
+pub async fn receive(
+    conn: &mut PgConnection,
+    envelopes: &[Envelope],
+) -> Result<Vec<Received>, StoreError> {
     if envelopes.is_empty() {
         return Ok(vec![]);
     }
@@ -118,12 +135,17 @@ pub async fn receive(conn: &mut PgConnection, envelopes: &[Envelope]) -> Result<
     .bind(&args)
     .fetch_all(&mut *conn)
     .await?;
-    let by_id: std::collections::HashMap<Uuid, ActionRow> =
-        rows.into_iter().map(|r| (r.action_id.as_uuid(), r)).collect();
+    let by_id: std::collections::HashMap<Uuid, ActionRow> = rows
+        .into_iter()
+        .map(|r| (r.action_id.as_uuid(), r))
+        .collect();
     Ok(same
         .into_iter()
         .filter_map(|(id, same_arguments)| {
-            by_id.get(&id).map(|row| Received { row: row.clone(), same_arguments })
+            by_id.get(&id).map(|row| Received {
+                row: row.clone(),
+                same_arguments,
+            })
         })
         .collect())
 }
@@ -136,7 +158,10 @@ pub async fn take_due(conn: &mut PgConnection, limit: u32) -> Result<Vec<ActionR
          WHERE state IN ('retry_scheduled', 'in_doubt') AND due_at <= now() \
          ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED"
     );
-    let rows: Vec<RawRow> = sqlx::query_as(&sql).bind(limit as i64).fetch_all(conn).await?;
+    let rows: Vec<RawRow> = sqlx::query_as(&sql)
+        .bind(limit as i64)
+        .fetch_all(conn)
+        .await?;
     rows.into_iter().map(ActionRow::try_from).collect()
 }
 

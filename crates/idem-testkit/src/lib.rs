@@ -26,7 +26,8 @@ const HOW_TO: &str = "idem's tests need PostgreSQL: set DATABASE_URL (e.g. \
      `pg_ctlcluster 15 main start`), or run a Docker engine so testcontainers can start one";
 
 fn docker_available() -> bool {
-    std::env::var_os("DOCKER_HOST").is_some() || std::path::Path::new("/var/run/docker.sock").exists()
+    std::env::var_os("DOCKER_HOST").is_some()
+        || std::path::Path::new("/var/run/docker.sock").exists()
 }
 
 /// The server every test database is created on.
@@ -50,13 +51,21 @@ fn start_container() -> String {
     use testcontainers_modules::testcontainers::runners::AsyncRunner;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         rt.block_on(async move {
             let result = Postgres::default().start().await;
             match result {
                 Ok(container) => {
                     let port = container.get_host_port_ipv4(5432).await;
-                    let _ = tx.send(port.map(|p| format!("postgres://postgres:postgres@127.0.0.1:{p}/postgres")).map_err(|e| e.to_string()));
+                    let _ = tx.send(
+                        port.map(|p| {
+                            format!("postgres://postgres:postgres@127.0.0.1:{p}/postgres")
+                        })
+                        .map_err(|e| e.to_string()),
+                    );
                     // Keep the container (and this runtime) alive for the whole test run.
                     std::future::pending::<()>().await;
                 }
@@ -77,12 +86,17 @@ impl TestDb {
     /// Create and migrate a fresh database.
     pub async fn new() -> Self {
         let url = admin_url();
-        let admin: PgConnectOptions = url.parse().unwrap_or_else(|e| panic!("DATABASE_URL {url:?} is not a PostgreSQL URL: {e}"));
+        let admin: PgConnectOptions = url
+            .parse()
+            .unwrap_or_else(|e| panic!("DATABASE_URL {url:?} is not a PostgreSQL URL: {e}"));
         let name = format!("idem_t_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = admin
-            .connect()
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to {}:{} ({e}). {HOW_TO}", admin.get_host(), admin.get_port()));
+        let mut conn = admin.connect().await.unwrap_or_else(|e| {
+            panic!(
+                "cannot connect to {}:{} ({e}). {HOW_TO}",
+                admin.get_host(),
+                admin.get_port()
+            )
+        });
         sqlx::query(&format!("CREATE DATABASE \"{name}\""))
             .execute(&mut conn)
             .await
@@ -90,7 +104,9 @@ impl TestDb {
         let _ = conn.close().await;
         let opts = admin.clone().database(&name);
         let test_url = opts.to_url_lossy().to_string();
-        let store = Store::connect(&test_url, 16).await.expect("connect to the test database");
+        let store = Store::connect(&test_url, 16)
+            .await
+            .expect("connect to the test database");
         store.migrate().await.expect("migrate the test database");
         Self {
             url: test_url,
@@ -108,14 +124,18 @@ impl Drop for TestDb {
         // Drop the database from a thread of its own: Drop cannot await, and the test's own
         // runtime is blocked here. WITH (FORCE) ends the pool's connections.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
                 if let Ok(mut c) = admin.connect().await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                        .execute(&mut c)
-                        .await;
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                            .execute(&mut c)
+                            .await;
                 }
             });
         })

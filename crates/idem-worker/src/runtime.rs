@@ -178,7 +178,11 @@ impl Worker {
         tasks: &mut JoinSet<()>,
     ) {
         for w in work {
-            let permit = sem.clone().acquire_owned().await.expect("semaphore is never closed");
+            let permit = sem
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("semaphore is never closed");
             match w {
                 Work::Execute(started) => {
                     let tx = settle_tx.clone();
@@ -337,7 +341,9 @@ impl Worker {
                 letters.push(DeadLetter {
                     action_id: Some(env.action_id),
                     raw: d.payload.clone(),
-                    reason: "action id reused with other arguments (conflict); the first action stands".into(),
+                    reason:
+                        "action id reused with other arguments (conflict); the first action stands"
+                            .into(),
                     source: d.source.clone(),
                 });
                 continue;
@@ -431,7 +437,10 @@ impl Worker {
         let mut tx = self.store.pool().begin().await?;
         let expired = queue::expire_leases(&mut tx, limit, &self.config.id, now).await?;
         if !expired.is_empty() {
-            tracing::info!(count = expired.len(), "leases expired; actions now in doubt");
+            tracing::info!(
+                count = expired.len(),
+                "leases expired; actions now in doubt"
+            );
         }
         let due = queue::take_due(&mut tx, limit).await?;
         if due.is_empty() {
@@ -467,8 +476,11 @@ impl Worker {
                             .find(|a| a.number as u32 == attempt)
                             .and_then(|a| a.detail.as_ref())
                             .map(|d| d["receipt"].clone());
-                        let mut c = Change::new(&row, Event::ReconciledHappened, now)?
-                            .reason(Some(format!("attempt {attempt} recorded success after its lease expired")));
+                        let mut c = Change::new(&row, Event::ReconciledHappened, now)?.reason(
+                            Some(format!(
+                                "attempt {attempt} recorded success after its lease expired"
+                            )),
+                        );
                         c.receipt = receipt;
                         changes.push(c);
                         continue;
@@ -478,7 +490,8 @@ impl Worker {
                         continue;
                     }
                     InDoubtPlan::Reconcile => {
-                        reconcile_leases.push((row.action_id.as_uuid(), cell.profile().call_timeout * 2));
+                        reconcile_leases
+                            .push((row.action_id.as_uuid(), cell.profile().call_timeout * 2));
                         work.push(Work::Reconcile(ReconcileJob {
                             row,
                             cell,
@@ -517,7 +530,8 @@ impl Worker {
         let timeout = job.cell.profile().call_timeout * 2;
         let verdict = match tokio::time::timeout(
             timeout,
-            job.cell.reconcile(job.row.action_id, &job.row.args, &attempts),
+            job.cell
+                .reconcile(job.row.action_id, &job.row.args, &attempts),
         )
         .await
         {
@@ -543,7 +557,10 @@ impl Worker {
 
 /// Push `due_at` forward for actions this worker is reconciling, so no other sweeper takes
 /// them meanwhile. Not a state change.
-async fn hold(conn: &mut PgConnection, holds: &[(uuid::Uuid, Duration)]) -> Result<(), WorkerError> {
+async fn hold(
+    conn: &mut PgConnection,
+    holds: &[(uuid::Uuid, Duration)],
+) -> Result<(), WorkerError> {
     if holds.is_empty() {
         return Ok(());
     }

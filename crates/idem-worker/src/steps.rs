@@ -130,9 +130,17 @@ fn receipt_json(r: &Receipt) -> serde_json::Value {
 }
 
 /// The audit result and the compare-and-set that settle one executed attempt.
-pub fn settle(started: &Started, outcome: &ExecOutcome, now: DateTime<Utc>, sample: f64) -> (AttemptOutcome, Change, Next) {
+pub fn settle(
+    started: &Started,
+    outcome: &ExecOutcome,
+    now: DateTime<Utc>,
+    sample: f64,
+) -> (AttemptOutcome, Change, Next) {
     let mut history = started.history.clone();
-    if let Some(last) = history.iter_mut().find(|a| a.number == started.attempt.number) {
+    if let Some(last) = history
+        .iter_mut()
+        .find(|a| a.number == started.attempt.number)
+    {
         last.result = Some(attempt_result(outcome));
     }
     let next = after_outcome(
@@ -165,7 +173,12 @@ pub fn settle(started: &Started, outcome: &ExecOutcome, now: DateTime<Utc>, samp
 }
 
 /// The compare-and-set for a reconciliation verdict.
-pub fn verdict_change(job: &ReconcileJob, verdict: &Verdict, now: DateTime<Utc>, sample: f64) -> Change {
+pub fn verdict_change(
+    job: &ReconcileJob,
+    verdict: &Verdict,
+    now: DateTime<Utc>,
+    sample: f64,
+) -> Change {
     let history: Vec<AttemptRecord> = job.attempts.iter().map(AttemptRow::record).collect();
     let next = after_verdict(
         job.cell.profile(),

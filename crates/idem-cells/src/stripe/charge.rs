@@ -162,7 +162,10 @@ impl StripeCharge {
             if page["has_more"].as_bool() != Some(true) || data.is_empty() {
                 return Verdict::NotHappened;
             }
-            starting_after = data.last().and_then(|pi| pi["id"].as_str()).map(str::to_owned);
+            starting_after = data
+                .last()
+                .and_then(|pi| pi["id"].as_str())
+                .map(str::to_owned);
         }
         Verdict::Unknown {
             reason: "too many pages of payment intents".into(),
@@ -234,15 +237,25 @@ impl Cell for StripeCharge {
     }
 
     fn validate(&self, args: &Value) -> Result<(), InvalidArgs> {
-        let obj = args.as_object().ok_or_else(|| arg_err("args must be an object"))?;
+        let obj = args
+            .as_object()
+            .ok_or_else(|| arg_err("args must be an object"))?;
         match obj.get("amount").and_then(Value::as_i64) {
             Some(a) if a > 0 && a <= 99_999_999 => {}
-            Some(a) => return Err(arg_err(format!("amount {a} out of range 1..=99999999 (minor units)"))),
+            Some(a) => {
+                return Err(arg_err(format!(
+                    "amount {a} out of range 1..=99999999 (minor units)"
+                )))
+            }
             None => return Err(arg_err("amount: required integer in minor units")),
         }
         match obj.get("currency").and_then(Value::as_str) {
             Some(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_lowercase()) => {}
-            _ => return Err(arg_err("currency: required three-letter lower-case ISO code")),
+            _ => {
+                return Err(arg_err(
+                    "currency: required three-letter lower-case ISO code",
+                ))
+            }
         }
         for field in ["customer", "payment_method", "description"] {
             if let Some(v) = obj.get(field) {
@@ -251,10 +264,16 @@ impl Cell for StripeCharge {
                 }
             }
         }
-        if let Some(unknown) = obj
-            .keys()
-            .find(|k| !["amount", "currency", "customer", "payment_method", "description"].contains(&k.as_str()))
-        {
+        if let Some(unknown) = obj.keys().find(|k| {
+            ![
+                "amount",
+                "currency",
+                "customer",
+                "payment_method",
+                "description",
+            ]
+            .contains(&k.as_str())
+        }) {
             return Err(arg_err(format!("unknown field {unknown:?}")));
         }
         Ok(())
@@ -262,12 +281,21 @@ impl Cell for StripeCharge {
 
     async fn execute(&self, action: ActionId, args: &Value, attempt: &Attempt) -> ExecOutcome {
         let mut form: Vec<(&str, String)> = vec![
-            ("amount", args["amount"].as_i64().unwrap_or_default().to_string()),
-            ("currency", args["currency"].as_str().unwrap_or_default().to_owned()),
+            (
+                "amount",
+                args["amount"].as_i64().unwrap_or_default().to_string(),
+            ),
+            (
+                "currency",
+                args["currency"].as_str().unwrap_or_default().to_owned(),
+            ),
             ("confirm", "true".into()),
             (
                 "payment_method",
-                args["payment_method"].as_str().unwrap_or("pm_card_visa").to_owned(),
+                args["payment_method"]
+                    .as_str()
+                    .unwrap_or("pm_card_visa")
+                    .to_owned(),
             ),
             ("metadata[idem_action_id]", action.to_string()),
         ];
@@ -277,7 +305,10 @@ impl Cell for StripeCharge {
             }
         }
         let mut req = self
-            .auth(self.http.post(format!("{}/v1/payment_intents", self.base_url)))
+            .auth(
+                self.http
+                    .post(format!("{}/v1/payment_intents", self.base_url)),
+            )
             .form(&form);
         if let Some(key) = &attempt.key {
             req = req.header("Idempotency-Key", key);
@@ -341,7 +372,10 @@ impl Cell for StripeCharge {
             402 => ExecOutcome::Failed {
                 reason: format!(
                     "card_error: {}",
-                    err["decline_code"].as_str().or(err["code"].as_str()).unwrap_or("declined")
+                    err["decline_code"]
+                        .as_str()
+                        .or(err["code"].as_str())
+                        .unwrap_or("declined")
                 ),
             },
             409 => ExecOutcome::Ambiguous {

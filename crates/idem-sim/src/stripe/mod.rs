@@ -14,8 +14,8 @@ use axum::Router;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::FaultRates;
 use crate::Fault;
+use crate::FaultRates;
 
 /// Knobs. Undocumented behaviour defaults to the worse case.
 #[derive(Debug, Clone, Serialize, Deserialize)]

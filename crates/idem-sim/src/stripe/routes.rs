@@ -162,13 +162,19 @@ async fn create_inner(
                 "Too many requests hit the API too quickly.",
             ),
         );
-        resp.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+        resp.headers_mut()
+            .insert("retry-after", HeaderValue::from_static("1"));
         return (resp, (429, fault, false));
     }
     let mut params: Vec<(String, String)> = match serde_urlencoded::from_bytes(body) {
         Ok(p) => p,
         Err(e) => {
-            let b = stripe_error(StatusCode::BAD_REQUEST, "invalid_request_error", Some("parameter_invalid"), &format!("Invalid form body: {e}"));
+            let b = stripe_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("parameter_invalid"),
+                &format!("Invalid form body: {e}"),
+            );
             return (error(StatusCode::BAD_REQUEST, b), (400, fault, false));
         }
     };
@@ -188,25 +194,63 @@ async fn create_inner(
         match inner.keys.get(k) {
             Some(e) if e.endpoint != CREATE => {
                 let msg = format!("Keys for idempotent requests can only be used for the same endpoint they were first used for ('{}' vs '{}'). Try using a key other than '{k}' if you meant to execute a different request.", e.endpoint, CREATE);
-                return (error(StatusCode::BAD_REQUEST, stripe_error(StatusCode::BAD_REQUEST, "idempotency_error", None, &msg)), (400, fault, false));
+                return (
+                    error(
+                        StatusCode::BAD_REQUEST,
+                        stripe_error(StatusCode::BAD_REQUEST, "idempotency_error", None, &msg),
+                    ),
+                    (400, fault, false),
+                );
             }
             Some(e) if e.params != canonical => {
                 let msg = format!("Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{k}' if you meant to execute a different request.");
-                return (error(StatusCode::BAD_REQUEST, stripe_error(StatusCode::BAD_REQUEST, "idempotency_error", None, &msg)), (400, fault, false));
+                return (
+                    error(
+                        StatusCode::BAD_REQUEST,
+                        stripe_error(StatusCode::BAD_REQUEST, "idempotency_error", None, &msg),
+                    ),
+                    (400, fault, false),
+                );
             }
-            Some(KeyEntry { state: KeyState::InFlight, .. }) => {
+            Some(KeyEntry {
+                state: KeyState::InFlight,
+                ..
+            }) => {
                 let msg = format!("There is currently another in-progress request using this Idempotent Key (that probably means you submitted twice, and the other request is still going through): {k}. Please try again later.");
-                return (error(StatusCode::CONFLICT, stripe_error(StatusCode::CONFLICT, "idempotency_error", Some("idempotency_key_in_use"), &msg)), (409, fault, false));
+                return (
+                    error(
+                        StatusCode::CONFLICT,
+                        stripe_error(
+                            StatusCode::CONFLICT,
+                            "idempotency_error",
+                            Some("idempotency_key_in_use"),
+                            &msg,
+                        ),
+                    ),
+                    (409, fault, false),
+                );
             }
-            Some(KeyEntry { state: KeyState::Done { status, body }, .. }) => {
+            Some(KeyEntry {
+                state: KeyState::Done { status, body },
+                ..
+            }) => {
                 let status = *status;
-                let resp = (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), Json(body.clone())).into_response();
+                let resp = (
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    Json(body.clone()),
+                )
+                    .into_response();
                 return (resp, (status, fault, true));
             }
             None => {
                 inner.keys.insert(
                     k.to_owned(),
-                    KeyEntry { endpoint: CREATE.into(), params: canonical.clone(), state: KeyState::InFlight, first_used: Instant::now() },
+                    KeyEntry {
+                        endpoint: CREATE.into(),
+                        params: canonical.clone(),
+                        state: KeyState::InFlight,
+                        first_used: Instant::now(),
+                    },
                 );
             }
         }
@@ -214,7 +258,10 @@ async fn create_inner(
     let store = |status: u16, body: &Value| {
         if let Some(k) = key {
             if let Some(e) = sim.lock().keys.get_mut(k) {
-                e.state = KeyState::Done { status, body: body.clone() };
+                e.state = KeyState::Done {
+                    status,
+                    body: body.clone(),
+                };
             }
         }
     };
@@ -229,23 +276,39 @@ async fn create_inner(
     }
 
     let p: HashMap<String, String> = params.iter().cloned().collect();
-    let amount = p.get("amount").and_then(|a| a.parse::<i64>().ok()).filter(|a| *a > 0);
+    let amount = p
+        .get("amount")
+        .and_then(|a| a.parse::<i64>().ok())
+        .filter(|a| *a > 0);
     let currency = p.get("currency").filter(|c| c.len() == 3).cloned();
     let (Some(amount), Some(currency)) = (amount, currency) else {
         // Parameter validation fails before execution: not stored.
         forget();
-        let b = stripe_error(StatusCode::BAD_REQUEST, "invalid_request_error", Some("parameter_missing"), "Missing required param: amount or currency.");
+        let b = stripe_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            Some("parameter_missing"),
+            "Missing required param: amount or currency.",
+        );
         return (error(StatusCode::BAD_REQUEST, b), (400, fault, false));
     };
 
     if fault == Some(Fault::FailBefore) {
-        let b = stripe_error(StatusCode::INTERNAL_SERVER_ERROR, "api_error", None, "An unknown error occurred (simulated, before any effect).");
+        let b = stripe_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "api_error",
+            None,
+            "An unknown error occurred (simulated, before any effect).",
+        );
         if config.store_fail_before {
             store(500, &b);
         } else {
             forget();
         }
-        return (error(StatusCode::INTERNAL_SERVER_ERROR, b), (500, fault, false));
+        return (
+            error(StatusCode::INTERNAL_SERVER_ERROR, b),
+            (500, fault, false),
+        );
     }
 
     let metadata: serde_json::Map<String, Value> = params
@@ -256,7 +319,9 @@ async fn create_inner(
                 .map(|mk| (mk.to_owned(), json!(v)))
         })
         .collect();
-    let declined = p.get("payment_method").is_some_and(|pm| pm == "pm_card_chargeDeclined");
+    let declined = p
+        .get("payment_method")
+        .is_some_and(|pm| pm == "pm_card_chargeDeclined");
     let confirm = p.get("confirm").is_some_and(|c| c == "true");
     let (pi, status_code) = {
         let mut inner = sim.lock();
@@ -274,14 +339,20 @@ async fn create_inner(
             "payment_method": p.get("payment_method"), "description": p.get("description"),
             "metadata": Value::Object(metadata.clone()), "livemode": false,
         });
-        inner.intents.push(Intent { body: pi.clone(), visible_to_search_at: Instant::now() + config.search_lag });
+        inner.intents.push(Intent {
+            body: pi.clone(),
+            visible_to_search_at: Instant::now() + config.search_lag,
+        });
         if status == "succeeded" {
             inner.ledger.push(LedgerEntry {
                 effect: "charge".into(),
                 id,
                 amount,
                 currency: currency.clone(),
-                idem_action_id: metadata.get("idem_action_id").and_then(Value::as_str).map(str::to_owned),
+                idem_action_id: metadata
+                    .get("idem_action_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
                 idempotency_key: key.map(str::to_owned),
                 created,
             });
@@ -290,28 +361,52 @@ async fn create_inner(
     };
 
     let (status, body) = if status_code == 402 {
-        (402u16, json!({"error": {"type": "card_error", "code": "card_declined", "decline_code": "generic_decline", "message": "Your card was declined.", "payment_intent": pi}}))
+        (
+            402u16,
+            json!({"error": {"type": "card_error", "code": "card_declined", "decline_code": "generic_decline", "message": "Your card was declined.", "payment_intent": pi}}),
+        )
     } else {
         (200u16, pi)
     };
     if fault == Some(Fault::FailAfter) {
-        let b = stripe_error(StatusCode::INTERNAL_SERVER_ERROR, "api_error", None, "An unknown error occurred (simulated, after the effect).");
+        let b = stripe_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "api_error",
+            None,
+            "An unknown error occurred (simulated, after the effect).",
+        );
         store(500, &b);
-        return (error(StatusCode::INTERNAL_SERVER_ERROR, b), (500, fault, false));
+        return (
+            error(StatusCode::INTERNAL_SERVER_ERROR, b),
+            (500, fault, false),
+        );
     }
     store(status, &body);
     if fault == Some(Fault::DropAfterEffect) {
         return (dropped(), (status, fault, false));
     }
-    let resp = (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), Json(body)).into_response();
+    let resp = (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+        Json(body),
+    )
+        .into_response();
     (resp, (status, fault, false))
 }
 
-async fn retrieve(State(sim): State<StripeSim>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn retrieve(
+    State(sim): State<StripeSim>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     if !authorized(&headers) {
         return unauthorized();
     }
-    let found = sim.lock().intents.iter().find(|i| i.body["id"] == id.as_str()).map(|i| i.body.clone());
+    let found = sim
+        .lock()
+        .intents
+        .iter()
+        .find(|i| i.body["id"] == id.as_str())
+        .map(|i| i.body.clone());
     match found {
         Some(pi) => Json(pi).into_response(),
         None => error(
@@ -321,11 +416,20 @@ async fn retrieve(State(sim): State<StripeSim>, headers: HeaderMap, Path(id): Pa
     }
 }
 
-async fn confirm(State(sim): State<StripeSim>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn confirm(
+    State(sim): State<StripeSim>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     if !authorized(&headers) {
         return unauthorized();
     }
-    let found = sim.lock().intents.iter().find(|i| i.body["id"] == id.as_str()).map(|i| i.body.clone());
+    let found = sim
+        .lock()
+        .intents
+        .iter()
+        .find(|i| i.body["id"] == id.as_str())
+        .map(|i| i.body.clone());
     match found {
         Some(pi) if pi["status"] == "succeeded" => error(
             StatusCode::BAD_REQUEST,
@@ -334,13 +438,20 @@ async fn confirm(State(sim): State<StripeSim>, headers: HeaderMap, Path(id): Pat
                 "payment_intent": pi}}),
         ),
         Some(pi) => Json(pi).into_response(),
-        None => error(StatusCode::NOT_FOUND, json!({"error": {"type": "invalid_request_error", "code": "resource_missing", "message": format!("No such payment_intent: '{id}'")}})),
+        None => error(
+            StatusCode::NOT_FOUND,
+            json!({"error": {"type": "invalid_request_error", "code": "resource_missing", "message": format!("No such payment_intent: '{id}'")}}),
+        ),
     }
 }
 
 /// `GET /v1/payment_intents`: newest first, `customer`, `created[gte|gt|lte|lt]`,
 /// `limit` (≤100), `starting_after`. Read-your-writes: no lag.
-async fn list(State(sim): State<StripeSim>, headers: HeaderMap, Query(q): Query<Vec<(String, String)>>) -> Response {
+async fn list(
+    State(sim): State<StripeSim>,
+    headers: HeaderMap,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
     if !authorized(&headers) {
         return unauthorized();
     }
@@ -353,7 +464,10 @@ async fn list(State(sim): State<StripeSim>, headers: HeaderMap, Query(q): Query<
         .iter()
         .rev()
         .map(|i| &i.body)
-        .filter(|pi| q.get("customer").is_none_or(|c| pi["customer"] == c.as_str()))
+        .filter(|pi| {
+            q.get("customer")
+                .is_none_or(|c| pi["customer"] == c.as_str())
+        })
         .filter(|pi| {
             let c = pi["created"].as_i64().unwrap_or(0);
             num("created[gte]").is_none_or(|v| c >= v)
@@ -370,17 +484,25 @@ async fn list(State(sim): State<StripeSim>, headers: HeaderMap, Query(q): Query<
     }
     let has_more = all.len() > limit;
     all.truncate(limit);
-    Json(json!({"object": "list", "url": CREATE, "has_more": has_more, "data": all})).into_response()
+    Json(json!({"object": "list", "url": CREATE, "has_more": has_more, "data": all}))
+        .into_response()
 }
 
 /// `GET /v1/payment_intents/search?query=metadata['k']:'v'`, lagging by `search_lag`.
-async fn search(State(sim): State<StripeSim>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn search(
+    State(sim): State<StripeSim>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     if !authorized(&headers) {
         return unauthorized();
     }
     let query = q.get("query").cloned().unwrap_or_default();
     let Some((field, value)) = parse_metadata_query(&query) else {
-        return error(StatusCode::BAD_REQUEST, json!({"error": {"type": "invalid_request_error", "message": format!("Unsupported search query (simulator supports metadata['k']:'v'): {query}")}}));
+        return error(
+            StatusCode::BAD_REQUEST,
+            json!({"error": {"type": "invalid_request_error", "message": format!("Unsupported search query (simulator supports metadata['k']:'v'): {query}")}}),
+        );
     };
     let inner = sim.lock();
     let now = Instant::now();
