@@ -583,3 +583,86 @@ async fn demo_binary_reports_no_duplicates_and_nothing_lost() {
     assert!(v["effects"].as_u64().unwrap() > 150);
     assert_eq!(v["cells"]["stripe.charge"]["actions"], 200);
 }
+
+// ---------------------------------------------------------------- simulator semantics
+
+#[tokio::test]
+async fn stripe_simulator_reproduces_idempotency_semantics() {
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/payment_intents", stripe.base_url());
+    let post = |key: &'static str, amount: &'static str| {
+        http.post(&url)
+            .bearer_auth(TEST_SECRET)
+            .header("Idempotency-Key", key)
+            .form(&[
+                ("amount", amount),
+                ("currency", "usd"),
+                ("confirm", "true"),
+                ("metadata[idem_action_id]", "a1"),
+            ])
+            .send()
+    };
+    // No or wrong secret: 401 before the idempotency layer, not stored.
+    let r = http
+        .post(&url)
+        .header("Idempotency-Key", "k1")
+        .form(&[("amount", "100")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // First use executes; the same key replays the stored response with the header.
+    let first = post("k1", "100").await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["idempotency-key"], "k1");
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: serde_json::Value = first.json().await.unwrap();
+    let replay = post("k1", "100").await.unwrap();
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    let replay: serde_json::Value = replay.json().await.unwrap();
+    assert_eq!(first, replay);
+    // Other parameters under the same key: 400 idempotency_error.
+    let mismatch = post("k1", "200").await.unwrap();
+    assert_eq!(mismatch.status(), 400);
+    let body: serde_json::Value = mismatch.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "idempotency_error");
+    // A concurrent request with a key in flight: 409.
+    stripe.sim.script([Fault::Delay(400)]);
+    let (a, b) = tokio::join!(post("k2", "100"), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        post("k2", "100").await
+    });
+    assert_eq!(a.unwrap().status(), 200);
+    assert_eq!(b.unwrap().status(), 409);
+    // 429 is not stored: the next request with the key executes.
+    stripe.sim.script([Fault::RateLimit]);
+    assert_eq!(post("k3", "100").await.unwrap().status(), 429);
+    let r = post("k3", "100").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("idempotent-replayed").is_none());
+    // A stored 500 is replayed as a 500.
+    stripe.sim.script([Fault::FailBefore]);
+    assert_eq!(post("k4", "100").await.unwrap().status(), 500);
+    let r = post("k4", "100").await.unwrap();
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            r.headers()["idempotent-replayed"].to_str().unwrap()
+        ),
+        (500, "true")
+    );
+    assert_eq!(
+        stripe.sim.ledger().len(),
+        3,
+        "k1, k2, k3 charged; k4 failed before the effect"
+    );
+    // A lost response: the client sees an error, the partner charged anyway.
+    stripe.sim.script([Fault::DropAfterEffect]);
+    let lost = match post("k5", "100").await {
+        Ok(r) => r.bytes().await.is_err(),
+        Err(_) => true,
+    };
+    assert!(lost, "the response must not arrive");
+    assert_eq!(stripe.sim.ledger().len(), 4);
+}

@@ -40,7 +40,7 @@ pub enum ReconcileVia {
 }
 
 /// The `stripe.charge` cell.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StripeCharge {
     name: CellName,
     profile: CellProfile,
@@ -48,6 +48,18 @@ pub struct StripeCharge {
     secret: String,
     via: ReconcileVia,
     http: reqwest::Client,
+}
+
+/// Redacts the API secret: a worker's Debug output may reach logs.
+impl std::fmt::Debug for StripeCharge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StripeCharge")
+            .field("base_url", &self.base_url)
+            .field("secret", &"<redacted>")
+            .field("via", &self.via)
+            .field("profile", &self.profile)
+            .finish()
+    }
 }
 
 impl StripeCharge {
@@ -413,5 +425,45 @@ impl Cell for StripeCharge {
                 self.find_by_list(action, args, t0).await
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn debug_output_never_shows_the_secret() {
+        let c = StripeCharge::new("http://x", "sk_test_supersecret");
+        assert!(!format!("{c:?}").contains("supersecret"));
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let c = StripeCharge::new("http://x", "sk_test_k");
+        assert!(c.validate(&json!({"amount": 5, "currency": "usd"})).is_ok());
+        let e = c.validate(&json!({"currency": "usd"})).unwrap_err();
+        assert!(e.reason.contains("amount"), "{e}");
+        let e = c
+            .validate(&json!({"amount": 5, "currency": "USD"}))
+            .unwrap_err();
+        assert!(e.reason.contains("currency"), "{e}");
+        let e = c
+            .validate(&json!({"amount": 5, "currency": "usd", "amont": 1}))
+            .unwrap_err();
+        assert!(e.reason.contains("amont"), "{e}");
+        assert!(c
+            .validate(&json!({"amount": -1, "currency": "usd"}))
+            .is_err());
+    }
+
+    #[test]
+    fn keys_are_stable_per_generation_and_fit_stripe() {
+        let c = StripeCharge::new("http://x", "sk_test_k");
+        let id = ActionId::random();
+        assert_eq!(c.key(id, 0), c.key(id, 0));
+        assert_ne!(c.key(id, 0), c.key(id, 1));
+        assert!(c.key(id, 0).unwrap().len() <= 255);
     }
 }
