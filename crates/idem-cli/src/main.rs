@@ -130,7 +130,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     // The demo prints a table; its workers' info lines would drown it.
     let default_filter = match cli.command {
-        Command::Demo(_) => "warn",
+        Command::Demo(_) => "warn,sqlx::postgres::notice=error",
         _ => "warn,idem=info",
     };
     tracing_subscriber::fmt()
