@@ -54,6 +54,22 @@ impl AttemptResult {
     }
 }
 
+impl From<&crate::ExecOutcome> for AttemptResult {
+    fn from(outcome: &crate::ExecOutcome) -> Self {
+        use crate::ExecOutcome as O;
+        match outcome {
+            O::Succeeded(_) => AttemptResult::Succeeded,
+            O::Failed { .. } => AttemptResult::Failed,
+            O::NotProcessed { .. } => AttemptResult::NotProcessed,
+            O::Ambiguous {
+                replayed_error: true,
+                ..
+            } => AttemptResult::ReplayedError,
+            O::Ambiguous { .. } => AttemptResult::Ambiguous,
+        }
+    }
+}
+
 /// One attempt as the guard and planner see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptRecord {

@@ -265,16 +265,7 @@ impl World {
     }
 
     fn record(&mut self, outcome: &ExecOutcome) {
-        let r = match outcome {
-            ExecOutcome::Succeeded(_) => AttemptResult::Succeeded,
-            ExecOutcome::Failed { .. } => AttemptResult::Failed,
-            ExecOutcome::NotProcessed { .. } => AttemptResult::NotProcessed,
-            ExecOutcome::Ambiguous {
-                replayed_error: true,
-                ..
-            } => AttemptResult::ReplayedError,
-            ExecOutcome::Ambiguous { .. } => AttemptResult::Ambiguous,
-        };
+        let r = AttemptResult::from(outcome);
         self.history.last_mut().unwrap().result = Some(r);
     }
 

@@ -112,19 +112,6 @@ pub enum StartError {
     Transition(#[from] idem_core::TransitionError),
 }
 
-fn attempt_result(outcome: &ExecOutcome) -> AttemptResult {
-    match outcome {
-        ExecOutcome::Succeeded(_) => AttemptResult::Succeeded,
-        ExecOutcome::Failed { .. } => AttemptResult::Failed,
-        ExecOutcome::NotProcessed { .. } => AttemptResult::NotProcessed,
-        ExecOutcome::Ambiguous {
-            replayed_error: true,
-            ..
-        } => AttemptResult::ReplayedError,
-        ExecOutcome::Ambiguous { .. } => AttemptResult::Ambiguous,
-    }
-}
-
 fn receipt_json(r: &Receipt) -> serde_json::Value {
     serde_json::to_value(r).unwrap_or_default()
 }
@@ -141,7 +128,7 @@ pub fn settle(
         .iter_mut()
         .find(|a| a.number == started.attempt.number)
     {
-        last.result = Some(attempt_result(outcome));
+        last.result = Some(AttemptResult::from(outcome));
     }
     let next = after_outcome(
         started.cell.profile(),
@@ -161,7 +148,7 @@ pub fn settle(
     let audit = AttemptOutcome {
         action_id: started.row.action_id,
         number: started.attempt.number,
-        result: attempt_result(outcome),
+        result: AttemptResult::from(outcome),
         detail: serde_json::json!({ "reason": reason, "receipt": receipt }),
     };
     let mut change = Change::new(&started.row, next.event, now)
