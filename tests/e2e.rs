@@ -319,6 +319,30 @@ async fn rate_limit_is_retried_and_declines_fail_without_effect() {
 }
 
 #[tokio::test]
+async fn conflict_409_backs_off_and_replays_the_same_key() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    stripe.sim.script([Fault::Conflict409]);
+    let w = worker(&db.store, cell(&stripe.base_url(), |c| c), "w1");
+    let action = NewAction::new(ActionId::random(), cell_name(), charge_args(1900));
+    enqueue(db.store.pool(), &action).await.unwrap();
+    w.deliver(&[take_delivery(&db.store).await]).await.unwrap();
+    assert_eq!(
+        state(&db.store, action.action_id).await.state,
+        State::InDoubt
+    );
+    let row = sweep_until_settled(&w, &db.store, action.action_id, Duration::from_secs(10)).await;
+    assert_eq!(row.state, State::Succeeded);
+    assert_eq!(stripe.sim.effects_for(&action.action_id.to_string()), 1);
+    let reqs = stripe.sim.requests();
+    assert_eq!(
+        reqs.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![409, 200]
+    );
+    assert_eq!(reqs[0].idempotency_key, reqs[1].idempotency_key);
+}
+
+#[tokio::test]
 async fn same_action_delivered_to_two_workers_at_once_calls_the_partner_once() {
     let db = TestDb::new().await;
     let stripe = StripeFixture::start(StripeSimConfig::default()).await;

@@ -116,6 +116,9 @@ enum SimCommand {
         /// Probability of a 429.
         #[arg(long, default_value_t = 0.0)]
         rate_limit: f64,
+        /// Probability of a 409 "key in flight".
+        #[arg(long, default_value_t = 0.0)]
+        conflict_409: f64,
         /// Key retention in seconds (Stripe: 24 h).
         #[arg(long, default_value_t = 86_400.0)]
         key_retention_secs: f64,
@@ -196,6 +199,7 @@ async fn main() -> Result<()> {
                 fail_before,
                 fail_after,
                 rate_limit,
+                conflict_409,
                 key_retention_secs,
                 search_lag_secs,
             } => {
@@ -208,6 +212,7 @@ async fn main() -> Result<()> {
                         fail_before,
                         fail_after,
                         rate_limit,
+                        conflict_409,
                         ..Default::default()
                     },
                     ..Default::default()

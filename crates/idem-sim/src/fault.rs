@@ -17,6 +17,9 @@ pub enum Fault {
     FailAfter,
     /// Answer 429 before the idempotency layer (not stored).
     RateLimit,
+    /// Answer 409 "another in-progress request" without running anything (not stored), as
+    /// when a retry overtakes the first request.
+    Conflict409,
     /// Hold the request (and its key, in flight) for this many milliseconds first.
     Delay(u64),
 }
@@ -29,6 +32,7 @@ pub struct FaultRates {
     pub fail_before: f64,
     pub fail_after: f64,
     pub rate_limit: f64,
+    pub conflict_409: f64,
     /// Probability of a delay, and its length in milliseconds.
     pub delay: f64,
     pub delay_ms: u64,
@@ -44,6 +48,7 @@ impl FaultRates {
             (self.fail_before, Fault::FailBefore),
             (self.fail_after, Fault::FailAfter),
             (self.rate_limit, Fault::RateLimit),
+            (self.conflict_409, Fault::Conflict409),
             (self.delay, Fault::Delay(self.delay_ms)),
         ] {
             edge += p;

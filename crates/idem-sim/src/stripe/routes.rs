@@ -166,6 +166,16 @@ async fn create_inner(
             .insert("retry-after", HeaderValue::from_static("1"));
         return (resp, (429, fault, false));
     }
+    if fault == Some(Fault::Conflict409) {
+        let msg = format!("There is currently another in-progress request using this Idempotent Key (that probably means you submitted twice, and the other request is still going through): {}. Please try again later.", key.unwrap_or_default());
+        let b = stripe_error(
+            StatusCode::CONFLICT,
+            "idempotency_error",
+            Some("idempotency_key_in_use"),
+            &msg,
+        );
+        return (error(StatusCode::CONFLICT, b), (409, fault, false));
+    }
     let mut params: Vec<(String, String)> = match serde_urlencoded::from_bytes(body) {
         Ok(p) => p,
         Err(e) => {
