@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs idem's whole test suite: unit, model and end-to-end tests against a real PostgreSQL.
-# Uses DATABASE_URL if set; otherwise the local server on 127.0.0.1:5432, started if down.
+# Runs idem's whole test suite: unit, model, end-to-end and Kafka tests against a real
+# PostgreSQL and a real Kafka-protocol broker. Uses DATABASE_URL and KAFKA_BOOTSTRAP if set;
+# otherwise the local PostgreSQL on 127.0.0.1:5432 (started if down) and a tansu broker
+# started here (installed first if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +18,29 @@ if [ -z "${DATABASE_URL:-}" ]; then
     fi
     for _ in $(seq 1 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done
   fi
+fi
+
+# Kafka-protocol broker: KAFKA_BOOTSTRAP if set; else tansu with sqlite storage, installed
+# from crates.io when missing (about 17 minutes on a cold machine) and stopped on exit.
+if [ -z "${KAFKA_BOOTSTRAP:-}" ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+  if ! command -v tansu >/dev/null; then
+    echo "tansu not found; installing it (cargo install tansu --locked --features dynostore,libsql)" >&2
+    cargo install tansu --locked --features dynostore,libsql
+  fi
+  tansu_dir=$(mktemp -d /tmp/idem-tansu.XXXXXX)
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  tansu broker --storage-engine "sqlite://$tansu_dir/tansu.db" \
+    --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
+    >"$tansu_dir/tansu.log" 2>&1 &
+  tansu_pid=$!
+  trap 'kill $tansu_pid 2>/dev/null || true; rm -rf "$tansu_dir"' EXIT
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    sleep 0.2
+  done
+  export KAFKA_BOOTSTRAP="127.0.0.1:$port"
+  echo "tansu broker on $KAFKA_BOOTSTRAP (log: $tansu_dir/tansu.log)" >&2
 fi
 
 if cargo nextest --version >/dev/null 2>&1; then

@@ -36,6 +36,8 @@ enum Command {
     Migrate(Db),
     /// Run a worker on the direct Postgres transport (claims from the outbox, sweeps).
     Worker(WorkerArgs),
+    /// Publish committed outbox rows to Kafka (one leader among all relays).
+    Relay(RelayArgs),
     /// Run one sweep pass: expire leases, start due retries, reconcile doubts.
     Sweep(WorkerArgs),
     /// Enqueue one action (in its own transaction).
@@ -74,6 +76,77 @@ struct WorkerArgs {
     /// Worker name in leases and audit rows.
     #[arg(long)]
     id: Option<String>,
+    /// Where actions come from: the outbox directly, or a Kafka consumer group.
+    #[arg(long, default_value = "postgres", value_parser = ["postgres", "kafka"])]
+    transport: String,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// Consumer group (Kafka transport).
+    #[arg(long, default_value = "idem-workers")]
+    group: String,
+}
+
+/// Where Kafka is and which topics idem uses.
+#[derive(Args, Debug, Clone)]
+struct KafkaArgs {
+    /// Kafka bootstrap servers.
+    #[arg(
+        long = "bootstrap",
+        env = "KAFKA_BOOTSTRAP",
+        default_value = "127.0.0.1:9092"
+    )]
+    bootstrap: String,
+    /// Topic routing: one topic for every action, or `per-cell` / `per-integration` with
+    /// --topic as the prefix.
+    #[arg(long, default_value = "single", value_parser = ["single", "per-cell", "per-integration"])]
+    routing: String,
+    /// The topic (single) or topic prefix.
+    #[arg(long, default_value = "idem.actions")]
+    topic: String,
+    /// Partitions of topics idem creates.
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+}
+
+impl KafkaArgs {
+    fn config(&self) -> idem_kafka::KafkaConfig {
+        let mut c = idem_kafka::KafkaConfig::new(&self.bootstrap);
+        c.routing = match self.routing.as_str() {
+            "per-cell" => idem_kafka::TopicRouting::PerCell(self.topic.clone()),
+            "per-integration" => idem_kafka::TopicRouting::PerIntegration(self.topic.clone()),
+            _ => idem_kafka::TopicRouting::Single(self.topic.clone()),
+        };
+        c.partitions = self.partitions;
+        c
+    }
+
+    /// Topics a worker subscribes to for the cells it runs.
+    fn topics(&self, cells: &idem_cells::Registry) -> Vec<String> {
+        let c = self.config();
+        let mut t: Vec<String> = cells
+            .iter()
+            .map(|cell| c.routing.topic_for(cell.name().as_str()))
+            .collect();
+        t.sort();
+        t.dedup();
+        t
+    }
+}
+
+#[derive(Args, Debug)]
+struct RelayArgs {
+    #[command(flatten)]
+    db: Db,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// Rows per batch.
+    #[arg(long, default_value_t = 500)]
+    batch: i64,
+    /// Producer linger (ms).
+    #[arg(long, default_value_t = 5)]
+    linger_ms: u64,
+    #[arg(long, default_value_t = 500)]
+    poll_interval_ms: u64,
 }
 
 #[derive(Args, Debug)]
@@ -150,6 +223,7 @@ async fn main() -> Result<()> {
             println!("migrated");
         }
         Command::Worker(args) => run_worker(args).await?,
+        Command::Relay(args) => run_relay(args).await?,
         Command::Sweep(args) => {
             let worker = build_worker(&args).await?;
             let n = worker.sweep_once().await?;
@@ -258,16 +332,55 @@ async fn build_worker(args: &WorkerArgs) -> Result<Worker> {
     Ok(Worker::new(store, args.cells.registry(), config))
 }
 
-async fn run_worker(args: WorkerArgs) -> Result<()> {
-    let worker = build_worker(&args).await?;
+fn shutdown_channel() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
-        tracing::info!("shutting down: finishing in-flight calls");
+        tracing::info!("shutting down: finishing in-flight work");
         let _ = tx.send(true);
     });
-    tracing::info!(worker = worker.id(), "worker started");
-    worker.run(rx).await?;
+    rx
+}
+
+async fn run_worker(args: WorkerArgs) -> Result<()> {
+    let kafka = args.transport == "kafka";
+    let mut args = args;
+    let mut worker = build_worker(&args).await?;
+    let rx = shutdown_channel();
+    tracing::info!(worker = worker.id(), transport = %args.transport, "worker started");
+    if !kafka {
+        worker.run(rx).await?;
+        return Ok(());
+    }
+    // Kafka: the consumer group delivers new actions; this process still sweeps (leases,
+    // retries, doubts) but does not claim from the outbox, which the relay drains.
+    args.poll_interval_ms = args.poll_interval_ms.max(1);
+    worker = worker.without_outbox_claims();
+    let topics = args.kafka.topics(worker.cells());
+    let transport = idem_kafka::KafkaTransport::new(
+        worker.clone(),
+        args.kafka.config(),
+        idem_kafka::TransportConfig::new(&args.group, topics),
+    );
+    let sweeper = worker.clone();
+    let sweep_rx = rx.clone();
+    let sweeping = tokio::spawn(async move { sweeper.run(sweep_rx).await });
+    transport.run(rx).await?;
+    sweeping.await??;
+    Ok(())
+}
+
+async fn run_relay(args: RelayArgs) -> Result<()> {
+    let store = Store::connect(&args.db.database_url, 4).await?;
+    let config = idem_relay::RelayConfig {
+        batch: args.batch.max(1),
+        linger: Duration::from_millis(args.linger_ms),
+        poll_interval: Duration::from_millis(args.poll_interval_ms),
+        ..idem_relay::RelayConfig::default()
+    };
+    let relay = idem_relay::Relay::new(store, &args.db.database_url, args.kafka.config(), config)?;
+    tracing::info!("relay started; waiting to be elected");
+    relay.run(shutdown_channel()).await?;
     Ok(())
 }
 

@@ -166,3 +166,71 @@ impl StripeFixture {
 
 /// The test secret the simulator accepts.
 pub const TEST_SECRET: &str = "sk_test_idem_testkit";
+
+/// The Kafka-protocol broker for tests: `KAFKA_BOOTSTRAP` first; else `tansu` (sqlite
+/// storage in a temporary directory) started once per test process if it is on PATH; else
+/// a panic that says what to start.
+pub fn kafka_bootstrap() -> String {
+    static BOOTSTRAP: OnceLock<String> = OnceLock::new();
+    BOOTSTRAP
+        .get_or_init(|| {
+            if let Ok(b) = std::env::var("KAFKA_BOOTSTRAP") {
+                return b;
+            }
+            match start_tansu() {
+                Ok(b) => b,
+                Err(e) => panic!(
+                    "idem's Kafka tests need a Kafka-protocol broker: set KAFKA_BOOTSTRAP=host:port, \
+                     or put tansu on PATH (`cargo install tansu --locked --features dynostore,libsql`) \
+                     so the test kit can start it ({e})"
+                ),
+            }
+        })
+        .clone()
+}
+
+/// Start tansu on a free port with sqlite storage; it exits when this process does.
+fn start_tansu() -> Result<String, String> {
+    let tansu = which("tansu").ok_or("tansu is not on PATH")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let dir = std::env::temp_dir().join(format!("idem-tansu-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let url = format!("tcp://127.0.0.1:{port}");
+    // A watchdog shell ends the broker when the test process (its parent) is gone.
+    let script = format!(
+        "\"{tansu}\" broker --storage-engine sqlite://{db} --listener-url {url} --advertised-listener-url {url} \
+         >\"{log}\" 2>&1 & b=$!; while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill $b",
+        tansu = tansu.display(),
+        db = dir.join("tansu.db").display(),
+        log = dir.join("tansu.log").display(),
+        parent = std::process::id(),
+    );
+    std::process::Command::new("sh")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawn tansu: {e}"))?;
+    let addr = format!("127.0.0.1:{port}");
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            return Ok(addr);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Err(format!(
+        "tansu did not listen on {addr} within 30 s; see {}",
+        dir.join("tansu.log").display()
+    ))
+}
+
+fn which(bin: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    let mut dirs: Vec<std::path::PathBuf> = std::env::split_paths(&path).collect();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(std::path::PathBuf::from(home).join(".cargo/bin"));
+    }
+    dirs.into_iter().map(|d| d.join(bin)).find(|p| p.is_file())
+}

@@ -76,6 +76,15 @@ impl Worker {
         }
     }
 
+    /// The same worker with outbox claims off: for the Kafka transport, where the relay
+    /// drains the outbox and this worker only sweeps.
+    pub fn without_outbox_claims(mut self) -> Self {
+        let mut c = (*self.config).clone();
+        c.claim_outbox = false;
+        self.config = Arc::new(c);
+        self
+    }
+
     pub fn id(&self) -> &str {
         &self.config.id
     }

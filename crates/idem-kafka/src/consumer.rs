@@ -1,0 +1,195 @@
+//! The Kafka worker transport: a consumer group whose messages go through the same
+//! receive → write-ahead → call → settle path as the direct transport.
+//!
+//! - **Offsets** are stored (for auto-commit) only after a message's action is settled or
+//!   durably in the inbox with its attempt written ahead; a crash before that redelivers
+//!   the message, and the inbox absorbs the duplicate.
+//! - **Order**: one lane (task) per partition processes its messages in offset order, in
+//!   batches of `per_partition_batch` (1 = strictly one at a time); partitions run in
+//!   parallel.
+//! - **Backpressure**: each lane holds at most `lane_capacity` messages; when one is full
+//!   the reader waits.
+//! - **Rebalances** need no bookkeeping for correctness: an action in flight when its
+//!   partition moves is already in the inbox (leased), the new owner sees its message as a
+//!   duplicate, and the sweeper finishes it if this worker dies. Offsets stored for a
+//!   partition this member no longer owns are rejected by the broker and re-read.
+//! - **Poison** (undecodable, unknown schema version) goes to `idem.dead_letters` with the
+//!   raw bytes and Kafka coordinates; the partition moves on.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use idem_worker::{Delivery, Worker};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::{KafkaConfig, KafkaError};
+
+/// Settings of the consumer-group transport.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    pub group: String,
+    pub topics: Vec<String>,
+    pub per_partition_batch: usize,
+    pub lane_capacity: usize,
+}
+
+impl TransportConfig {
+    pub fn new(group: impl Into<String>, topics: Vec<String>) -> Self {
+        Self {
+            group: group.into(),
+            topics,
+            per_partition_batch: 1,
+            lane_capacity: 64,
+        }
+    }
+}
+
+/// Consumes actions from Kafka into a [`Worker`].
+#[derive(Debug)]
+pub struct KafkaTransport {
+    worker: Worker,
+    kafka: KafkaConfig,
+    config: TransportConfig,
+}
+
+impl KafkaTransport {
+    pub fn new(worker: Worker, kafka: KafkaConfig, config: TransportConfig) -> Self {
+        Self {
+            worker,
+            kafka,
+            config,
+        }
+    }
+
+    fn consumer(&self) -> Result<StreamConsumer, KafkaError> {
+        self.kafka
+            .client()
+            .set("group.id", &self.config.group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "200")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("partition.assignment.strategy", "range")
+            .create()
+            .map_err(|source| KafkaError::Client {
+                bootstrap: self.kafka.bootstrap.clone(),
+                source,
+            })
+    }
+
+    /// Consume until `shutdown`; then let every lane finish what it holds, store and
+    /// commit offsets, and leave the group.
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), KafkaError> {
+        crate::topics::ensure(&self.kafka, &self.config.topics).await?;
+        let consumer = Arc::new(self.consumer()?);
+        let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|source| KafkaError::Client {
+                bootstrap: self.kafka.bootstrap.clone(),
+                source,
+            })?;
+        let mut lanes: HashMap<(String, i32), mpsc::Sender<OwnedMessage>> = HashMap::new();
+        let mut tasks = JoinSet::new();
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.changed() => break,
+                m = consumer.recv() => m,
+            };
+            let msg = match msg {
+                Ok(m) => m.detach(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Kafka consume error; continuing");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let key = (msg.topic().to_owned(), msg.partition());
+            let lane = lanes.entry(key).or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(self.config.lane_capacity.max(1));
+                let worker = self.worker.clone();
+                let consumer = consumer.clone();
+                let batch = self.config.per_partition_batch.max(1);
+                tasks.spawn(lane(worker, consumer, rx, batch));
+                tx
+            });
+            if lane.send(msg).await.is_err() {
+                tracing::error!("a partition lane stopped; its messages will be redelivered");
+            }
+        }
+        drop(lanes);
+        while tasks.join_next().await.is_some() {}
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(error = %e, "final commit (nothing stored is fine)");
+        }
+        consumer.unsubscribe();
+        Ok(())
+    }
+}
+
+/// One partition's messages, in order.
+async fn lane(
+    worker: Worker,
+    consumer: Arc<StreamConsumer>,
+    mut rx: mpsc::Receiver<OwnedMessage>,
+    batch: usize,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut msgs = vec![first];
+        while msgs.len() < batch {
+            match rx.try_recv() {
+                Ok(m) => msgs.push(m),
+                Err(_) => break,
+            }
+        }
+        let deliveries: Vec<Delivery> = msgs
+            .iter()
+            .map(|m| Delivery {
+                payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                source: serde_json::json!({
+                    "transport": "kafka",
+                    "topic": m.topic(),
+                    "partition": m.partition(),
+                    "offset": m.offset(),
+                }),
+            })
+            .collect();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match worker.deliver(&deliveries).await {
+                Ok(report) => {
+                    tracing::debug!(?report, "delivered");
+                    break;
+                }
+                Err(e) => {
+                    // Nothing is acknowledged: retry the same batch (the inbox makes the
+                    // retry safe) until the database answers again.
+                    tracing::warn!(error = %e, "delivery failed; retrying the batch");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        let last = msgs.last().expect("non-empty batch");
+        let mut tpl = TopicPartitionList::new();
+        if tpl
+            .add_partition_offset(
+                last.topic(),
+                last.partition(),
+                Offset::Offset(last.offset() + 1),
+            )
+            .is_ok()
+        {
+            if let Err(e) = consumer.store_offsets(&tpl) {
+                tracing::debug!(error = %e, "offset not stored (partition moved?); it will be re-read");
+            }
+        }
+    }
+}

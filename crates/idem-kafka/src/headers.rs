@@ -1,0 +1,11 @@
+//! Headers on every action message, so a consumer can route, trace and dead-letter a
+//! message without decoding its payload.
+
+pub const ACTION_ID: &str = "idem-action-id";
+pub const CELL: &str = "idem-cell";
+pub const CONTENT_TYPE: &str = "content-type";
+pub const SCHEMA_VERSION: &str = "idem-schema-version";
+pub const TRACEPARENT: &str = "traceparent";
+pub const TRACESTATE: &str = "tracestate";
+
+pub const JSON: &str = "application/json";

@@ -1,0 +1,290 @@
+//! The outbox relay: publishes committed outbox rows to Kafka and deletes them only after
+//! Kafka acknowledged them.
+//!
+//! **Several relays**: leader election, not concurrent draining. Each relay tries a
+//! session-level Postgres advisory lock; the holder relays, the others stand by and take
+//! over when its session ends (crash, kill, network loss). With one leader, rows are
+//! produced in outbox order through an idempotent producer, so per-ordering-key order is
+//! the enqueue commit order. Two cases publish a row again: a leader killed after the
+//! Kafka ack and before the delete, and a produce failure part-way through a batch (only
+//! the acknowledged prefix is deleted). Both are duplicates, absorbed by the inbox; a
+//! duplicate can appear after later messages of the same key, but never reorders the first
+//! delivery of each action.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use idem_kafka::{headers, KafkaConfig, KafkaError};
+use idem_store::Store;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::postgres::PgListener;
+use sqlx::{Connection, PgConnection};
+use tokio::sync::watch;
+
+/// The advisory lock key that elects the relay leader ("idem.relay").
+pub const LEADER_LOCK: i64 = 0x6964_656d_7265_6c61;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// How the relay batches.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Rows read and produced per round.
+    pub batch: i64,
+    /// librdkafka `linger.ms`: how long the producer waits to fill a request.
+    pub linger: Duration,
+    /// Poll the outbox this often without a NOTIFY; standbys retry the lock this often.
+    pub poll_interval: Duration,
+    /// Test hook: sleep this long between the Kafka ack and the delete, so a test can
+    /// kill the process in exactly that window. `IDEM_RELAY_PAUSE_AFTER_ACK_MS`.
+    pub pause_after_ack: Option<Duration>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch: 500,
+            linger: Duration::from_millis(5),
+            poll_interval: Duration::from_millis(500),
+            pause_after_ack: std::env::var("IDEM_RELAY_PAUSE_AFTER_ACK_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_millis),
+        }
+    }
+}
+
+/// One relay process.
+pub struct Relay {
+    store: Store,
+    database_url: String,
+    kafka: KafkaConfig,
+    config: RelayConfig,
+    producer: FutureProducer,
+    topics: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("kafka", &self.kafka)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Relay {
+    pub fn new(
+        store: Store,
+        database_url: &str,
+        kafka: KafkaConfig,
+        config: RelayConfig,
+    ) -> Result<Self, RelayError> {
+        let producer: FutureProducer = kafka
+            .client()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", config.linger.as_millis().to_string())
+            .set("message.timeout.ms", "30000")
+            .create()
+            .map_err(|source| KafkaError::Client {
+                bootstrap: kafka.bootstrap.clone(),
+                source,
+            })?;
+        Ok(Self {
+            store,
+            database_url: database_url.to_owned(),
+            kafka,
+            config,
+            producer,
+            topics: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Run until `shutdown`: stand by until elected, then relay until leadership or the
+    /// process ends.
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), RelayError> {
+        while !*shutdown.borrow() {
+            let mut lock = match PgConnection::connect(&self.database_url).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay cannot reach PostgreSQL; retrying");
+                    self.wait(&mut shutdown).await;
+                    continue;
+                }
+            };
+            let (leader,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+                .bind(LEADER_LOCK)
+                .fetch_one(&mut lock)
+                .await?;
+            if !leader {
+                drop(lock);
+                self.wait(&mut shutdown).await;
+                continue;
+            }
+            tracing::info!("relay elected leader");
+            if let Err(e) = self.lead(&mut lock, &mut shutdown).await {
+                tracing::warn!(error = %e, "relay lost leadership or failed; standing by");
+                tokio::time::sleep(self.config.poll_interval).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait(&self, shutdown: &mut watch::Receiver<bool>) {
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = tokio::time::sleep(self.config.poll_interval) => {}
+        }
+    }
+
+    async fn lead(
+        &self,
+        lock: &mut PgConnection,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), RelayError> {
+        let mut listener = PgListener::connect_with(self.store.pool()).await?;
+        listener.listen("idem_outbox").await?;
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            // Still the leader? The lock lives as long as this session.
+            sqlx::query("SELECT 1").execute(&mut *lock).await?;
+            let n = self.drain_once().await?;
+            if n as i64 >= self.config.batch {
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                _ = listener.recv() => {}
+                _ = tokio::time::sleep(self.config.poll_interval) => {}
+            }
+        }
+    }
+
+    /// Publish one batch in outbox order; delete the acknowledged prefix. Returns the number
+    /// of rows deleted.
+    pub async fn drain_once(&self) -> Result<usize, RelayError> {
+        let rows: Vec<(i64, uuid::Uuid, String, Vec<u8>, serde_json::Value)> = sqlx::query_as(
+            "SELECT seq, action_id, ordering_key, payload, headers FROM idem.outbox ORDER BY seq LIMIT $1",
+        )
+        .bind(self.config.batch)
+        .fetch_all(self.store.pool())
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let cells: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                serde_json::from_slice::<serde_json::Value>(&r.3)
+                    .ok()
+                    .and_then(|v| v["cell"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "invalid.payload".into())
+            })
+            .collect();
+        let topics: Vec<String> = cells
+            .iter()
+            .map(|c| self.kafka.routing.topic_for(c))
+            .collect();
+        self.ensure_topics(&topics).await?;
+        // Enqueue in outbox order (send_result enqueues synchronously), then await acks.
+        let mut pending = Vec::with_capacity(rows.len());
+        for ((seq, action_id, key, payload, hdrs), (cell, topic)) in
+            rows.iter().zip(cells.iter().zip(&topics))
+        {
+            let id = action_id.to_string();
+            let mut h = OwnedHeaders::new()
+                .insert(Header {
+                    key: headers::ACTION_ID,
+                    value: Some(id.as_str()),
+                })
+                .insert(Header {
+                    key: headers::CELL,
+                    value: Some(cell.as_str()),
+                })
+                .insert(Header {
+                    key: headers::CONTENT_TYPE,
+                    value: Some(headers::JSON),
+                })
+                .insert(Header {
+                    key: headers::SCHEMA_VERSION,
+                    value: Some("1"),
+                });
+            for name in [headers::TRACEPARENT, headers::TRACESTATE] {
+                if let Some(v) = hdrs[name].as_str() {
+                    h = h.insert(Header {
+                        key: name,
+                        value: Some(v),
+                    });
+                }
+            }
+            let record = FutureRecord::to(topic)
+                .key(key.as_str())
+                .payload(payload.as_slice())
+                .headers(h);
+            match self.producer.send_result(record) {
+                Ok(f) => pending.push((*seq, f)),
+                Err((e, _)) => {
+                    tracing::warn!(error = %e, "producer queue refused a message; the rest waits for the next round");
+                    break;
+                }
+            }
+        }
+        let mut acked = vec![];
+        for (seq, f) in pending {
+            match f.await {
+                Ok(Ok(_)) => acked.push(seq),
+                Ok(Err((e, _))) => {
+                    tracing::warn!(error = %e, seq, "Kafka did not acknowledge; republishing from here next round");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if let Some(pause) = self.config.pause_after_ack {
+            tracing::warn!(
+                ?pause,
+                "test hook: pausing between Kafka ack and outbox delete"
+            );
+            tokio::time::sleep(pause).await;
+        }
+        sqlx::query("DELETE FROM idem.outbox WHERE seq = ANY($1)")
+            .bind(&acked)
+            .execute(self.store.pool())
+            .await?;
+        Ok(acked.len())
+    }
+
+    async fn ensure_topics(&self, topics: &[String]) -> Result<(), RelayError> {
+        let missing: Vec<String> = {
+            let known = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+            let mut m: Vec<String> = topics
+                .iter()
+                .filter(|t| !known.contains(*t))
+                .cloned()
+                .collect();
+            m.sort();
+            m.dedup();
+            m
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        idem_kafka::topics::ensure(&self.kafka, &missing).await?;
+        self.topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(missing);
+        Ok(())
+    }
+}

@@ -1,0 +1,415 @@
+//! The Kafka path over real PostgreSQL and a real Kafka-protocol broker (tansu with sqlite
+//! storage, from KAFKA_BOOTSTRAP or started by the test kit): relay, consumer-group
+//! worker transport, redelivery, poison messages, a relay killed between the Kafka ack and
+//! the outbox delete. Effects are counted in the Stripe simulator's ledger.
+
+use std::time::Duration;
+
+use idem_cells::{Registry, StripeCharge};
+use idem_core::{ActionId, CellName, RetryPolicy, State};
+use idem_kafka::{KafkaConfig, KafkaTransport, TopicRouting, TransportConfig};
+use idem_relay::{Relay, RelayConfig};
+use idem_sim::StripeSimConfig;
+use idem_store::{enqueue, inbox, NewAction, Store};
+use idem_testkit::{kafka_bootstrap, StripeFixture, TestDb, TEST_SECRET};
+use idem_worker::{Worker, WorkerConfig};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use serde_json::json;
+
+fn kafka(topic: &str) -> KafkaConfig {
+    let mut c = KafkaConfig::new(kafka_bootstrap());
+    c.routing = TopicRouting::Single(topic.into());
+    c.partitions = 3;
+    c
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}.{}", uuid::Uuid::new_v4().simple())
+}
+
+fn cells(base: &str) -> Registry {
+    Registry::new().with(StripeCharge::new(base, TEST_SECRET).with_profile(|p| {
+        p.call_timeout = Duration::from_millis(1000);
+        p.settle_time = Duration::from_millis(300);
+        p.retry = RetryPolicy {
+            base: Duration::from_millis(50),
+            max: Duration::from_millis(400),
+            max_attempts: 8,
+            jitter: 0.0,
+        };
+    }))
+}
+
+fn worker(store: &Store, base: &str) -> Worker {
+    Worker::new(
+        store.clone(),
+        cells(base),
+        WorkerConfig {
+            id: "kafka-worker".into(),
+            concurrency: 8,
+            batch: 16,
+            poll_interval: Duration::from_millis(50),
+            sweep_interval: Duration::from_millis(50),
+            claim_outbox: false,
+        },
+    )
+}
+
+async fn enqueue_n(store: &Store, n: usize, key: Option<&str>) -> Vec<ActionId> {
+    let cell = CellName::new("stripe.charge").unwrap();
+    let mut ids = vec![];
+    for i in 0..n {
+        let mut a = NewAction::new(
+            ActionId::random(),
+            cell.clone(),
+            json!({"amount": 100 + i as i64, "currency": "usd"}),
+        );
+        if let Some(k) = key {
+            a = a.with_ordering_key(k);
+        }
+        enqueue(store.pool(), &a).await.unwrap();
+        ids.push(a.action_id);
+    }
+    ids
+}
+
+fn relay(db: &TestDb, k: &KafkaConfig) -> Relay {
+    Relay::new(
+        db.store.clone(),
+        &db.url,
+        k.clone(),
+        RelayConfig {
+            pause_after_ack: None,
+            ..RelayConfig::default()
+        },
+    )
+    .unwrap()
+}
+
+async fn outbox_len(store: &Store) -> i64 {
+    sqlx::query_as::<_, (i64,)>("SELECT count(*) FROM idem.outbox")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+        .0
+}
+
+/// Read every message currently on `topic` (a fresh group from the beginning).
+async fn read_all(topic: &str, expect: usize) -> Vec<rdkafka::message::OwnedMessage> {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let mut out = vec![];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while out.len() < expect {
+        match tokio::time::timeout_at(deadline, c.recv()).await {
+            Ok(Ok(m)) => out.push(m.detach()),
+            Ok(Err(e)) => panic!("consume: {e}"),
+            Err(_) => panic!("only {} of {expect} messages on {topic}", out.len()),
+        }
+    }
+    out
+}
+
+async fn wait_settled(store: &Store, ids: &[ActionId], limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let mut open = 0;
+        for id in ids {
+            if !inbox::get(store.pool(), *id)
+                .await
+                .unwrap()
+                .unwrap()
+                .state
+                .is_settled()
+            {
+                open += 1;
+            }
+        }
+        if open == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{open} actions not settled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn relay_publishes_in_commit_order_with_headers_and_deletes_after_ack() {
+    let db = TestDb::new().await;
+    let topic = unique("idem.test");
+    let k = kafka(&topic);
+    let a = enqueue_n(&db.store, 5, Some("session-a")).await;
+    let b = enqueue_n(&db.store, 5, Some("session-b")).await;
+    let r = relay(&db, &k);
+    assert_eq!(r.drain_once().await.unwrap(), 10);
+    assert_eq!(outbox_len(&db.store).await, 0);
+    let msgs = read_all(&topic, 10).await;
+    for (key, ids) in [("session-a", &a), ("session-b", &b)] {
+        let mut of_key: Vec<_> = msgs
+            .iter()
+            .filter(|m| m.key() == Some(key.as_bytes()))
+            .collect();
+        of_key.sort_by_key(|m| m.offset());
+        let partitions: std::collections::HashSet<_> =
+            of_key.iter().map(|m| m.partition()).collect();
+        assert_eq!(partitions.len(), 1, "one key, one partition");
+        let got: Vec<String> = of_key
+            .iter()
+            .map(|m| {
+                let h = m.headers().unwrap();
+                let id = h
+                    .iter()
+                    .find(|h| h.key == "idem-action-id")
+                    .and_then(|h| h.value)
+                    .unwrap();
+                assert!(h
+                    .iter()
+                    .any(|h| h.key == "idem-cell" && h.value == Some(b"stripe.charge".as_slice())));
+                assert!(h
+                    .iter()
+                    .any(|h| h.key == "idem-schema-version" && h.value == Some(b"1".as_slice())));
+                String::from_utf8(id.to_vec()).unwrap()
+            })
+            .collect();
+        let want: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+        assert_eq!(got, want, "per-key order is enqueue order");
+    }
+}
+
+#[tokio::test]
+async fn kafka_worker_settles_every_action_and_absorbs_redelivery() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let topic = unique("idem.test");
+    let k = kafka(&topic);
+    let ids = enqueue_n(&db.store, 12, None).await;
+    relay(&db, &k).drain_once().await.unwrap();
+    let w = worker(&db.store, &stripe.base_url());
+    let group = unique("group");
+    let transport = KafkaTransport::new(
+        w.clone(),
+        k.clone(),
+        TransportConfig::new(&group, vec![topic.clone()]),
+    );
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(async move { transport.run(rx).await });
+    wait_settled(&db.store, &ids, Duration::from_secs(60)).await;
+    for id in &ids {
+        assert_eq!(stripe.sim.effects_for(&id.to_string()), 1);
+        assert_eq!(
+            inbox::get(db.store.pool(), *id)
+                .await
+                .unwrap()
+                .unwrap()
+                .state,
+            State::Succeeded
+        );
+    }
+    // Redeliver one settled action's message: no partner call, and the group moves past it.
+    let first = read_all(&topic, 1).await.remove(0);
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .create()
+        .unwrap();
+    let rdkafka::producer::future_producer::Delivery {
+        partition, offset, ..
+    } = producer
+        .send(
+            FutureRecord::to(&topic)
+                .key(first.key().unwrap())
+                .payload(first.payload().unwrap())
+                .partition(first.partition()),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let requests = stripe.sim.requests().len();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let c: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", kafka_bootstrap())
+            .set("group.id", &group)
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition(&topic, partition);
+        let committed = c.committed_offsets(tpl, Duration::from_secs(5)).unwrap();
+        let at = committed
+            .find_partition(&topic, partition)
+            .map(|p| p.offset());
+        if at == Some(rdkafka::Offset::Offset(offset + 1)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "offset never moved past the redelivered message: {at:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        stripe.sim.requests().len(),
+        requests,
+        "redelivery made no partner call"
+    );
+    assert_eq!(stripe.sim.ledger().len(), 12);
+    tx.send(true).unwrap();
+    running.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn poison_message_goes_dead_and_the_partition_moves_on() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let topic = unique("idem.test");
+    let k = kafka(&topic);
+    idem_kafka::topics::ensure(&k, std::slice::from_ref(&topic))
+        .await
+        .unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .create()
+        .unwrap();
+    let rdkafka::producer::future_producer::Delivery {
+        partition: p,
+        offset: poison_offset,
+        ..
+    } = producer
+        .send(
+            FutureRecord::to(&topic)
+                .key("k")
+                .payload(b"\x00garbage".as_slice())
+                .partition(0),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to(&topic)
+                .key("k")
+                .payload(br#"{"v":9,"action_id":"x"}"#.as_slice())
+                .partition(0),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    // A valid action after them, on the same partition.
+    let ids = enqueue_n(&db.store, 1, Some("k")).await;
+    let payload: (Vec<u8>,) = sqlx::query_as("SELECT payload FROM idem.outbox")
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to(&topic)
+                .key("k")
+                .payload(payload.0.as_slice())
+                .partition(0),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let transport = KafkaTransport::new(
+        worker(&db.store, &stripe.base_url()),
+        k,
+        TransportConfig::new(unique("group"), vec![topic.clone()]),
+    );
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(async move { transport.run(rx).await });
+    wait_settled(&db.store, &ids, Duration::from_secs(60)).await;
+    tx.send(true).unwrap();
+    running.await.unwrap().unwrap();
+    let dead: Vec<(Vec<u8>, String, serde_json::Value)> =
+        sqlx::query_as("SELECT raw, reason, source FROM idem.dead_letters ORDER BY id")
+            .fetch_all(db.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(dead.len(), 2);
+    assert_eq!(dead[0].0, b"\x00garbage");
+    assert_eq!(dead[0].2["topic"], topic.as_str());
+    assert_eq!(dead[0].2["partition"], p);
+    assert_eq!(dead[0].2["offset"], poison_offset);
+    assert!(
+        dead[1].1.contains("unknown envelope version 9"),
+        "{}",
+        dead[1].1
+    );
+    assert_eq!(stripe.sim.effects_for(&ids[0].to_string()), 1);
+}
+
+#[tokio::test]
+async fn relay_killed_between_ack_and_delete_republishes_and_the_inbox_absorbs_it() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let topic = unique("idem.test");
+    let k = kafka(&topic);
+    let spawn_relay = |pause: Option<u64>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_idem"));
+        cmd.args([
+            "relay",
+            "--topic",
+            &topic,
+            "--partitions",
+            "3",
+            "--poll-interval-ms",
+            "100",
+        ])
+        .env("DATABASE_URL", &db.url)
+        .env("KAFKA_BOOTSTRAP", kafka_bootstrap())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null());
+        if let Some(ms) = pause {
+            cmd.env("IDEM_RELAY_PAUSE_AFTER_ACK_MS", ms.to_string());
+        }
+        cmd.spawn().expect("spawn idem relay")
+    };
+    let ids = enqueue_n(&db.store, 1, None).await;
+    let mut doomed = spawn_relay(Some(60_000));
+    // The message is on Kafka (acknowledged) but the row is still in the outbox.
+    read_all(&topic, 1).await;
+    assert_eq!(outbox_len(&db.store).await, 1);
+    doomed.kill().unwrap(); // SIGKILL
+    doomed.wait().unwrap();
+    let mut second = spawn_relay(None);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while outbox_len(&db.store).await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "second relay never drained"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let msgs = read_all(&topic, 2).await;
+    assert_eq!(msgs.len(), 2, "published twice");
+    let transport = KafkaTransport::new(
+        worker(&db.store, &stripe.base_url()),
+        k,
+        TransportConfig::new(unique("group"), vec![topic.clone()]),
+    );
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(async move { transport.run(rx).await });
+    wait_settled(&db.store, &ids, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tx.send(true).unwrap();
+    running.await.unwrap().unwrap();
+    let _ = second.kill();
+    let _ = second.wait();
+    assert_eq!(stripe.sim.effects_for(&ids[0].to_string()), 1);
+    assert_eq!(
+        stripe.sim.requests().len(),
+        1,
+        "the duplicate made no partner call"
+    );
+}
