@@ -286,6 +286,35 @@ async fn stored_500_before_effect_is_retried_once_under_a_new_key() {
 }
 
 #[tokio::test]
+async fn await_settled_wakes_when_a_worker_settles_the_action() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let action = NewAction::new(ActionId::random(), cell_name(), charge_args(990));
+    enqueue(db.store.pool(), &action).await.unwrap();
+    let pool = db.store.pool().clone();
+    let id = action.action_id;
+    let waiter =
+        tokio::spawn(
+            async move { idem_store::await_settled(&pool, id, Duration::from_secs(20)).await },
+        );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiter.is_finished(), "nothing settled yet");
+    let w = worker(&db.store, cell(&stripe.base_url(), |c| c), "w1");
+    w.deliver(&[take_delivery(&db.store).await]).await.unwrap();
+    let row = waiter.await.unwrap().unwrap().expect("action exists");
+    assert_eq!(row.state, State::Succeeded);
+    assert_eq!(receipt_ref(&row), stripe.sim.ledger()[0].id);
+    let missing = idem_store::await_settled(
+        db.store.pool(),
+        ActionId::random(),
+        Duration::from_millis(100),
+    )
+    .await
+    .unwrap();
+    assert!(missing.is_none());
+}
+
+#[tokio::test]
 async fn rate_limit_is_retried_and_declines_fail_without_effect() {
     let db = TestDb::new().await;
     let stripe = StripeFixture::start(StripeSimConfig::default()).await;

@@ -47,6 +47,9 @@ enum Command {
         #[command(flatten)]
         db: Db,
         action_id: ActionId,
+        /// Wait up to this many seconds for the action to settle first.
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
     },
     /// Run a partner simulator.
     Sim {
@@ -253,9 +256,19 @@ async fn main() -> Result<()> {
             let done = enqueue(store.pool(), &action).await?;
             println!("{}", serde_json::to_string_pretty(&done)?);
         }
-        Command::Status { db, action_id } => {
+        Command::Status {
+            db,
+            action_id,
+            wait,
+        } => {
             let store = connect(&db).await?;
-            let Some(row) = idem_store::inbox::get(store.pool(), action_id).await? else {
+            let row = if wait > 0 {
+                idem_store::await_settled(store.pool(), action_id, Duration::from_secs(wait))
+                    .await?
+            } else {
+                idem_store::inbox::get(store.pool(), action_id).await?
+            };
+            let Some(row) = row else {
                 bail!("no action {action_id}");
             };
             let attempts = idem_store::attempts::load(store.pool(), &[action_id.as_uuid()]).await?;

@@ -219,7 +219,7 @@ pub async fn apply(
         receipt.push(c.receipt.clone());
         settled.push(c.to.is_settled());
     }
-    let applied: Vec<(Uuid,)> = sqlx::query_as(
+    let applied: Vec<(Uuid, Option<i32>)> = sqlx::query_as(
         r#"
         WITH v AS (
             SELECT * FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::text[], $5::text[],
@@ -249,7 +249,10 @@ pub async fn apply(
             INSERT INTO idem.transitions (action_id, from_state, to_state, event, actor, reason)
             SELECT action_id, from_state, to_state, event, $16, reason FROM upd
         )
-        SELECT action_id FROM upd
+        SELECT action_id,
+               CASE WHEN to_state IN ('succeeded','failed','rejected','needs_human','dead')
+                    THEN (SELECT 1 FROM pg_notify('idem_settled', action_id::text)) END
+        FROM upd
         "#,
     )
     .bind(&ids)
@@ -270,5 +273,39 @@ pub async fn apply(
     .bind(actor)
     .fetch_all(conn)
     .await?;
-    Ok(applied.into_iter().map(|(id,)| ActionId(id)).collect())
+    Ok(applied.into_iter().map(|(id, _)| ActionId(id)).collect())
+}
+
+/// Wait until `id` is settled (or `timeout` passes) and return its row: the receipt for
+/// a caller that enqueued and wants the answer, whichever transport runs the workers.
+/// Wakes on `NOTIFY idem_settled`, and polls as a fallback. `Ok(None)` if the action does
+/// not exist; the row in whatever state it is when the time runs out.
+pub async fn await_settled(
+    pool: &sqlx::PgPool,
+    id: ActionId,
+    timeout: std::time::Duration,
+) -> Result<Option<ActionRow>, StoreError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+    listener.listen("idem_settled").await?;
+    loop {
+        let row = get(pool, id).await?;
+        match &row {
+            None => return Ok(None),
+            Some(r) if r.state.is_settled() => return Ok(row),
+            Some(_) if tokio::time::Instant::now() >= deadline => return Ok(row),
+            Some(_) => {}
+        }
+        let wait = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .min(std::time::Duration::from_millis(500));
+        let _ = tokio::time::timeout(wait, async {
+            while let Ok(n) = listener.recv().await {
+                if n.payload() == id.to_string() {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
 }

@@ -17,7 +17,7 @@ use sqlx::PgPool;
 pub use attempts::{AttemptOutcome, AttemptRow, NewAttempt};
 pub use enqueue::{enqueue, Enqueued, NewAction};
 pub use error::{EnqueueError, StoreError};
-pub use inbox::{ActionRow, Change};
+pub use inbox::{await_settled, ActionRow, Change};
 pub use queue::{DeadLetter, OutboxMessage, Received};
 
 /// The migrations under `migrations/`, embedded in the binary.
