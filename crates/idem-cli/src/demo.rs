@@ -50,6 +50,108 @@ pub struct DemoArgs {
     /// Give up waiting after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
+    /// `postgres` (workers claim from the outbox) or `kafka` (relay → Kafka → consumer group).
+    #[arg(long, default_value = "postgres", value_parser = ["postgres", "kafka"])]
+    transport: String,
+    /// Kafka bootstrap servers for `--transport kafka`; without it (and without
+    /// KAFKA_BOOTSTRAP) the demo starts tansu itself if it is on PATH.
+    #[arg(long, env = "KAFKA_BOOTSTRAP")]
+    bootstrap: Option<String>,
+}
+
+/// Where the demo's workers get actions from.
+enum Transport {
+    Postgres,
+    Kafka {
+        config: idem_kafka::KafkaConfig,
+        topic: String,
+        group: String,
+        _tansu: Option<idem_kafka::tansu::Tansu>,
+    },
+}
+
+impl Transport {
+    async fn new(args: &DemoArgs) -> Result<Self> {
+        if args.transport != "kafka" {
+            return Ok(Self::Postgres);
+        }
+        let (bootstrap, tansu) = match &args.bootstrap {
+            Some(b) => (b.clone(), None),
+            None => {
+                let t = tokio::task::spawn_blocking(idem_kafka::tansu::start).await?.map_err(|e| {
+                    anyhow::anyhow!("no Kafka broker: give --bootstrap or KAFKA_BOOTSTRAP, or put tansu on PATH ({e})")
+                })?;
+                (t.bootstrap.clone(), Some(t))
+            }
+        };
+        // Fresh topic and group per run: the broker may keep earlier runs' messages.
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let topic = format!("idem.demo.{run}");
+        let mut config = idem_kafka::KafkaConfig::new(bootstrap);
+        config.routing = idem_kafka::TopicRouting::Single(topic.clone());
+        config.partitions = 6;
+        idem_kafka::topics::ensure(&config, std::slice::from_ref(&topic)).await?;
+        Ok(Self::Kafka {
+            config,
+            topic,
+            group: format!("idem-demo-{run}"),
+            _tansu: tansu,
+        })
+    }
+
+    /// One worker unit: on Kafka a consumer-group member plus its sweeper.
+    fn spawn(
+        &self,
+        worker: Worker,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<Result<()>> {
+        match self {
+            Transport::Postgres => tokio::spawn(async move { Ok(worker.run(stop).await?) }),
+            Transport::Kafka {
+                config,
+                topic,
+                group,
+                ..
+            } => {
+                let worker = worker.without_outbox_claims();
+                let transport = idem_kafka::KafkaTransport::new(
+                    worker.clone(),
+                    config.clone(),
+                    idem_kafka::TransportConfig::new(group, vec![topic.clone()]),
+                );
+                tokio::spawn(async move {
+                    let (a, b) = tokio::join!(worker.run(stop.clone()), transport.run(stop));
+                    a?;
+                    b?;
+                    Ok(())
+                })
+            }
+        }
+    }
+
+    fn relay(
+        &self,
+        store: &Store,
+        url: &str,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Option<tokio::task::JoinHandle<Result<()>>>> {
+        let Transport::Kafka { config, .. } = self else {
+            return Ok(None);
+        };
+        let relay = idem_relay::Relay::new(
+            store.clone(),
+            url,
+            config.clone(),
+            idem_relay::RelayConfig {
+                poll_interval: Duration::from_millis(100),
+                pause_after_ack: None,
+                ..Default::default()
+            },
+        )?;
+        Ok(Some(tokio::spawn(
+            async move { Ok(relay.run(stop).await?) },
+        )))
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -70,6 +172,7 @@ struct CellReport {
 
 #[derive(Debug, Serialize)]
 struct Report {
+    transport: String,
     actions: usize,
     effects: usize,
     duplicates: usize,
@@ -145,13 +248,15 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         claim_outbox: true,
     };
 
-    // Workers first, so the run overlaps enqueueing like a live system.
+    // Workers (and on Kafka the relay) first, so the run overlaps enqueueing like a live
+    // system.
+    let transport = Transport::new(&args).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let relay = transport.relay(&store, &url, stop_rx.clone())?;
     let mut workers = vec![];
     for i in 0..args.workers.max(1) {
         let w = Worker::new(store.clone(), registry(), worker_config(i));
-        let rx = stop_rx.clone();
-        workers.push(tokio::spawn(async move { w.run(rx).await }));
+        workers.push(transport.spawn(w, stop_rx.clone()));
     }
 
     // Agents: each action inside an application transaction, in groups; some enqueued
@@ -221,8 +326,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
             bar.set_message("worker 0 killed mid-flight, restarting");
             tokio::time::sleep(Duration::from_millis(300)).await;
             let w = Worker::new(store.clone(), registry(), worker_config(100));
-            let rx = stop_rx.clone();
-            workers[0] = tokio::spawn(async move { w.run(rx).await });
+            workers[0] = transport.spawn(w, stop_rx.clone());
             killed = true;
         }
         if settled as usize >= ids.len() {
@@ -238,6 +342,9 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
     let _ = stop_tx.send(true);
     for w in workers {
         let _ = w.await;
+    }
+    if let Some(r) = relay {
+        let _ = r.await;
     }
 
     let report = check(
@@ -365,6 +472,7 @@ async fn check(
     }
     let sum = |f: fn(&CellReport) -> usize| cells.values().map(f).sum::<usize>();
     Ok(Report {
+        transport: String::new(),
         actions,
         effects: sum(|c| c.effects),
         duplicates: sum(|c| c.duplicates),
@@ -381,8 +489,8 @@ async fn check(
 
 fn print_table(r: &Report) {
     println!(
-        "idem demo: {} actions, {} enqueue calls ({} duplicates suppressed at enqueue), worker killed mid-flight: {}",
-        r.actions, r.enqueue_calls, r.enqueue_duplicates_suppressed, r.worker_killed
+        "idem demo ({} transport): {} actions, {} enqueue calls ({} duplicates suppressed at enqueue), worker killed mid-flight: {}",
+        r.transport, r.actions, r.enqueue_calls, r.enqueue_duplicates_suppressed, r.worker_killed
     );
     println!(
         "faults: {:.0}% lost responses after effect, {:.0}% 5xx before, {:.0}% 5xx after, {:.0}% 429",

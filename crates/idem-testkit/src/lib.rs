@@ -189,48 +189,21 @@ pub fn kafka_bootstrap() -> String {
         .clone()
 }
 
-/// Start tansu on a free port with sqlite storage; it exits when this process does.
+/// Start tansu once for this test process; it lives until the process exits.
 fn start_tansu() -> Result<String, String> {
-    let tansu = which("tansu").ok_or("tansu is not on PATH")?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
-    let dir = std::env::temp_dir().join(format!("idem-tansu-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let url = format!("tcp://127.0.0.1:{port}");
-    // A watchdog shell ends the broker when the test process (its parent) is gone.
-    let script = format!(
-        "\"{tansu}\" broker --storage-engine sqlite://{db} --listener-url {url} --advertised-listener-url {url} \
-         >\"{log}\" 2>&1 & b=$!; while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill $b",
-        tansu = tansu.display(),
-        db = dir.join("tansu.db").display(),
-        log = dir.join("tansu.log").display(),
-        parent = std::process::id(),
+    let tansu = idem_kafka::tansu::start()?;
+    let bootstrap = tansu.bootstrap.clone();
+    // A watchdog shell stops the broker once this process is gone (statics are never
+    // dropped, so nothing else would).
+    let watchdog = format!(
+        "while kill -0 {} 2>/dev/null; do sleep 1; done; kill {} 2>/dev/null",
+        std::process::id(),
+        tansu.pid()
     );
-    std::process::Command::new("sh")
-        .args(["-c", &script])
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| format!("spawn tansu: {e}"))?;
-    let addr = format!("127.0.0.1:{port}");
-    for _ in 0..300 {
-        if std::net::TcpStream::connect(&addr).is_ok() {
-            return Ok(addr);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    Err(format!(
-        "tansu did not listen on {addr} within 30 s; see {}",
-        dir.join("tansu.log").display()
-    ))
-}
-
-fn which(bin: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    let mut dirs: Vec<std::path::PathBuf> = std::env::split_paths(&path).collect();
-    if let Some(home) = std::env::var_os("HOME") {
-        dirs.push(std::path::PathBuf::from(home).join(".cargo/bin"));
-    }
-    dirs.into_iter().map(|d| d.join(bin)).find(|p| p.is_file())
+    let _ = std::process::Command::new("sh")
+        .args(["-c", &watchdog])
+        .spawn();
+    // Never dropped: the broker serves every test in this process.
+    std::mem::forget(tansu);
+    Ok(bootstrap)
 }
