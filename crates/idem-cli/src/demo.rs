@@ -66,7 +66,7 @@ enum Transport {
         config: idem_kafka::KafkaConfig,
         topic: String,
         group: String,
-        _tansu: Option<idem_kafka::tansu::Tansu>,
+        _tansu: Option<Box<idem_kafka::tansu::Tansu>>,
     },
 }
 
@@ -81,7 +81,7 @@ impl Transport {
                 let t = tokio::task::spawn_blocking(idem_kafka::tansu::start).await?.map_err(|e| {
                     anyhow::anyhow!("no Kafka broker: give --bootstrap or KAFKA_BOOTSTRAP, or put tansu on PATH ({e})")
                 })?;
-                (t.bootstrap.clone(), Some(t))
+                (t.bootstrap.clone(), Some(Box::new(t)))
             }
         };
         // Fresh topic and group per run: the broker may keep earlier runs' messages.
