@@ -269,6 +269,54 @@ async fn kafka_worker_settles_every_action_and_absorbs_redelivery() {
 }
 
 #[tokio::test]
+async fn settled_receipts_are_published_to_the_results_topic() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let mut k = kafka(&unique("idem.test"));
+    k.results_topic = unique("idem.results");
+    sqlx::query("UPDATE idem.settings SET publish_results = true")
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+    let ids = enqueue_n(&db.store, 3, None).await;
+    let r = relay(&db, &k);
+    r.drain_once().await.unwrap();
+    let w = worker(&db.store, &stripe.base_url());
+    let transport = KafkaTransport::new(
+        w,
+        k.clone(),
+        TransportConfig::new(
+            unique("group"),
+            vec![match &k.routing {
+                TopicRouting::Single(t) => t.clone(),
+                _ => unreachable!(),
+            }],
+        ),
+    );
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(async move { transport.run(rx).await });
+    wait_settled(&db.store, &ids, Duration::from_secs(60)).await;
+    tx.send(true).unwrap();
+    running.await.unwrap().unwrap();
+    assert_eq!(r.drain_results_once().await.unwrap(), 3);
+    let msgs = read_all(&k.results_topic, 3).await;
+    for id in &ids {
+        let m = msgs
+            .iter()
+            .find(|m| m.key() == Some(id.to_string().as_bytes()))
+            .expect("a result keyed by action id");
+        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        assert_eq!(v["state"], "succeeded");
+        let row = inbox::get(db.store.pool(), *id).await.unwrap().unwrap();
+        assert_eq!(
+            v["receipt"],
+            row.receipt.unwrap(),
+            "the topic carries the stored receipt"
+        );
+    }
+}
+
+#[tokio::test]
 async fn poison_message_goes_dead_and_the_partition_moves_on() {
     let db = TestDb::new().await;
     let stripe = StripeFixture::start(StripeSimConfig::default()).await;

@@ -152,7 +152,11 @@ impl Relay {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), RelayError> {
         let mut listener = PgListener::connect_with(self.store.pool()).await?;
-        listener.listen("idem_outbox").await?;
+        listener.listen_all(["idem_outbox", "idem_settled"]).await?;
+        // From now on settled actions queue their receipts for the results topic.
+        sqlx::query("UPDATE idem.settings SET publish_results = true")
+            .execute(self.store.pool())
+            .await?;
         loop {
             if *shutdown.borrow() {
                 return Ok(());
@@ -160,7 +164,8 @@ impl Relay {
             // Still the leader? The lock lives as long as this session.
             sqlx::query("SELECT 1").execute(&mut *lock).await?;
             let n = self.drain_once().await?;
-            if n as i64 >= self.config.batch {
+            let r = self.drain_results_once().await?;
+            if n as i64 >= self.config.batch || r as i64 >= self.config.batch {
                 continue;
             }
             tokio::select! {
@@ -259,6 +264,58 @@ impl Relay {
             tokio::time::sleep(pause).await;
         }
         sqlx::query("DELETE FROM idem.outbox WHERE seq = ANY($1)")
+            .bind(&acked)
+            .execute(self.store.pool())
+            .await?;
+        Ok(acked.len())
+    }
+
+    /// Publish queued receipts to the results topic, keyed by action id, then delete them.
+    pub async fn drain_results_once(&self) -> Result<usize, RelayError> {
+        let rows: Vec<(i64, uuid::Uuid, Vec<u8>)> = sqlx::query_as(
+            "SELECT seq, action_id, payload FROM idem.results_outbox ORDER BY seq LIMIT $1",
+        )
+        .bind(self.config.batch)
+        .fetch_all(self.store.pool())
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let topic = self.kafka.results_topic.clone();
+        self.ensure_topics(std::slice::from_ref(&topic)).await?;
+        let mut pending = Vec::with_capacity(rows.len());
+        for (seq, action_id, payload) in &rows {
+            let key = action_id.to_string();
+            let h = OwnedHeaders::new()
+                .insert(Header {
+                    key: headers::ACTION_ID,
+                    value: Some(key.as_str()),
+                })
+                .insert(Header {
+                    key: headers::CONTENT_TYPE,
+                    value: Some(headers::JSON),
+                })
+                .insert(Header {
+                    key: headers::SCHEMA_VERSION,
+                    value: Some("1"),
+                });
+            let record = FutureRecord::to(&topic)
+                .key(key.as_str())
+                .payload(payload.as_slice())
+                .headers(h);
+            match self.producer.send_result(record) {
+                Ok(f) => pending.push((*seq, f)),
+                Err(_) => break,
+            }
+        }
+        let mut acked = vec![];
+        for (seq, f) in pending {
+            match f.await {
+                Ok(Ok(_)) => acked.push(seq),
+                _ => break,
+            }
+        }
+        sqlx::query("DELETE FROM idem.results_outbox WHERE seq = ANY($1)")
             .bind(&acked)
             .execute(self.store.pool())
             .await?;

@@ -244,10 +244,19 @@ pub async fn apply(
                 updated_at = now()
             FROM v
             WHERE a.action_id = v.id AND a.state = v.from_state AND a.attempts = v.expected
-            RETURNING a.action_id, v.from_state, v.to_state, v.event, v.reason
+            RETURNING a.action_id, v.from_state, v.to_state, v.event, v.reason,
+                      a.reason AS final_reason, a.receipt
         ), audit AS (
             INSERT INTO idem.transitions (action_id, from_state, to_state, event, actor, reason)
             SELECT action_id, from_state, to_state, event, $16, reason FROM upd
+        ), results AS (
+            INSERT INTO idem.results_outbox (action_id, payload)
+            SELECT upd.action_id, convert_to(jsonb_build_object(
+                       'v', 1, 'action_id', upd.action_id, 'state', upd.to_state,
+                       'reason', upd.final_reason, 'receipt', upd.receipt)::text, 'UTF8')
+            FROM upd
+            WHERE upd.to_state IN ('succeeded','failed','rejected','needs_human','dead')
+              AND (SELECT publish_results FROM idem.settings)
         )
         SELECT action_id,
                CASE WHEN to_state IN ('succeeded','failed','rejected','needs_human','dead')
