@@ -30,9 +30,10 @@ if [ -z "${KAFKA_BOOTSTRAP:-}" ]; then
   fi
   tansu_dir=$(mktemp -d /tmp/idem-tansu.XXXXXX)
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  tansu broker --storage-engine "sqlite://$tansu_dir/tansu.db" \
+  # tansu resolves a sqlite URL's path against its working directory.
+  (cd "$tansu_dir" && exec tansu broker --storage-engine "sqlite://tansu.db" \
     --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
-    >"$tansu_dir/tansu.log" 2>&1 &
+    >"$tansu_dir/tansu.log" 2>&1) &
   tansu_pid=$!
   trap 'kill $tansu_pid 2>/dev/null || true; rm -rf "$tansu_dir"' EXIT
   for _ in $(seq 1 100); do

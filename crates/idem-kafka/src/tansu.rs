@@ -53,8 +53,9 @@ pub fn start() -> Result<Tansu, String> {
     let url = format!("tcp://127.0.0.1:{port}");
     let log = std::fs::File::create(dir.join("tansu.log")).map_err(|e| e.to_string())?;
     let child = Command::new(bin)
-        .args(["broker", "--storage-engine"])
-        .arg(format!("sqlite://{}", dir.join("tansu.db").display()))
+        // tansu resolves a sqlite URL's path against its working directory.
+        .current_dir(&dir)
+        .args(["broker", "--storage-engine", "sqlite://tansu.db"])
         .args(["--listener-url", &url, "--advertised-listener-url", &url])
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
