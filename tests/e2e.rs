@@ -635,6 +635,7 @@ async fn demo_binary_reports_no_duplicates_and_nothing_lost() {
     assert_eq!(v["lost"], 0);
     assert!(v["effects"].as_u64().unwrap() > 150);
     assert_eq!(v["cells"]["stripe.charge"]["actions"], 200);
+    assert_eq!(v["transport"], "postgres");
 }
 
 // ---------------------------------------------------------------- simulator semantics

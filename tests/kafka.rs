@@ -461,3 +461,36 @@ async fn relay_killed_between_ack_and_delete_republishes_and_the_inbox_absorbs_i
         "the duplicate made no partner call"
     );
 }
+
+#[tokio::test]
+async fn demo_through_relay_and_kafka_reports_no_duplicates_and_nothing_lost() {
+    let db = TestDb::new().await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_idem"))
+        .args([
+            "demo",
+            "--transport",
+            "kafka",
+            "--actions",
+            "200",
+            "--json",
+            "--seed",
+            "11",
+        ])
+        .env("DATABASE_URL", &db.url)
+        .env("KAFKA_BOOTSTRAP", kafka_bootstrap())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("demo --json prints JSON");
+    assert_eq!(v["transport"], "kafka");
+    assert_eq!(v["actions"], 200);
+    assert_eq!(v["duplicates"], 0);
+    assert_eq!(v["lost"], 0);
+    assert!(v["effects"].as_u64().unwrap() > 150);
+}

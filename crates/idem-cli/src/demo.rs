@@ -347,7 +347,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         let _ = r.await;
     }
 
-    let report = check(
+    let mut report = check(
         &store,
         &sim,
         ids.len(),
@@ -358,6 +358,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         started,
     )
     .await?;
+    report.transport = args.transport.clone();
     let ok = report.duplicates == 0 && report.lost == 0;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
