@@ -494,3 +494,135 @@ async fn demo_through_relay_and_kafka_reports_no_duplicates_and_nothing_lost() {
     assert_eq!(v["lost"], 0);
     assert!(v["effects"].as_u64().unwrap() > 150);
 }
+
+#[tokio::test]
+async fn per_key_processing_order_is_enqueue_commit_order() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let topic = unique("idem.test");
+    let k = kafka(&topic);
+    // Interleave three sessions' actions, each committed in its own transaction.
+    let cell = CellName::new("stripe.charge").unwrap();
+    let mut expected: std::collections::HashMap<String, Vec<ActionId>> = Default::default();
+    for i in 0..30 {
+        let key = format!("session-{}", i % 3);
+        let a = NewAction::new(
+            ActionId::random(),
+            cell.clone(),
+            json!({"amount": 100 + i, "currency": "usd"}),
+        )
+        .with_ordering_key(key.clone());
+        enqueue(db.store.pool(), &a).await.unwrap();
+        expected.entry(key).or_default().push(a.action_id);
+    }
+    relay(&db, &k).drain_once().await.unwrap();
+    let transport = KafkaTransport::new(
+        worker(&db.store, &stripe.base_url()),
+        k,
+        TransportConfig::new(unique("group"), vec![topic.clone()]),
+    );
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(async move { transport.run(rx).await });
+    let all: Vec<ActionId> = expected.values().flatten().copied().collect();
+    wait_settled(&db.store, &all, Duration::from_secs(60)).await;
+    tx.send(true).unwrap();
+    running.await.unwrap().unwrap();
+    // Processing order: the order in which attempts were written ahead (audit ids).
+    let started: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+        "SELECT t.action_id, a.ordering_key FROM idem.transitions t JOIN idem.actions a USING (action_id) \
+         WHERE t.event = 'start' ORDER BY t.id",
+    )
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap();
+    for (key, ids) in &expected {
+        let got: Vec<ActionId> = started
+            .iter()
+            .filter(|(_, k)| k == key)
+            .map(|(id, _)| ActionId(*id))
+            .collect();
+        assert_eq!(&got, ids, "processing order of {key}");
+    }
+    assert_eq!(stripe.sim.ledger().len(), 30);
+}
+
+#[tokio::test]
+async fn broker_restart_mid_run_loses_nothing_and_doubles_nothing() {
+    // A broker of its own, so that killing it leaves the other tests alone.
+    let broker = tokio::task::spawn_blocking(idem_kafka::tansu::start)
+        .await
+        .unwrap()
+        .expect("start tansu");
+    let (dir, port) = (
+        broker.dir.clone(),
+        broker
+            .bootstrap
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse::<u16>()
+            .unwrap(),
+    );
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let topic = unique("idem.test");
+    let mut k = KafkaConfig::new(broker.bootstrap.clone());
+    k.routing = TopicRouting::Single(topic.clone());
+    k.partitions = 3;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let relay = Relay::new(
+        db.store.clone(),
+        &db.url,
+        k.clone(),
+        RelayConfig {
+            poll_interval: Duration::from_millis(100),
+            pause_after_ack: None,
+            ..RelayConfig::default()
+        },
+    )
+    .unwrap();
+    let relay_rx = rx.clone();
+    let relaying = tokio::spawn(async move { relay.run(relay_rx).await });
+    let w = worker(&db.store, &stripe.base_url());
+    let transport = KafkaTransport::new(
+        w.clone(),
+        k,
+        TransportConfig::new(unique("group"), vec![topic.clone()]),
+    );
+    let sweep_rx = rx.clone();
+    let sweeping = tokio::spawn(async move { w.run(sweep_rx).await });
+    let consuming = tokio::spawn(async move { transport.run(rx).await });
+
+    let first = enqueue_n(&db.store, 20, None).await;
+    wait_settled(&db.store, &first, Duration::from_secs(60)).await;
+    // kill the broker, keep enqueueing while it is down, start it again on its data
+    drop(broker);
+    let second = enqueue_n(&db.store, 20, None).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let broker = tokio::task::spawn_blocking(move || idem_kafka::tansu::start_in(&dir, port))
+        .await
+        .unwrap()
+        .expect("restart tansu");
+    let third = enqueue_n(&db.store, 20, None).await;
+    let all: Vec<ActionId> = first.iter().chain(&second).chain(&third).copied().collect();
+    wait_settled(&db.store, &all, Duration::from_secs(120)).await;
+    tx.send(true).unwrap();
+    for h in [relaying] {
+        h.await.unwrap().unwrap();
+    }
+    consuming.await.unwrap().unwrap();
+    sweeping.await.unwrap().unwrap();
+    for id in &all {
+        assert_eq!(stripe.sim.effects_for(&id.to_string()), 1, "action {id}");
+        assert_eq!(
+            inbox::get(db.store.pool(), *id)
+                .await
+                .unwrap()
+                .unwrap()
+                .state,
+            State::Succeeded
+        );
+    }
+    assert_eq!(stripe.sim.ledger().len(), 60);
+    drop(broker);
+}

@@ -42,19 +42,29 @@ pub fn find() -> Option<PathBuf> {
 /// Start tansu on a free local port with its sqlite file in a fresh temporary directory,
 /// and wait until it accepts connections.
 pub fn start() -> Result<Tansu, String> {
-    let bin = find()
-        .ok_or("tansu is not on PATH (cargo install tansu --locked --features dynostore,libsql)")?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| e.to_string())?
         .port();
     let dir = std::env::temp_dir().join(format!("idem-tansu-{}-{port}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    start_in(&dir, port)
+}
+
+/// Start tansu on `port` with its sqlite file in `dir` (reusing what an earlier broker left
+/// there: a restart), and wait until it accepts connections.
+pub fn start_in(dir: &std::path::Path, port: u16) -> Result<Tansu, String> {
+    let bin = find()
+        .ok_or("tansu is not on PATH (cargo install tansu --locked --features dynostore,libsql)")?;
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let url = format!("tcp://127.0.0.1:{port}");
-    let log = std::fs::File::create(dir.join("tansu.log")).map_err(|e| e.to_string())?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("tansu.log"))
+        .map_err(|e| e.to_string())?;
     let child = Command::new(bin)
         // tansu resolves a sqlite URL's path against its working directory.
-        .current_dir(&dir)
+        .current_dir(dir)
         .args(["broker", "--storage-engine", "sqlite://tansu.db"])
         .args(["--listener-url", &url, "--advertised-listener-url", &url])
         .stdin(Stdio::null())
@@ -64,7 +74,7 @@ pub fn start() -> Result<Tansu, String> {
         .map_err(|e| format!("spawn tansu: {e}"))?;
     let tansu = Tansu {
         bootstrap: format!("127.0.0.1:{port}"),
-        dir,
+        dir: dir.to_path_buf(),
         child,
     };
     for _ in 0..300 {
