@@ -102,6 +102,8 @@ async fn read_all(topic: &str, expect: usize) -> Vec<rdkafka::message::OwnedMess
     let c: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka_bootstrap())
         .set("group.id", unique("reader"))
+        // The topic may be created after we subscribe: notice it quickly.
+        .set("topic.metadata.refresh.interval.ms", "500")
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()
@@ -112,7 +114,11 @@ async fn read_all(topic: &str, expect: usize) -> Vec<rdkafka::message::OwnedMess
     while out.len() < expect {
         match tokio::time::timeout_at(deadline, c.recv()).await {
             Ok(Ok(m)) => out.push(m.detach()),
-            Ok(Err(e)) => panic!("consume: {e}"),
+            // The topic may not exist yet (the relay creates it): keep reading until the deadline.
+            Ok(Err(e)) => {
+                eprintln!("consume: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             Err(_) => panic!("only {} of {expect} messages on {topic}", out.len()),
         }
     }
@@ -625,4 +631,137 @@ async fn broker_restart_mid_run_loses_nothing_and_doubles_nothing() {
     }
     assert_eq!(stripe.sim.ledger().len(), 60);
     drop(broker);
+}
+
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn kafka_worker_process(
+    db_url: &str,
+    stripe: &str,
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    id: &str,
+) -> Proc {
+    Proc(
+        std::process::Command::new(env!("CARGO_BIN_EXE_idem"))
+            .args([
+                "worker",
+                "--transport",
+                "kafka",
+                "--id",
+                id,
+                "--group",
+                group,
+                "--topic",
+                topic,
+                "--partitions",
+                "6",
+            ])
+            .args([
+                "--poll-interval-ms",
+                "50",
+                "--sweep-interval-ms",
+                "100",
+                "--stripe-call-timeout-ms",
+                "1000",
+                "--stripe-settle-ms",
+                "300",
+            ])
+            .env("DATABASE_URL", db_url)
+            .env("KAFKA_BOOTSTRAP", bootstrap)
+            .env("IDEM_STRIPE_BASE", stripe)
+            .env("STRIPE_SECRET_KEY", TEST_SECRET)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn idem worker --transport kafka"),
+    )
+}
+
+/// Broker: librdkafka's mock cluster, not tansu. tansu 0.6 with sqlite storage does not
+/// hand a departed member's partitions to the survivors reliably (measured here: 3 of 3
+/// runs stalled with that member's actions unconsumed), so this group test runs against
+/// the mock cluster's group coordinator; the worker processes reach it over TCP.
+#[tokio::test]
+async fn three_worker_processes_one_killed_mid_batch_every_action_once() {
+    let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    let bootstrap = cluster.bootstrap_servers();
+    let db = TestDb::new().await;
+    // A slow partner, so the killed worker has calls in flight.
+    let stripe = StripeFixture::start(StripeSimConfig {
+        faults: idem_sim::FaultRates {
+            delay: 1.0,
+            delay_ms: 120,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let topic = unique("idem.test");
+    let group = unique("group");
+    let mut k = KafkaConfig::new(bootstrap.clone());
+    k.routing = TopicRouting::Single(topic.clone());
+    k.partitions = 6;
+    cluster
+        .create_topic(&topic, 6, 1)
+        .expect("create topic on the mock cluster");
+    let cell = CellName::new("stripe.charge").unwrap();
+    let mut ids = vec![];
+    for i in 0..90 {
+        let a = NewAction::new(
+            ActionId::random(),
+            cell.clone(),
+            json!({"amount": 100 + i, "currency": "usd"}),
+        )
+        .with_ordering_key(format!("session-{i}"));
+        enqueue(db.store.pool(), &a).await.unwrap();
+        ids.push(a.action_id);
+    }
+    let mut workers: Vec<Proc> = ["w1", "w2", "w3"]
+        .iter()
+        .map(|id| kafka_worker_process(&db.url, &stripe.base_url(), &bootstrap, &topic, &group, id))
+        .collect();
+    relay(&db, &k).drain_once().await.unwrap();
+    // Kill one worker once work is under way.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (settled,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM idem.actions WHERE state = 'succeeded'")
+                .fetch_one(db.store.pool())
+                .await
+                .unwrap();
+        if settled >= 15 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "workers never got going"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut victim = workers.remove(0);
+    victim.0.kill().unwrap(); // SIGKILL, mid-batch
+    victim.0.wait().unwrap();
+    wait_settled(&db.store, &ids, Duration::from_secs(120)).await;
+    for id in &ids {
+        assert_eq!(stripe.sim.effects_for(&id.to_string()), 1, "action {id}");
+        assert_eq!(
+            inbox::get(db.store.pool(), *id)
+                .await
+                .unwrap()
+                .unwrap()
+                .state,
+            State::Succeeded
+        );
+    }
+    assert_eq!(stripe.sim.ledger().len(), 90);
+    drop(workers);
 }

@@ -77,6 +77,7 @@ impl KafkaTransport {
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
             .set("partition.assignment.strategy", "range")
+            .set("topic.metadata.refresh.interval.ms", "5000")
             .create()
             .map_err(|source| KafkaError::Client {
                 bootstrap: self.kafka.bootstrap.clone(),
