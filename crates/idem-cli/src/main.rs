@@ -1,5 +1,6 @@
 //! The `idem` command.
 
+mod bench;
 mod cells;
 mod demo;
 
@@ -58,6 +59,11 @@ enum Command {
     },
     /// The main job: run N actions through faulty partners and count effects.
     Demo(demo::DemoArgs),
+    /// Benchmarks with baselines measured in the same run; prints JSON.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -170,6 +176,12 @@ struct EnqueueArgs {
     intent_scope: Option<String>,
     #[arg(long)]
     ordering_key: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Relay drain rate vs raw Postgres drain and raw rdkafka produce.
+    Relay(bench::BenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -312,6 +324,12 @@ async fn main() -> Result<()> {
                 tokio::signal::ctrl_c().await?;
             }
         },
+        Command::Bench {
+            what: BenchCommand::Relay(args),
+        } => {
+            let figures = bench::relay(args).await?;
+            println!("{}", serde_json::to_string_pretty(&figures)?);
+        }
         Command::Demo(args) => {
             let ok = demo::run(args).await?;
             if !ok {

@@ -1,0 +1,171 @@
+//! `idem bench relay`: the relay's drain rate against baselines measured in the same run.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use idem_store::{Store, DEFAULT_DATABASE_URL};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Serialize;
+use sqlx::{ConnectOptions, Connection};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// PostgreSQL server; the benchmark (re)creates its own database `idem_bench` there.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
+    database_url: String,
+    /// Kafka bootstrap; without it the benchmark starts tansu if it is on PATH.
+    #[arg(long, env = "KAFKA_BOOTSTRAP")]
+    bootstrap: Option<String>,
+    /// Outbox rows to drain.
+    #[arg(long, default_value_t = 100_000)]
+    rows: i64,
+    /// Rows per relay batch (and per baseline DELETE).
+    #[arg(long, default_value_t = 1000)]
+    batch: i64,
+}
+
+/// One figure, with the baseline it is compared to in the same run.
+#[derive(Debug, Serialize)]
+pub struct Figure {
+    name: String,
+    value: f64,
+    unit: String,
+    baseline: String,
+    baseline_value: f64,
+    ratio: f64,
+}
+
+async fn preload(store: &Store, rows: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO idem.outbox (action_id, ordering_key, payload) \
+         SELECT id, id::text, convert_to(jsonb_build_object('v', 1, 'action_id', id, 'cell', 'stripe.charge', \
+                'args', jsonb_build_object('amount', g, 'currency', 'usd'), 'ordering_key', id::text)::text, 'UTF8') \
+         FROM (SELECT gen_random_uuid() AS id, g FROM generate_series(1, $1) g) s",
+    )
+    .bind(rows)
+    .execute(store.pool())
+    .await?;
+    sqlx::query("VACUUM ANALYZE idem.outbox")
+        .execute(store.pool())
+        .await?;
+    Ok(())
+}
+
+fn rate(rows: i64, d: Duration) -> f64 {
+    rows as f64 / d.as_secs_f64()
+}
+
+pub async fn relay(args: BenchArgs) -> Result<Vec<Figure>> {
+    let admin: sqlx::postgres::PgConnectOptions =
+        args.database_url.parse().context("DATABASE_URL")?;
+    let mut conn = admin.connect().await?;
+    sqlx::query("DROP DATABASE IF EXISTS idem_bench WITH (FORCE)")
+        .execute(&mut conn)
+        .await?;
+    sqlx::query("CREATE DATABASE idem_bench")
+        .execute(&mut conn)
+        .await?;
+    let _ = conn.close().await;
+    let url = admin.database("idem_bench").to_url_lossy().to_string();
+    let store = Store::connect(&url, 8).await?;
+    store.migrate().await?;
+    let (bootstrap, _tansu) = match args.bootstrap.clone() {
+        Some(b) => (b, None),
+        None => {
+            let t = tokio::task::spawn_blocking(idem_kafka::tansu::start)
+                .await?
+                .map_err(|e| anyhow::anyhow!("no Kafka broker: give --bootstrap or KAFKA_BOOTSTRAP, or put tansu on PATH ({e})"))?;
+            (t.bootstrap.clone(), Some(t))
+        }
+    };
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let mut kafka = idem_kafka::KafkaConfig::new(&bootstrap);
+
+    // Baseline 1: the raw Postgres drain of the same rows.
+    preload(&store, args.rows).await?;
+    let t = Instant::now();
+    loop {
+        let n = sqlx::query(
+            "DELETE FROM idem.outbox WHERE seq IN (SELECT seq FROM idem.outbox ORDER BY seq LIMIT $1) RETURNING payload",
+        )
+        .bind(args.batch)
+        .fetch_all(store.pool())
+        .await?
+        .len();
+        if n == 0 {
+            break;
+        }
+    }
+    let raw_pg = t.elapsed();
+
+    // Baseline 2: raw rdkafka produce of the same payloads (idempotent, acks=all).
+    preload(&store, args.rows).await?;
+    let payloads: Vec<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT ordering_key, payload FROM idem.outbox ORDER BY seq")
+            .fetch_all(store.pool())
+            .await?;
+    let raw_topic = format!("idem.bench.raw.{run}");
+    kafka.routing = idem_kafka::TopicRouting::Single(raw_topic.clone());
+    idem_kafka::topics::ensure(&kafka, std::slice::from_ref(&raw_topic)).await?;
+    let producer: FutureProducer = kafka
+        .client()
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()?;
+    let t = Instant::now();
+    for chunk in payloads.chunks(args.batch as usize) {
+        let mut pending = Vec::with_capacity(chunk.len());
+        for (key, payload) in chunk {
+            let record = FutureRecord::to(&raw_topic)
+                .key(key.as_str())
+                .payload(payload.as_slice());
+            pending.push(producer.send_result(record).map_err(|(e, _)| e)?);
+        }
+        for f in pending {
+            f.await?.map_err(|(e, _)| e)?;
+        }
+    }
+    let raw_kafka = t.elapsed();
+
+    // The relay: read in order, produce, await acks, delete the acknowledged rows.
+    let relay_topic = format!("idem.bench.relay.{run}");
+    kafka.routing = idem_kafka::TopicRouting::Single(relay_topic);
+    let relay = idem_relay::Relay::new(
+        store.clone(),
+        &url,
+        kafka,
+        idem_relay::RelayConfig {
+            batch: args.batch,
+            pause_after_ack: None,
+            ..Default::default()
+        },
+    )?;
+    let t = Instant::now();
+    while relay.drain_once().await? > 0 {}
+    let relayed = t.elapsed();
+
+    let value = rate(args.rows, relayed);
+    Ok(vec![
+        Figure {
+            name: format!("relay drain of {} outbox rows", args.rows),
+            value,
+            unit: "rows/s".into(),
+            baseline: format!(
+                "raw Postgres batched DELETE … RETURNING ({} rows a batch)",
+                args.batch
+            ),
+            baseline_value: rate(args.rows, raw_pg),
+            ratio: value / rate(args.rows, raw_pg),
+        },
+        Figure {
+            name: format!("relay drain of {} outbox rows", args.rows),
+            value,
+            unit: "rows/s".into(),
+            baseline: "raw rdkafka produce of the same payloads (idempotent, acks=all)".into(),
+            baseline_value: rate(args.rows, raw_kafka),
+            ratio: value / rate(args.rows, raw_kafka),
+        },
+    ])
+}
