@@ -765,3 +765,96 @@ async fn three_worker_processes_one_killed_mid_batch_every_action_once() {
     assert_eq!(stripe.sim.ledger().len(), 90);
     drop(workers);
 }
+
+/// Broker: the mock cluster (a group handoff; see the three-worker test for why).
+#[tokio::test]
+async fn sigterm_finishes_in_flight_work_and_hands_the_rest_to_the_group() {
+    let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    let bootstrap = cluster.bootstrap_servers();
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig {
+        faults: idem_sim::FaultRates {
+            delay: 1.0,
+            delay_ms: 200,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let topic = unique("idem.test");
+    let group = unique("group");
+    cluster.create_topic(&topic, 2, 1).expect("topic");
+    let mut k = KafkaConfig::new(bootstrap.clone());
+    k.routing = TopicRouting::Single(topic.clone());
+    k.partitions = 2;
+    let ids = enqueue_n(&db.store, 20, Some("one-session")).await;
+    relay(&db, &k).drain_once().await.unwrap();
+    let mut first = kafka_worker_process(
+        &db.url,
+        &stripe.base_url(),
+        &bootstrap,
+        &topic,
+        &group,
+        "first",
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM idem.actions WHERE state = 'executing'")
+                .fetch_one(db.store.pool())
+                .await
+                .unwrap();
+        if n > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "first worker never started a call"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &first.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || {
+        let s = first.0.wait();
+        (first, s)
+    });
+    let (_first, exit) = tokio::time::timeout(Duration::from_secs(30), exit)
+        .await
+        .expect("worker stops within 30 s")
+        .unwrap();
+    assert!(exit.unwrap().success(), "graceful exit");
+    // Nothing was left mid-call: every started action settled before the exit.
+    let (executing,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM idem.actions WHERE state = 'executing'")
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(executing, 0);
+    let (done,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM idem.actions WHERE state = 'succeeded'")
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+    assert!(done < 20, "the rest was handed back, not drained");
+    let _second = kafka_worker_process(
+        &db.url,
+        &stripe.base_url(),
+        &bootstrap,
+        &topic,
+        &group,
+        "second",
+    );
+    wait_settled(&db.store, &ids, Duration::from_secs(90)).await;
+    for id in &ids {
+        assert_eq!(stripe.sim.effects_for(&id.to_string()), 1);
+    }
+    assert_eq!(
+        stripe.sim.requests().len(),
+        20,
+        "no action was called twice"
+    );
+}

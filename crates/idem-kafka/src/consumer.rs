@@ -85,7 +85,7 @@ impl KafkaTransport {
             })
     }
 
-    /// Consume until `shutdown`; then let every lane finish what it holds, store and
+    /// Consume until `shutdown`; then let every lane finish the batch in hand, store and
     /// commit offsets, and leave the group.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), KafkaError> {
         crate::topics::ensure(&self.kafka, &self.config.topics).await?;
@@ -118,7 +118,7 @@ impl KafkaTransport {
                 let worker = self.worker.clone();
                 let consumer = consumer.clone();
                 let batch = self.config.per_partition_batch.max(1);
-                tasks.spawn(lane(worker, consumer, rx, batch));
+                tasks.spawn(lane(worker, consumer, rx, batch, shutdown.clone()));
                 tx
             });
             if lane.send(msg).await.is_err() {
@@ -135,14 +135,19 @@ impl KafkaTransport {
     }
 }
 
-/// One partition's messages, in order.
+/// One partition's messages, in order. On shutdown it finishes the batch in hand and hands
+/// the rest back (their offsets are not stored, so the next owner reads them).
 async fn lane(
     worker: Worker,
     consumer: Arc<StreamConsumer>,
     mut rx: mpsc::Receiver<OwnedMessage>,
     batch: usize,
+    shutdown: watch::Receiver<bool>,
 ) {
     while let Some(first) = rx.recv().await {
+        if *shutdown.borrow() {
+            break;
+        }
         let mut msgs = vec![first];
         while msgs.len() < batch {
             match rx.try_recv() {
