@@ -62,6 +62,32 @@ impl Default for RelayConfig {
     }
 }
 
+/// A row on its way to Kafka.
+struct Outgoing<'a> {
+    seq: i64,
+    topic: &'a str,
+    key: &'a str,
+    payload: &'a Vec<u8>,
+    headers: OwnedHeaders,
+}
+
+/// Headers every idem message carries.
+fn base_headers(action_id: &str) -> OwnedHeaders {
+    OwnedHeaders::new()
+        .insert(Header {
+            key: headers::ACTION_ID,
+            value: Some(action_id),
+        })
+        .insert(Header {
+            key: headers::CONTENT_TYPE,
+            value: Some(headers::JSON),
+        })
+        .insert(Header {
+            key: headers::SCHEMA_VERSION,
+            value: Some("1"),
+        })
+}
+
 /// One relay process.
 pub struct Relay {
     store: Store,
@@ -202,60 +228,32 @@ impl Relay {
             .map(|c| self.kafka.routing.topic_for(c))
             .collect();
         self.ensure_topics(&topics).await?;
-        // Enqueue in outbox order (send_result enqueues synchronously), then await acks.
-        let mut pending = Vec::with_capacity(rows.len());
-        for ((seq, action_id, key, payload, hdrs), (cell, topic)) in
-            rows.iter().zip(cells.iter().zip(&topics))
-        {
-            let id = action_id.to_string();
-            let mut h = OwnedHeaders::new()
-                .insert(Header {
-                    key: headers::ACTION_ID,
-                    value: Some(id.as_str()),
-                })
-                .insert(Header {
+        let out: Vec<Outgoing<'_>> = rows
+            .iter()
+            .zip(cells.iter().zip(&topics))
+            .map(|((seq, action_id, key, payload, hdrs), (cell, topic))| {
+                let mut h = base_headers(&action_id.to_string()).insert(Header {
                     key: headers::CELL,
                     value: Some(cell.as_str()),
-                })
-                .insert(Header {
-                    key: headers::CONTENT_TYPE,
-                    value: Some(headers::JSON),
-                })
-                .insert(Header {
-                    key: headers::SCHEMA_VERSION,
-                    value: Some("1"),
                 });
-            for name in [headers::TRACEPARENT, headers::TRACESTATE] {
-                if let Some(v) = hdrs[name].as_str() {
-                    h = h.insert(Header {
-                        key: name,
-                        value: Some(v),
-                    });
+                for name in [headers::TRACEPARENT, headers::TRACESTATE] {
+                    if let Some(v) = hdrs[name].as_str() {
+                        h = h.insert(Header {
+                            key: name,
+                            value: Some(v),
+                        });
+                    }
                 }
-            }
-            let record = FutureRecord::to(topic)
-                .key(key.as_str())
-                .payload(payload.as_slice())
-                .headers(h);
-            match self.producer.send_result(record) {
-                Ok(f) => pending.push((*seq, f)),
-                Err((e, _)) => {
-                    tracing::warn!(error = %e, "producer queue refused a message; the rest waits for the next round");
-                    break;
+                Outgoing {
+                    seq: *seq,
+                    topic,
+                    key: key.as_str(),
+                    payload,
+                    headers: h,
                 }
-            }
-        }
-        let mut acked = vec![];
-        for (seq, f) in pending {
-            match f.await {
-                Ok(Ok(_)) => acked.push(seq),
-                Ok(Err((e, _))) => {
-                    tracing::warn!(error = %e, seq, "Kafka did not acknowledge; republishing from here next round");
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
+            })
+            .collect();
+        let acked = self.publish(out).await;
         if let Some(pause) = self.config.pause_after_ack {
             tracing::warn!(
                 ?pause,
@@ -283,43 +281,56 @@ impl Relay {
         }
         let topic = self.kafka.results_topic.clone();
         self.ensure_topics(std::slice::from_ref(&topic)).await?;
-        let mut pending = Vec::with_capacity(rows.len());
-        for (seq, action_id, payload) in &rows {
-            let key = action_id.to_string();
-            let h = OwnedHeaders::new()
-                .insert(Header {
-                    key: headers::ACTION_ID,
-                    value: Some(key.as_str()),
-                })
-                .insert(Header {
-                    key: headers::CONTENT_TYPE,
-                    value: Some(headers::JSON),
-                })
-                .insert(Header {
-                    key: headers::SCHEMA_VERSION,
-                    value: Some("1"),
-                });
-            let record = FutureRecord::to(&topic)
-                .key(key.as_str())
-                .payload(payload.as_slice())
-                .headers(h);
-            match self.producer.send_result(record) {
-                Ok(f) => pending.push((*seq, f)),
-                Err(_) => break,
-            }
-        }
-        let mut acked = vec![];
-        for (seq, f) in pending {
-            match f.await {
-                Ok(Ok(_)) => acked.push(seq),
-                _ => break,
-            }
-        }
+        let keys: Vec<String> = rows.iter().map(|r| r.1.to_string()).collect();
+        let out: Vec<Outgoing<'_>> = rows
+            .iter()
+            .zip(&keys)
+            .map(|((seq, _, payload), key)| Outgoing {
+                seq: *seq,
+                topic: &topic,
+                key,
+                payload,
+                headers: base_headers(key),
+            })
+            .collect();
+        let acked = self.publish(out).await;
         sqlx::query("DELETE FROM idem.results_outbox WHERE seq = ANY($1)")
             .bind(&acked)
             .execute(self.store.pool())
             .await?;
         Ok(acked.len())
+    }
+
+    /// Enqueue `out` in order (`send_result` enqueues synchronously, so the idempotent
+    /// producer keeps per-partition order), await the acks, and return the sequence numbers
+    /// of the acknowledged prefix. Anything after the first failure waits for the next round.
+    async fn publish(&self, out: Vec<Outgoing<'_>>) -> Vec<i64> {
+        let mut pending = Vec::with_capacity(out.len());
+        for o in out {
+            let record = FutureRecord::to(o.topic)
+                .key(o.key)
+                .payload(o.payload.as_slice())
+                .headers(o.headers);
+            match self.producer.send_result(record) {
+                Ok(f) => pending.push((o.seq, f)),
+                Err((e, _)) => {
+                    tracing::warn!(error = %e, "producer queue refused a message; the rest waits for the next round");
+                    break;
+                }
+            }
+        }
+        let mut acked = Vec::with_capacity(pending.len());
+        for (seq, f) in pending {
+            match f.await {
+                Ok(Ok(_)) => acked.push(seq),
+                Ok(Err((e, _))) => {
+                    tracing::warn!(error = %e, seq, "Kafka did not acknowledge; republishing from here next round");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        acked
     }
 
     async fn ensure_topics(&self, topics: &[String]) -> Result<(), RelayError> {
