@@ -618,7 +618,16 @@ async fn demo_binary_reports_no_duplicates_and_nothing_lost() {
     // The README's main job, small: through the real binary, its own database.
     let db = TestDb::new().await;
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_idem"))
-        .args(["demo", "--actions", "200", "--json", "--seed", "7"])
+        .args([
+            "demo",
+            "--actions",
+            "200",
+            "--json",
+            "--database-name",
+            "idem_demo_e2e",
+            "--seed",
+            "7",
+        ])
         .env("DATABASE_URL", &db.url)
         .output()
         .await

@@ -479,6 +479,8 @@ async fn demo_through_relay_and_kafka_reports_no_duplicates_and_nothing_lost() {
             "--actions",
             "200",
             "--json",
+            "--database-name",
+            "idem_demo_kafka",
             "--seed",
             "11",
         ])

@@ -21,6 +21,9 @@ pub struct DemoArgs {
     /// PostgreSQL server; the demo (re)creates its own database `idem_demo` there.
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
     database_url: String,
+    /// The database the demo (re)creates on that server ([a-z0-9_] only).
+    #[arg(long, default_value = "idem_demo", value_parser = database_name)]
+    database_name: String,
     /// Actions to run.
     #[arg(long, default_value_t = 1000)]
     actions: usize,
@@ -186,7 +189,20 @@ struct Report {
     cells: HashMap<String, CellReport>,
 }
 
-async fn fresh_database(server_url: &str) -> Result<String> {
+/// A database name that is safe to splice into DDL (identifiers cannot be bound).
+fn database_name(s: &str) -> Result<String, String> {
+    if !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        Ok(s.to_owned())
+    } else {
+        Err("use 1-63 characters of [a-z0-9_]".into())
+    }
+}
+
+async fn fresh_database(server_url: &str, name: &str) -> Result<String> {
     let admin: sqlx::postgres::PgConnectOptions = server_url.parse().context("DATABASE_URL")?;
     let mut conn = admin.connect().await.map_err(|e| {
         anyhow::anyhow!(
@@ -195,19 +211,20 @@ async fn fresh_database(server_url: &str) -> Result<String> {
             admin.get_port()
         )
     })?;
-    sqlx::query("DROP DATABASE IF EXISTS idem_demo WITH (FORCE)")
+    // `name` is checked by `database_name`: identifiers cannot be bound as parameters.
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .execute(&mut conn)
         .await?;
-    sqlx::query("CREATE DATABASE idem_demo")
+    sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut conn)
         .await?;
     let _ = conn.close().await;
-    Ok(admin.database("idem_demo").to_url_lossy().to_string())
+    Ok(admin.database(name).to_url_lossy().to_string())
 }
 
 pub async fn run(args: DemoArgs) -> Result<bool> {
     let started = Instant::now();
-    let url = fresh_database(&args.database_url).await?;
+    let url = fresh_database(&args.database_url, &args.database_name).await?;
     let store = Store::connect(&url, 24).await?;
     store.migrate().await?;
 
@@ -546,4 +563,17 @@ fn print_table(r: &Report) {
         r.needs_human,
         r.elapsed_ms as f64 / 1000.0
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::database_name;
+
+    #[test]
+    fn database_names_are_plain_identifiers() {
+        assert!(database_name("idem_demo").is_ok());
+        assert!(database_name("idem_demo; DROP DATABASE postgres").is_err());
+        assert!(database_name("Idem").is_err());
+        assert!(database_name("").is_err());
+    }
 }
