@@ -5,6 +5,7 @@
 
 pub mod cell;
 pub mod http;
+pub mod noop;
 pub mod registry;
 pub mod stripe;
 

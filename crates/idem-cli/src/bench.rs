@@ -169,3 +169,138 @@ pub async fn relay(args: BenchArgs) -> Result<Vec<Figure>> {
         },
     ])
 }
+
+#[derive(Args, Debug)]
+pub struct WorkerBenchArgs {
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
+    database_url: String,
+    #[arg(long, env = "KAFKA_BOOTSTRAP")]
+    bootstrap: Option<String>,
+    /// Actions (messages) to process.
+    #[arg(long, default_value_t = 5_000)]
+    actions: i64,
+    /// Messages a partition lane takes per batch (1 = strict per-key order).
+    #[arg(long, default_value_t = 1)]
+    per_partition_batch: usize,
+}
+
+/// Kafka worker throughput with the no-op cell vs a naive at-least-once consumer
+/// (consume, call, commit) reading the same topic.
+pub async fn kafka_worker(args: WorkerBenchArgs) -> Result<Vec<Figure>> {
+    use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+    use rdkafka::Message;
+
+    let admin: sqlx::postgres::PgConnectOptions =
+        args.database_url.parse().context("DATABASE_URL")?;
+    let mut conn = admin.connect().await?;
+    sqlx::query("DROP DATABASE IF EXISTS idem_bench WITH (FORCE)")
+        .execute(&mut conn)
+        .await?;
+    sqlx::query("CREATE DATABASE idem_bench")
+        .execute(&mut conn)
+        .await?;
+    let _ = conn.close().await;
+    let url = admin.database("idem_bench").to_url_lossy().to_string();
+    let store = Store::connect(&url, 16).await?;
+    store.migrate().await?;
+    let (bootstrap, _tansu) = match args.bootstrap.clone() {
+        Some(b) => (b, None),
+        None => {
+            let t = tokio::task::spawn_blocking(idem_kafka::tansu::start)
+                .await?
+                .map_err(|e| anyhow::anyhow!("no Kafka broker: give --bootstrap or KAFKA_BOOTSTRAP, or put tansu on PATH ({e})"))?;
+            (t.bootstrap.clone(), Some(t))
+        }
+    };
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let topic = format!("idem.bench.worker.{run}");
+    let mut kafka = idem_kafka::KafkaConfig::new(&bootstrap);
+    kafka.routing = idem_kafka::TopicRouting::Single(topic.clone());
+    kafka.partitions = 6;
+    // N real actions through enqueue, published by the relay.
+    sqlx::query(
+        "SELECT idem.enqueue(gen_random_uuid(), 'bench.noop', jsonb_build_object('n', g)) FROM generate_series(1, $1) g",
+    )
+    .bind(args.actions)
+    .execute(store.pool())
+    .await?;
+    let relay = idem_relay::Relay::new(
+        store.clone(),
+        &url,
+        kafka.clone(),
+        idem_relay::RelayConfig {
+            batch: 1000,
+            pause_after_ack: None,
+            ..Default::default()
+        },
+    )?;
+    while relay.drain_once().await? > 0 {}
+
+    // Baseline: naive at-least-once consumer: consume, call (no-op), commit each message.
+    let naive: StreamConsumer = kafka
+        .client()
+        .set("group.id", format!("naive-{run}"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    naive.subscribe(&[topic.as_str()])?;
+    let mut seen = 0i64;
+    let mut t_naive = None;
+    // Timed from the first message, like idem's side, so group-join time is excluded. The
+    // commit is synchronous: per-message async commits overran tansu's group coordinator.
+    while seen < args.actions {
+        let m = naive.recv().await?;
+        t_naive.get_or_insert_with(Instant::now);
+        std::hint::black_box(m.payload());
+        naive.commit_message(&m, CommitMode::Sync)?;
+        seen += 1;
+    }
+    let naive_time = t_naive.map(|t| t.elapsed()).unwrap_or_default();
+    drop(naive);
+
+    // idem's Kafka worker with the no-op cell, timed from its first settled action.
+    let worker = idem_worker::Worker::new(
+        store.clone(),
+        idem_cells::Registry::new().with(idem_cells::noop::Noop::default()),
+        idem_worker::WorkerConfig {
+            claim_outbox: false,
+            ..Default::default()
+        },
+    );
+    let mut tconf = idem_kafka::TransportConfig::new(format!("idem-{run}"), vec![topic.clone()]);
+    tconf.per_partition_batch = args.per_partition_batch.max(1);
+    let transport = idem_kafka::KafkaTransport::new(worker, kafka, tconf);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(async move { transport.run(stop_rx).await });
+    let mut first: Option<Instant> = None;
+    loop {
+        let (done,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM idem.actions WHERE state = 'succeeded'")
+                .fetch_one(store.pool())
+                .await?;
+        if done > 0 && first.is_none() {
+            first = Some(Instant::now());
+        }
+        if done >= args.actions {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let idem_time = first.map(|t| t.elapsed()).unwrap_or_default();
+    let _ = stop_tx.send(true);
+    let _ = running.await;
+    let value = rate(args.actions, idem_time);
+    let base = rate(args.actions, naive_time);
+    Ok(vec![Figure {
+        name: format!(
+            "Kafka worker throughput, no-op cell, {} actions, per-partition batch {}",
+            args.actions, args.per_partition_batch
+        ),
+        value,
+        unit: "actions/s".into(),
+        baseline: "naive at-least-once consumer on the same topic (consume, no-op call, commit)"
+            .into(),
+        baseline_value: base,
+        ratio: value / base,
+    }])
+}

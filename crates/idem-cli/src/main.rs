@@ -182,6 +182,8 @@ struct EnqueueArgs {
 enum BenchCommand {
     /// Relay drain rate vs raw Postgres drain and raw rdkafka produce.
     Relay(bench::BenchArgs),
+    /// Kafka worker throughput (no-op cell) vs a naive at-least-once consumer.
+    KafkaWorker(bench::WorkerBenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -328,6 +330,12 @@ async fn main() -> Result<()> {
             what: BenchCommand::Relay(args),
         } => {
             let figures = bench::relay(args).await?;
+            println!("{}", serde_json::to_string_pretty(&figures)?);
+        }
+        Command::Bench {
+            what: BenchCommand::KafkaWorker(args),
+        } => {
+            let figures = bench::kafka_worker(args).await?;
             println!("{}", serde_json::to_string_pretty(&figures)?);
         }
         Command::Demo(args) => {
