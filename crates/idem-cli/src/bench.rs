@@ -2,12 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use idem_store::{Store, DEFAULT_DATABASE_URL};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
-use sqlx::{ConnectOptions, Connection};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -57,17 +56,7 @@ fn rate(rows: i64, d: Duration) -> f64 {
 }
 
 pub async fn relay(args: BenchArgs) -> Result<Vec<Figure>> {
-    let admin: sqlx::postgres::PgConnectOptions =
-        args.database_url.parse().context("DATABASE_URL")?;
-    let mut conn = admin.connect().await?;
-    sqlx::query("DROP DATABASE IF EXISTS idem_bench WITH (FORCE)")
-        .execute(&mut conn)
-        .await?;
-    sqlx::query("CREATE DATABASE idem_bench")
-        .execute(&mut conn)
-        .await?;
-    let _ = conn.close().await;
-    let url = admin.database("idem_bench").to_url_lossy().to_string();
+    let url = crate::demo::fresh_database(&args.database_url, "idem_bench").await?;
     let store = Store::connect(&url, 8).await?;
     store.migrate().await?;
     let (bootstrap, _tansu) = match args.bootstrap.clone() {
@@ -190,17 +179,7 @@ pub async fn kafka_worker(args: WorkerBenchArgs) -> Result<Vec<Figure>> {
     use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
     use rdkafka::Message;
 
-    let admin: sqlx::postgres::PgConnectOptions =
-        args.database_url.parse().context("DATABASE_URL")?;
-    let mut conn = admin.connect().await?;
-    sqlx::query("DROP DATABASE IF EXISTS idem_bench WITH (FORCE)")
-        .execute(&mut conn)
-        .await?;
-    sqlx::query("CREATE DATABASE idem_bench")
-        .execute(&mut conn)
-        .await?;
-    let _ = conn.close().await;
-    let url = admin.database("idem_bench").to_url_lossy().to_string();
+    let url = crate::demo::fresh_database(&args.database_url, "idem_bench").await?;
     let store = Store::connect(&url, 16).await?;
     store.migrate().await?;
     let (bootstrap, _tansu) = match args.bootstrap.clone() {

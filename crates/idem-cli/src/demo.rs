@@ -202,7 +202,8 @@ fn database_name(s: &str) -> Result<String, String> {
     }
 }
 
-async fn fresh_database(server_url: &str, name: &str) -> Result<String> {
+/// Drop and create the database `name` on the server of `server_url`; its URL.
+pub(crate) async fn fresh_database(server_url: &str, name: &str) -> Result<String> {
     let admin: sqlx::postgres::PgConnectOptions = server_url.parse().context("DATABASE_URL")?;
     let mut conn = admin.connect().await.map_err(|e| {
         anyhow::anyhow!(
