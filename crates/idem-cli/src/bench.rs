@@ -59,15 +59,9 @@ pub async fn relay(args: BenchArgs) -> Result<Vec<Figure>> {
     let url = crate::demo::fresh_database(&args.database_url, "idem_bench").await?;
     let store = Store::connect(&url, 8).await?;
     store.migrate().await?;
-    let (bootstrap, _tansu) = match args.bootstrap.clone() {
-        Some(b) => (b, None),
-        None => {
-            let t = tokio::task::spawn_blocking(idem_kafka::tansu::start)
-                .await?
-                .map_err(|e| anyhow::anyhow!("no Kafka broker: give --bootstrap or KAFKA_BOOTSTRAP, or put tansu on PATH ({e})"))?;
-            (t.bootstrap.clone(), Some(t))
-        }
-    };
+    let (bootstrap, _tansu) = idem_kafka::tansu::given_or_started(args.bootstrap.clone())
+        .await
+        .map_err(anyhow::Error::msg)?;
     let run = uuid::Uuid::new_v4().simple().to_string();
     let mut kafka = idem_kafka::KafkaConfig::new(&bootstrap);
 
@@ -182,15 +176,9 @@ pub async fn kafka_worker(args: WorkerBenchArgs) -> Result<Vec<Figure>> {
     let url = crate::demo::fresh_database(&args.database_url, "idem_bench").await?;
     let store = Store::connect(&url, 16).await?;
     store.migrate().await?;
-    let (bootstrap, _tansu) = match args.bootstrap.clone() {
-        Some(b) => (b, None),
-        None => {
-            let t = tokio::task::spawn_blocking(idem_kafka::tansu::start)
-                .await?
-                .map_err(|e| anyhow::anyhow!("no Kafka broker: give --bootstrap or KAFKA_BOOTSTRAP, or put tansu on PATH ({e})"))?;
-            (t.bootstrap.clone(), Some(t))
-        }
-    };
+    let (bootstrap, _tansu) = idem_kafka::tansu::given_or_started(args.bootstrap.clone())
+        .await
+        .map_err(anyhow::Error::msg)?;
     let run = uuid::Uuid::new_v4().simple().to_string();
     let topic = format!("idem.bench.worker.{run}");
     let mut kafka = idem_kafka::KafkaConfig::new(&bootstrap);

@@ -78,15 +78,10 @@ impl Transport {
         if args.transport != "kafka" {
             return Ok(Self::Postgres);
         }
-        let (bootstrap, tansu) = match &args.bootstrap {
-            Some(b) => (b.clone(), None),
-            None => {
-                let t = tokio::task::spawn_blocking(idem_kafka::tansu::start).await?.map_err(|e| {
-                    anyhow::anyhow!("no Kafka broker: give --bootstrap or KAFKA_BOOTSTRAP, or put tansu on PATH ({e})")
-                })?;
-                (t.bootstrap.clone(), Some(Box::new(t)))
-            }
-        };
+        let (bootstrap, tansu) = idem_kafka::tansu::given_or_started(args.bootstrap.clone())
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let tansu = tansu.map(Box::new);
         // Fresh topic and group per run: the broker may keep earlier runs' messages.
         let run = uuid::Uuid::new_v4().simple().to_string();
         let topic = format!("idem.demo.{run}");

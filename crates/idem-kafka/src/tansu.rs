@@ -89,3 +89,20 @@ pub fn start_in(dir: &std::path::Path, port: u16) -> Result<Tansu, String> {
         tansu.dir.join("tansu.log").display()
     ))
 }
+
+/// The broker to use: `given` if there is one, else a tansu started here (kept alive by the
+/// returned handle). The error says what to configure or install.
+pub async fn given_or_started(given: Option<String>) -> Result<(String, Option<Tansu>), String> {
+    if let Some(b) = given {
+        return Ok((b, None));
+    }
+    let t = tokio::task::spawn_blocking(start)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| {
+            format!(
+                "no Kafka broker: give --bootstrap or KAFKA_BOOTSTRAP, or put tansu on PATH ({e})"
+            )
+        })?;
+    Ok((t.bootstrap.clone(), Some(t)))
+}

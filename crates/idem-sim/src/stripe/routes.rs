@@ -403,6 +403,14 @@ async fn create_inner(
     (resp, (status, fault, false))
 }
 
+fn find_intent(sim: &StripeSim, id: &str) -> Option<Value> {
+    sim.lock()
+        .intents
+        .iter()
+        .find(|i| i.body["id"] == id)
+        .map(|i| i.body.clone())
+}
+
 async fn retrieve(
     State(sim): State<StripeSim>,
     headers: HeaderMap,
@@ -411,12 +419,7 @@ async fn retrieve(
     if !authorized(&headers) {
         return unauthorized();
     }
-    let found = sim
-        .lock()
-        .intents
-        .iter()
-        .find(|i| i.body["id"] == id.as_str())
-        .map(|i| i.body.clone());
+    let found = find_intent(&sim, &id);
     match found {
         Some(pi) => Json(pi).into_response(),
         None => error(
@@ -434,12 +437,7 @@ async fn confirm(
     if !authorized(&headers) {
         return unauthorized();
     }
-    let found = sim
-        .lock()
-        .intents
-        .iter()
-        .find(|i| i.body["id"] == id.as_str())
-        .map(|i| i.body.clone());
+    let found = find_intent(&sim, &id);
     match found {
         Some(pi) if pi["status"] == "succeeded" => error(
             StatusCode::BAD_REQUEST,
