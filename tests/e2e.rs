@@ -66,6 +66,7 @@ async fn take_delivery(store: &Store) -> Delivery {
     Delivery {
         payload: m.payload,
         source: json!({"outbox_seq": m.seq}),
+        trace: idem_worker::TraceHeaders::from_json(&m.headers),
     }
 }
 

@@ -19,9 +19,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use idem_telemetry::TraceHeaders;
 use idem_worker::{Delivery, Worker};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
@@ -165,6 +166,7 @@ async fn lane(
                     "partition": m.partition(),
                     "offset": m.offset(),
                 }),
+                trace: trace_of(m),
             })
             .collect();
         let mut delay = Duration::from_millis(100);
@@ -197,5 +199,17 @@ async fn lane(
                 tracing::debug!(error = %e, "offset not stored (partition moved?); it will be re-read");
             }
         }
+    }
+}
+
+/// The W3C trace headers a message carries (set by the relay).
+fn trace_of(m: &OwnedMessage) -> TraceHeaders {
+    match m.headers() {
+        Some(h) => TraceHeaders::from_pairs(h.iter().filter_map(|h| {
+            h.value
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(|v| (h.key, v))
+        })),
+        None => TraceHeaders::default(),
     }
 }

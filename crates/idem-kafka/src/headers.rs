@@ -5,7 +5,6 @@ pub const ACTION_ID: &str = "idem-action-id";
 pub const CELL: &str = "idem-cell";
 pub const CONTENT_TYPE: &str = "content-type";
 pub const SCHEMA_VERSION: &str = "idem-schema-version";
-pub const TRACEPARENT: &str = "traceparent";
-pub const TRACESTATE: &str = "tracestate";
+pub use idem_telemetry::{TRACEPARENT, TRACESTATE};
 
 pub const JSON: &str = "application/json";

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use idem_kafka::{headers, KafkaConfig, KafkaError};
 use idem_store::Store;
+use idem_telemetry::TraceHeaders;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::postgres::PgListener;
@@ -228,32 +229,58 @@ impl Relay {
             .map(|c| self.kafka.routing.topic_for(c))
             .collect();
         self.ensure_topics(&topics).await?;
+        // One publish span per traced row, child of the enqueuing span; its context is what
+        // the message carries, so the worker's span is a child of the relay hop. Kept open
+        // until the acks are in.
+        let spans: Vec<Option<(tracing::Span, TraceHeaders)>> = rows
+            .iter()
+            .zip(&topics)
+            .map(|((_, action_id, _, _, hdrs), topic)| {
+                let parent = TraceHeaders::from_json(hdrs);
+                if parent.is_empty() {
+                    return None;
+                }
+                let span = tracing::info_span!(
+                    "idem.relay.publish",
+                    action_id = %action_id,
+                    messaging.destination = %topic,
+                    otel.kind = "producer"
+                );
+                parent.adopt_into(&span);
+                let own = TraceHeaders::of(&span);
+                Some((span, if own.is_empty() { parent } else { own }))
+            })
+            .collect();
         let out: Vec<Outgoing<'_>> = rows
             .iter()
             .zip(cells.iter().zip(&topics))
-            .map(|((seq, action_id, key, payload, hdrs), (cell, topic))| {
-                let mut h = base_headers(&action_id.to_string()).insert(Header {
-                    key: headers::CELL,
-                    value: Some(cell.as_str()),
-                });
-                for name in [headers::TRACEPARENT, headers::TRACESTATE] {
-                    if let Some(v) = hdrs[name].as_str() {
-                        h = h.insert(Header {
-                            key: name,
-                            value: Some(v),
-                        });
+            .zip(&spans)
+            .map(
+                |(((seq, action_id, key, payload, _), (cell, topic)), span)| {
+                    let mut h = base_headers(&action_id.to_string()).insert(Header {
+                        key: headers::CELL,
+                        value: Some(cell.as_str()),
+                    });
+                    if let Some((_, trace)) = span {
+                        for (name, value) in trace.iter() {
+                            h = h.insert(Header {
+                                key: name,
+                                value: Some(value),
+                            });
+                        }
                     }
-                }
-                Outgoing {
-                    seq: *seq,
-                    topic,
-                    key: key.as_str(),
-                    payload,
-                    headers: h,
-                }
-            })
+                    Outgoing {
+                        seq: *seq,
+                        topic,
+                        key: key.as_str(),
+                        payload,
+                        headers: h,
+                    }
+                },
+            )
             .collect();
         let acked = self.publish(out).await;
+        drop(spans);
         if let Some(pause) = self.config.pause_after_ack {
             tracing::warn!(
                 ?pause,

@@ -1,6 +1,7 @@
 //! Enqueue into the outbox inside the caller's own transaction.
 
 use idem_core::{ActionId, CellName, State};
+use idem_telemetry::TraceHeaders;
 use serde::Serialize;
 use sqlx::PgExecutor;
 
@@ -15,6 +16,8 @@ pub struct NewAction {
     /// Actions with the same ordering key are delivered in enqueue order (Kafka partition
     /// key). Defaults to the action id.
     pub ordering_key: Option<String>,
+    /// Trace context to continue. Empty: the current span's, captured at enqueue.
+    pub trace: TraceHeaders,
 }
 
 impl NewAction {
@@ -25,6 +28,7 @@ impl NewAction {
             cell,
             args,
             ordering_key: None,
+            trace: TraceHeaders::default(),
         }
     }
 
@@ -32,6 +36,13 @@ impl NewAction {
     /// always name the same action, so a re-planned turn cannot produce a second effect.
     pub fn from_intent(scope: &str, cell: CellName, args: serde_json::Value) -> Self {
         Self::new(ActionId::from_intent(scope, &cell, &args), cell, args)
+    }
+
+    /// Continue the trace these headers describe (e.g. an HTTP request's `traceparent`)
+    /// instead of the current span's.
+    pub fn with_trace(mut self, trace: TraceHeaders) -> Self {
+        self.trace = trace;
+        self
     }
 
     pub fn with_ordering_key(mut self, key: impl Into<String>) -> Self {
@@ -54,6 +65,7 @@ pub struct Enqueued {
 /// exactly when that transaction commits. Idempotent on the action id; the same id with
 /// other arguments is [`EnqueueError::Conflict`]. Goes through the `idem.enqueue` SQL
 /// function, so Rust and other languages share one implementation.
+#[tracing::instrument(name = "idem.enqueue", skip_all, fields(action_id = %action.action_id, cell = %action.cell))]
 pub async fn enqueue<'e, E: PgExecutor<'e>>(
     executor: E,
     action: &NewAction,
@@ -61,12 +73,19 @@ pub async fn enqueue<'e, E: PgExecutor<'e>>(
     if !action.args.is_object() {
         return Err(EnqueueError::Invalid("args must be a JSON object".into()));
     }
+    // The relay and the worker continue the trace from here (or from the caller's headers).
+    let trace = if action.trace.is_empty() {
+        TraceHeaders::current()
+    } else {
+        action.trace.clone()
+    };
     let row: Result<(uuid::Uuid, String, bool), sqlx::Error> =
-        sqlx::query_as("SELECT action_id, state, created FROM idem.enqueue($1, $2, $3, $4)")
+        sqlx::query_as("SELECT action_id, state, created FROM idem.enqueue($1, $2, $3, $4, $5)")
             .bind(action.action_id.as_uuid())
             .bind(action.cell.as_str())
             .bind(&action.args)
             .bind(action.ordering_key.as_deref())
+            .bind(trace.to_json())
             .fetch_one(executor)
             .await;
     match row {

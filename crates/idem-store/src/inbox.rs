@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use idem_core::{transition, ActionId, Event, State, TransitionError};
+use idem_telemetry::TraceHeaders;
 use serde::Serialize;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
@@ -28,6 +29,9 @@ pub struct ActionRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub settled_at: Option<DateTime<Utc>>,
+    /// Trace context of the enqueuing span, so later hops continue the agent's trace.
+    #[serde(skip_serializing_if = "TraceHeaders::is_empty")]
+    pub trace: TraceHeaders,
 }
 
 #[derive(sqlx::FromRow)]
@@ -49,12 +53,13 @@ pub(crate) struct RawRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     settled_at: Option<DateTime<Utc>>,
+    trace: Option<serde_json::Value>,
 }
 
 pub(crate) const COLUMNS: &str =
     "action_id, cell, args, ordering_key, state, attempts, key_generation, \
      lease_owner, lease_until, due_at, doubt_since, reconcile_rounds, reason, receipt, \
-     created_at, updated_at, settled_at";
+     created_at, updated_at, settled_at, trace";
 
 impl TryFrom<RawRow> for ActionRow {
     type Error = StoreError;
@@ -84,6 +89,11 @@ impl TryFrom<RawRow> for ActionRow {
             created_at: r.created_at,
             updated_at: r.updated_at,
             settled_at: r.settled_at,
+            trace: r
+                .trace
+                .as_ref()
+                .map(TraceHeaders::from_json)
+                .unwrap_or_default(),
         })
     }
 }

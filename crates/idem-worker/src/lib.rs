@@ -10,4 +10,5 @@ pub mod runtime;
 pub mod steps;
 
 pub use config::WorkerConfig;
+pub use idem_telemetry::TraceHeaders;
 pub use runtime::{Delivery, Worker, WorkerError};

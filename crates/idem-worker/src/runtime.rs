@@ -10,11 +10,13 @@ use idem_core::profile::ApprovalPolicy;
 use idem_core::{Envelope, Event, ExecOutcome, State, Verdict};
 use idem_store::queue::{self, DeadLetter};
 use idem_store::{attempts, inbox, Change, NewAttempt, Store, StoreError};
+use idem_telemetry::TraceHeaders;
 use rand::Rng;
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, Postgres, Transaction};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::steps::{self, ReconcileJob, Started};
 use crate::WorkerConfig;
@@ -24,6 +26,9 @@ use crate::WorkerConfig;
 pub struct Delivery {
     pub payload: Vec<u8>,
     pub source: serde_json::Value,
+    /// Trace context of the hop that delivered it (the relay's publish span); empty to
+    /// continue from the enqueuing span stored on the action.
+    pub trace: TraceHeaders,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -283,6 +288,7 @@ impl Worker {
             .map(|m| Delivery {
                 payload: m.payload,
                 source: serde_json::json!({ "transport": "postgres", "outbox_seq": m.seq }),
+                trace: TraceHeaders::from_json(&m.headers),
             })
             .collect();
         let (started, _) = self.receive_in(&mut tx, &deliveries).await?;
@@ -390,7 +396,10 @@ impl Worker {
                 continue;
             }
             match steps::start_attempt(row, cell, &[], Event::Start, &self.config.id, now) {
-                Ok((change, attempt, s)) => {
+                Ok((change, attempt, mut s)) => {
+                    if !d.trace.is_empty() {
+                        s.row.trace = d.trace.clone();
+                    }
                     changes.push(change);
                     new_attempts.push(attempt);
                     started.push(s);
@@ -535,6 +544,16 @@ impl Worker {
 
     /// Ask the partner and apply the verdict with a compare-and-set.
     async fn reconcile(&self, job: ReconcileJob) {
+        let span = tracing::info_span!(
+            "idem.reconcile",
+            action_id = %job.row.action_id,
+            cell = %job.row.cell,
+        );
+        job.row.trace.adopt_into(&span);
+        self.reconcile_in_span(job).instrument(span).await
+    }
+
+    async fn reconcile_in_span(&self, job: ReconcileJob) {
         let attempts = steps::cell_attempts(&job.attempts);
         let timeout = job.cell.profile().call_timeout * 2;
         let verdict = match tokio::time::timeout(
@@ -602,9 +621,18 @@ fn needs_approval(policy: &ApprovalPolicy, args: &serde_json::Value) -> bool {
 /// second fence against a cell that hangs).
 async fn execute(s: &Started) -> ExecOutcome {
     let limit = s.cell.profile().call_timeout + Duration::from_secs(1);
+    let span = tracing::info_span!(
+        "idem.execute",
+        action_id = %s.row.action_id,
+        cell = %s.row.cell,
+        attempt = s.attempt.number,
+    );
+    s.row.trace.adopt_into(&span);
     match tokio::time::timeout(
         limit,
-        s.cell.execute(s.row.action_id, &s.row.args, &s.attempt),
+        s.cell
+            .execute(s.row.action_id, &s.row.args, &s.attempt)
+            .instrument(span),
     )
     .await
     {

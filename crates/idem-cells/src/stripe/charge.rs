@@ -200,11 +200,10 @@ impl StripeCharge {
     }
 
     async fn get_json(&self, url: &str, query: &[(String, String)]) -> Result<Value, String> {
-        let resp = self
-            .auth(self.http.get(url).query(query))
-            .send()
-            .await
-            .map_err(|e| format!("lookup failed: {}", without_url(&e)))?;
+        let resp =
+            crate::http::send_traced(self.auth(self.http.get(url).query(query)), "stripe.lookup")
+                .await
+                .map_err(|e| format!("lookup failed: {}", without_url(&e)))?;
         let status = resp.status();
         let body = resp
             .bytes()
@@ -325,7 +324,7 @@ impl Cell for StripeCharge {
         if let Some(key) = &attempt.key {
             req = req.header("Idempotency-Key", key);
         }
-        let resp = match req.send().await {
+        let resp = match crate::http::send_traced(req, "stripe.create_payment_intent").await {
             Ok(r) => r,
             Err(e) if e.is_connect() => {
                 return ExecOutcome::NotProcessed {

@@ -80,6 +80,9 @@ pub struct RequestLog {
     pub status: u16,
     pub fault: Option<Fault>,
     pub replayed: bool,
+    /// The W3C `traceparent` the request carried, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone)]

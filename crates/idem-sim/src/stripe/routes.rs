@@ -112,6 +112,10 @@ async fn create_detached(sim: StripeSim, headers: HeaderMap, body: Bytes) -> Res
         status: log.0,
         fault: log.1,
         replayed: log.2,
+        traceparent: headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
     });
     let n = inner.requests.len() as u64;
     drop(inner);
