@@ -62,8 +62,8 @@ pub struct DemoArgs {
     bootstrap: Option<String>,
 }
 
-/// Where the demo's workers get actions from.
-enum Transport {
+/// Where the demo's (and the latency benchmark's) workers get actions from.
+pub(crate) enum Transport {
     Postgres,
     Kafka {
         config: idem_kafka::KafkaConfig,
@@ -74,17 +74,19 @@ enum Transport {
 }
 
 impl Transport {
-    async fn new(args: &DemoArgs) -> Result<Self> {
-        if args.transport != "kafka" {
+    /// `kind` is `postgres` or `kafka`; on Kafka, a fresh topic and group named after
+    /// `label` on `bootstrap` (or on a tansu started here).
+    pub(crate) async fn new(kind: &str, bootstrap: Option<String>, label: &str) -> Result<Self> {
+        if kind != "kafka" {
             return Ok(Self::Postgres);
         }
-        let (bootstrap, tansu) = idem_kafka::tansu::given_or_started(args.bootstrap.clone())
+        let (bootstrap, tansu) = idem_kafka::tansu::given_or_started(bootstrap)
             .await
             .map_err(anyhow::Error::msg)?;
         let tansu = tansu.map(Box::new);
         // Fresh topic and group per run: the broker may keep earlier runs' messages.
         let run = uuid::Uuid::new_v4().simple().to_string();
-        let topic = format!("idem.demo.{run}");
+        let topic = format!("idem.{label}.{run}");
         let mut config = idem_kafka::KafkaConfig::new(bootstrap);
         config.routing = idem_kafka::TopicRouting::Single(topic.clone());
         config.partitions = 6;
@@ -92,13 +94,13 @@ impl Transport {
         Ok(Self::Kafka {
             config,
             topic,
-            group: format!("idem-demo-{run}"),
+            group: format!("idem-{label}-{run}"),
             _tansu: tansu,
         })
     }
 
     /// One worker unit: on Kafka a consumer-group member plus its sweeper.
-    fn spawn(
+    pub(crate) fn spawn(
         &self,
         worker: Worker,
         stop: tokio::sync::watch::Receiver<bool>,
@@ -127,7 +129,7 @@ impl Transport {
         }
     }
 
-    fn relay(
+    pub(crate) fn relay(
         &self,
         store: &Store,
         url: &str,
@@ -263,7 +265,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
 
     // Workers (and on Kafka the relay) first, so the run overlaps enqueueing like a live
     // system.
-    let transport = Transport::new(&args).await?;
+    let transport = Transport::new(&args.transport, args.bootstrap.clone(), "demo").await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let relay = transport.relay(&store, &url, stop_rx.clone())?;
     let mut workers = vec![];

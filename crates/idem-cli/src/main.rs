@@ -184,6 +184,8 @@ enum BenchCommand {
     Relay(bench::BenchArgs),
     /// Kafka worker throughput (no-op cell) vs a naive at-least-once consumer.
     KafkaWorker(bench::WorkerBenchArgs),
+    /// End-to-end latency p50/p99, enqueue → partner call, at fixed offered loads.
+    Latency(bench::LatencyArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -336,6 +338,12 @@ async fn main() -> Result<()> {
             what: BenchCommand::KafkaWorker(args),
         } => {
             let figures = bench::kafka_worker(args).await?;
+            println!("{}", serde_json::to_string_pretty(&figures)?);
+        }
+        Command::Bench {
+            what: BenchCommand::Latency(args),
+        } => {
+            let figures = bench::latency(args).await?;
             println!("{}", serde_json::to_string_pretty(&figures)?);
         }
         Command::Demo(args) => {

@@ -38,16 +38,22 @@ fn admin_url() -> String {
             return url;
         }
         if docker_available() {
-            return start_container();
+            return start_postgres_container();
         }
         panic!("{HOW_TO}");
     })
     .clone()
 }
 
-/// Start a Postgres container once per test binary; it lives until the process exits.
-fn start_container() -> String {
-    use testcontainers_modules::postgres::Postgres;
+/// Start a container once per test binary on a thread of its own, which keeps it (and
+/// the runtime that owns it) alive until the process exits; returns what `address` makes
+/// of the started container.
+fn start_container<I, F, Fut>(image: I, address: F) -> Result<String, String>
+where
+    I: testcontainers_modules::testcontainers::Image + Send + 'static,
+    F: FnOnce(testcontainers_modules::testcontainers::ContainerAsync<I>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = (Result<String, String>, Box<dyn std::any::Any + Send>)>,
+{
     use testcontainers_modules::testcontainers::runners::AsyncRunner;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -56,17 +62,11 @@ fn start_container() -> String {
             .build()
             .expect("runtime");
         rt.block_on(async move {
-            let result = Postgres::default().start().await;
-            match result {
+            match image.start().await {
                 Ok(container) => {
-                    let port = container.get_host_port_ipv4(5432).await;
-                    let _ = tx.send(
-                        port.map(|p| {
-                            format!("postgres://postgres:postgres@127.0.0.1:{p}/postgres")
-                        })
-                        .map_err(|e| e.to_string()),
-                    );
-                    // Keep the container (and this runtime) alive for the whole test run.
+                    let (addr, _keep) = address(container).await;
+                    let _ = tx.send(addr);
+                    // Keep the container alive for the whole test run.
                     std::future::pending::<()>().await;
                 }
                 Err(e) => {
@@ -75,11 +75,34 @@ fn start_container() -> String {
             }
         });
     });
-    match rx.recv() {
-        Ok(Ok(url)) => url,
-        Ok(Err(e)) => panic!("testcontainers could not start PostgreSQL ({e}). {HOW_TO}"),
-        Err(_) => panic!("testcontainers thread died. {HOW_TO}"),
-    }
+    rx.recv()
+        .unwrap_or_else(|_| Err("testcontainers thread died".into()))
+}
+
+/// PostgreSQL in a container.
+fn start_postgres_container() -> String {
+    use testcontainers_modules::postgres::Postgres;
+    let started = start_container(Postgres::default(), |c| async move {
+        let port = c.get_host_port_ipv4(5432).await.map_err(|e| e.to_string());
+        let url = port.map(|p| format!("postgres://postgres:postgres@127.0.0.1:{p}/postgres"));
+        (url, Box::new(c) as Box<dyn std::any::Any + Send>)
+    });
+    started.unwrap_or_else(|e| panic!("testcontainers could not start PostgreSQL ({e}). {HOW_TO}"))
+}
+
+/// Apache Kafka (KRaft, native image) in a container.
+fn start_kafka_container() -> Result<String, String> {
+    use testcontainers_modules::kafka::apache::{Kafka, KAFKA_PORT};
+    start_container(Kafka::default(), |c| async move {
+        let port = c
+            .get_host_port_ipv4(KAFKA_PORT)
+            .await
+            .map_err(|e| e.to_string());
+        (
+            port.map(|p| format!("127.0.0.1:{p}")),
+            Box::new(c) as Box<dyn std::any::Any + Send>,
+        )
+    })
 }
 
 impl TestDb {
@@ -167,9 +190,10 @@ impl StripeFixture {
 /// The test secret the simulator accepts.
 pub const TEST_SECRET: &str = "sk_test_idem_testkit";
 
-/// The Kafka-protocol broker for tests: `KAFKA_BOOTSTRAP` first; else `tansu` (sqlite
-/// storage in a temporary directory) started once per test process if it is on PATH; else
-/// a panic that says what to start.
+/// The Kafka-protocol broker for tests: `KAFKA_BOOTSTRAP` first; else Apache Kafka from
+/// testcontainers where a Docker engine exists; else `tansu` (sqlite storage in a
+/// temporary directory) started once per test process if it is on PATH; else a panic that
+/// says what to start.
 pub fn kafka_bootstrap() -> String {
     static BOOTSTRAP: OnceLock<String> = OnceLock::new();
     BOOTSTRAP
@@ -177,13 +201,25 @@ pub fn kafka_bootstrap() -> String {
             if let Ok(b) = std::env::var("KAFKA_BOOTSTRAP") {
                 return b;
             }
+            let mut why = vec![];
+            if docker_available() {
+                match start_kafka_container() {
+                    Ok(b) => return b,
+                    Err(e) => why.push(format!("testcontainers: {e}")),
+                }
+            }
             match start_tansu() {
                 Ok(b) => b,
-                Err(e) => panic!(
-                    "idem's Kafka tests need a Kafka-protocol broker: set KAFKA_BOOTSTRAP=host:port, \
-                     or put tansu on PATH (`cargo install tansu --locked --features dynostore,libsql`) \
-                     so the test kit can start it ({e})"
-                ),
+                Err(e) => {
+                    why.push(format!("tansu: {e}"));
+                    panic!(
+                        "idem's Kafka tests need a Kafka-protocol broker: set KAFKA_BOOTSTRAP=host:port, \
+                         run a Docker engine so testcontainers can start Apache Kafka, or put tansu on \
+                         PATH (`cargo install tansu --locked --features dynostore,libsql`) so the test \
+                         kit can start it ({})",
+                        why.join("; ")
+                    )
+                }
             }
         })
         .clone()

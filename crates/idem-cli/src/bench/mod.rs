@@ -1,4 +1,8 @@
-//! `idem bench relay`: the relay's drain rate against baselines measured in the same run.
+//! `idem bench`: figures with the baselines they are compared to, measured in the same run.
+
+mod latency;
+
+pub use latency::{latency, LatencyArgs};
 
 use std::time::{Duration, Instant};
 
@@ -24,15 +28,40 @@ pub struct BenchArgs {
     batch: i64,
 }
 
-/// One figure, with the baseline it is compared to in the same run.
+/// One figure, with the baseline it is compared to in the same run (`null` for a curve
+/// point that has none, such as a latency at one offered load).
 #[derive(Debug, Serialize)]
 pub struct Figure {
     name: String,
     value: f64,
     unit: String,
-    baseline: String,
-    baseline_value: f64,
-    ratio: f64,
+    baseline: Option<String>,
+    baseline_value: Option<f64>,
+    ratio: Option<f64>,
+}
+
+impl Figure {
+    fn versus(name: String, value: f64, unit: &str, baseline: String, baseline_value: f64) -> Self {
+        Self {
+            name,
+            value,
+            unit: unit.into(),
+            baseline: Some(baseline),
+            baseline_value: Some(baseline_value),
+            ratio: Some(value / baseline_value),
+        }
+    }
+
+    fn alone(name: String, value: f64, unit: &str) -> Self {
+        Self {
+            name,
+            value,
+            unit: unit.into(),
+            baseline: None,
+            baseline_value: None,
+            ratio: None,
+        }
+    }
 }
 
 async fn preload(store: &Store, rows: i64) -> Result<()> {
@@ -131,25 +160,23 @@ pub async fn relay(args: BenchArgs) -> Result<Vec<Figure>> {
 
     let value = rate(args.rows, relayed);
     Ok(vec![
-        Figure {
-            name: format!("relay drain of {} outbox rows", args.rows),
+        Figure::versus(
+            format!("relay drain of {} outbox rows", args.rows),
             value,
-            unit: "rows/s".into(),
-            baseline: format!(
+            "rows/s",
+            format!(
                 "raw Postgres batched DELETE … RETURNING ({} rows a batch)",
                 args.batch
             ),
-            baseline_value: rate(args.rows, raw_pg),
-            ratio: value / rate(args.rows, raw_pg),
-        },
-        Figure {
-            name: format!("relay drain of {} outbox rows", args.rows),
+            rate(args.rows, raw_pg),
+        ),
+        Figure::versus(
+            format!("relay drain of {} outbox rows", args.rows),
             value,
-            unit: "rows/s".into(),
-            baseline: "raw rdkafka produce of the same payloads (idempotent, acks=all)".into(),
-            baseline_value: rate(args.rows, raw_kafka),
-            ratio: value / rate(args.rows, raw_kafka),
-        },
+            "rows/s",
+            "raw rdkafka produce of the same payloads (idempotent, acks=all)".into(),
+            rate(args.rows, raw_kafka),
+        ),
     ])
 }
 
@@ -258,16 +285,14 @@ pub async fn kafka_worker(args: WorkerBenchArgs) -> Result<Vec<Figure>> {
     let _ = running.await;
     let value = rate(args.actions, idem_time);
     let base = rate(args.actions, naive_time);
-    Ok(vec![Figure {
-        name: format!(
+    Ok(vec![Figure::versus(
+        format!(
             "Kafka worker throughput, no-op cell, {} actions, per-partition batch {}",
             args.actions, args.per_partition_batch
         ),
         value,
-        unit: "actions/s".into(),
-        baseline: "naive at-least-once consumer on the same topic (consume, no-op call, commit)"
-            .into(),
-        baseline_value: base,
-        ratio: value / base,
-    }])
+        "actions/s",
+        "naive at-least-once consumer on the same topic (consume, no-op call, commit)".into(),
+        base,
+    )])
 }
