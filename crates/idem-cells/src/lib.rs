@@ -12,3 +12,4 @@ pub mod stripe;
 pub use cell::{Attempt, Cell, InvalidArgs};
 pub use registry::Registry;
 pub use stripe::charge::StripeCharge;
+pub use stripe::refund::StripeRefund;

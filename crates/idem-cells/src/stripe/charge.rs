@@ -22,13 +22,10 @@ use idem_core::profile::{ApprovalPolicy, KeySupport, Lookup, ReplayModel};
 use idem_core::{ActionId, CellName, CellProfile, ExecOutcome, Receipt, RetryPolicy, Verdict};
 use serde_json::Value;
 
+use super::{classify, StripeApi, CREATED_SKEW_SECS};
 use crate::cell::{Attempt, Cell, InvalidArgs};
 
-/// Metadata key that marks a PaymentIntent with the action that made it (≤40 chars).
-pub const METADATA_KEY: &str = "idem_action_id";
-
-/// Slack for clock skew between us and Stripe when listing by creation time.
-const CREATED_SKEW_SECS: i64 = 300;
+pub use super::METADATA_KEY;
 
 /// How `reconcile` looks for the effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,26 +37,12 @@ pub enum ReconcileVia {
 }
 
 /// The `stripe.charge` cell.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct StripeCharge {
     name: CellName,
     profile: CellProfile,
-    base_url: String,
-    secret: String,
+    api: StripeApi,
     via: ReconcileVia,
-    http: reqwest::Client,
-}
-
-/// Redacts the API secret: a worker's Debug output may reach logs.
-impl std::fmt::Debug for StripeCharge {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StripeCharge")
-            .field("base_url", &self.base_url)
-            .field("secret", &"<redacted>")
-            .field("via", &self.via)
-            .field("profile", &self.profile)
-            .finish()
-    }
 }
 
 impl StripeCharge {
@@ -69,10 +52,8 @@ impl StripeCharge {
         let profile = Self::default_profile();
         Self {
             name: CellName::new("stripe.charge").expect("valid"),
-            http: crate::http::client(profile.call_timeout),
+            api: StripeApi::new(base_url, secret, profile.call_timeout),
             profile,
-            base_url: base_url.into().trim_end_matches('/').to_owned(),
-            secret: secret.into(),
             via: ReconcileVia::List,
         }
     }
@@ -105,7 +86,7 @@ impl StripeCharge {
     /// Replace the profile's timings (tests, the demo, a deployment's own measurements).
     pub fn with_profile(mut self, f: impl FnOnce(&mut CellProfile)) -> Self {
         f(&mut self.profile);
-        self.http = crate::http::client(self.profile.call_timeout);
+        self.api = self.api.with_timeout(self.profile.call_timeout);
         self
     }
 
@@ -114,10 +95,6 @@ impl StripeCharge {
         self.via = ReconcileVia::Search;
         self.profile.lookup = Lookup::Eventual { lag_bound };
         self
-    }
-
-    fn auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        rb.bearer_auth(&self.secret)
     }
 
     fn receipt(pi: &Value) -> Receipt {
@@ -147,50 +124,26 @@ impl StripeCharge {
     }
 
     async fn find_by_list(&self, action: ActionId, args: &Value, t0: i64) -> Verdict {
-        let mut starting_after: Option<String> = None;
-        for _page in 0..100 {
-            let mut q: Vec<(String, String)> = vec![
-                ("created[gte]".into(), (t0 - CREATED_SKEW_SECS).to_string()),
-                ("limit".into(), "100".into()),
-            ];
-            if let Some(c) = args["customer"].as_str() {
-                q.push(("customer".into(), c.to_owned()));
-            }
-            if let Some(s) = &starting_after {
-                q.push(("starting_after".into(), s.clone()));
-            }
-            let url = format!("{}/v1/payment_intents", self.base_url);
-            let page = match self.get_json(&url, &q).await {
-                Ok(v) => v,
-                Err(reason) => return Verdict::Unknown { reason },
-            };
-            let data = page["data"].as_array().cloned().unwrap_or_default();
-            if let Some(pi) = data
-                .iter()
-                .find(|pi| pi["metadata"][METADATA_KEY].as_str() == Some(&action.to_string()))
-            {
-                return Self::verdict_for(pi);
-            }
-            if page["has_more"].as_bool() != Some(true) || data.is_empty() {
-                return Verdict::NotHappened;
-            }
-            starting_after = data
-                .last()
-                .and_then(|pi| pi["id"].as_str())
-                .map(str::to_owned);
+        let mut q: Vec<(String, String)> =
+            vec![("created[gte]".into(), (t0 - CREATED_SKEW_SECS).to_string())];
+        if let Some(c) = args["customer"].as_str() {
+            q.push(("customer".into(), c.to_owned()));
         }
-        Verdict::Unknown {
-            reason: "too many pages of payment intents".into(),
-        }
+        let me = action.to_string();
+        self.api
+            .find_in_list("/v1/payment_intents", &q, |pi| {
+                (pi["metadata"][METADATA_KEY].as_str() == Some(me.as_str()))
+                    .then(|| Self::verdict_for(pi))
+            })
+            .await
     }
 
     async fn find_by_search(&self, action: ActionId) -> Verdict {
-        let url = format!("{}/v1/payment_intents/search", self.base_url);
         let q = vec![(
             "query".to_owned(),
             format!("metadata['{METADATA_KEY}']:'{action}'"),
         )];
-        match self.get_json(&url, &q).await {
+        match self.api.get_json("/v1/payment_intents/search", &q).await {
             Ok(v) => match v["data"].as_array().and_then(|d| d.first()) {
                 Some(pi) => Self::verdict_for(pi),
                 None => Verdict::NotHappened,
@@ -198,36 +151,6 @@ impl StripeCharge {
             Err(reason) => Verdict::Unknown { reason },
         }
     }
-
-    async fn get_json(&self, url: &str, query: &[(String, String)]) -> Result<Value, String> {
-        let resp =
-            crate::http::send_traced(self.auth(self.http.get(url).query(query)), "stripe.lookup")
-                .await
-                .map_err(|e| format!("lookup failed: {}", without_url(&e)))?;
-        let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| format!("lookup body: {}", without_url(&e)))?;
-        if !status.is_success() {
-            return Err(format!("lookup answered {status}"));
-        }
-        serde_json::from_slice(&body).map_err(|e| format!("lookup JSON: {e}"))
-    }
-}
-
-/// reqwest errors print the URL; ours carry no secrets in URLs, but keep messages short.
-fn without_url(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timeout"
-    } else if e.is_connect() {
-        "connect"
-    } else if e.is_body() || e.is_decode() {
-        "body"
-    } else {
-        "request"
-    };
-    format!("{kind} error")
 }
 
 fn arg_err(reason: impl Into<String>) -> InvalidArgs {
@@ -315,100 +238,52 @@ impl Cell for StripeCharge {
                 form.push((field, v.to_owned()));
             }
         }
-        let mut req = self
-            .auth(
-                self.http
-                    .post(format!("{}/v1/payment_intents", self.base_url)),
+        let answer = match self
+            .api
+            .post_form(
+                "/v1/payment_intents",
+                &form,
+                attempt.key.as_deref(),
+                "stripe.create_payment_intent",
             )
-            .form(&form);
-        if let Some(key) = &attempt.key {
-            req = req.header("Idempotency-Key", key);
-        }
-        let resp = match crate::http::send_traced(req, "stripe.create_payment_intent").await {
-            Ok(r) => r,
-            Err(e) if e.is_connect() => {
-                return ExecOutcome::NotProcessed {
-                    reason: "connection refused: the request never left".into(),
-                    retry_after: None,
-                }
-            }
-            Err(e) => {
-                return ExecOutcome::Ambiguous {
-                    reason: without_url(&e),
-                    replayed_error: false,
-                }
-            }
+            .await
+        {
+            Ok(a) => a,
+            Err(outcome) => return outcome,
         };
-        let status = resp.status().as_u16();
-        let replayed = resp
-            .headers()
-            .get("idempotent-replayed")
-            .is_some_and(|v| v.as_bytes() == b"true");
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body: Value = match resp.bytes().await {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or(Value::Null),
-            Err(e) => {
-                return ExecOutcome::Ambiguous {
-                    reason: format!("response lost: {}", without_url(&e)),
-                    replayed_error: false,
+        classify(&answer, |a| {
+            let body = &a.body;
+            let err = &body["error"];
+            match a.status {
+                200 => Some(match body["status"].as_str() {
+                    Some("succeeded") => ExecOutcome::Succeeded(Self::receipt(body)),
+                    Some("requires_payment_method") | Some("canceled") => ExecOutcome::Failed {
+                        reason: format!("payment intent {}", body["status"]),
+                    },
+                    other => ExecOutcome::Ambiguous {
+                        reason: format!("payment intent status {other:?}"),
+                        replayed_error: false,
+                    },
+                }),
+                400 if err["code"] == "payment_intent_unexpected_state"
+                    && err["payment_intent"]["status"] == "succeeded" =>
+                {
+                    Some(ExecOutcome::Succeeded(Self::receipt(
+                        &err["payment_intent"],
+                    )))
                 }
+                402 => Some(ExecOutcome::Failed {
+                    reason: format!(
+                        "card_error: {}",
+                        err["decline_code"]
+                            .as_str()
+                            .or(err["code"].as_str())
+                            .unwrap_or("declined")
+                    ),
+                }),
+                _ => None,
             }
-        };
-        let err = &body["error"];
-        match status {
-            200 => match body["status"].as_str() {
-                Some("succeeded") => ExecOutcome::Succeeded(Self::receipt(&body)),
-                Some("requires_payment_method") | Some("canceled") => ExecOutcome::Failed {
-                    reason: format!("payment intent {}", body["status"]),
-                },
-                other => ExecOutcome::Ambiguous {
-                    reason: format!("payment intent status {other:?}"),
-                    replayed_error: false,
-                },
-            },
-            400 if err["type"] == "idempotency_error" => ExecOutcome::Ambiguous {
-                reason: format!("idempotency_error: {}", err["message"]),
-                replayed_error: true,
-            },
-            400 if err["code"] == "payment_intent_unexpected_state"
-                && err["payment_intent"]["status"] == "succeeded" =>
-            {
-                ExecOutcome::Succeeded(Self::receipt(&err["payment_intent"]))
-            }
-            402 => ExecOutcome::Failed {
-                reason: format!(
-                    "card_error: {}",
-                    err["decline_code"]
-                        .as_str()
-                        .or(err["code"].as_str())
-                        .unwrap_or("declined")
-                ),
-            },
-            409 => ExecOutcome::Ambiguous {
-                reason: "409: the first request with this key is still in flight".into(),
-                replayed_error: false,
-            },
-            429 => ExecOutcome::NotProcessed {
-                reason: "429 rate limited (not stored by the idempotency layer)".into(),
-                retry_after,
-            },
-            s if s >= 500 => ExecOutcome::Ambiguous {
-                reason: format!("{s} {}", err["type"].as_str().unwrap_or("api_error")),
-                replayed_error: replayed,
-            },
-            s => ExecOutcome::Failed {
-                reason: format!(
-                    "{s} {}: {}",
-                    err["type"].as_str().unwrap_or("error"),
-                    err["message"].as_str().unwrap_or("")
-                ),
-            },
-        }
+        })
     }
 
     async fn reconcile(&self, action: ActionId, args: &Value, attempts: &[Attempt]) -> Verdict {

@@ -1,3 +1,227 @@
-//! Stripe cells (partners.md §2, "Stripe").
+//! Stripe cells (partners.md §2, "Stripe") and the client plumbing they share: the API
+//! secret (sent in `Authorization` only, redacted from Debug), form POSTs under an
+//! `Idempotency-Key`, the v1 response classification, and paged list lookups.
 
 pub mod charge;
+pub mod refund;
+
+use std::time::Duration;
+
+use idem_core::{ExecOutcome, Verdict};
+use serde_json::Value;
+
+/// Metadata key that marks an object with the action that made it (≤40 chars).
+pub const METADATA_KEY: &str = "idem_action_id";
+
+/// Slack for clock skew between us and Stripe when listing by creation time.
+pub(crate) const CREATED_SKEW_SECS: i64 = 300;
+
+/// Where and how to reach Stripe.
+#[derive(Clone)]
+pub(crate) struct StripeApi {
+    pub base_url: String,
+    secret: String,
+    pub http: reqwest::Client,
+}
+
+impl std::fmt::Debug for StripeApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StripeApi")
+            .field("base_url", &self.base_url)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A POST's answer, before the cell reads the success body.
+pub(crate) struct Answer {
+    pub status: u16,
+    pub replayed: bool,
+    pub retry_after: Option<Duration>,
+    pub body: Value,
+}
+
+impl StripeApi {
+    pub fn new(base_url: impl Into<String>, secret: impl Into<String>, timeout: Duration) -> Self {
+        Self {
+            base_url: base_url.into().trim_end_matches('/').to_owned(),
+            secret: secret.into(),
+            http: crate::http::client(timeout),
+        }
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.http = crate::http::client(timeout);
+        self
+    }
+
+    /// POST a form under `key`. `Err` is the outcome when no readable answer came back.
+    pub async fn post_form(
+        &self,
+        path: &str,
+        form: &[(&str, String)],
+        key: Option<&str>,
+        operation: &'static str,
+    ) -> Result<Answer, ExecOutcome> {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base_url))
+            .bearer_auth(&self.secret)
+            .form(form);
+        if let Some(key) = key {
+            req = req.header("Idempotency-Key", key);
+        }
+        let resp = match crate::http::send_traced(req, operation).await {
+            Ok(r) => r,
+            Err(e) if e.is_connect() => {
+                return Err(ExecOutcome::NotProcessed {
+                    reason: "connection refused: the request never left".into(),
+                    retry_after: None,
+                })
+            }
+            Err(e) => {
+                return Err(ExecOutcome::Ambiguous {
+                    reason: without_url(&e),
+                    replayed_error: false,
+                })
+            }
+        };
+        let status = resp.status().as_u16();
+        let replayed = resp
+            .headers()
+            .get("idempotent-replayed")
+            .is_some_and(|v| v.as_bytes() == b"true");
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_secs);
+        match resp.bytes().await {
+            Ok(b) => Ok(Answer {
+                status,
+                replayed,
+                retry_after,
+                body: serde_json::from_slice(&b).unwrap_or(Value::Null),
+            }),
+            Err(e) => Err(ExecOutcome::Ambiguous {
+                reason: format!("response lost: {}", without_url(&e)),
+                replayed_error: false,
+            }),
+        }
+    }
+
+    /// GET JSON; `Err` is a reason for an `Unknown` verdict.
+    pub async fn get_json(&self, path: &str, query: &[(String, String)]) -> Result<Value, String> {
+        let req = self
+            .http
+            .get(format!("{}{path}", self.base_url))
+            .bearer_auth(&self.secret)
+            .query(query);
+        let resp = crate::http::send_traced(req, "stripe.lookup")
+            .await
+            .map_err(|e| format!("lookup failed: {}", without_url(&e)))?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| format!("lookup body: {}", without_url(&e)))?;
+        if !status.is_success() {
+            return Err(format!("lookup answered {status}"));
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("lookup JSON: {e}"))
+    }
+
+    /// Page through a list endpoint (newest first) until `find` recognises an object:
+    /// `Some(verdict)` for it, `NotHappened` when the list ends without it.
+    pub async fn find_in_list(
+        &self,
+        path: &str,
+        filter: &[(String, String)],
+        find: impl Fn(&Value) -> Option<Verdict>,
+    ) -> Verdict {
+        let mut starting_after: Option<String> = None;
+        for _page in 0..100 {
+            let mut q = filter.to_vec();
+            q.push(("limit".into(), "100".into()));
+            if let Some(s) = &starting_after {
+                q.push(("starting_after".into(), s.clone()));
+            }
+            let page = match self.get_json(path, &q).await {
+                Ok(v) => v,
+                Err(reason) => return Verdict::Unknown { reason },
+            };
+            let data = page["data"].as_array().cloned().unwrap_or_default();
+            if let Some(v) = data.iter().find_map(&find) {
+                return v;
+            }
+            if page["has_more"].as_bool() != Some(true) || data.is_empty() {
+                return Verdict::NotHappened;
+            }
+            starting_after = data
+                .last()
+                .and_then(|o| o["id"].as_str())
+                .map(str::to_owned);
+        }
+        Verdict::Unknown {
+            reason: format!("too many pages of {path}"),
+        }
+    }
+}
+
+/// The classification every Stripe v1 POST shares (partners.md): an `idempotency_error`
+/// means replay is useless; 409 the first request is in flight; 429 was never processed;
+/// 5xx is unknown (and useless to replay when it was itself a replay); other 4xx failed.
+/// `special` answers first for the endpoint's own cases (success bodies, known 400 codes).
+pub(crate) fn classify(
+    a: &Answer,
+    special: impl FnOnce(&Answer) -> Option<ExecOutcome>,
+) -> ExecOutcome {
+    if let Some(o) = special(a) {
+        return o;
+    }
+    let err = &a.body["error"];
+    match a.status {
+        400 if err["type"] == "idempotency_error" => ExecOutcome::Ambiguous {
+            reason: format!("idempotency_error: {}", err["message"]),
+            replayed_error: true,
+        },
+        409 => ExecOutcome::Ambiguous {
+            reason: "409: the first request with this key is still in flight".into(),
+            replayed_error: false,
+        },
+        429 => ExecOutcome::NotProcessed {
+            reason: "429 rate limited (not stored by the idempotency layer)".into(),
+            retry_after: a.retry_after,
+        },
+        s if s >= 500 => ExecOutcome::Ambiguous {
+            reason: format!("{s} {}", err["type"].as_str().unwrap_or("api_error")),
+            replayed_error: a.replayed,
+        },
+        s if (200..300).contains(&s) => ExecOutcome::Ambiguous {
+            reason: format!("{s} with an unrecognised body"),
+            replayed_error: false,
+        },
+        s => ExecOutcome::Failed {
+            reason: format!(
+                "{s} {}: {}",
+                err["type"].as_str().unwrap_or("error"),
+                err["message"].as_str().unwrap_or("")
+            ),
+        },
+    }
+}
+
+/// reqwest errors print the URL; keep messages short and free of anything sensitive.
+pub(crate) fn without_url(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else if e.is_body() || e.is_decode() {
+        "body"
+    } else {
+        "request"
+    };
+    format!("{kind} error")
+}

@@ -1,9 +1,10 @@
 //! A Stripe simulator (partners.md §2 "Stripe"): PaymentIntent create+confirm, retrieve,
-//! list, search with indexing lag, and the v1 Idempotency-Key store with its real
+//! list, search with indexing lag, Refund create and list, and the v1 Idempotency-Key store with its real
 //! semantics: frozen replay (500s included) with `Idempotent-Replayed: true`, 400
 //! `idempotency_error` on a parameter or endpoint mismatch, 409 while the first request is
 //! in flight, 429 and 401 not stored, keys pruned after a retention window.
 
+mod refunds;
 mod routes;
 
 use std::collections::HashMap;
@@ -108,6 +109,7 @@ struct Intent {
 #[derive(Debug, Default)]
 struct Inner {
     intents: Vec<Intent>,
+    refunds: Vec<Value>,
     keys: HashMap<String, KeyEntry>,
     seen: HashMap<String, u64>,
     ledger: Vec<LedgerEntry>,

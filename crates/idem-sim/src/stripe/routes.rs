@@ -11,10 +11,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::{Intent, KeyEntry, KeyState, LedgerEntry, RequestLog, StripeSim};
+use super::{refunds, Intent, KeyEntry, KeyState, LedgerEntry, RequestLog, StripeSim};
 use crate::{Fault, FaultRates};
 
 const CREATE: &str = "/v1/payment_intents";
+pub(super) const REFUNDS: &str = "/v1/refunds";
 
 pub(super) fn router(sim: StripeSim) -> Router {
     Router::new()
@@ -22,6 +23,7 @@ pub(super) fn router(sim: StripeSim) -> Router {
         .route("/v1/payment_intents/search", get(search))
         .route("/v1/payment_intents/{id}", get(retrieve))
         .route("/v1/payment_intents/{id}/confirm", post(confirm))
+        .route(REFUNDS, post(create_refund).get(refunds::list))
         .route("/_sim/ledger", get(ledger))
         .route("/_sim/requests", get(requests))
         .route("/_sim/faults", post(set_faults))
@@ -29,11 +31,16 @@ pub(super) fn router(sim: StripeSim) -> Router {
         .with_state(sim)
 }
 
-fn error(status: StatusCode, body: Value) -> Response {
+pub(super) fn error(status: StatusCode, body: Value) -> Response {
     (status, Json(body)).into_response()
 }
 
-fn stripe_error(status: StatusCode, kind: &str, code: Option<&str>, message: &str) -> Value {
+pub(super) fn stripe_error(
+    status: StatusCode,
+    kind: &str,
+    code: Option<&str>,
+    message: &str,
+) -> Value {
     let mut e = json!({"type": kind, "message": message});
     if let Some(c) = code {
         e["code"] = json!(c);
@@ -42,7 +49,7 @@ fn stripe_error(status: StatusCode, kind: &str, code: Option<&str>, message: &st
     json!({ "error": e })
 }
 
-fn authorized(headers: &HeaderMap) -> bool {
+pub(super) fn authorized(headers: &HeaderMap) -> bool {
     headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -50,7 +57,7 @@ fn authorized(headers: &HeaderMap) -> bool {
         .is_some_and(|k| k.starts_with("sk_test_") && k.len() > 8)
 }
 
-fn unauthorized() -> Response {
+pub(super) fn unauthorized() -> Response {
     error(
         StatusCode::UNAUTHORIZED,
         stripe_error(
@@ -87,27 +94,74 @@ fn dropped() -> Response {
     Response::new(Body::from_stream(stream))
 }
 
-fn now_unix() -> i64 {
+pub(super) fn now_unix() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
 /// Like Stripe, the simulator finishes a request it has started even if the client hangs
 /// up (a killed worker does not cancel the charge), so the work runs in a task of its own.
 async fn create(State(sim): State<StripeSim>, headers: HeaderMap, body: Bytes) -> Response {
-    tokio::spawn(create_detached(sim, headers, body))
+    tokio::spawn(detached(sim, Post::PaymentIntent, headers, body))
         .await
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-async fn create_detached(sim: StripeSim, headers: HeaderMap, body: Bytes) -> Response {
+async fn create_refund(State(sim): State<StripeSim>, headers: HeaderMap, body: Bytes) -> Response {
+    tokio::spawn(detached(sim, Post::Refund, headers, body))
+        .await
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// The POST endpoints behind the idempotency layer.
+#[derive(Debug, Clone, Copy)]
+enum Post {
+    PaymentIntent,
+    Refund,
+}
+
+impl Post {
+    fn path(self) -> &'static str {
+        match self {
+            Post::PaymentIntent => CREATE,
+            Post::Refund => REFUNDS,
+        }
+    }
+}
+
+async fn detached(sim: StripeSim, post: Post, headers: HeaderMap, body: Bytes) -> Response {
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let (resp, log) = create_inner(&sim, &headers, key.as_deref(), &body).await;
+    let (resp, log) = match post {
+        Post::PaymentIntent => {
+            idempotent(
+                &sim,
+                CREATE,
+                &headers,
+                key.as_deref(),
+                &body,
+                validate_intent,
+                |v, key| execute_intent(&sim, v, key),
+            )
+            .await
+        }
+        Post::Refund => {
+            idempotent(
+                &sim,
+                REFUNDS,
+                &headers,
+                key.as_deref(),
+                &body,
+                |p| refunds::validate(&sim, p),
+                |v, key| refunds::execute(&sim, v, key),
+            )
+            .await
+        }
+    };
     let mut inner = sim.lock();
     inner.requests.push(RequestLog {
-        route: format!("POST {CREATE}"),
+        route: format!("POST {}", post.path()),
         idempotency_key: key.clone(),
         status: log.0,
         fault: log.1,
@@ -124,14 +178,24 @@ async fn create_detached(sim: StripeSim, headers: HeaderMap, body: Bytes) -> Res
 
 type Log = (u16, Option<Fault>, bool);
 
-async fn create_inner(
+/// A request the endpoint refused before executing anything: answered, never stored under
+/// the key (Stripe stores a result only once endpoint execution begins).
+pub(super) type Refusal = (StatusCode, Value);
+
+/// Stripe's v1 front end and idempotency layer around one POST endpoint: authentication
+/// and rate limiting first (neither stored), then the key store (replay, 409 in flight,
+/// 400 on a parameter or endpoint mismatch, pruning after `key_retention`), then the
+/// endpoint's `validate` (refusals not stored) and `execute` (stored), with the injected
+/// faults at their points.
+async fn idempotent<V>(
     sim: &StripeSim,
+    endpoint: &'static str,
     headers: &HeaderMap,
     key: Option<&str>,
     body: &[u8],
+    validate: impl FnOnce(&HashMap<String, String>) -> Result<V, Refusal>,
+    execute: impl FnOnce(V, Option<&str>) -> (u16, Value),
 ) -> (Response, Log) {
-    // The API front end: authentication and rate limiting run before the idempotency
-    // layer, so neither answer is stored under the key.
     if !authorized(headers) {
         return (unauthorized(), (401, None, false));
     }
@@ -152,7 +216,7 @@ async fn create_inner(
                         (String::new(), inner.anon)
                     }
                 };
-                config.faults.pick(config.seed, CREATE, &route_key, nth)
+                config.faults.pick(config.seed, endpoint, &route_key, nth)
             }
         }
     };
@@ -171,14 +235,7 @@ async fn create_inner(
         return (resp, (429, fault, false));
     }
     if fault == Some(Fault::Conflict409) {
-        let msg = format!("There is currently another in-progress request using this Idempotent Key (that probably means you submitted twice, and the other request is still going through): {}. Please try again later.", key.unwrap_or_default());
-        let b = stripe_error(
-            StatusCode::CONFLICT,
-            "idempotency_error",
-            Some("idempotency_key_in_use"),
-            &msg,
-        );
-        return (error(StatusCode::CONFLICT, b), (409, fault, false));
+        return (in_flight(key.unwrap_or_default()), (409, fault, false));
     }
     let mut params: Vec<(String, String)> = match serde_urlencoded::from_bytes(body) {
         Ok(p) => p,
@@ -195,7 +252,6 @@ async fn create_inner(
     params.sort();
     let canonical = serde_urlencoded::to_string(&params).unwrap_or_default();
 
-    // The idempotency layer.
     if let Some(k) = key {
         let mut inner = sim.lock();
         let expired = inner
@@ -206,8 +262,8 @@ async fn create_inner(
             inner.keys.remove(k);
         }
         match inner.keys.get(k) {
-            Some(e) if e.endpoint != CREATE => {
-                let msg = format!("Keys for idempotent requests can only be used for the same endpoint they were first used for ('{}' vs '{}'). Try using a key other than '{k}' if you meant to execute a different request.", e.endpoint, CREATE);
+            Some(e) if e.endpoint != endpoint => {
+                let msg = format!("Keys for idempotent requests can only be used for the same endpoint they were first used for ('{}' vs '{}'). Try using a key other than '{k}' if you meant to execute a different request.", e.endpoint, endpoint);
                 return (
                     error(
                         StatusCode::BAD_REQUEST,
@@ -229,21 +285,7 @@ async fn create_inner(
             Some(KeyEntry {
                 state: KeyState::InFlight,
                 ..
-            }) => {
-                let msg = format!("There is currently another in-progress request using this Idempotent Key (that probably means you submitted twice, and the other request is still going through): {k}. Please try again later.");
-                return (
-                    error(
-                        StatusCode::CONFLICT,
-                        stripe_error(
-                            StatusCode::CONFLICT,
-                            "idempotency_error",
-                            Some("idempotency_key_in_use"),
-                            &msg,
-                        ),
-                    ),
-                    (409, fault, false),
-                );
-            }
+            }) => return (in_flight(k), (409, fault, false)),
             Some(KeyEntry {
                 state: KeyState::Done { status, body },
                 ..
@@ -260,7 +302,7 @@ async fn create_inner(
                 inner.keys.insert(
                     k.to_owned(),
                     KeyEntry {
-                        endpoint: CREATE.into(),
+                        endpoint: endpoint.into(),
                         params: canonical.clone(),
                         state: KeyState::InFlight,
                         first_used: Instant::now(),
@@ -290,21 +332,12 @@ async fn create_inner(
     }
 
     let p: HashMap<String, String> = params.iter().cloned().collect();
-    let amount = p
-        .get("amount")
-        .and_then(|a| a.parse::<i64>().ok())
-        .filter(|a| *a > 0);
-    let currency = p.get("currency").filter(|c| c.len() == 3).cloned();
-    let (Some(amount), Some(currency)) = (amount, currency) else {
-        // Parameter validation fails before execution: not stored.
-        forget();
-        let b = stripe_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            Some("parameter_missing"),
-            "Missing required param: amount or currency.",
-        );
-        return (error(StatusCode::BAD_REQUEST, b), (400, fault, false));
+    let valid = match validate(&p) {
+        Ok(v) => v,
+        Err((status, b)) => {
+            forget();
+            return (error(status, b), (status.as_u16(), fault, false));
+        }
     };
 
     if fault == Some(Fault::FailBefore) {
@@ -325,63 +358,7 @@ async fn create_inner(
         );
     }
 
-    let metadata: serde_json::Map<String, Value> = params
-        .iter()
-        .filter_map(|(k, v)| {
-            k.strip_prefix("metadata[")
-                .and_then(|r| r.strip_suffix(']'))
-                .map(|mk| (mk.to_owned(), json!(v)))
-        })
-        .collect();
-    let declined = p
-        .get("payment_method")
-        .is_some_and(|pm| pm == "pm_card_chargeDeclined");
-    let confirm = p.get("confirm").is_some_and(|c| c == "true");
-    let (pi, status_code) = {
-        let mut inner = sim.lock();
-        inner.next_id += 1;
-        let id = format!("pi_sim{:018}", inner.next_id);
-        let created = now_unix();
-        let status = match (confirm, declined) {
-            (false, _) => "requires_confirmation",
-            (true, true) => "requires_payment_method",
-            (true, false) => "succeeded",
-        };
-        let pi = json!({
-            "id": id, "object": "payment_intent", "amount": amount, "amount_received": if status == "succeeded" { amount } else { 0 },
-            "currency": currency, "customer": p.get("customer"), "status": status, "created": created,
-            "payment_method": p.get("payment_method"), "description": p.get("description"),
-            "metadata": Value::Object(metadata.clone()), "livemode": false,
-        });
-        inner.intents.push(Intent {
-            body: pi.clone(),
-            visible_to_search_at: Instant::now() + config.search_lag,
-        });
-        if status == "succeeded" {
-            inner.ledger.push(LedgerEntry {
-                effect: "charge".into(),
-                id,
-                amount,
-                currency: currency.clone(),
-                idem_action_id: metadata
-                    .get("idem_action_id")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
-                idempotency_key: key.map(str::to_owned),
-                created,
-            });
-        }
-        (pi, if declined && confirm { 402 } else { 200 })
-    };
-
-    let (status, body) = if status_code == 402 {
-        (
-            402u16,
-            json!({"error": {"type": "card_error", "code": "card_declined", "decline_code": "generic_decline", "message": "Your card was declined.", "payment_intent": pi}}),
-        )
-    } else {
-        (200u16, pi)
-    };
+    let (status, body) = execute(valid, key);
     if fault == Some(Fault::FailAfter) {
         let b = stripe_error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -407,7 +384,116 @@ async fn create_inner(
     (resp, (status, fault, false))
 }
 
-fn find_intent(sim: &StripeSim, id: &str) -> Option<Value> {
+fn in_flight(key: &str) -> Response {
+    let msg = format!("There is currently another in-progress request using this Idempotent Key (that probably means you submitted twice, and the other request is still going through): {key}. Please try again later.");
+    error(
+        StatusCode::CONFLICT,
+        stripe_error(
+            StatusCode::CONFLICT,
+            "idempotency_error",
+            Some("idempotency_key_in_use"),
+            &msg,
+        ),
+    )
+}
+
+/// Metadata fields of a form body (`metadata[k]=v`).
+pub(super) fn metadata_of(p: &HashMap<String, String>) -> serde_json::Map<String, Value> {
+    p.iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix("metadata[")
+                .and_then(|r| r.strip_suffix(']'))
+                .map(|mk| (mk.to_owned(), json!(v)))
+        })
+        .collect()
+}
+
+struct IntentParams {
+    p: HashMap<String, String>,
+    amount: i64,
+    currency: String,
+}
+
+fn validate_intent(p: &HashMap<String, String>) -> Result<IntentParams, Refusal> {
+    let amount = p
+        .get("amount")
+        .and_then(|a| a.parse::<i64>().ok())
+        .filter(|a| *a > 0);
+    let currency = p.get("currency").filter(|c| c.len() == 3).cloned();
+    match (amount, currency) {
+        (Some(amount), Some(currency)) => Ok(IntentParams {
+            p: p.clone(),
+            amount,
+            currency,
+        }),
+        _ => Err((
+            StatusCode::BAD_REQUEST,
+            stripe_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("parameter_missing"),
+                "Missing required param: amount or currency.",
+            ),
+        )),
+    }
+}
+
+fn execute_intent(sim: &StripeSim, v: IntentParams, key: Option<&str>) -> (u16, Value) {
+    let IntentParams {
+        p,
+        amount,
+        currency,
+    } = v;
+    let metadata = metadata_of(&p);
+    let declined = p
+        .get("payment_method")
+        .is_some_and(|pm| pm == "pm_card_chargeDeclined");
+    let confirm = p.get("confirm").is_some_and(|c| c == "true");
+    let search_lag = sim.config_snapshot().search_lag;
+    let mut inner = sim.lock();
+    inner.next_id += 1;
+    let id = format!("pi_sim{:018}", inner.next_id);
+    let created = now_unix();
+    let status = match (confirm, declined) {
+        (false, _) => "requires_confirmation",
+        (true, true) => "requires_payment_method",
+        (true, false) => "succeeded",
+    };
+    let pi = json!({
+        "id": id, "object": "payment_intent", "amount": amount, "amount_received": if status == "succeeded" { amount } else { 0 },
+        "currency": currency, "customer": p.get("customer"), "status": status, "created": created,
+        "payment_method": p.get("payment_method"), "description": p.get("description"),
+        "metadata": Value::Object(metadata.clone()), "livemode": false,
+    });
+    inner.intents.push(Intent {
+        body: pi.clone(),
+        visible_to_search_at: Instant::now() + search_lag,
+    });
+    if status == "succeeded" {
+        inner.ledger.push(LedgerEntry {
+            effect: "charge".into(),
+            id,
+            amount,
+            currency,
+            idem_action_id: metadata
+                .get("idem_action_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            idempotency_key: key.map(str::to_owned),
+            created,
+        });
+    }
+    if declined && confirm {
+        (
+            402,
+            json!({"error": {"type": "card_error", "code": "card_declined", "decline_code": "generic_decline", "message": "Your card was declined.", "payment_intent": pi}}),
+        )
+    } else {
+        (200, pi)
+    }
+}
+
+pub(super) fn find_intent(sim: &StripeSim, id: &str) -> Option<Value> {
     sim.lock()
         .intents
         .iter()
