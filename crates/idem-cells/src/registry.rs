@@ -22,6 +22,12 @@ impl Registry {
         self
     }
 
+    /// Add a cell already behind an `Arc` (shared with other registries or tests).
+    pub fn with_arc(mut self, cell: Arc<dyn Cell>) -> Self {
+        self.cells.insert(cell.name().as_str().to_owned(), cell);
+        self
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Cell>> {
         self.cells.get(name)
     }

@@ -5,6 +5,9 @@
 //! engine exists; with neither, [`TestDb::new`] panics with a message that says what to
 //! start. Tests never skip silently.
 
+pub mod conformance;
+pub mod subjects;
+
 use std::sync::OnceLock;
 
 use idem_sim::{SimServer, StripeSim, StripeSimConfig};

@@ -11,4 +11,4 @@ pub mod steps;
 
 pub use config::WorkerConfig;
 pub use idem_telemetry::TraceHeaders;
-pub use runtime::{Delivery, Worker, WorkerError};
+pub use runtime::{Delivery, ReceiveReport, Worker, WorkerError};

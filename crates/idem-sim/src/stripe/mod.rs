@@ -153,6 +153,12 @@ impl StripeSim {
             .count()
     }
 
+    /// A succeeded PaymentIntent made outside any action (a charge to refund in tests).
+    /// Its ledger entry carries no action id.
+    pub fn create_succeeded_intent(&self, amount: i64, currency: &str) -> String {
+        routes::seed_intent(self, amount, currency)
+    }
+
     pub fn requests(&self) -> Vec<RequestLog> {
         self.lock().requests.clone()
     }

@@ -408,6 +408,20 @@ pub(super) fn metadata_of(p: &HashMap<String, String>) -> serde_json::Map<String
         .collect()
 }
 
+/// A confirmed, succeeded PaymentIntent, as if created through the API without a key.
+pub(super) fn seed_intent(sim: &StripeSim, amount: i64, currency: &str) -> String {
+    let p: HashMap<String, String> = [
+        ("amount".to_owned(), amount.to_string()),
+        ("currency".to_owned(), currency.to_owned()),
+        ("confirm".to_owned(), "true".to_owned()),
+    ]
+    .into_iter()
+    .collect();
+    let v = validate_intent(&p).expect("valid seed parameters");
+    let (_, pi) = execute_intent(sim, v, None);
+    pi["id"].as_str().unwrap_or_default().to_owned()
+}
+
 struct IntentParams {
     p: HashMap<String, String>,
     amount: i64,

@@ -1,0 +1,156 @@
+//! The conformance subjects for idem's own cells: each cell with its simulator.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use idem_cells::{Cell, StripeCharge, StripeRefund};
+use idem_core::{ActionId, CellProfile};
+use idem_sim::{Fault, StripeSimConfig};
+use serde_json::{json, Value};
+
+use crate::conformance::Subject;
+use crate::{StripeFixture, TEST_SECRET};
+
+fn stripe_requests(f: &StripeFixture, route: &str) -> usize {
+    f.sim.requests().iter().filter(|r| r.route == route).count()
+}
+
+/// `stripe.charge`, reconciling by list (no lag) or, with `search`, by Search.
+#[derive(Debug)]
+pub struct StripeChargeSubject {
+    pub stripe: StripeFixture,
+    search: bool,
+}
+
+impl StripeChargeSubject {
+    pub async fn start() -> Self {
+        Self {
+            stripe: StripeFixture::start(StripeSimConfig::default()).await,
+            search: false,
+        }
+    }
+
+    /// Reconciling through Search, whose index lags (bound: 2 s).
+    pub async fn start_with_search() -> Self {
+        Self {
+            stripe: StripeFixture::start(StripeSimConfig::default()).await,
+            search: true,
+        }
+    }
+}
+
+#[async_trait]
+impl Subject for StripeChargeSubject {
+    fn cell(&self, profile: &dyn Fn(&mut CellProfile)) -> Arc<dyn Cell> {
+        let c = StripeCharge::new(self.stripe.base_url(), TEST_SECRET);
+        let c = if self.search {
+            c.reconcile_via_search(Duration::from_secs(2))
+        } else {
+            c
+        };
+        Arc::new(c.with_profile(profile))
+    }
+
+    async fn args(&self, n: usize) -> Value {
+        json!({"amount": 1000 + n as i64, "currency": "usd", "customer": "cus_conformance"})
+    }
+
+    fn malformed(&self) -> Vec<Value> {
+        vec![
+            json!({"currency": "usd"}),
+            json!({"amount": -5, "currency": "usd"}),
+            json!({"amount": 5, "currency": "US Dollars"}),
+            json!({"amount": 5, "currency": "usd", "amont": 5}),
+        ]
+    }
+
+    fn effects_for(&self, action: ActionId) -> usize {
+        self.stripe.sim.effects_for(&action.to_string())
+    }
+
+    fn effect_requests(&self) -> usize {
+        stripe_requests(&self.stripe, "POST /v1/payment_intents")
+    }
+
+    fn script(&self, faults: Vec<Fault>) {
+        self.stripe.sim.script(faults);
+    }
+
+    fn set_lookup_lag(&self, lag: Duration) -> bool {
+        self.stripe.sim.update_config(|c| c.search_lag = lag);
+        self.search
+    }
+
+    fn set_key_retention(&self, retention: Duration) {
+        self.stripe
+            .sim
+            .update_config(|c| c.key_retention = retention);
+    }
+
+    fn may_need_human(&self) -> bool {
+        false
+    }
+}
+
+/// `stripe.refund` against charges made in the simulator beforehand.
+#[derive(Debug)]
+pub struct StripeRefundSubject {
+    pub stripe: StripeFixture,
+}
+
+impl StripeRefundSubject {
+    pub async fn start() -> Self {
+        Self {
+            stripe: StripeFixture::start(StripeSimConfig::default()).await,
+        }
+    }
+}
+
+#[async_trait]
+impl Subject for StripeRefundSubject {
+    fn cell(&self, profile: &dyn Fn(&mut CellProfile)) -> Arc<dyn Cell> {
+        Arc::new(StripeRefund::new(self.stripe.base_url(), TEST_SECRET).with_profile(profile))
+    }
+
+    async fn args(&self, n: usize) -> Value {
+        let pi = self.stripe.sim.create_succeeded_intent(5000, "usd");
+        json!({"payment_intent": pi, "amount": 1000 + n as i64, "reason": "requested_by_customer"})
+    }
+
+    fn malformed(&self) -> Vec<Value> {
+        vec![
+            json!({}),
+            json!({"payment_intent": "ch_123"}),
+            json!({"payment_intent": "pi_123", "amount": 0}),
+            json!({"payment_intent": "pi_123", "reason": "bored"}),
+        ]
+    }
+
+    fn effects_for(&self, action: ActionId) -> usize {
+        self.stripe.sim.effects_for(&action.to_string())
+    }
+
+    fn effect_requests(&self) -> usize {
+        stripe_requests(&self.stripe, "POST /v1/refunds")
+    }
+
+    fn script(&self, faults: Vec<Fault>) {
+        self.stripe.sim.script(faults);
+    }
+
+    fn set_lookup_lag(&self, _: Duration) -> bool {
+        // Refunds are listed, never searched: the list reads its writes.
+        false
+    }
+
+    fn set_key_retention(&self, retention: Duration) {
+        self.stripe
+            .sim
+            .update_config(|c| c.key_retention = retention);
+    }
+
+    fn may_need_human(&self) -> bool {
+        false
+    }
+}
