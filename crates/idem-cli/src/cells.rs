@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use clap::Args;
-use idem_cells::{Registry, StripeCharge};
+use idem_cells::{Registry, StripeCharge, StripeRefund};
+use idem_core::CellProfile;
+use serde::Serialize;
 
 #[derive(Args, Debug, Clone)]
 pub struct CellArgs {
@@ -47,21 +49,96 @@ impl Default for CellArgs {
 }
 
 impl CellArgs {
-    pub fn registry(&self) -> Registry {
-        let stripe = StripeCharge::new(&self.stripe_base, &self.stripe_secret).with_profile(|p| {
-            if let Some(ms) = self.stripe_call_timeout_ms {
-                p.call_timeout = Duration::from_millis(ms);
-            }
-            if let Some(ms) = self.stripe_settle_ms {
-                p.settle_time = Duration::from_millis(ms);
-            }
-            if let (Some(ms), Some(k)) = (self.stripe_key_retention_ms, p.key.as_mut()) {
-                k.retention = Duration::from_millis(ms);
-                k.safety_margin = k.retention / 10;
-            }
-        });
-        Registry::new().with(stripe)
+    /// The `--stripe-*` overrides, applied to both Stripe cells.
+    fn stripe_profile(&self, p: &mut CellProfile) {
+        if let Some(ms) = self.stripe_call_timeout_ms {
+            p.call_timeout = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.stripe_settle_ms {
+            p.settle_time = Duration::from_millis(ms);
+        }
+        if let (Some(ms), Some(k)) = (self.stripe_key_retention_ms, p.key.as_mut()) {
+            k.retention = Duration::from_millis(ms);
+            k.safety_margin = k.retention / 10;
+        }
     }
+
+    pub fn registry(&self) -> Registry {
+        Registry::new()
+            .with(
+                StripeCharge::new(&self.stripe_base, &self.stripe_secret)
+                    .with_profile(|p| self.stripe_profile(p)),
+            )
+            .with(
+                StripeRefund::new(&self.stripe_base, &self.stripe_secret)
+                    .with_profile(|p| self.stripe_profile(p)),
+            )
+    }
+}
+
+/// One row of `idem cells`.
+#[derive(Debug, Serialize)]
+pub struct CellInfo {
+    pub name: String,
+    /// Where the cell's failure-mode analysis lives.
+    pub card: String,
+    pub profile: CellProfile,
+}
+
+/// Every cell this binary runs, with its profile.
+pub fn grid(r: &Registry) -> Vec<CellInfo> {
+    r.iter()
+        .map(|c| CellInfo {
+            name: c.name().to_string(),
+            card: format!("docs/cells/{}.md", c.name()),
+            profile: c.profile().clone(),
+        })
+        .collect()
+}
+
+/// The grid as a table: the three questions and the strategy.
+pub fn table(cells: &[CellInfo]) -> String {
+    use idem_core::profile::{ApprovalPolicy, Lookup};
+    let mut out = format!(
+        "{:<16} {:<34} {:<22} {:<22} strategy\n",
+        "cell", "key?", "lookup?", "human?"
+    );
+    for c in cells {
+        let p = &c.profile;
+        let key = match &p.key {
+            Some(k) => format!(
+                "{} ({} h, replay {} h)",
+                k.field,
+                k.retention.as_secs() / 3600,
+                k.replay_window().as_secs() / 3600
+            ),
+            None => "none".into(),
+        };
+        let lookup = match &p.lookup {
+            Lookup::None => "none".to_owned(),
+            Lookup::Strong => "strong".to_owned(),
+            Lookup::Eventual { lag_bound } => format!("eventual (≤{} s)", lag_bound.as_secs()),
+        };
+        let human = match (&p.lookup, &p.approval) {
+            (_, ApprovalPolicy::Always) => "approval always".to_owned(),
+            (
+                _,
+                ApprovalPolicy::Above {
+                    argument,
+                    threshold,
+                },
+            ) => {
+                format!("approval {argument} ≥ {threshold}")
+            }
+            (Lookup::None, _) if p.key.is_none() => "on any ambiguity".to_owned(),
+            _ => format!("past {} h in doubt", p.doubt_horizon.as_secs() / 3600),
+        };
+        out.push_str(&format!(
+            "{:<16} {:<34} {:<22} {:<22} {}\n",
+            c.name, key, lookup, human, p.strategy
+        ));
+    }
+    out
 }
 
 pub fn names(r: &Registry) -> String {
@@ -69,4 +146,25 @@ pub fn names(r: &Registry) -> String {
         .map(|c| c.name().to_string())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_cell_has_a_card_answering_the_three_questions() {
+        let grid = grid(&CellArgs::default().registry());
+        assert!(grid.len() >= 2);
+        for c in &grid {
+            let path = format!("{}/../../{}", env!("CARGO_MANIFEST_DIR"), c.card);
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: no card at {path}: {e}", c.name));
+            for q in ["key?", "lookup?", "human?", "## Failure modes", "Sources"] {
+                assert!(text.contains(q), "{}: card lacks {q:?}", c.name);
+            }
+        }
+        let t = table(&grid);
+        assert!(t.contains("stripe.refund") && t.contains("strong"), "{t}");
+    }
 }

@@ -59,6 +59,15 @@ enum Command {
     },
     /// The main job: run N actions through faulty partners and count effects.
     Demo(demo::DemoArgs),
+    /// List every cell this binary runs: the three questions (key? lookup? human?), the
+    /// strategy and where its card is.
+    Cells {
+        /// Print JSON (name, card, full profile) instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        cells: cells::CellArgs,
+    },
     /// Benchmarks with baselines measured in the same run; prints JSON.
     Bench {
         #[command(subcommand)]
@@ -293,6 +302,14 @@ async fn main() -> Result<()> {
                 "attempts": attempts.get(&action_id).cloned().unwrap_or_default(),
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Command::Cells { json, cells } => {
+            let grid = cells::grid(&cells.registry());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&grid)?);
+            } else {
+                print!("{}", cells::table(&grid));
+            }
         }
         Command::Sim { partner } => match partner {
             SimCommand::Stripe {
