@@ -1,13 +1,14 @@
-//! `idem demo`: N charges through a faulty Stripe simulator on the direct Postgres
-//! transport, with a worker killed mid-flight; then the partner's ledger is compared with
-//! idem's receipts.
+//! `idem demo`: N actions (charges, and refunds of earlier charges) through a faulty
+//! Stripe simulator on the direct Postgres or the Kafka transport, with a worker killed
+//! mid-flight; then the partner's ledger is compared with idem's receipts, cell by cell.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use idem_cells::{Registry, StripeCharge};
+use idem_cells::{Registry, StripeCharge, StripeRefund};
+use idem_core::CellProfile;
 use idem_core::{CellName, RetryPolicy};
 use idem_sim::{FaultRates, SimServer, StripeSim, StripeSimConfig};
 use idem_store::{enqueue, NewAction, Store, DEFAULT_DATABASE_URL};
@@ -239,20 +240,21 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         ..StripeSimConfig::default()
     });
     let server = SimServer::start(sim.router(), ([127, 0, 0, 1], 0).into()).await?;
+    // Demo timings: a lost response is noticed in 1 s, a lease lasts 3 s.
+    let timings = |p: &mut CellProfile| {
+        p.call_timeout = Duration::from_millis(1000);
+        p.settle_time = Duration::from_millis(500);
+        p.retry = RetryPolicy {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+            max_attempts: 8,
+            jitter: 0.5,
+        };
+    };
     let registry = || {
-        Registry::new().with(
-            StripeCharge::new(server.base_url(), "sk_test_idem_demo").with_profile(|p| {
-                // Demo timings: a lost response is noticed in 1 s, a lease lasts 3 s.
-                p.call_timeout = Duration::from_millis(1000);
-                p.settle_time = Duration::from_millis(500);
-                p.retry = RetryPolicy {
-                    base: Duration::from_millis(100),
-                    max: Duration::from_secs(2),
-                    max_attempts: 8,
-                    jitter: 0.5,
-                };
-            }),
-        )
+        Registry::new()
+            .with(StripeCharge::new(server.base_url(), "sk_test_idem_demo").with_profile(timings))
+            .with(StripeRefund::new(server.base_url(), "sk_test_idem_demo").with_profile(timings))
     };
     let worker_config = |i: usize| WorkerConfig {
         id: format!("demo-worker-{i}"),
@@ -276,7 +278,8 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
 
     // Agents: each action inside an application transaction, in groups; some enqueued
     // twice (a retried tool call), some re-planned from the same intent.
-    let cell = CellName::new("stripe.charge")?;
+    let charge = CellName::new("stripe.charge")?;
+    let refund = CellName::new("stripe.refund")?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let mut ids = vec![];
     let mut calls = 0;
@@ -284,14 +287,33 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
     for chunk in (0..args.actions).collect::<Vec<_>>().chunks(50) {
         let mut tx = store.pool().begin().await?;
         for &i in chunk {
-            let declined = rng.gen_bool(0.03);
-            let args_json = serde_json::json!({
-                "amount": rng.gen_range(100..100_000),
-                "currency": "usd",
-                "customer": format!("cus_demo{:03}", i % 100),
-                "description": format!("demo order {i}"),
-                "payment_method": if declined { "pm_card_chargeDeclined" } else { "pm_card_visa" },
-            });
+            // Every fifth action refunds a charge made earlier (outside idem); 5% of those
+            // ask for more than is left, which Stripe refuses: a definitive failure.
+            let (cell, args_json) = if i % 5 == 4 {
+                let charged = rng.gen_range(1_000..100_000);
+                let pi = sim.create_succeeded_intent(charged, "usd");
+                let amount = if rng.gen_bool(0.05) {
+                    charged + 1
+                } else {
+                    charged / 2
+                };
+                (
+                    refund.clone(),
+                    serde_json::json!({"payment_intent": pi, "amount": amount, "reason": "requested_by_customer"}),
+                )
+            } else {
+                let declined = rng.gen_bool(0.03);
+                (
+                    charge.clone(),
+                    serde_json::json!({
+                        "amount": rng.gen_range(100..100_000),
+                        "currency": "usd",
+                        "customer": format!("cus_demo{:03}", i % 100),
+                        "description": format!("demo order {i}"),
+                        "payment_method": if declined { "pm_card_chargeDeclined" } else { "pm_card_visa" },
+                    }),
+                )
+            };
             let action =
                 NewAction::from_intent(&format!("agent-turn-{i}"), cell.clone(), args_json.clone());
             calls += 1;
