@@ -3,7 +3,7 @@
 //! failure names both.
 
 use idem_testkit::conformance as c;
-use idem_testkit::subjects::{StripeChargeSubject, StripeRefundSubject};
+use idem_testkit::subjects::{HubSpotSubject, StripeChargeSubject, StripeRefundSubject};
 
 macro_rules! suite {
     ($cell:ident, $subject:expr) => {
@@ -60,3 +60,4 @@ suite!(
     StripeChargeSubject::start_with_search().await
 );
 suite!(stripe_refund, StripeRefundSubject::start().await);
+suite!(hubspot_upsert, HubSpotSubject::start().await);

@@ -5,11 +5,13 @@
 
 pub mod cell;
 pub mod http;
+pub mod hubspot;
 pub mod noop;
 pub mod registry;
 pub mod stripe;
 
 pub use cell::{Attempt, Cell, InvalidArgs};
+pub use hubspot::HubSpotUpsert;
 pub use registry::Registry;
 pub use stripe::charge::StripeCharge;
 pub use stripe::refund::StripeRefund;

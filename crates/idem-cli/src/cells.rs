@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use idem_cells::{Registry, StripeCharge, StripeRefund};
+use idem_cells::{HubSpotUpsert, Registry, StripeCharge, StripeRefund};
 use idem_core::CellProfile;
 use serde::Serialize;
 
@@ -34,6 +34,22 @@ pub struct CellArgs {
     /// Override the key retention the cell assumes (ms).
     #[arg(long)]
     pub stripe_key_retention_ms: Option<u64>,
+    /// HubSpot API base (HubSpot itself, or `idem sim hubspot`).
+    #[arg(
+        long,
+        env = "IDEM_HUBSPOT_BASE",
+        default_value = "http://127.0.0.1:12112"
+    )]
+    pub hubspot_base: String,
+    /// HubSpot private-app access token; sent only in the Authorization header.
+    #[arg(
+        long,
+        env = "HUBSPOT_ACCESS_TOKEN",
+        default_value = "pat-idem-simulator",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub hubspot_token: String,
 }
 
 impl Default for CellArgs {
@@ -44,6 +60,8 @@ impl Default for CellArgs {
             stripe_call_timeout_ms: None,
             stripe_settle_ms: None,
             stripe_key_retention_ms: None,
+            hubspot_base: "http://127.0.0.1:12112".into(),
+            hubspot_token: "pat-idem-simulator".into(),
         }
     }
 }
@@ -73,6 +91,7 @@ impl CellArgs {
                 StripeRefund::new(&self.stripe_base, &self.stripe_secret)
                     .with_profile(|p| self.stripe_profile(p)),
             )
+            .with(HubSpotUpsert::new(&self.hubspot_base, &self.hubspot_token))
     }
 }
 

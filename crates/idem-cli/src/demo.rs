@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use idem_cells::{Registry, StripeCharge, StripeRefund};
+use idem_cells::{HubSpotUpsert, Registry, StripeCharge, StripeRefund};
 use idem_core::CellProfile;
 use idem_core::{CellName, RetryPolicy};
-use idem_sim::{FaultRates, SimServer, StripeSim, StripeSimConfig};
+use idem_sim::{FaultRates, HubSpotSim, SimServer, StripeSim, StripeSimConfig};
 use idem_store::{enqueue, NewAction, Store, DEFAULT_DATABASE_URL};
 use idem_worker::{Worker, WorkerConfig};
 use rand::{Rng, SeedableRng};
@@ -240,6 +240,8 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         ..StripeSimConfig::default()
     });
     let server = SimServer::start(sim.router(), ([127, 0, 0, 1], 0).into()).await?;
+    let hubspot = HubSpotSim::new(args.seed, faults);
+    let hubspot_server = SimServer::start(hubspot.router(), ([127, 0, 0, 1], 0).into()).await?;
     // Demo timings: a lost response is noticed in 1 s, a lease lasts 3 s.
     let timings = |p: &mut CellProfile| {
         p.call_timeout = Duration::from_millis(1000);
@@ -255,6 +257,10 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         Registry::new()
             .with(StripeCharge::new(server.base_url(), "sk_test_idem_demo").with_profile(timings))
             .with(StripeRefund::new(server.base_url(), "sk_test_idem_demo").with_profile(timings))
+            .with(
+                HubSpotUpsert::new(hubspot_server.base_url(), "pat-idem-demo")
+                    .with_profile(timings),
+            )
     };
     let worker_config = |i: usize| WorkerConfig {
         id: format!("demo-worker-{i}"),
@@ -280,6 +286,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
     // twice (a retried tool call), some re-planned from the same intent.
     let charge = CellName::new("stripe.charge")?;
     let refund = CellName::new("stripe.refund")?;
+    let upsert = CellName::new("hubspot.upsert")?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let mut ids = vec![];
     let mut calls = 0;
@@ -289,7 +296,16 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         for &i in chunk {
             // Every fifth action refunds a charge made earlier (outside idem); 5% of those
             // ask for more than is left, which Stripe refuses: a definitive failure.
-            let (cell, args_json) = if i % 5 == 4 {
+            let (cell, args_json) = if i % 5 == 3 {
+                // A CRM upsert: naturally idempotent by the contact's email.
+                (
+                    upsert.clone(),
+                    serde_json::json!({
+                        "id": format!("customer{i}@demo.example"),
+                        "properties": {"firstname": format!("Customer {i}"), "lifecyclestage": "customer"},
+                    }),
+                )
+            } else if i % 5 == 4 {
                 let charged = rng.gen_range(1_000..100_000);
                 let pi = sim.create_succeeded_intent(charged, "usd");
                 let amount = if rng.gen_bool(0.05) {
@@ -384,9 +400,22 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         let _ = r.await;
     }
 
+    // Every partner's ledger, as (action, partner object id).
+    let ledger: Vec<(Option<String>, String)> = sim
+        .ledger()
+        .into_iter()
+        .map(|e| (e.idem_action_id, e.id))
+        .chain(
+            hubspot
+                .core
+                .ledger()
+                .into_iter()
+                .map(|e| (e.idem_action_id, e.id)),
+        )
+        .collect();
     let mut report = check(
         &store,
-        &sim,
+        &ledger,
         ids.len(),
         calls,
         suppressed,
@@ -403,6 +432,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         print_table(&report);
     }
     drop(server);
+    drop(hubspot_server);
     Ok(ok)
 }
 
@@ -419,7 +449,7 @@ type ActionSummary = (
 #[allow(clippy::too_many_arguments)]
 async fn check(
     store: &Store,
-    sim: &StripeSim,
+    ledger: &[(Option<String>, String)],
     actions: usize,
     calls: usize,
     suppressed: usize,
@@ -440,12 +470,11 @@ async fn check(
     .fetch_all(store.pool())
     .await?;
     let mut effects_by_action: HashMap<String, Vec<String>> = HashMap::new();
-    let ledger = sim.ledger();
-    for e in &ledger {
+    for (action, id) in ledger {
         effects_by_action
-            .entry(e.idem_action_id.clone().unwrap_or_default())
+            .entry(action.clone().unwrap_or_default())
             .or_default()
-            .push(e.id.clone());
+            .push(id.clone());
     }
     let mut cells: HashMap<String, CellReport> = HashMap::new();
     let mut latencies: HashMap<String, Vec<u64>> = HashMap::new();

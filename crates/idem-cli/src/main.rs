@@ -203,23 +203,8 @@ enum SimCommand {
     Stripe {
         #[arg(long, default_value = "127.0.0.1:12111")]
         listen: SocketAddr,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Probability of a lost response after the effect.
-        #[arg(long, default_value_t = 0.0)]
-        drop_after_effect: f64,
-        /// Probability of a 500 before the effect.
-        #[arg(long, default_value_t = 0.0)]
-        fail_before: f64,
-        /// Probability of a 500 after the effect.
-        #[arg(long, default_value_t = 0.0)]
-        fail_after: f64,
-        /// Probability of a 429.
-        #[arg(long, default_value_t = 0.0)]
-        rate_limit: f64,
-        /// Probability of a 409 "key in flight".
-        #[arg(long, default_value_t = 0.0)]
-        conflict_409: f64,
+        #[command(flatten)]
+        faults: FaultArgs,
         /// Key retention in seconds (Stripe: 24 h).
         #[arg(long, default_value_t = 86_400.0)]
         key_retention_secs: f64,
@@ -227,6 +212,49 @@ enum SimCommand {
         #[arg(long, default_value_t = 0.0)]
         search_lag_secs: f64,
     },
+    /// The HubSpot CRM simulator (batch upsert by unique property, read; ledger at
+    /// /_sim/ledger).
+    Hubspot {
+        #[arg(long, default_value = "127.0.0.1:12112")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        faults: FaultArgs,
+    },
+}
+
+/// Seed and fault rates of a simulator.
+#[derive(Args, Debug, Clone)]
+struct FaultArgs {
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Probability of a lost response after the effect.
+    #[arg(long, default_value_t = 0.0)]
+    drop_after_effect: f64,
+    /// Probability of a 500 before the effect.
+    #[arg(long, default_value_t = 0.0)]
+    fail_before: f64,
+    /// Probability of a 500 after the effect.
+    #[arg(long, default_value_t = 0.0)]
+    fail_after: f64,
+    /// Probability of a 429.
+    #[arg(long, default_value_t = 0.0)]
+    rate_limit: f64,
+    /// Probability of a 409 (key or object busy).
+    #[arg(long, default_value_t = 0.0)]
+    conflict_409: f64,
+}
+
+impl FaultArgs {
+    fn rates(&self) -> idem_sim::FaultRates {
+        idem_sim::FaultRates {
+            drop_after_effect: self.drop_after_effect,
+            fail_before: self.fail_before,
+            fail_after: self.fail_after,
+            rate_limit: self.rate_limit,
+            conflict_409: self.conflict_409,
+            ..Default::default()
+        }
+    }
 }
 
 #[tokio::main]
@@ -314,32 +342,29 @@ async fn main() -> Result<()> {
         Command::Sim { partner } => match partner {
             SimCommand::Stripe {
                 listen,
-                seed,
-                drop_after_effect,
-                fail_before,
-                fail_after,
-                rate_limit,
-                conflict_409,
+                faults,
                 key_retention_secs,
                 search_lag_secs,
             } => {
                 let sim = idem_sim::StripeSim::new(idem_sim::StripeSimConfig {
-                    seed,
+                    seed: faults.seed,
                     key_retention: Duration::from_secs_f64(key_retention_secs),
                     search_lag: Duration::from_secs_f64(search_lag_secs),
-                    faults: idem_sim::FaultRates {
-                        drop_after_effect,
-                        fail_before,
-                        fail_after,
-                        rate_limit,
-                        conflict_409,
-                        ..Default::default()
-                    },
+                    faults: faults.rates(),
                     ..Default::default()
                 });
                 let server = idem_sim::SimServer::start(sim.router(), listen).await?;
                 eprintln!(
                     "stripe simulator on {} (ledger: /_sim/ledger)",
+                    server.base_url()
+                );
+                tokio::signal::ctrl_c().await?;
+            }
+            SimCommand::Hubspot { listen, faults } => {
+                let sim = idem_sim::HubSpotSim::new(faults.seed, faults.rates());
+                let server = idem_sim::SimServer::start(sim.router(), listen).await?;
+                eprintln!(
+                    "hubspot simulator on {} (ledger: /_sim/ledger)",
                     server.base_url()
                 );
                 tokio::signal::ctrl_c().await?;

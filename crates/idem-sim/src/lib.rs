@@ -4,9 +4,13 @@
 //! deterministically from a seed. Tests count effects here, from the partner's side.
 
 pub mod fault;
+pub mod hubspot;
+pub mod partner;
 pub mod server;
 pub mod stripe;
 
 pub use fault::{Fault, FaultRates};
+pub use hubspot::HubSpotSim;
+pub use partner::{Effect, PartnerCore};
 pub use server::SimServer;
 pub use stripe::{LedgerEntry, StripeSim, StripeSimConfig};

@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use idem_cells::{Cell, StripeCharge, StripeRefund};
+use idem_cells::{Cell, HubSpotUpsert, StripeCharge, StripeRefund};
 use idem_core::{ActionId, CellProfile};
-use idem_sim::{Fault, StripeSimConfig};
+use idem_sim::{Fault, FaultRates, HubSpotSim, SimServer, StripeSimConfig};
 use serde_json::{json, Value};
 
 use crate::conformance::Subject;
@@ -148,6 +148,76 @@ impl Subject for StripeRefundSubject {
         self.stripe
             .sim
             .update_config(|c| c.key_retention = retention);
+    }
+
+    fn may_need_human(&self) -> bool {
+        false
+    }
+}
+
+/// `hubspot.upsert` against the HubSpot simulator.
+#[derive(Debug)]
+pub struct HubSpotSubject {
+    pub sim: HubSpotSim,
+    pub server: SimServer,
+}
+
+/// The access token the HubSpot simulator accepts in tests.
+pub const HUBSPOT_TEST_TOKEN: &str = "pat-idem-testkit";
+
+impl HubSpotSubject {
+    pub async fn start() -> Self {
+        let sim = HubSpotSim::new(1, FaultRates::default());
+        let server = SimServer::start(sim.router(), ([127, 0, 0, 1], 0).into())
+            .await
+            .expect("bind a local port for the simulator");
+        Self { sim, server }
+    }
+}
+
+#[async_trait]
+impl Subject for HubSpotSubject {
+    fn cell(&self, profile: &dyn Fn(&mut CellProfile)) -> Arc<dyn Cell> {
+        Arc::new(
+            HubSpotUpsert::new(self.server.base_url(), HUBSPOT_TEST_TOKEN).with_profile(profile),
+        )
+    }
+
+    async fn args(&self, n: usize) -> Value {
+        json!({
+            "id": format!("agent{n}-{}@example.com", uuid::Uuid::new_v4().simple()),
+            "properties": {"firstname": "Ada", "lifecyclestage": "lead", "score": n},
+        })
+    }
+
+    fn malformed(&self) -> Vec<Value> {
+        vec![
+            json!({"properties": {"firstname": "Ada"}}),
+            json!({"id": "a@example.com"}),
+            json!({"id": "a@example.com", "properties": {"tags": ["x"]}}),
+            json!({"id": "a@example.com", "properties": {}, "object_type": "../deals"}),
+        ]
+    }
+
+    fn effects_for(&self, action: ActionId) -> usize {
+        self.sim.core.effects_for(&action.to_string())
+    }
+
+    fn effect_requests(&self) -> usize {
+        self.sim.upsert_requests()
+    }
+
+    fn script(&self, faults: Vec<Fault>) {
+        self.sim.core.script(faults);
+    }
+
+    fn set_lookup_lag(&self, _: Duration) -> bool {
+        // Reads by unique property see every write at once.
+        false
+    }
+
+    fn set_key_retention(&self, _: Duration) {
+        // A natural key never expires at the partner.
     }
 
     fn may_need_human(&self) -> bool {

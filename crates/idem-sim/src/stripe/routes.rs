@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::{refunds, Intent, KeyEntry, KeyState, LedgerEntry, RequestLog, StripeSim};
+use crate::partner::dropped;
 use crate::{Fault, FaultRates};
 
 const CREATE: &str = "/v1/payment_intents";
@@ -81,17 +82,6 @@ fn with_headers(mut resp: Response, key: Option<&str>, replayed: bool, n: u64) -
         h.insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     resp
-}
-
-/// A response whose connection is cut before the body arrives: the client sees a reset.
-fn dropped() -> Response {
-    let stream = futures::stream::once(async {
-        Err::<Bytes, std::io::Error>(std::io::Error::new(
-            std::io::ErrorKind::ConnectionReset,
-            "simulated lost response",
-        ))
-    });
-    Response::new(Body::from_stream(stream))
 }
 
 pub(super) fn now_unix() -> i64 {
