@@ -46,6 +46,7 @@ fn worker(store: &Store, cells: Registry, id: &str) -> Worker {
             poll_interval: Duration::from_millis(50),
             sweep_interval: Duration::from_millis(50),
             claim_outbox: true,
+            approval_ttl: Duration::from_secs(3600),
         },
     )
 }

@@ -54,6 +54,7 @@ fn worker(store: &Store, base: &str) -> Worker {
             poll_interval: Duration::from_millis(50),
             sweep_interval: Duration::from_millis(50),
             claim_outbox: false,
+            approval_ttl: Duration::from_secs(3600),
         },
     )
 }

@@ -105,6 +105,7 @@ async fn one_trace_from_the_enqueuing_span_to_the_partner_call() {
             poll_interval: Duration::from_millis(50),
             sweep_interval: Duration::from_millis(50),
             claim_outbox: false,
+            approval_ttl: Duration::from_secs(3600),
         },
     );
     let transport = KafkaTransport::new(

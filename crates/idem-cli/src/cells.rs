@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use clap::Args;
 use idem_cells::{HubSpotUpsert, Registry, StripeCharge, StripeRefund};
+use idem_core::profile::ApprovalPolicy;
 use idem_core::CellProfile;
 use serde::Serialize;
 
@@ -50,6 +51,17 @@ pub struct CellArgs {
         hide_default_value = true
     )]
     pub hubspot_token: String,
+    /// Approval policy for a cell: `CELL=never|always|ARGUMENT>=THRESHOLD` (repeatable),
+    /// e.g. `--approval stripe.charge=amount>=50000`.
+    #[arg(long = "approval", value_parser = parse_approval)]
+    pub approvals: Vec<(String, ApprovalPolicy)>,
+}
+
+fn parse_approval(s: &str) -> Result<(String, ApprovalPolicy), String> {
+    let (cell, policy) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: use CELL=POLICY, e.g. stripe.charge=amount>=50000"))?;
+    Ok((cell.trim().to_owned(), ApprovalPolicy::parse(policy)?))
 }
 
 impl Default for CellArgs {
@@ -62,6 +74,7 @@ impl Default for CellArgs {
             stripe_key_retention_ms: None,
             hubspot_base: "http://127.0.0.1:12112".into(),
             hubspot_token: "pat-idem-simulator".into(),
+            approvals: vec![],
         }
     }
 }
@@ -81,17 +94,44 @@ impl CellArgs {
         }
     }
 
+    /// The configured approval policy of `cell`, if any.
+    fn approval(&self, cell: &str, p: &mut CellProfile) {
+        if let Some((_, policy)) = self.approvals.iter().rev().find(|(c, _)| c == cell) {
+            p.approval = policy.clone();
+        }
+    }
+
     pub fn registry(&self) -> Registry {
         Registry::new()
             .with(
-                StripeCharge::new(&self.stripe_base, &self.stripe_secret)
-                    .with_profile(|p| self.stripe_profile(p)),
+                StripeCharge::new(&self.stripe_base, &self.stripe_secret).with_profile(|p| {
+                    self.stripe_profile(p);
+                    self.approval("stripe.charge", p);
+                }),
             )
             .with(
-                StripeRefund::new(&self.stripe_base, &self.stripe_secret)
-                    .with_profile(|p| self.stripe_profile(p)),
+                StripeRefund::new(&self.stripe_base, &self.stripe_secret).with_profile(|p| {
+                    self.stripe_profile(p);
+                    self.approval("stripe.refund", p);
+                }),
             )
-            .with(HubSpotUpsert::new(&self.hubspot_base, &self.hubspot_token))
+            .with(
+                HubSpotUpsert::new(&self.hubspot_base, &self.hubspot_token)
+                    .with_profile(|p| self.approval("hubspot.upsert", p)),
+            )
+    }
+
+    /// Refuse policies for cells this binary does not run (a typo would silently approve).
+    pub fn check(&self, r: &Registry) -> Result<(), String> {
+        for (cell, _) in &self.approvals {
+            if r.get(cell).is_none() {
+                return Err(format!(
+                    "--approval names {cell:?}, which is not a cell here ({})",
+                    names(r)
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -269,6 +269,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         poll_interval: Duration::from_millis(100),
         sweep_interval: Duration::from_millis(200),
         claim_outbox: true,
+        approval_ttl: Duration::from_secs(3600),
     };
 
     // Workers (and on Kafka the relay) first, so the run overlaps enqueueing like a live

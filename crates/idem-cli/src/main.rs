@@ -2,6 +2,7 @@
 
 mod bench;
 mod cells;
+mod decide;
 mod demo;
 
 use std::net::SocketAddr;
@@ -59,6 +60,20 @@ enum Command {
     },
     /// The main job: run N actions through faulty partners and count effects.
     Demo(demo::DemoArgs),
+    /// Actions awaiting approval: list, approve, reject (each decision audited).
+    Approvals {
+        #[command(subcommand)]
+        what: decide::ApprovalsCommand,
+    },
+    /// Actions idem could not settle alone (`needs_human`), oldest first.
+    NeedsHuman {
+        #[command(flatten)]
+        db: decide::Db,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resolve a `needs_human` case: --happened REF, --not-happened or --retry, with --reason.
+    Resolve(decide::ResolveArgs),
     /// List every cell this binary runs: the three questions (key? lookup? human?), the
     /// strategy and where its card is.
     Cells {
@@ -102,6 +117,13 @@ struct WorkerArgs {
     /// Consumer group (Kafka transport).
     #[arg(long, default_value = "idem-workers")]
     group: String,
+    /// How long settled actions are kept in the inbox, if a retention job deletes them
+    /// (hours). The worker refuses to start if this is shorter than a cell's key window.
+    #[arg(long)]
+    inbox_retention_hours: Option<u64>,
+    /// Seconds an action may wait for approval before it is rejected as expired.
+    #[arg(long, default_value_t = 86_400)]
+    approval_ttl_secs: u64,
 }
 
 /// Where Kafka is and which topics idem uses.
@@ -331,6 +353,9 @@ async fn main() -> Result<()> {
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
+        Command::Approvals { what } => decide::approvals(what).await?,
+        Command::NeedsHuman { db, json } => decide::needs_human(db, json).await?,
+        Command::Resolve(args) => decide::resolve(args).await?,
         Command::Cells { json, cells } => {
             let grid = cells::grid(&cells.registry());
             if json {
@@ -418,7 +443,19 @@ async fn build_worker(args: &WorkerArgs) -> Result<Worker> {
     if let Some(id) = &args.id {
         config.id = id.clone();
     }
-    Ok(Worker::new(store, args.cells.registry(), config))
+    config.approval_ttl = Duration::from_secs(args.approval_ttl_secs.max(1));
+    let registry = args.cells.registry();
+    args.cells.check(&registry).map_err(anyhow::Error::msg)?;
+    // Window safety check: refuse to start rather than risk a replay outside a key window.
+    let retention = args
+        .inbox_retention_hours
+        .map(|h| Duration::from_secs(h * 3600));
+    for cell in registry.iter() {
+        if let Err(why) = cell.profile().window_check(retention) {
+            bail!("refusing to start: cell {}: {why}", cell.name());
+        }
+    }
+    Ok(Worker::new(store, registry, config))
 }
 
 fn shutdown_channel() -> tokio::sync::watch::Receiver<bool> {

@@ -106,6 +106,148 @@ impl CellProfile {
     pub fn lease(&self) -> Duration {
         self.call_timeout * 2 + Duration::from_secs(1)
     }
+
+    /// The window safety check a worker runs before it starts: a same-key replay must stay
+    /// inside the partner's key window minus a real margin, a lost call must be noticed
+    /// (lease) well inside that window, and the inbox must remember an action at least as
+    /// long as the partner remembers its key and idem keeps trying to resolve it — else a
+    /// late duplicate delivery would find no inbox row and send again.
+    pub fn window_check(&self, inbox_retention: Option<Duration>) -> Result<(), String> {
+        let Some(k) = &self.key else {
+            if let Some(r) = inbox_retention {
+                if r < self.doubt_horizon {
+                    return Err(format!(
+                        "inbox retention {r:?} is shorter than the doubt horizon {:?}",
+                        self.doubt_horizon
+                    ));
+                }
+            }
+            return Ok(());
+        };
+        if k.safety_margin.is_zero() || k.safety_margin >= k.retention {
+            return Err(format!(
+                "key safety margin {:?} must be above zero and below the key retention {:?}",
+                k.safety_margin, k.retention
+            ));
+        }
+        if self.lease() >= k.replay_window() {
+            return Err(format!(
+                "a lost call is noticed after the lease ({:?}), which is not inside the replay \
+                 window ({:?} = retention {:?} - margin {:?}): replays would never be allowed",
+                self.lease(),
+                k.replay_window(),
+                k.retention,
+                k.safety_margin
+            ));
+        }
+        if let Some(r) = inbox_retention {
+            let need = k.retention.max(self.doubt_horizon);
+            if r < need {
+                return Err(format!(
+                    "inbox retention {r:?} must cover the partner's key retention {:?} and the \
+                     doubt horizon {:?}: a duplicate delivered later would be sent again",
+                    k.retention, self.doubt_horizon
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ApprovalPolicy {
+    /// `never`, `always`, or `ARGUMENT>=THRESHOLD` (e.g. `amount>=50000`).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "never" => Ok(Self::Never),
+            "always" => Ok(Self::Always),
+            other => {
+                let (arg, n) = other.split_once(">=").ok_or_else(|| {
+                    format!("approval policy {other:?}: use never, always or ARGUMENT>=THRESHOLD")
+                })?;
+                let arg = arg.trim();
+                if arg.is_empty() || !arg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                    return Err(format!(
+                        "approval policy {other:?}: bad argument name {arg:?}"
+                    ));
+                }
+                let threshold = n
+                    .trim()
+                    .parse::<i64>()
+                    .map_err(|e| format!("approval policy {other:?}: threshold: {e}"))?;
+                Ok(Self::Above {
+                    argument: arg.to_owned(),
+                    threshold,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keyed() -> CellProfile {
+        CellProfile {
+            key: Some(KeySupport {
+                field: "Idempotency-Key".into(),
+                max_len: 255,
+                retention: Duration::from_secs(24 * 3600),
+                safety_margin: Duration::from_secs(3600),
+            }),
+            replay: ReplayModel::FrozenResponse,
+            lookup: Lookup::Strong,
+            settle_time: Duration::from_secs(120),
+            doubt_horizon: Duration::from_secs(3 * 24 * 3600),
+            call_timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            approval: ApprovalPolicy::Never,
+            rate_limit_per_sec: None,
+            strategy: String::new(),
+        }
+    }
+
+    #[test]
+    fn window_check_refuses_unsafe_settings() {
+        let p = keyed();
+        assert!(p.window_check(None).is_ok());
+        assert!(p
+            .window_check(Some(Duration::from_secs(7 * 24 * 3600)))
+            .is_ok());
+        let e = p.window_check(Some(Duration::from_secs(3600))).unwrap_err();
+        assert!(e.contains("inbox retention"), "{e}");
+        let mut no_margin = keyed();
+        no_margin.key.as_mut().unwrap().safety_margin = Duration::ZERO;
+        assert!(no_margin.window_check(None).unwrap_err().contains("margin"));
+        let mut slow = keyed();
+        slow.call_timeout = Duration::from_secs(12 * 3600);
+        assert!(slow.window_check(None).unwrap_err().contains("lease"));
+        let mut keyless = keyed();
+        keyless.key = None;
+        assert!(keyless.window_check(Some(Duration::from_secs(60))).is_err());
+    }
+
+    #[test]
+    fn approval_policies_parse() {
+        assert_eq!(
+            ApprovalPolicy::parse("never").unwrap(),
+            ApprovalPolicy::Never
+        );
+        assert_eq!(
+            ApprovalPolicy::parse("always").unwrap(),
+            ApprovalPolicy::Always
+        );
+        assert_eq!(
+            ApprovalPolicy::parse("amount>=50000").unwrap(),
+            ApprovalPolicy::Above {
+                argument: "amount".into(),
+                threshold: 50_000
+            }
+        );
+        assert!(ApprovalPolicy::parse("amount>50000").is_err());
+        assert!(ApprovalPolicy::parse("a;b>=1").is_err());
+        assert!(ApprovalPolicy::parse("amount>=lots").is_err());
+    }
 }
 
 /// Durations as integer milliseconds in JSON.

@@ -3,6 +3,7 @@
 //! number), applied in batches so that claim and settle cost one round trip per batch.
 
 pub mod attempts;
+pub mod decisions;
 pub mod enqueue;
 pub mod error;
 pub mod inbox;
@@ -15,6 +16,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 pub use attempts::{AttemptOutcome, AttemptRow, NewAttempt};
+pub use decisions::{DecisionError, Resolution};
 pub use enqueue::{enqueue, Enqueued, NewAction};
 pub use error::{EnqueueError, StoreError};
 pub use inbox::{await_settled, ActionRow, Change};

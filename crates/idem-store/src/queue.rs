@@ -203,3 +203,35 @@ pub async fn expire_leases(
     .await?;
     Ok(moved.into_iter().map(|(id,)| ActionId(id)).collect())
 }
+
+/// Lock up to `limit` actions awaiting approval that a person approved on their current
+/// fingerprint, or whose approval window (`due_at`) has ended, skipping rows another
+/// worker holds. Returns each row with whether it was approved.
+pub async fn take_approvals(
+    conn: &mut PgConnection,
+    limit: u32,
+    now: DateTime<Utc>,
+) -> Result<Vec<(ActionRow, bool)>, StoreError> {
+    const APPROVED: &str =
+        "EXISTS (SELECT 1 FROM idem.decisions d WHERE d.action_id = a.action_id \
+                            AND d.kind = 'approve' AND d.fingerprint = a.fingerprint)";
+    let sql = format!(
+        "SELECT {COLUMNS}, {APPROVED} AS approved FROM idem.actions a \
+         WHERE state = 'awaiting_approval' AND ({APPROVED} OR due_at <= $2) \
+         ORDER BY updated_at LIMIT $1 FOR UPDATE SKIP LOCKED"
+    );
+    let rows: Vec<(RawRow, bool)> = sqlx::query(&sql)
+        .bind(limit as i64)
+        .bind(now)
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(|r| {
+            use sqlx::{FromRow, Row};
+            Ok((RawRow::from_row(r)?, r.try_get::<bool, _>("approved")?))
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
+    rows.into_iter()
+        .map(|(r, approved)| Ok((ActionRow::try_from(r)?, approved)))
+        .collect()
+}

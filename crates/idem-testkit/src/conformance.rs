@@ -87,6 +87,7 @@ impl Run {
                 poll_interval: Duration::from_millis(50),
                 sweep_interval: Duration::from_millis(50),
                 claim_outbox: true,
+                approval_ttl: Duration::from_secs(3600),
             },
         )
     }

@@ -17,6 +17,8 @@ pub struct WorkerConfig {
     pub sweep_interval: Duration,
     /// Claim new actions from the outbox (direct transport). Off for a sweep-only process.
     pub claim_outbox: bool,
+    /// How long an action waits for approval before it is rejected as expired.
+    pub approval_ttl: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -28,6 +30,7 @@ impl Default for WorkerConfig {
             poll_interval: Duration::from_millis(500),
             sweep_interval: Duration::from_secs(1),
             claim_outbox: true,
+            approval_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -387,10 +387,14 @@ impl Worker {
                 continue;
             }
             if needs_approval(&cell.profile().approval, &row.args) {
+                let expires = now
+                    + chrono::Duration::from_std(self.config.approval_ttl)
+                        .unwrap_or(chrono::Duration::MAX);
                 changes.push(
                     Change::new(row, Event::RequireApproval, now)
                         .expect("received accepts approval")
-                        .reason(Some("the cell's approval policy wants a person".into())),
+                        .reason(Some("the cell's approval policy wants a person".into()))
+                        .due(Some(expires)),
                 );
                 report.awaiting_approval += 1;
                 continue;
@@ -460,17 +464,26 @@ impl Worker {
                 "leases expired; actions now in doubt"
             );
         }
+        let mut work = vec![];
+        let mut changes = vec![];
+        let mut new_attempts = vec![];
+        self.take_approvals(
+            &mut tx,
+            limit,
+            now,
+            &mut work,
+            &mut changes,
+            &mut new_attempts,
+        )
+        .await?;
         let due = queue::take_due(&mut tx, limit).await?;
-        if due.is_empty() {
+        if due.is_empty() && changes.is_empty() {
             tx.commit().await?;
             return Ok(vec![]);
         }
         let ids: Vec<uuid::Uuid> = due.iter().map(|r| r.action_id.as_uuid()).collect();
         let mut all_attempts = attempts::load(&mut *tx, &ids).await?;
-        let mut changes = vec![];
-        let mut new_attempts = vec![];
         let mut reconcile_leases = vec![];
-        let mut work = vec![];
         for row in due {
             let rows = all_attempts.remove(&row.action_id).unwrap_or_default();
             let history: Vec<_> = rows.iter().map(|a| a.record()).collect();
@@ -540,6 +553,43 @@ impl Worker {
             Work::Reconcile(_) => true,
         });
         Ok(work)
+    }
+
+    /// Start approved actions (the approval is the policy gate passing; the attempt is
+    /// written ahead like any first attempt) and reject those whose approval window ended.
+    async fn take_approvals(
+        &self,
+        tx: &mut PgConnection,
+        limit: u32,
+        now: chrono::DateTime<Utc>,
+        work: &mut Vec<Work>,
+        changes: &mut Vec<Change>,
+        new_attempts: &mut Vec<NewAttempt>,
+    ) -> Result<(), WorkerError> {
+        for (row, approved) in queue::take_approvals(tx, limit, now).await? {
+            if !approved {
+                changes.push(Change::new(&row, Event::Reject, now)?.reason(Some(format!(
+                    "approval expired: no decision within {:?}",
+                    self.config.approval_ttl
+                ))));
+                continue;
+            }
+            let Some(cell) = self.cells.get(&row.cell).cloned() else {
+                tracing::error!(action = %row.action_id, cell = %row.cell, "approved action for a cell this worker lacks; leaving it to another worker");
+                continue;
+            };
+            match steps::start_attempt(&row, &cell, &[], Event::Approve, &self.config.id, now) {
+                Ok((change, attempt, s)) => {
+                    changes.push(change);
+                    new_attempts.push(attempt);
+                    work.push(Work::Execute(s));
+                }
+                Err(e) => {
+                    tracing::error!(action = %row.action_id, error = %e, "cannot start an approved action")
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Ask the partner and apply the verdict with a compare-and-set.

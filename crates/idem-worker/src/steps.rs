@@ -176,10 +176,22 @@ pub fn verdict_change(
         now,
         sample,
     );
+    // Never schedule the next look past the end of the doubt horizon: at that moment the
+    // sweeper hands the case to a person, and waiting longer helps nobody.
+    let horizon_end = job.row.doubt_since.map(|d| {
+        d + chrono::Duration::from_std(job.cell.profile().doubt_horizon)
+            .unwrap_or(chrono::Duration::MAX)
+    });
+    let due = match (next.due_at, horizon_end) {
+        (Some(due), Some(end)) if next.event == idem_core::Event::ReconciledUnknown => {
+            Some(due.min(end.max(now)))
+        }
+        (due, _) => due,
+    };
     let mut change = Change::new(&job.row, next.event, now)
         .expect("an in-doubt action accepts every verdict event")
         .reason(next.reason.clone())
-        .due(next.due_at);
+        .due(due);
     change.reconcile_rounds = job.row.reconcile_rounds + 1;
     if next.bump_generation {
         change.key_generation = job.row.key_generation + 1;

@@ -1,0 +1,155 @@
+//! `idem approvals …`, `idem needs-human` and `idem resolve`: the human side of the loop.
+//! Every decision names who made it (`--as`, or IDEM_ACTOR) and is recorded in
+//! `idem.decisions` and in the action's transition audit.
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use idem_core::{ActionId, State};
+use idem_store::decisions::{self, Resolution};
+use idem_store::Store;
+
+#[derive(Args, Debug, Clone)]
+pub struct Db {
+    /// PostgreSQL URL (defaults to the local server).
+    #[arg(long, env = "DATABASE_URL", default_value = idem_store::DEFAULT_DATABASE_URL, hide_env_values = true)]
+    pub database_url: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ApprovalsCommand {
+    /// Actions awaiting approval, oldest first, with the fingerprint an approval binds to.
+    List {
+        #[command(flatten)]
+        db: Db,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve: a worker then sends the request.
+    Approve(Decide),
+    /// Reject: the action ends `rejected`; nothing is sent.
+    Reject(Decide),
+}
+
+#[derive(Args, Debug)]
+pub struct Decide {
+    #[command(flatten)]
+    db: Db,
+    action_id: ActionId,
+    /// Who decides (recorded with the decision).
+    #[arg(long = "as", env = "IDEM_ACTOR")]
+    actor: String,
+    #[arg(long)]
+    reason: Option<String>,
+    /// The fingerprint you reviewed (from `approvals list`); refused if the action's differs.
+    #[arg(long)]
+    fingerprint: Option<String>,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("outcome").required(true).args(["happened", "not_happened", "retry"])))]
+pub struct ResolveArgs {
+    #[command(flatten)]
+    db: Db,
+    action_id: ActionId,
+    /// The effect happened; give the partner's reference (e.g. the PaymentIntent id).
+    #[arg(long, value_name = "PARTNER_REF")]
+    happened: Option<String>,
+    /// It did not happen and must not be tried again.
+    #[arg(long)]
+    not_happened: bool,
+    /// It did not happen: send it again (under a new key generation).
+    #[arg(long)]
+    retry: bool,
+    #[arg(long = "as", env = "IDEM_ACTOR")]
+    actor: String,
+    /// Why (required: the audit trail is the point).
+    #[arg(long)]
+    reason: String,
+}
+
+async fn connect(db: &Db) -> Result<Store> {
+    Ok(Store::connect(&db.database_url, 2).await?)
+}
+
+fn print_waiting(items: &[decisions::Waiting], json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(items)?);
+        return Ok(());
+    }
+    if items.is_empty() {
+        println!("nothing waiting");
+    }
+    for w in items {
+        println!(
+            "{}  {}  since {}  fingerprint {}\n    args: {}\n    reason: {}",
+            w.row.action_id,
+            w.row.cell,
+            w.row.updated_at.format("%Y-%m-%d %H:%M:%S"),
+            w.fingerprint,
+            w.row.args,
+            w.row.reason.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(())
+}
+
+pub async fn approvals(cmd: ApprovalsCommand) -> Result<()> {
+    match cmd {
+        ApprovalsCommand::List { db, json } => {
+            let store = connect(&db).await?;
+            let items = decisions::waiting(store.pool(), State::AwaitingApproval, 500).await?;
+            print_waiting(&items, json)
+        }
+        ApprovalsCommand::Approve(d) => {
+            let store = connect(&d.db).await?;
+            decisions::approve(
+                store.pool(),
+                d.action_id,
+                &d.actor,
+                d.reason.as_deref(),
+                d.fingerprint.as_deref(),
+            )
+            .await?;
+            println!("approved {}; a worker will send it", d.action_id);
+            Ok(())
+        }
+        ApprovalsCommand::Reject(d) => {
+            let store = connect(&d.db).await?;
+            decisions::reject(
+                store.pool(),
+                d.action_id,
+                &d.actor,
+                d.reason.as_deref(),
+                d.fingerprint.as_deref(),
+            )
+            .await?;
+            println!("rejected {}", d.action_id);
+            Ok(())
+        }
+    }
+}
+
+pub async fn needs_human(db: Db, json: bool) -> Result<()> {
+    let store = connect(&db).await?;
+    let items = decisions::waiting(store.pool(), State::NeedsHuman, 500).await?;
+    print_waiting(&items, json)
+}
+
+pub async fn resolve(a: ResolveArgs) -> Result<()> {
+    let resolution = match (a.happened, a.not_happened, a.retry) {
+        (Some(partner_ref), false, false) if !partner_ref.trim().is_empty() => {
+            Resolution::Happened { partner_ref }
+        }
+        (None, true, false) => Resolution::NotHappened,
+        (None, false, true) => Resolution::Retry,
+        _ => bail!("give exactly one of --happened PARTNER_REF, --not-happened, --retry"),
+    };
+    if a.reason.trim().is_empty() {
+        bail!("--reason must say why");
+    }
+    let store = connect(&a.db).await?;
+    let to =
+        decisions::resolve(store.pool(), a.action_id, &resolution, &a.actor, &a.reason).await?;
+    println!("{} is now {to}", a.action_id);
+    Ok(())
+}

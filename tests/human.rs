@@ -1,0 +1,421 @@
+//! The human side of the loop, through the real `idem` binary: approvals bound to the
+//! reviewed arguments, rejections, expiry, and resolutions of needs_human cases — each
+//! audited with who decided, and each checked against the Stripe simulator's ledger.
+
+use std::time::Duration;
+
+use idem_cells::{Registry, StripeCharge};
+use idem_core::profile::ApprovalPolicy;
+use idem_core::{ActionId, CellName, RetryPolicy, State};
+use idem_sim::{Fault, StripeSimConfig};
+use idem_store::{enqueue, inbox, NewAction, Store};
+use idem_testkit::{StripeFixture, TestDb, TEST_SECRET};
+use idem_worker::{Delivery, TraceHeaders, Worker, WorkerConfig};
+use serde_json::json;
+
+fn worker(store: &Store, cell: StripeCharge, approval_ttl: Duration) -> Worker {
+    let cell = cell.with_profile(|p| {
+        p.call_timeout = Duration::from_millis(1000);
+        p.settle_time = Duration::from_millis(200);
+        p.retry = RetryPolicy {
+            base: Duration::from_millis(50),
+            max: Duration::from_millis(200),
+            max_attempts: 8,
+            jitter: 0.0,
+        };
+    });
+    Worker::new(
+        store.clone(),
+        Registry::new().with(cell),
+        WorkerConfig {
+            id: "human-test-worker".into(),
+            concurrency: 8,
+            batch: 16,
+            poll_interval: Duration::from_millis(50),
+            sweep_interval: Duration::from_millis(50),
+            claim_outbox: true,
+            approval_ttl,
+        },
+    )
+}
+
+async fn enqueue_charge(store: &Store, amount: i64) -> ActionId {
+    let a = NewAction::new(
+        ActionId::random(),
+        CellName::new("stripe.charge").unwrap(),
+        json!({"amount": amount, "currency": "usd", "customer": "cus_human"}),
+    );
+    enqueue(store.pool(), &a).await.unwrap();
+    a.action_id
+}
+
+async fn deliver_all(store: &Store, w: &Worker) {
+    let mut tx = store.pool().begin().await.unwrap();
+    let msgs = idem_store::queue::take_outbox(&mut tx, 100).await.unwrap();
+    tx.commit().await.unwrap();
+    let ds: Vec<Delivery> = msgs
+        .into_iter()
+        .map(|m| Delivery {
+            payload: m.payload,
+            source: json!({"outbox_seq": m.seq}),
+            trace: TraceHeaders::default(),
+        })
+        .collect();
+    w.deliver(&ds).await.unwrap();
+}
+
+async fn state(store: &Store, id: ActionId) -> inbox::ActionRow {
+    inbox::get(store.pool(), id).await.unwrap().unwrap()
+}
+
+/// Run `idem ARGS` against the test database: (success, stdout, stderr).
+async fn idem(db: &TestDb, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_idem"))
+        .args(args)
+        .env("DATABASE_URL", &db.url)
+        .env_remove("IDEM_ACTOR")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn sweep_until(w: &Worker, store: &Store, id: ActionId, want: State, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        w.sweep_once().await.unwrap();
+        let row = state(store, id).await;
+        if row.state == want {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline || row.state.is_final() {
+            let t: Vec<(String, String, Option<String>)> = sqlx::query_as(
+                "SELECT event, to_state, to_char(at, 'HH24:MI:SS.MS') || ' ' || actor FROM idem.transitions WHERE action_id = $1 ORDER BY id",
+            )
+            .bind(id.as_uuid())
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+            panic!("wanted {want}, got {row:?}; transitions {t:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn approvals_bind_to_the_reviewed_arguments_reject_and_expire() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let cell = StripeCharge::new(stripe.base_url(), TEST_SECRET).with_profile(|p| {
+        p.approval = ApprovalPolicy::Above {
+            argument: "amount".into(),
+            threshold: 50_000,
+        };
+    });
+    let w = worker(&db.store, cell, Duration::from_secs(3));
+    let small = enqueue_charge(&db.store, 100).await;
+    let approve_me = enqueue_charge(&db.store, 60_000).await;
+    let reject_me = enqueue_charge(&db.store, 70_000).await;
+    let forget_me = enqueue_charge(&db.store, 80_000).await;
+    deliver_all(&db.store, &w).await;
+    assert_eq!(state(&db.store, small).await.state, State::Succeeded);
+    for id in [approve_me, reject_me, forget_me] {
+        assert_eq!(state(&db.store, id).await.state, State::AwaitingApproval);
+    }
+    assert_eq!(
+        stripe.sim.requests().len(),
+        1,
+        "nothing sent before approval"
+    );
+
+    let (ok, out, err) = idem(&db, &["approvals", "list", "--json"]).await;
+    assert!(ok, "{err}");
+    let pending: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let pending = pending.as_array().unwrap();
+    assert_eq!(pending.len(), 3);
+    let fp = pending
+        .iter()
+        .find(|p| p["action_id"] == approve_me.to_string())
+        .unwrap()["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(fp.len(), 64);
+
+    // An approval given on other arguments than the action's is refused.
+    let wrong = "0".repeat(64);
+    let a = approve_me.to_string();
+    let (ok, _, err) = idem(
+        &db,
+        &[
+            "approvals",
+            "approve",
+            &a,
+            "--as",
+            "alice",
+            "--fingerprint",
+            &wrong,
+        ],
+    )
+    .await;
+    assert!(!ok && err.contains("fingerprint"), "{err}");
+    // Without a name, no decision.
+    let (ok, _, err) = idem(&db, &["approvals", "approve", &a]).await;
+    assert!(!ok && err.contains("--as"), "{err}");
+    w.sweep_once().await.unwrap();
+    assert_eq!(
+        state(&db.store, approve_me).await.state,
+        State::AwaitingApproval
+    );
+
+    let (ok, _, err) = idem(
+        &db,
+        &[
+            "approvals",
+            "approve",
+            &a,
+            "--as",
+            "alice",
+            "--fingerprint",
+            &fp,
+            "--reason",
+            "known customer",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let r = reject_me.to_string();
+    let (ok, _, err) = idem(
+        &db,
+        &[
+            "approvals",
+            "reject",
+            &r,
+            "--as",
+            "bob",
+            "--reason",
+            "too much",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(state(&db.store, reject_me).await.state, State::Rejected);
+
+    sweep_until(
+        &w,
+        &db.store,
+        approve_me,
+        State::Succeeded,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(stripe.sim.effects_for(&a), 1);
+    assert_eq!(stripe.sim.effects_for(&r), 0);
+    let hist = idem_store::decisions::history(db.store.pool(), approve_me)
+        .await
+        .unwrap();
+    assert_eq!(hist.len(), 1);
+    assert_eq!(
+        (hist[0].0.as_str(), hist[0].1.as_str()),
+        ("approve", "human:alice")
+    );
+    let (actor,): (String,) = sqlx::query_as(
+        "SELECT actor FROM idem.transitions WHERE action_id = $1 AND event = 'reject'",
+    )
+    .bind(reject_me.as_uuid())
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(actor, "human:bob");
+
+    // Nobody decides on the third: after the approval window it is rejected, never sent.
+    sweep_until(
+        &w,
+        &db.store,
+        forget_me,
+        State::Rejected,
+        Duration::from_secs(10),
+    )
+    .await;
+    let row = state(&db.store, forget_me).await;
+    assert!(
+        row.reason.as_deref().unwrap().contains("expired"),
+        "{row:?}"
+    );
+    assert_eq!(stripe.sim.effects_for(&forget_me.to_string()), 0);
+    let f = forget_me.to_string();
+    let (ok, _, err) = idem(&db, &["approvals", "approve", &f, "--as", "alice"]).await;
+    assert!(
+        !ok && err.contains("rejected"),
+        "late approval refused: {err}"
+    );
+    assert_eq!(
+        stripe.sim.requests().len(),
+        2,
+        "the small charge and the approved one"
+    );
+}
+
+#[tokio::test]
+async fn needs_human_cases_are_resolved_with_audited_decisions() {
+    let db = TestDb::new().await;
+    // Search lags a minute and the key window is 300 ms: after a lost answer idem can
+    // neither replay nor trust a miss, so within the 1 s doubt horizon it asks a person.
+    let stripe = StripeFixture::start(StripeSimConfig {
+        search_lag: Duration::from_secs(60),
+        key_retention: Duration::from_millis(400),
+        ..StripeSimConfig::default()
+    })
+    .await;
+    let cell = StripeCharge::new(stripe.base_url(), TEST_SECRET)
+        .reconcile_via_search(Duration::from_secs(60))
+        .with_profile(|p| {
+            let k = p.key.as_mut().unwrap();
+            k.retention = Duration::from_millis(400);
+            k.safety_margin = Duration::from_millis(100);
+            p.doubt_horizon = Duration::from_secs(1);
+        });
+    let w = worker(&db.store, cell, Duration::from_secs(3600));
+    let retry_me = enqueue_charge(&db.store, 1_111).await;
+    let happened = enqueue_charge(&db.store, 2_222).await;
+    let not_happened = enqueue_charge(&db.store, 3_333).await;
+    // Delivered together: in enqueue order the three requests meet these faults.
+    stripe
+        .sim
+        .script([Fault::FailBefore, Fault::DropAfterEffect, Fault::FailBefore]);
+    let mut tx = db.store.pool().begin().await.unwrap();
+    let msgs = idem_store::queue::take_outbox(&mut tx, 100).await.unwrap();
+    tx.commit().await.unwrap();
+    for m in msgs {
+        // One at a time, so the scripted faults land in order.
+        w.deliver(&[Delivery {
+            payload: m.payload,
+            source: json!({"outbox_seq": m.seq}),
+            trace: TraceHeaders::default(),
+        }])
+        .await
+        .unwrap();
+    }
+    // Past the key window before the first sweep: no replay can settle them.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for id in [retry_me, happened, not_happened] {
+        sweep_until(
+            &w,
+            &db.store,
+            id,
+            State::NeedsHuman,
+            Duration::from_secs(15),
+        )
+        .await;
+    }
+    let (ok, out, err) = idem(&db, &["needs-human", "--json"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
+    // Retry: the person vouches nothing happened; idem sends again under a new key.
+    let id = retry_me.to_string();
+    let (ok, _, err) = idem(&db, &["resolve", &id, "--retry", "--as", "carol"]).await;
+    assert!(
+        !ok && err.contains("--reason"),
+        "a resolution needs a reason: {err}"
+    );
+    let (ok, out, err) = idem(
+        &db,
+        &[
+            "resolve",
+            &id,
+            "--retry",
+            "--as",
+            "carol",
+            "--reason",
+            "no charge in the dashboard",
+        ],
+    )
+    .await;
+    assert!(ok && out.contains("retry_scheduled"), "{out}{err}");
+    sweep_until(
+        &w,
+        &db.store,
+        retry_me,
+        State::Succeeded,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(stripe.sim.effects_for(&id), 1);
+    assert_eq!(state(&db.store, retry_me).await.key_generation, 1);
+
+    // Happened: the person found the charge; its id becomes the receipt.
+    let id = happened.to_string();
+    let pi = stripe
+        .sim
+        .ledger()
+        .into_iter()
+        .find(|e| e.idem_action_id.as_deref() == Some(id.as_str()))
+        .expect("the lost answer's charge is in the ledger")
+        .id;
+    let (ok, _, err) = idem(
+        &db,
+        &[
+            "resolve",
+            &id,
+            "--happened",
+            &pi,
+            "--as",
+            "carol",
+            "--reason",
+            "found in the dashboard",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let row = state(&db.store, happened).await;
+    assert_eq!(row.state, State::Succeeded);
+    assert_eq!(row.receipt.unwrap()["partner_ref"], pi.as_str());
+    assert_eq!(stripe.sim.effects_for(&id), 1);
+
+    // Not happened: final, nothing sent.
+    let id = not_happened.to_string();
+    let (ok, _, err) = idem(
+        &db,
+        &[
+            "resolve",
+            &id,
+            "--not-happened",
+            "--as",
+            "carol",
+            "--reason",
+            "customer cancelled",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(state(&db.store, not_happened).await.state, State::Failed);
+    assert_eq!(stripe.sim.effects_for(&id), 0);
+
+    // Decisions are recorded with who and why; a settled action takes no more.
+    let hist = idem_store::decisions::history(db.store.pool(), not_happened)
+        .await
+        .unwrap();
+    assert_eq!(hist[0].0, "not_happened");
+    assert_eq!(hist[0].1, "human:carol");
+    assert_eq!(hist[0].2.as_deref(), Some("customer cancelled"));
+    let (ok, _, err) = idem(
+        &db,
+        &[
+            "resolve", &id, "--retry", "--as", "carol", "--reason", "again",
+        ],
+    )
+    .await;
+    assert!(!ok && err.contains("failed"), "{err}");
+}
