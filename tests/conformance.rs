@@ -3,7 +3,9 @@
 //! failure names both.
 
 use idem_testkit::conformance as c;
-use idem_testkit::subjects::{HubSpotSubject, StripeChargeSubject, StripeRefundSubject};
+use idem_testkit::subjects::{
+    DeclarativeSubject, HubSpotSubject, StripeChargeSubject, StripeRefundSubject,
+};
 
 macro_rules! suite {
     ($cell:ident, $subject:expr) => {
@@ -61,3 +63,7 @@ suite!(
 );
 suite!(stripe_refund, StripeRefundSubject::start().await);
 suite!(hubspot_upsert, HubSpotSubject::start().await);
+suite!(
+    http_idempotent_acme_payout,
+    DeclarativeSubject::start().await
+);

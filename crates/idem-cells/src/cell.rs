@@ -40,6 +40,11 @@ pub trait Cell: Send + Sync + std::fmt::Debug + 'static {
         })
     }
 
+    /// Where the cell's failure-mode analysis (its card) is, relative to the repository.
+    fn card(&self) -> String {
+        format!("docs/cells/{}.md", self.name())
+    }
+
     /// State recorded with the attempt before it is sent, for reconciliation later.
     fn pre_state(&self, now: DateTime<Utc>) -> serde_json::Value {
         serde_json::json!({ "t0": now.timestamp() })

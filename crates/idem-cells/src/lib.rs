@@ -4,6 +4,7 @@
 //! the core guard before it calls `execute`.
 
 pub mod cell;
+pub mod declarative;
 pub mod http;
 pub mod hubspot;
 pub mod noop;
@@ -11,6 +12,7 @@ pub mod registry;
 pub mod stripe;
 
 pub use cell::{Attempt, Cell, InvalidArgs};
+pub use declarative::DeclarativeCell;
 pub use hubspot::HubSpotUpsert;
 pub use registry::Registry;
 pub use stripe::charge::StripeCharge;

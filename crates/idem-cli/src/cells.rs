@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use idem_cells::{HubSpotUpsert, Registry, StripeCharge, StripeRefund};
+use idem_cells::{Cell, HubSpotUpsert, Registry, StripeCharge, StripeRefund};
 use idem_core::profile::ApprovalPolicy;
 use idem_core::CellProfile;
 use serde::Serialize;
@@ -55,6 +55,10 @@ pub struct CellArgs {
     /// e.g. `--approval stripe.charge=amount>=50000`.
     #[arg(long = "approval", value_parser = parse_approval)]
     pub approvals: Vec<(String, ApprovalPolicy)>,
+    /// A declarative `http.idempotent` cell definition (TOML; repeatable), e.g.
+    /// `examples/cells/acme.payout.toml`.
+    #[arg(long = "cell-config")]
+    pub cell_configs: Vec<std::path::PathBuf>,
 }
 
 fn parse_approval(s: &str) -> Result<(String, ApprovalPolicy), String> {
@@ -75,6 +79,7 @@ impl Default for CellArgs {
             hubspot_base: "http://127.0.0.1:12112".into(),
             hubspot_token: "pat-idem-simulator".into(),
             approvals: vec![],
+            cell_configs: vec![],
         }
     }
 }
@@ -101,7 +106,27 @@ impl CellArgs {
         }
     }
 
-    pub fn registry(&self) -> Registry {
+    /// Every cell: the built-in ones and those defined in `--cell-config` files.
+    pub fn registry(&self) -> Result<Registry, String> {
+        let mut r = self.builtin();
+        for path in &self.cell_configs {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--cell-config {}: {e}", path.display()))?;
+            let cell = idem_cells::DeclarativeCell::from_toml(&text)
+                .map_err(|e| format!("--cell-config {}: {e}", path.display()))?;
+            let name = cell.name().to_string();
+            if r.get(&name).is_some() {
+                return Err(format!(
+                    "--cell-config {}: cell {name} is defined twice",
+                    path.display()
+                ));
+            }
+            r = r.with(cell.with_profile(|p| self.approval(&name, p)));
+        }
+        Ok(r)
+    }
+
+    fn builtin(&self) -> Registry {
         Registry::new()
             .with(
                 StripeCharge::new(&self.stripe_base, &self.stripe_secret).with_profile(|p| {
@@ -149,7 +174,7 @@ pub fn grid(r: &Registry) -> Vec<CellInfo> {
     r.iter()
         .map(|c| CellInfo {
             name: c.name().to_string(),
-            card: format!("docs/cells/{}.md", c.name()),
+            card: c.card(),
             profile: c.profile().clone(),
         })
         .collect()
@@ -213,7 +238,7 @@ mod tests {
 
     #[test]
     fn every_cell_has_a_card_answering_the_three_questions() {
-        let grid = grid(&CellArgs::default().registry());
+        let grid = grid(&CellArgs::default().registry().unwrap());
         assert!(grid.len() >= 2);
         for c in &grid {
             let path = format!("{}/../../{}", env!("CARGO_MANIFEST_DIR"), c.card);

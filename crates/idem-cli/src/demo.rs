@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use idem_cells::{HubSpotUpsert, Registry, StripeCharge, StripeRefund};
+use idem_cells::{DeclarativeCell, HubSpotUpsert, Registry, StripeCharge, StripeRefund};
 use idem_core::CellProfile;
 use idem_core::{CellName, RetryPolicy};
-use idem_sim::{FaultRates, HubSpotSim, SimServer, StripeSim, StripeSimConfig};
+use idem_sim::{
+    FaultRates, HubSpotSim, IetfConfig, IetfSim, SimServer, StripeSim, StripeSimConfig,
+};
 use idem_store::{enqueue, NewAction, Store, DEFAULT_DATABASE_URL};
 use idem_worker::{Worker, WorkerConfig};
 use rand::{Rng, SeedableRng};
@@ -62,6 +64,9 @@ pub struct DemoArgs {
     #[arg(long, env = "KAFKA_BOOTSTRAP")]
     bootstrap: Option<String>,
 }
+
+/// The declarative cell the demo runs (`acme.payout`, against `idem sim ietf` semantics).
+const EXAMPLE_CELL: &str = include_str!("../../../examples/cells/acme.payout.toml");
 
 /// Where the demo's (and the latency benchmark's) workers get actions from.
 pub(crate) enum Transport {
@@ -242,6 +247,8 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
     let server = SimServer::start(sim.router(), ([127, 0, 0, 1], 0).into()).await?;
     let hubspot = HubSpotSim::new(args.seed, faults);
     let hubspot_server = SimServer::start(hubspot.router(), ([127, 0, 0, 1], 0).into()).await?;
+    let ietf = IetfSim::new(args.seed, faults, IetfConfig::default());
+    let ietf_server = SimServer::start(ietf.router(), ([127, 0, 0, 1], 0).into()).await?;
     // Demo timings: a lost response is noticed in 1 s, a lease lasts 3 s.
     let timings = |p: &mut CellProfile| {
         p.call_timeout = Duration::from_millis(1000);
@@ -253,6 +260,10 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
             jitter: 0.5,
         };
     };
+    let payout = DeclarativeCell::from_toml(EXAMPLE_CELL)?
+        .with_base(ietf_server.base_url())
+        .with_token("tok_idem_demo")
+        .with_profile(timings);
     let registry = || {
         Registry::new()
             .with(StripeCharge::new(server.base_url(), "sk_test_idem_demo").with_profile(timings))
@@ -261,6 +272,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
                 HubSpotUpsert::new(hubspot_server.base_url(), "pat-idem-demo")
                     .with_profile(timings),
             )
+            .with(payout.clone())
     };
     let worker_config = |i: usize| WorkerConfig {
         id: format!("demo-worker-{i}"),
@@ -288,6 +300,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
     let charge = CellName::new("stripe.charge")?;
     let refund = CellName::new("stripe.refund")?;
     let upsert = CellName::new("hubspot.upsert")?;
+    let acme = CellName::new("acme.payout")?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let mut ids = vec![];
     let mut calls = 0;
@@ -297,7 +310,17 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         for &i in chunk {
             // Every fifth action refunds a charge made earlier (outside idem); 5% of those
             // ask for more than is left, which Stripe refuses: a definitive failure.
-            let (cell, args_json) = if i % 5 == 3 {
+            let (cell, args_json) = if i % 5 == 2 {
+                // A payout through the declarative http.idempotent cell.
+                (
+                    acme.clone(),
+                    serde_json::json!({
+                        "amount": rng.gen_range(100..100_000),
+                        "currency": "eur",
+                        "destination": format!("acct_demo{:03}", i % 100),
+                    }),
+                )
+            } else if i % 5 == 3 {
                 // A CRM upsert: naturally idempotent by the contact's email.
                 (
                     upsert.clone(),
@@ -411,6 +434,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
                 .core
                 .ledger()
                 .into_iter()
+                .chain(ietf.core.ledger())
                 .map(|e| (e.idem_action_id, e.id)),
         )
         .collect();
@@ -434,6 +458,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
     }
     drop(server);
     drop(hubspot_server);
+    drop(ietf_server);
     Ok(ok)
 }
 

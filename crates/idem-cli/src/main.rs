@@ -207,6 +207,9 @@ struct EnqueueArgs {
     intent_scope: Option<String>,
     #[arg(long)]
     ordering_key: Option<String>,
+    /// Declarative cell definitions to validate against (as given to the workers).
+    #[arg(long = "cell-config")]
+    cell_configs: Vec<std::path::PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -233,6 +236,20 @@ enum SimCommand {
         /// Search indexing lag in seconds.
         #[arg(long, default_value_t = 0.0)]
         search_lag_secs: f64,
+    },
+    /// A generic partner following the IETF Idempotency-Key draft (`POST /v1/{resource}`,
+    /// lookup `GET /v1/{resource}?idempotency_key=`), for declarative cells.
+    Ietf {
+        #[arg(long, default_value = "127.0.0.1:12113")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        faults: FaultArgs,
+        /// Key retention in seconds.
+        #[arg(long, default_value_t = 86_400.0)]
+        key_retention_secs: f64,
+        /// Lookup lag in seconds.
+        #[arg(long, default_value_t = 0.0)]
+        lookup_lag_secs: f64,
     },
     /// The HubSpot CRM simulator (batch upsert by unique property, read; ledger at
     /// /_sim/ledger).
@@ -311,7 +328,12 @@ async fn main() -> Result<()> {
             let store = connect(&a.db).await?;
             let args: serde_json::Value =
                 serde_json::from_str(&a.args).context("--args must be JSON")?;
-            let registry = cells::CellArgs::default().registry();
+            let registry = cells::CellArgs {
+                cell_configs: a.cell_configs.clone(),
+                ..cells::CellArgs::default()
+            }
+            .registry()
+            .map_err(anyhow::Error::msg)?;
             let Some(cell) = registry.get(a.cell.as_str()) else {
                 bail!(
                     "unknown cell {}; known: {}",
@@ -357,7 +379,7 @@ async fn main() -> Result<()> {
         Command::NeedsHuman { db, json } => decide::needs_human(db, json).await?,
         Command::Resolve(args) => decide::resolve(args).await?,
         Command::Cells { json, cells } => {
-            let grid = cells::grid(&cells.registry());
+            let grid = cells::grid(&cells.registry().map_err(anyhow::Error::msg)?);
             if json {
                 println!("{}", serde_json::to_string_pretty(&grid)?);
             } else {
@@ -381,6 +403,27 @@ async fn main() -> Result<()> {
                 let server = idem_sim::SimServer::start(sim.router(), listen).await?;
                 eprintln!(
                     "stripe simulator on {} (ledger: /_sim/ledger)",
+                    server.base_url()
+                );
+                tokio::signal::ctrl_c().await?;
+            }
+            SimCommand::Ietf {
+                listen,
+                faults,
+                key_retention_secs,
+                lookup_lag_secs,
+            } => {
+                let sim = idem_sim::IetfSim::new(
+                    faults.seed,
+                    faults.rates(),
+                    idem_sim::IetfConfig {
+                        key_retention: Duration::from_secs_f64(key_retention_secs),
+                        lookup_lag: Duration::from_secs_f64(lookup_lag_secs),
+                    },
+                );
+                let server = idem_sim::SimServer::start(sim.router(), listen).await?;
+                eprintln!(
+                    "IETF Idempotency-Key simulator on {} (ledger: /_sim/ledger)",
                     server.base_url()
                 );
                 tokio::signal::ctrl_c().await?;
@@ -444,7 +487,7 @@ async fn build_worker(args: &WorkerArgs) -> Result<Worker> {
         config.id = id.clone();
     }
     config.approval_ttl = Duration::from_secs(args.approval_ttl_secs.max(1));
-    let registry = args.cells.registry();
+    let registry = args.cells.registry().map_err(anyhow::Error::msg)?;
     args.cells.check(&registry).map_err(anyhow::Error::msg)?;
     // Window safety check: refuse to start rather than risk a replay outside a key window.
     let retention = args

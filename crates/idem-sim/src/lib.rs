@@ -5,12 +5,14 @@
 
 pub mod fault;
 pub mod hubspot;
+pub mod ietf;
 pub mod partner;
 pub mod server;
 pub mod stripe;
 
 pub use fault::{Fault, FaultRates};
 pub use hubspot::HubSpotSim;
+pub use ietf::{IetfConfig, IetfSim};
 pub use partner::{Effect, PartnerCore};
 pub use server::SimServer;
 pub use stripe::{LedgerEntry, StripeSim, StripeSimConfig};
