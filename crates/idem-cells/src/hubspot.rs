@@ -75,7 +75,7 @@ impl HubSpotUpsert {
     pub fn default_profile() -> CellProfile {
         CellProfile {
             key: Some(KeySupport {
-                field: "idProperty (natural key)".into(),
+                field: "idProperty (natural)".into(),
                 max_len: 255,
                 retention: Duration::from_secs(10 * 365 * 24 * 3600),
                 safety_margin: Duration::from_secs(24 * 3600),

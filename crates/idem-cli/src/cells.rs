@@ -180,21 +180,33 @@ pub fn grid(r: &Registry) -> Vec<CellInfo> {
         .collect()
 }
 
+/// A duration as hours, or days when long.
+fn span(d: Duration) -> String {
+    let h = d.as_secs() / 3600;
+    if h >= 72 {
+        format!("{} d", h / 24)
+    } else if h > 0 {
+        format!("{h} h")
+    } else {
+        format!("{} s", d.as_secs())
+    }
+}
+
 /// The grid as a table: the three questions and the strategy.
 pub fn table(cells: &[CellInfo]) -> String {
     use idem_core::profile::{ApprovalPolicy, Lookup};
     let mut out = format!(
-        "{:<16} {:<34} {:<22} {:<22} strategy\n",
+        "{:<16} {:<44} {:<18} {:<26} strategy\n",
         "cell", "key?", "lookup?", "human?"
     );
     for c in cells {
         let p = &c.profile;
         let key = match &p.key {
             Some(k) => format!(
-                "{} ({} h, replay {} h)",
+                "{} ({}, replay {})",
                 k.field,
-                k.retention.as_secs() / 3600,
-                k.replay_window().as_secs() / 3600
+                span(k.retention),
+                span(k.replay_window())
             ),
             None => "none".into(),
         };
@@ -215,10 +227,10 @@ pub fn table(cells: &[CellInfo]) -> String {
                 format!("approval {argument} ≥ {threshold}")
             }
             (Lookup::None, _) if p.key.is_none() => "on any ambiguity".to_owned(),
-            _ => format!("past {} h in doubt", p.doubt_horizon.as_secs() / 3600),
+            _ => format!("past {} in doubt", span(p.doubt_horizon)),
         };
         out.push_str(&format!(
-            "{:<16} {:<34} {:<22} {:<22} {}\n",
+            "{:<16} {:<44} {:<18} {:<26} {}\n",
             c.name, key, lookup, human, p.strategy
         ));
     }
