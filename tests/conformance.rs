@@ -4,7 +4,7 @@
 
 use idem_testkit::conformance as c;
 use idem_testkit::subjects::{
-    DeclarativeSubject, HubSpotSubject, StripeChargeSubject, StripeRefundSubject,
+    DeclarativeSubject, HubSpotSubject, SlackSubject, StripeChargeSubject, StripeRefundSubject,
 };
 
 macro_rules! suite {
@@ -67,3 +67,4 @@ suite!(
     http_idempotent_acme_payout,
     DeclarativeSubject::start().await
 );
+suite!(slack_post, SlackSubject::start().await);

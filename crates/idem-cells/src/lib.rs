@@ -9,11 +9,13 @@ pub mod http;
 pub mod hubspot;
 pub mod noop;
 pub mod registry;
+pub mod slack;
 pub mod stripe;
 
 pub use cell::{Attempt, Cell, InvalidArgs};
 pub use declarative::DeclarativeCell;
 pub use hubspot::HubSpotUpsert;
 pub use registry::Registry;
+pub use slack::SlackPost;
 pub use stripe::charge::StripeCharge;
 pub use stripe::refund::StripeRefund;

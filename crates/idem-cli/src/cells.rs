@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use idem_cells::{Cell, HubSpotUpsert, Registry, StripeCharge, StripeRefund};
+use idem_cells::{Cell, HubSpotUpsert, Registry, SlackPost, StripeCharge, StripeRefund};
 use idem_core::profile::ApprovalPolicy;
 use idem_core::CellProfile;
 use serde::Serialize;
@@ -51,6 +51,22 @@ pub struct CellArgs {
         hide_default_value = true
     )]
     pub hubspot_token: String,
+    /// Slack Web API base (Slack itself, or `idem sim slack`).
+    #[arg(
+        long,
+        env = "IDEM_SLACK_BASE",
+        default_value = "http://127.0.0.1:12114"
+    )]
+    pub slack_base: String,
+    /// Slack bot token (xoxb-…); sent only in the Authorization header.
+    #[arg(
+        long,
+        env = "SLACK_BOT_TOKEN",
+        default_value = "xoxb-idem-simulator",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub slack_token: String,
     /// Approval policy for a cell: `CELL=never|always|ARGUMENT>=THRESHOLD` (repeatable),
     /// e.g. `--approval stripe.charge=amount>=50000`.
     #[arg(long = "approval", value_parser = parse_approval)]
@@ -78,6 +94,8 @@ impl Default for CellArgs {
             stripe_key_retention_ms: None,
             hubspot_base: "http://127.0.0.1:12112".into(),
             hubspot_token: "pat-idem-simulator".into(),
+            slack_base: "http://127.0.0.1:12114".into(),
+            slack_token: "xoxb-idem-simulator".into(),
             approvals: vec![],
             cell_configs: vec![],
         }
@@ -143,6 +161,10 @@ impl CellArgs {
             .with(
                 HubSpotUpsert::new(&self.hubspot_base, &self.hubspot_token)
                     .with_profile(|p| self.approval("hubspot.upsert", p)),
+            )
+            .with(
+                SlackPost::new(&self.slack_base, &self.slack_token)
+                    .with_profile(|p| self.approval("slack.post", p)),
             )
     }
 

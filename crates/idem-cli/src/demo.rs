@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use idem_cells::{DeclarativeCell, HubSpotUpsert, Registry, StripeCharge, StripeRefund};
+use idem_cells::{DeclarativeCell, HubSpotUpsert, Registry, SlackPost, StripeCharge, StripeRefund};
 use idem_core::CellProfile;
 use idem_core::{CellName, RetryPolicy};
 use idem_sim::{
-    FaultRates, HubSpotSim, IetfConfig, IetfSim, SimServer, StripeSim, StripeSimConfig,
+    FaultRates, HubSpotSim, IetfConfig, IetfSim, SimServer, SlackSim, StripeSim, StripeSimConfig,
 };
 use idem_store::{enqueue, NewAction, Store, DEFAULT_DATABASE_URL};
 use idem_worker::{Worker, WorkerConfig};
@@ -247,6 +247,8 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
     let server = SimServer::start(sim.router(), ([127, 0, 0, 1], 0).into()).await?;
     let hubspot = HubSpotSim::new(args.seed, faults);
     let hubspot_server = SimServer::start(hubspot.router(), ([127, 0, 0, 1], 0).into()).await?;
+    let slack = SlackSim::new(args.seed, faults, Duration::from_millis(200));
+    let slack_server = SimServer::start(slack.router(), ([127, 0, 0, 1], 0).into()).await?;
     let ietf = IetfSim::new(args.seed, faults, IetfConfig::default());
     let ietf_server = SimServer::start(ietf.router(), ([127, 0, 0, 1], 0).into()).await?;
     // Demo timings: a lost response is noticed in 1 s, a lease lasts 3 s.
@@ -273,6 +275,15 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
                     .with_profile(timings),
             )
             .with(payout.clone())
+            .with(
+                SlackPost::new(slack_server.base_url(), "xoxb-idem-demo").with_profile(|p| {
+                    timings(p);
+                    // The demo's history lags 200 ms; trust a miss after 1 s.
+                    p.lookup = idem_core::profile::Lookup::Eventual {
+                        lag_bound: Duration::from_secs(1),
+                    };
+                }),
+            )
     };
     let worker_config = |i: usize| WorkerConfig {
         id: format!("demo-worker-{i}"),
@@ -301,6 +312,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
     let refund = CellName::new("stripe.refund")?;
     let upsert = CellName::new("hubspot.upsert")?;
     let acme = CellName::new("acme.payout")?;
+    let post = CellName::new("slack.post")?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let mut ids = vec![];
     let mut calls = 0;
@@ -310,7 +322,13 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         for &i in chunk {
             // Every fifth action refunds a charge made earlier (outside idem); 5% of those
             // ask for more than is left, which Stripe refuses: a definitive failure.
-            let (cell, args_json) = if i % 5 == 2 {
+            let (cell, args_json) = if i % 10 == 1 {
+                // A notification: Slack has no key; the history decides doubts.
+                (
+                    post.clone(),
+                    serde_json::json!({"channel": "C0DEMO", "text": format!("order {i} charged")}),
+                )
+            } else if i % 5 == 2 {
                 // A payout through the declarative http.idempotent cell.
                 (
                     acme.clone(),
@@ -435,6 +453,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
                 .ledger()
                 .into_iter()
                 .chain(ietf.core.ledger())
+                .chain(slack.core.ledger())
                 .map(|e| (e.idem_action_id, e.id)),
         )
         .collect();
@@ -459,6 +478,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
     drop(server);
     drop(hubspot_server);
     drop(ietf_server);
+    drop(slack_server);
     Ok(ok)
 }
 

@@ -251,6 +251,16 @@ enum SimCommand {
         #[arg(long, default_value_t = 0.0)]
         lookup_lag_secs: f64,
     },
+    /// The Slack Web API simulator (chat.postMessage with metadata, conversations.history).
+    Slack {
+        #[arg(long, default_value = "127.0.0.1:12114")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        faults: FaultArgs,
+        /// Seconds before a post shows in conversations.history.
+        #[arg(long, default_value_t = 0.0)]
+        history_lag_secs: f64,
+    },
     /// The HubSpot CRM simulator (batch upsert by unique property, read; ledger at
     /// /_sim/ledger).
     Hubspot {
@@ -424,6 +434,23 @@ async fn main() -> Result<()> {
                 let server = idem_sim::SimServer::start(sim.router(), listen).await?;
                 eprintln!(
                     "IETF Idempotency-Key simulator on {} (ledger: /_sim/ledger)",
+                    server.base_url()
+                );
+                tokio::signal::ctrl_c().await?;
+            }
+            SimCommand::Slack {
+                listen,
+                faults,
+                history_lag_secs,
+            } => {
+                let sim = idem_sim::SlackSim::new(
+                    faults.seed,
+                    faults.rates(),
+                    Duration::from_secs_f64(history_lag_secs),
+                );
+                let server = idem_sim::SimServer::start(sim.router(), listen).await?;
+                eprintln!(
+                    "slack simulator on {} (ledger: /_sim/ledger)",
                     server.base_url()
                 );
                 tokio::signal::ctrl_c().await?;

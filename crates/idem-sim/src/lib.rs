@@ -8,6 +8,7 @@ pub mod hubspot;
 pub mod ietf;
 pub mod partner;
 pub mod server;
+pub mod slack;
 pub mod stripe;
 
 pub use fault::{Fault, FaultRates};
@@ -15,4 +16,5 @@ pub use hubspot::HubSpotSim;
 pub use ietf::{IetfConfig, IetfSim};
 pub use partner::{Effect, PartnerCore};
 pub use server::SimServer;
+pub use slack::SlackSim;
 pub use stripe::{LedgerEntry, StripeSim, StripeSimConfig};

@@ -4,9 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use idem_cells::{Cell, DeclarativeCell, HubSpotUpsert, StripeCharge, StripeRefund};
+use idem_cells::{Cell, DeclarativeCell, HubSpotUpsert, SlackPost, StripeCharge, StripeRefund};
 use idem_core::{ActionId, CellProfile};
-use idem_sim::{Fault, FaultRates, HubSpotSim, IetfConfig, IetfSim, SimServer, StripeSimConfig};
+use idem_sim::{
+    Fault, FaultRates, HubSpotSim, IetfConfig, IetfSim, SimServer, SlackSim, StripeSimConfig,
+};
 use serde_json::{json, Value};
 
 use crate::conformance::Subject;
@@ -292,6 +294,73 @@ impl Subject for DeclarativeSubject {
     fn set_key_retention(&self, retention: Duration) {
         self.sim.update_config(|c| c.key_retention = retention);
     }
+
+    fn may_need_human(&self) -> bool {
+        false
+    }
+}
+
+/// `slack.post` against the Slack simulator (history lag bound 2 s in the profile).
+#[derive(Debug)]
+pub struct SlackSubject {
+    pub sim: SlackSim,
+    pub server: SimServer,
+}
+
+impl SlackSubject {
+    pub async fn start() -> Self {
+        let sim = SlackSim::new(1, FaultRates::default(), Duration::ZERO);
+        let server = SimServer::start(sim.router(), ([127, 0, 0, 1], 0).into())
+            .await
+            .expect("bind a local port for the simulator");
+        Self { sim, server }
+    }
+}
+
+#[async_trait]
+impl Subject for SlackSubject {
+    fn cell(&self, profile: &dyn Fn(&mut CellProfile)) -> Arc<dyn Cell> {
+        Arc::new(
+            SlackPost::new(self.server.base_url(), "xoxb-idem-testkit").with_profile(|p| {
+                p.lookup = idem_core::profile::Lookup::Eventual {
+                    lag_bound: Duration::from_secs(2),
+                };
+                profile(p);
+            }),
+        )
+    }
+
+    async fn args(&self, n: usize) -> Value {
+        json!({"channel": "C0CONFORM", "text": format!("deploy {n} finished")})
+    }
+
+    fn malformed(&self) -> Vec<Value> {
+        vec![
+            json!({"text": "hi"}),
+            json!({"channel": "#general", "text": "hi"}),
+            json!({"channel": "C0CONFORM", "text": ""}),
+            json!({"channel": "C0CONFORM", "text": "hi", "as_user": true}),
+        ]
+    }
+
+    fn effects_for(&self, action: ActionId) -> usize {
+        self.sim.core.effects_for(&action.to_string())
+    }
+
+    fn effect_requests(&self) -> usize {
+        self.sim.post_requests()
+    }
+
+    fn script(&self, faults: Vec<Fault>) {
+        self.sim.core.script(faults);
+    }
+
+    fn set_lookup_lag(&self, lag: Duration) -> bool {
+        self.sim.set_history_lag(lag);
+        true
+    }
+
+    fn set_key_retention(&self, _: Duration) {}
 
     fn may_need_human(&self) -> bool {
         false

@@ -1,0 +1,304 @@
+//! `slack.post`: post a message to a channel (`chat.postMessage`).
+//!
+//! Failure modes and recovery (partners.md, Slack): there is **no idempotency key**. The
+//! post carries `metadata {event_type: "idem", event_payload: {idem_action_id}}`, so the
+//! cell can ask afterwards: `conversations.history?channel&oldest=t0&include_all_metadata`
+//! and look for its action id (query-then-act).
+//! - `ok:true` → succeeded (receipt: channel and `ts`).
+//! - lost response, timeout, 5xx, `internal_error`/`fatal_error`/`request_timeout`/
+//!   `service_unavailable` ("possibly some aspect succeeded") → ambiguous; never resent
+//!   blindly: the history decides, and a miss counts only after the lag bound.
+//! - 429 `ratelimited` → not processed; retry after `Retry-After`.
+//! - other `ok:false` errors (`channel_not_found`, `not_in_channel`, `is_archived`,
+//!   `msg_too_long`, `no_text`, `invalid_auth`, …) → failed.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use idem_core::canonical::{canonical_json, sha256_hex};
+use idem_core::profile::{ApprovalPolicy, Lookup, ReplayModel};
+use idem_core::{ActionId, CellName, CellProfile, ExecOutcome, Receipt, RetryPolicy, Verdict};
+use serde_json::{json, Value};
+
+use crate::cell::{Attempt, Cell, InvalidArgs};
+
+/// Slack errors that mean "the post may or may not have happened".
+const AMBIGUOUS: [&str; 4] = [
+    "internal_error",
+    "fatal_error",
+    "request_timeout",
+    "service_unavailable",
+];
+
+/// Slack for clock skew between us and Slack when reading history from `t0`.
+const SKEW_SECS: i64 = 120;
+
+/// The `slack.post` cell. Arguments: `channel` (a channel id, `C…`), `text`.
+#[derive(Clone)]
+pub struct SlackPost {
+    name: CellName,
+    profile: CellProfile,
+    base_url: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for SlackPost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlackPost")
+            .field("base_url", &self.base_url)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+fn arg_err(reason: impl Into<String>) -> InvalidArgs {
+    InvalidArgs {
+        cell: "slack.post".into(),
+        reason: reason.into(),
+    }
+}
+
+impl SlackPost {
+    pub fn new(base_url: impl Into<String>, token: impl Into<String>) -> Self {
+        let profile = Self::default_profile();
+        Self {
+            name: CellName::new("slack.post").expect("valid"),
+            http: crate::http::client(profile.call_timeout),
+            profile,
+            base_url: base_url.into().trim_end_matches('/').to_owned(),
+            token: token.into(),
+        }
+    }
+
+    /// No key; an eventually consistent lookup (history lag is undocumented: 30 s bound).
+    pub fn default_profile() -> CellProfile {
+        CellProfile {
+            key: None,
+            replay: ReplayModel::None,
+            lookup: Lookup::Eventual {
+                lag_bound: Duration::from_secs(30),
+            },
+            settle_time: Duration::from_secs(30),
+            doubt_horizon: Duration::from_secs(3600),
+            call_timeout: Duration::from_secs(15),
+            retry: RetryPolicy::default(),
+            approval: ApprovalPolicy::Never,
+            rate_limit_per_sec: Some(1),
+            strategy: "query-then-act: post with metadata carrying the action id; on doubt \
+                       read conversations.history with metadata; post again only after a \
+                       trusted miss"
+                .into(),
+        }
+    }
+
+    pub fn with_profile(mut self, f: impl FnOnce(&mut CellProfile)) -> Self {
+        f(&mut self.profile);
+        self.http = crate::http::client(self.profile.call_timeout);
+        self
+    }
+
+    fn receipt(channel: &str, message: &Value) -> Receipt {
+        Receipt {
+            partner_ref: format!("{channel}/{}", message["ts"].as_str().unwrap_or_default()),
+            response_digest: sha256_hex(canonical_json(message).as_bytes()),
+            detail: json!({"object": "message", "channel": channel, "ts": message["ts"]}),
+        }
+    }
+}
+
+#[async_trait]
+impl Cell for SlackPost {
+    fn name(&self) -> &CellName {
+        &self.name
+    }
+
+    fn profile(&self) -> &CellProfile {
+        &self.profile
+    }
+
+    fn validate(&self, args: &Value) -> Result<(), InvalidArgs> {
+        let obj = args
+            .as_object()
+            .ok_or_else(|| arg_err("args must be an object"))?;
+        match obj.get("channel").and_then(Value::as_str) {
+            Some(c)
+                if c.len() >= 2
+                    && c.bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) => {}
+            _ => return Err(arg_err("channel: required channel id (e.g. C0123ABCD)")),
+        }
+        match obj.get("text").and_then(Value::as_str) {
+            Some(t) if !t.is_empty() && t.chars().count() <= 40_000 => {}
+            _ => return Err(arg_err("text: required, 1..=40000 characters")),
+        }
+        if let Some(unknown) = obj
+            .keys()
+            .find(|k| !["channel", "text"].contains(&k.as_str()))
+        {
+            return Err(arg_err(format!("unknown field {unknown:?}")));
+        }
+        Ok(())
+    }
+
+    fn pre_state(&self, now: DateTime<Utc>) -> Value {
+        json!({ "t0": now.timestamp() })
+    }
+
+    async fn execute(&self, action: ActionId, args: &Value, _: &Attempt) -> ExecOutcome {
+        let body = json!({
+            "channel": args["channel"],
+            "text": args["text"],
+            "metadata": {"event_type": "idem", "event_payload": {"idem_action_id": action.to_string()}},
+        });
+        let req = self
+            .http
+            .post(format!("{}/api/chat.postMessage", self.base_url))
+            .bearer_auth(&self.token)
+            .json(&body);
+        let resp = match crate::http::send_traced(req, "slack.chat_post_message").await {
+            Ok(r) => r,
+            Err(e) if e.is_connect() => {
+                return ExecOutcome::NotProcessed {
+                    reason: "connection refused: the request never left".into(),
+                    retry_after: None,
+                }
+            }
+            Err(e) => {
+                return ExecOutcome::Ambiguous {
+                    reason: crate::stripe::without_url(&e),
+                    replayed_error: false,
+                }
+            }
+        };
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body: Value = match resp.bytes().await {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or(Value::Null),
+            Err(e) => {
+                return ExecOutcome::Ambiguous {
+                    reason: format!("response lost: {}", crate::stripe::without_url(&e)),
+                    replayed_error: false,
+                }
+            }
+        };
+        let error = body["error"].as_str().unwrap_or("");
+        match (status, body["ok"].as_bool()) {
+            (200, Some(true)) => ExecOutcome::Succeeded(Self::receipt(
+                args["channel"].as_str().unwrap_or_default(),
+                &body["message"],
+            )),
+            (429, _) => ExecOutcome::NotProcessed {
+                reason: "429 ratelimited".into(),
+                retry_after,
+            },
+            (200, Some(false)) if AMBIGUOUS.contains(&error) => ExecOutcome::Ambiguous {
+                reason: format!("{error}: possibly posted"),
+                replayed_error: false,
+            },
+            (200, Some(false)) => ExecOutcome::Failed {
+                reason: format!("slack error {error}"),
+            },
+            (s, _) => ExecOutcome::Ambiguous {
+                reason: format!("HTTP {s}"),
+                replayed_error: false,
+            },
+        }
+    }
+
+    async fn reconcile(&self, action: ActionId, args: &Value, attempts: &[Attempt]) -> Verdict {
+        let channel = args["channel"].as_str().unwrap_or_default();
+        let t0 = attempts
+            .iter()
+            .filter_map(|a| a.pre_state["t0"].as_i64())
+            .min()
+            .unwrap_or(0);
+        let me = action.to_string();
+        let mut cursor = String::new();
+        for _page in 0..50 {
+            let mut q = vec![
+                ("channel", channel.to_owned()),
+                ("oldest", (t0 - SKEW_SECS).max(0).to_string()),
+                ("include_all_metadata", "true".to_owned()),
+                ("limit", "200".to_owned()),
+            ];
+            if !cursor.is_empty() {
+                q.push(("cursor", cursor.clone()));
+            }
+            let req = self
+                .http
+                .get(format!("{}/api/conversations.history", self.base_url))
+                .bearer_auth(&self.token)
+                .query(&q);
+            let body: Value =
+                match crate::http::send_traced(req, "slack.conversations_history").await {
+                    Ok(r) if r.status().is_success() => r.json().await.unwrap_or(Value::Null),
+                    Ok(r) => {
+                        return Verdict::Unknown {
+                            reason: format!("history answered {}", r.status()),
+                        }
+                    }
+                    Err(e) => {
+                        return Verdict::Unknown {
+                            reason: format!("history failed: {}", crate::stripe::without_url(&e)),
+                        }
+                    }
+                };
+            if body["ok"].as_bool() != Some(true) {
+                return Verdict::Unknown {
+                    reason: format!("history error {}", body["error"]),
+                };
+            }
+            let messages = body["messages"].as_array().cloned().unwrap_or_default();
+            if let Some(m) = messages.iter().find(|m| {
+                m["metadata"]["event_type"] == "idem"
+                    && m["metadata"]["event_payload"]["idem_action_id"].as_str()
+                        == Some(me.as_str())
+            }) {
+                return Verdict::Happened(Self::receipt(channel, m));
+            }
+            cursor = body["response_metadata"]["next_cursor"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if body["has_more"].as_bool() != Some(true) || cursor.is_empty() {
+                return Verdict::NotHappened;
+            }
+        }
+        Verdict::Unknown {
+            reason: "too many pages of history".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_field_and_debug_hides_the_token() {
+        let c = SlackPost::new("http://x", "xoxb-secret");
+        assert!(c
+            .validate(&json!({"channel": "C0123", "text": "hi"}))
+            .is_ok());
+        for (args, field) in [
+            (json!({"text": "hi"}), "channel"),
+            (json!({"channel": "#general", "text": "hi"}), "channel"),
+            (json!({"channel": "C1", "text": ""}), "text"),
+            (
+                json!({"channel": "C1", "text": "hi", "blocks": []}),
+                "blocks",
+            ),
+        ] {
+            assert!(c.validate(&args).unwrap_err().reason.contains(field));
+        }
+        assert!(!format!("{c:?}").contains("xoxb-secret"));
+        assert_eq!(c.key(ActionId::random(), 0), None, "no key: Slack has none");
+    }
+}
