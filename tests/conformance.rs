@@ -5,6 +5,7 @@
 use idem_testkit::conformance as c;
 use idem_testkit::subjects::{
     DeclarativeSubject, HubSpotSubject, SlackSubject, StripeChargeSubject, StripeRefundSubject,
+    TwilioSubject,
 };
 
 macro_rules! suite {
@@ -68,3 +69,4 @@ suite!(
     DeclarativeSubject::start().await
 );
 suite!(slack_post, SlackSubject::start().await);
+suite!(twilio_sms_send, TwilioSubject::start().await);

@@ -11,6 +11,7 @@ pub mod noop;
 pub mod registry;
 pub mod slack;
 pub mod stripe;
+pub mod twilio;
 
 pub use cell::{Attempt, Cell, InvalidArgs};
 pub use declarative::DeclarativeCell;
@@ -19,3 +20,4 @@ pub use registry::Registry;
 pub use slack::SlackPost;
 pub use stripe::charge::StripeCharge;
 pub use stripe::refund::StripeRefund;
+pub use twilio::TwilioSms;

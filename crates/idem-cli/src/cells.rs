@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use idem_cells::{Cell, HubSpotUpsert, Registry, SlackPost, StripeCharge, StripeRefund};
+use idem_cells::{Cell, HubSpotUpsert, Registry, SlackPost, StripeCharge, StripeRefund, TwilioSms};
 use idem_core::profile::ApprovalPolicy;
 use idem_core::CellProfile;
 use serde::Serialize;
@@ -67,6 +67,35 @@ pub struct CellArgs {
         hide_default_value = true
     )]
     pub slack_token: String,
+    /// Twilio API base (Twilio itself, or `idem sim twilio`).
+    #[arg(
+        long,
+        env = "IDEM_TWILIO_BASE",
+        default_value = "http://127.0.0.1:12115"
+    )]
+    pub twilio_base: String,
+    #[arg(
+        long,
+        env = "TWILIO_ACCOUNT_SID",
+        default_value = "AC00000000000000000000000000000001"
+    )]
+    pub twilio_account_sid: String,
+    /// Twilio auth token; sent only in the Authorization header.
+    #[arg(
+        long,
+        env = "TWILIO_AUTH_TOKEN",
+        default_value = "twilio-idem-simulator",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub twilio_auth_token: String,
+    /// Where Twilio posts status callbacks (the cell appends `idem=<action id>`).
+    #[arg(
+        long,
+        env = "IDEM_TWILIO_STATUS_CALLBACK",
+        default_value = "https://hooks.invalid/twilio/status"
+    )]
+    pub twilio_status_callback: String,
     /// Approval policy for a cell: `CELL=never|always|ARGUMENT>=THRESHOLD` (repeatable),
     /// e.g. `--approval stripe.charge=amount>=50000`.
     #[arg(long = "approval", value_parser = parse_approval)]
@@ -96,6 +125,10 @@ impl Default for CellArgs {
             hubspot_token: "pat-idem-simulator".into(),
             slack_base: "http://127.0.0.1:12114".into(),
             slack_token: "xoxb-idem-simulator".into(),
+            twilio_base: "http://127.0.0.1:12115".into(),
+            twilio_account_sid: "AC00000000000000000000000000000001".into(),
+            twilio_auth_token: "twilio-idem-simulator".into(),
+            twilio_status_callback: "https://hooks.invalid/twilio/status".into(),
             approvals: vec![],
             cell_configs: vec![],
         }
@@ -165,6 +198,15 @@ impl CellArgs {
             .with(
                 SlackPost::new(&self.slack_base, &self.slack_token)
                     .with_profile(|p| self.approval("slack.post", p)),
+            )
+            .with(
+                TwilioSms::new(
+                    &self.twilio_base,
+                    &self.twilio_account_sid,
+                    &self.twilio_auth_token,
+                    &self.twilio_status_callback,
+                )
+                .with_profile(|p| self.approval("twilio.sms.send", p)),
             )
     }
 

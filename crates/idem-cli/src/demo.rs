@@ -7,11 +7,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use idem_cells::{DeclarativeCell, HubSpotUpsert, Registry, SlackPost, StripeCharge, StripeRefund};
+use idem_cells::{
+    DeclarativeCell, HubSpotUpsert, Registry, SlackPost, StripeCharge, StripeRefund, TwilioSms,
+};
 use idem_core::CellProfile;
 use idem_core::{CellName, RetryPolicy};
 use idem_sim::{
     FaultRates, HubSpotSim, IetfConfig, IetfSim, SimServer, SlackSim, StripeSim, StripeSimConfig,
+    TwilioSim,
 };
 use idem_store::{enqueue, NewAction, Store, DEFAULT_DATABASE_URL};
 use idem_worker::{Worker, WorkerConfig};
@@ -249,6 +252,8 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
     let hubspot_server = SimServer::start(hubspot.router(), ([127, 0, 0, 1], 0).into()).await?;
     let slack = SlackSim::new(args.seed, faults, Duration::from_millis(200));
     let slack_server = SimServer::start(slack.router(), ([127, 0, 0, 1], 0).into()).await?;
+    let twilio = TwilioSim::new(args.seed, faults, Duration::from_millis(200));
+    let twilio_server = SimServer::start(twilio.router(), ([127, 0, 0, 1], 0).into()).await?;
     let ietf = IetfSim::new(args.seed, faults, IetfConfig::default());
     let ietf_server = SimServer::start(ietf.router(), ([127, 0, 0, 1], 0).into()).await?;
     // Demo timings: a lost response is noticed in 1 s, a lease lasts 3 s.
@@ -275,6 +280,20 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
                     .with_profile(timings),
             )
             .with(payout.clone())
+            .with(
+                TwilioSms::new(
+                    twilio_server.base_url(),
+                    "AC00000000000000000000000000000042",
+                    "twilio-idem-demo",
+                    "https://hooks.invalid/twilio/status",
+                )
+                .with_profile(|p| {
+                    timings(p);
+                    p.lookup = idem_core::profile::Lookup::Eventual {
+                        lag_bound: Duration::from_secs(1),
+                    };
+                }),
+            )
             .with(
                 SlackPost::new(slack_server.base_url(), "xoxb-idem-demo").with_profile(|p| {
                     timings(p);
@@ -313,6 +332,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
     let upsert = CellName::new("hubspot.upsert")?;
     let acme = CellName::new("acme.payout")?;
     let post = CellName::new("slack.post")?;
+    let sms = CellName::new("twilio.sms.send")?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let mut ids = vec![];
     let mut calls = 0;
@@ -322,7 +342,17 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         for &i in chunk {
             // Every fifth action refunds a charge made earlier (outside idem); 5% of those
             // ask for more than is left, which Stripe refuses: a definitive failure.
-            let (cell, args_json) = if i % 10 == 1 {
+            let (cell, args_json) = if i % 10 == 6 {
+                // A one-time code by SMS: at most once, a person decides what is unprovable.
+                (
+                    sms.clone(),
+                    serde_json::json!({
+                        "to": format!("+1555{:07}", i),
+                        "from": "+15550000000",
+                        "body": format!("Your code is {}", 100_000 + i),
+                    }),
+                )
+            } else if i % 10 == 1 {
                 // A notification: Slack has no key; the history decides doubts.
                 (
                     post.clone(),
@@ -454,6 +484,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
                 .into_iter()
                 .chain(ietf.core.ledger())
                 .chain(slack.core.ledger())
+                .chain(twilio.core.ledger())
                 .map(|e| (e.idem_action_id, e.id)),
         )
         .collect();
@@ -479,6 +510,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
     drop(hubspot_server);
     drop(ietf_server);
     drop(slack_server);
+    drop(twilio_server);
     Ok(ok)
 }
 
@@ -614,7 +646,7 @@ fn print_table(r: &Report) {
     );
     println!();
     println!(
-        "{:<14} {:>7} {:>7} {:>10} {:>5} {:>9} {:>6} {:>11} {:>16} {:>14} {:>7} {:>7}",
+        "{:<16} {:>7} {:>7} {:>10} {:>5} {:>9} {:>6} {:>11} {:>16} {:>14} {:>7} {:>7}",
         "cell",
         "actions",
         "effects",
@@ -633,7 +665,7 @@ fn print_table(r: &Report) {
     for n in names {
         let c = &r.cells[n];
         println!(
-            "{:<14} {:>7} {:>7} {:>10} {:>5} {:>9} {:>6} {:>11} {:>16} {:>14} {:>7} {:>7}",
+            "{:<16} {:>7} {:>7} {:>10} {:>5} {:>9} {:>6} {:>11} {:>16} {:>14} {:>7} {:>7}",
             n,
             c.actions,
             c.effects,

@@ -251,6 +251,16 @@ enum SimCommand {
         #[arg(long, default_value_t = 0.0)]
         lookup_lag_secs: f64,
     },
+    /// The Twilio Messaging simulator (Messages create and list; no REST key).
+    Twilio {
+        #[arg(long, default_value = "127.0.0.1:12115")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        faults: FaultArgs,
+        /// Seconds before a message shows in the Messages list.
+        #[arg(long, default_value_t = 0.0)]
+        list_lag_secs: f64,
+    },
     /// The Slack Web API simulator (chat.postMessage with metadata, conversations.history).
     Slack {
         #[arg(long, default_value = "127.0.0.1:12114")]
@@ -434,6 +444,23 @@ async fn main() -> Result<()> {
                 let server = idem_sim::SimServer::start(sim.router(), listen).await?;
                 eprintln!(
                     "IETF Idempotency-Key simulator on {} (ledger: /_sim/ledger)",
+                    server.base_url()
+                );
+                tokio::signal::ctrl_c().await?;
+            }
+            SimCommand::Twilio {
+                listen,
+                faults,
+                list_lag_secs,
+            } => {
+                let sim = idem_sim::TwilioSim::new(
+                    faults.seed,
+                    faults.rates(),
+                    Duration::from_secs_f64(list_lag_secs),
+                );
+                let server = idem_sim::SimServer::start(sim.router(), listen).await?;
+                eprintln!(
+                    "twilio simulator on {} (ledger: /_sim/ledger)",
                     server.base_url()
                 );
                 tokio::signal::ctrl_c().await?;

@@ -10,6 +10,7 @@ pub mod partner;
 pub mod server;
 pub mod slack;
 pub mod stripe;
+pub mod twilio;
 
 pub use fault::{Fault, FaultRates};
 pub use hubspot::HubSpotSim;
@@ -18,3 +19,4 @@ pub use partner::{Effect, PartnerCore};
 pub use server::SimServer;
 pub use slack::SlackSim;
 pub use stripe::{LedgerEntry, StripeSim, StripeSimConfig};
+pub use twilio::TwilioSim;

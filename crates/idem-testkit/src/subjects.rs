@@ -4,10 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use idem_cells::{Cell, DeclarativeCell, HubSpotUpsert, SlackPost, StripeCharge, StripeRefund};
+use idem_cells::{
+    Cell, DeclarativeCell, HubSpotUpsert, SlackPost, StripeCharge, StripeRefund, TwilioSms,
+};
 use idem_core::{ActionId, CellProfile};
 use idem_sim::{
     Fault, FaultRates, HubSpotSim, IetfConfig, IetfSim, SimServer, SlackSim, StripeSimConfig,
+    TwilioSim,
 };
 use serde_json::{json, Value};
 
@@ -364,5 +367,86 @@ impl Subject for SlackSubject {
 
     fn may_need_human(&self) -> bool {
         false
+    }
+}
+
+/// `twilio.sms.send` against the Twilio simulator (list lag bound 2 s in the profile).
+#[derive(Debug)]
+pub struct TwilioSubject {
+    pub sim: TwilioSim,
+    pub server: SimServer,
+}
+
+/// The account the Twilio subject and demo use.
+pub const TWILIO_TEST_ACCOUNT: &str = "AC00000000000000000000000000000001";
+
+impl TwilioSubject {
+    pub async fn start() -> Self {
+        let sim = TwilioSim::new(1, FaultRates::default(), Duration::ZERO);
+        let server = SimServer::start(sim.router(), ([127, 0, 0, 1], 0).into())
+            .await
+            .expect("bind a local port for the simulator");
+        Self { sim, server }
+    }
+}
+
+#[async_trait]
+impl Subject for TwilioSubject {
+    fn cell(&self, profile: &dyn Fn(&mut CellProfile)) -> Arc<dyn Cell> {
+        Arc::new(
+            TwilioSms::new(
+                self.server.base_url(),
+                TWILIO_TEST_ACCOUNT,
+                "twilio-test-token",
+                "https://hooks.example/twilio/status",
+            )
+            .with_profile(|p| {
+                p.lookup = idem_core::profile::Lookup::Eventual {
+                    lag_bound: Duration::from_secs(2),
+                };
+                profile(p);
+            }),
+        )
+    }
+
+    async fn args(&self, n: usize) -> Value {
+        json!({
+            "to": format!("+1555{:07}", n + 1000 * (uuid::Uuid::new_v4().as_u128() % 9000) as usize),
+            "from": "+15550000000",
+            "body": format!("Your code is {}", 100_000 + n),
+        })
+    }
+
+    fn malformed(&self) -> Vec<Value> {
+        vec![
+            json!({"from": "+15550000000", "body": "hi"}),
+            json!({"to": "5551234", "from": "+15550000000", "body": "hi"}),
+            json!({"to": "+15551234567", "body": "hi"}),
+            json!({"to": "+15551234567", "from": "+15550000000", "body": ""}),
+        ]
+    }
+
+    fn effects_for(&self, action: ActionId) -> usize {
+        self.sim.core.effects_for(&action.to_string())
+    }
+
+    fn effect_requests(&self) -> usize {
+        self.sim.create_requests()
+    }
+
+    fn script(&self, faults: Vec<Fault>) {
+        self.sim.core.script(faults);
+    }
+
+    fn set_lookup_lag(&self, lag: Duration) -> bool {
+        self.sim.set_list_lag(lag);
+        true
+    }
+
+    fn set_key_retention(&self, _: Duration) {}
+
+    fn may_need_human(&self) -> bool {
+        // At-most-once: a message that cannot be found is a person's call.
+        true
     }
 }

@@ -1,0 +1,356 @@
+//! `twilio.sms.send`: send one SMS (`POST /2010-04-01/Accounts/{sid}/Messages.json`).
+//!
+//! Failure modes and recovery (partners.md, Twilio): there is **no REST idempotency key**,
+//! and SMS is at-most-once by policy: a message is never resent unless its absence is
+//! certain, and a lookup miss is not certainty (a list match is by To/From/day/body, not
+//! by an id). So:
+//! - 201 → succeeded (receipt: message SID).
+//! - 429 / code 20429 → "never processed" [T3]: safe to retry.
+//! - 400 codes (21211 invalid To, 21602 no body, 21603 no sender, …), 401, 403, 404 →
+//!   failed.
+//! - lost response, timeout, 5xx → ambiguous: list Messages by To/From and `DateSent>=`
+//!   the attempt's day [T5], match body and `date_created ≥ t0`; found → succeeded; not
+//!   found → wait out the lag bound, then **needs_human** (never an automatic resend).
+//! - the action id rides in the StatusCallback URL (`?idem=<action>`), so status
+//!   callbacks and people can tie a message to its action.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use idem_core::canonical::{canonical_json, sha256_hex};
+use idem_core::profile::{ApprovalPolicy, Lookup, ReplayModel};
+use idem_core::{ActionId, CellName, CellProfile, ExecOutcome, Receipt, RetryPolicy, Verdict};
+use serde_json::{json, Value};
+
+use crate::cell::{Attempt, Cell, InvalidArgs};
+
+/// Clock skew allowed between us and Twilio when matching `date_created` against t0.
+const SKEW_SECS: i64 = 120;
+
+/// The `twilio.sms.send` cell. Arguments: `to` (E.164), `from` (E.164) or
+/// `messaging_service_sid` (`MG…`), `body`.
+#[derive(Clone)]
+pub struct TwilioSms {
+    name: CellName,
+    profile: CellProfile,
+    base_url: String,
+    account_sid: String,
+    auth_token: String,
+    status_callback: String,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for TwilioSms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TwilioSms")
+            .field("base_url", &self.base_url)
+            .field("account_sid", &self.account_sid)
+            .field("auth_token", &"<redacted>")
+            .finish()
+    }
+}
+
+fn arg_err(reason: impl Into<String>) -> InvalidArgs {
+    InvalidArgs {
+        cell: "twilio.sms.send".into(),
+        reason: reason.into(),
+    }
+}
+
+fn e164(s: &str) -> bool {
+    s.len() >= 8
+        && s.len() <= 16
+        && s.starts_with('+')
+        && s[1..].bytes().all(|b| b.is_ascii_digit())
+}
+
+impl TwilioSms {
+    /// `status_callback` is the URL Twilio posts status changes to; the cell appends
+    /// `idem=<action id>`.
+    pub fn new(
+        base_url: impl Into<String>,
+        account_sid: impl Into<String>,
+        auth_token: impl Into<String>,
+        status_callback: impl Into<String>,
+    ) -> Self {
+        let profile = Self::default_profile();
+        Self {
+            name: CellName::new("twilio.sms.send").expect("valid"),
+            http: crate::http::client(profile.call_timeout),
+            profile,
+            base_url: base_url.into().trim_end_matches('/').to_owned(),
+            account_sid: account_sid.into(),
+            auth_token: auth_token.into(),
+            status_callback: status_callback.into(),
+        }
+    }
+
+    /// No key, a list lookup of undocumented lag (bound 2 min), at-most-once.
+    pub fn default_profile() -> CellProfile {
+        CellProfile {
+            key: None,
+            replay: ReplayModel::None,
+            lookup: Lookup::Eventual {
+                lag_bound: Duration::from_secs(120),
+            },
+            settle_time: Duration::from_secs(30),
+            doubt_horizon: Duration::from_secs(3600),
+            call_timeout: Duration::from_secs(15),
+            retry: RetryPolicy::default(),
+            approval: ApprovalPolicy::Never,
+            rate_limit_per_sec: None,
+            strategy: "at-most-once: no key; on doubt list Messages by To/From/DateSent and \
+                       match body and time; not found → a person decides, never a resend"
+                .into(),
+        }
+    }
+
+    pub fn with_profile(mut self, f: impl FnOnce(&mut CellProfile)) -> Self {
+        f(&mut self.profile);
+        self.http = crate::http::client(self.profile.call_timeout);
+        self
+    }
+
+    fn lag_bound(&self) -> Duration {
+        match self.profile.lookup {
+            Lookup::Eventual { lag_bound } => lag_bound,
+            _ => Duration::ZERO,
+        }
+    }
+
+    fn callback(&self, action: ActionId) -> String {
+        let sep = if self.status_callback.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        format!("{}{sep}idem={action}", self.status_callback)
+    }
+
+    fn messages_url(&self) -> String {
+        format!(
+            "{}/2010-04-01/Accounts/{}/Messages.json",
+            self.base_url, self.account_sid
+        )
+    }
+
+    fn receipt(m: &Value) -> Receipt {
+        Receipt {
+            partner_ref: m["sid"].as_str().unwrap_or_default().to_owned(),
+            response_digest: sha256_hex(canonical_json(m).as_bytes()),
+            detail: json!({"object": "message", "to": m["to"], "status": m["status"]}),
+        }
+    }
+}
+
+#[async_trait]
+impl Cell for TwilioSms {
+    fn name(&self) -> &CellName {
+        &self.name
+    }
+
+    fn profile(&self) -> &CellProfile {
+        &self.profile
+    }
+
+    fn validate(&self, args: &Value) -> Result<(), InvalidArgs> {
+        let obj = args
+            .as_object()
+            .ok_or_else(|| arg_err("args must be an object"))?;
+        if !obj.get("to").and_then(Value::as_str).is_some_and(e164) {
+            return Err(arg_err("to: required E.164 number (+15551234567)"));
+        }
+        match (obj.get("from"), obj.get("messaging_service_sid")) {
+            (Some(f), None) if f.as_str().is_some_and(e164) => {}
+            (None, Some(s))
+                if s.as_str()
+                    .is_some_and(|s| s.starts_with("MG") && s.len() == 34) => {}
+            _ => {
+                return Err(arg_err(
+                    "from (E.164) or messaging_service_sid (MG…, 34 chars): exactly one",
+                ))
+            }
+        }
+        match obj.get("body").and_then(Value::as_str) {
+            Some(b) if !b.is_empty() && b.chars().count() <= 1600 => {}
+            _ => return Err(arg_err("body: required, 1..=1600 characters")),
+        }
+        if let Some(unknown) = obj
+            .keys()
+            .find(|k| !["to", "from", "messaging_service_sid", "body"].contains(&k.as_str()))
+        {
+            return Err(arg_err(format!("unknown field {unknown:?}")));
+        }
+        Ok(())
+    }
+
+    fn pre_state(&self, now: DateTime<Utc>) -> Value {
+        json!({ "t0": now.timestamp() })
+    }
+
+    async fn execute(&self, action: ActionId, args: &Value, _: &Attempt) -> ExecOutcome {
+        let mut form = vec![
+            ("To", args["to"].as_str().unwrap_or_default().to_owned()),
+            ("Body", args["body"].as_str().unwrap_or_default().to_owned()),
+            ("StatusCallback", self.callback(action)),
+        ];
+        if let Some(f) = args["from"].as_str() {
+            form.push(("From", f.to_owned()));
+        }
+        if let Some(s) = args["messaging_service_sid"].as_str() {
+            form.push(("MessagingServiceSid", s.to_owned()));
+        }
+        let req = self
+            .http
+            .post(self.messages_url())
+            .basic_auth(&self.account_sid, Some(&self.auth_token))
+            .form(&form);
+        let resp = match crate::http::send_traced(req, "twilio.messages_create").await {
+            Ok(r) => r,
+            Err(e) if e.is_connect() => {
+                return ExecOutcome::NotProcessed {
+                    reason: "connection refused: the request never left".into(),
+                    retry_after: None,
+                }
+            }
+            Err(e) => {
+                return ExecOutcome::Ambiguous {
+                    reason: crate::stripe::without_url(&e),
+                    replayed_error: false,
+                }
+            }
+        };
+        let status = resp.status().as_u16();
+        let body: Value = match resp.bytes().await {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or(Value::Null),
+            Err(e) => {
+                return ExecOutcome::Ambiguous {
+                    reason: format!("response lost: {}", crate::stripe::without_url(&e)),
+                    replayed_error: false,
+                }
+            }
+        };
+        let code = body["code"].as_u64().unwrap_or(0);
+        match status {
+            200 | 201 => ExecOutcome::Succeeded(Self::receipt(&body)),
+            429 => ExecOutcome::NotProcessed {
+                reason: format!("429 (code {code}): never processed"),
+                retry_after: None,
+            },
+            400 | 401 | 403 | 404 => ExecOutcome::Failed {
+                reason: format!(
+                    "{status} code {code}: {}",
+                    body["message"].as_str().unwrap_or("")
+                ),
+            },
+            s => ExecOutcome::Ambiguous {
+                reason: format!("{s} code {code}"),
+                replayed_error: false,
+            },
+        }
+    }
+
+    async fn reconcile(&self, _: ActionId, args: &Value, attempts: &[Attempt]) -> Verdict {
+        let t0 = attempts
+            .iter()
+            .filter_map(|a| a.pre_state["t0"].as_i64())
+            .min()
+            .unwrap_or(0);
+        let first = attempts
+            .iter()
+            .map(|a| a.started_at)
+            .min()
+            .unwrap_or_else(Utc::now);
+        let day = DateTime::from_timestamp(t0 - SKEW_SECS, 0)
+            .unwrap_or_default()
+            .format("%Y-%m-%d")
+            .to_string();
+        let mut q = vec![
+            ("To", args["to"].as_str().unwrap_or_default().to_owned()),
+            ("DateSent>", day),
+            ("PageSize", "1000".to_owned()),
+        ];
+        if let Some(f) = args["from"].as_str() {
+            q.push(("From", f.to_owned()));
+        }
+        let req = self
+            .http
+            .get(self.messages_url())
+            .basic_auth(&self.account_sid, Some(&self.auth_token))
+            .query(&q);
+        let body: Value = match crate::http::send_traced(req, "twilio.messages_list").await {
+            Ok(r) if r.status().is_success() => r.json().await.unwrap_or(Value::Null),
+            Ok(r) => {
+                return Verdict::Unknown {
+                    reason: format!("list answered {}", r.status()),
+                }
+            }
+            Err(e) => {
+                return Verdict::Unknown {
+                    reason: format!("list failed: {}", crate::stripe::without_url(&e)),
+                }
+            }
+        };
+        let body_text = args["body"].as_str().unwrap_or_default();
+        let found = body["messages"].as_array().and_then(|ms| {
+            ms.iter().find(|m| {
+                m["body"].as_str() == Some(body_text)
+                    && m["date_created"]
+                        .as_str()
+                        .and_then(|d| DateTime::parse_from_rfc2822(d).ok())
+                        .is_some_and(|d| d.timestamp() >= t0 - SKEW_SECS)
+            })
+        });
+        match found {
+            Some(m) => Verdict::Happened(Self::receipt(m)),
+            None if Utc::now() - first
+                < chrono::Duration::from_std(self.lag_bound().max(self.profile.settle_time))
+                    .unwrap_or(chrono::Duration::MAX) =>
+            {
+                Verdict::Unknown {
+                    reason: "not in the Messages list yet; its lag is undocumented".into(),
+                }
+            }
+            None => Verdict::Unknowable {
+                reason: "no matching message after the lag bound; SMS is at-most-once, so a \
+                         person decides (resend or not)"
+                    .into(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_field_and_debug_hides_the_token() {
+        let c = TwilioSms::new("http://x", "AC1", "auth-secret", "https://h/cb");
+        assert!(c
+            .validate(&json!({"to": "+15551230001", "from": "+15557654321", "body": "hi"}))
+            .is_ok());
+        for (args, field) in [
+            (json!({"from": "+15557654321", "body": "hi"}), "to"),
+            (
+                json!({"to": "555", "from": "+15557654321", "body": "hi"}),
+                "to",
+            ),
+            (json!({"to": "+15551230001", "body": "hi"}), "from"),
+            (
+                json!({"to": "+15551230001", "from": "+15557654321", "body": ""}),
+                "body",
+            ),
+            (
+                json!({"to": "+15551230001", "from": "+15557654321", "body": "x", "media": 1}),
+                "media",
+            ),
+        ] {
+            assert!(c.validate(&args).unwrap_err().reason.contains(field));
+        }
+        assert!(!format!("{c:?}").contains("auth-secret"));
+        let id = ActionId::random();
+        assert_eq!(c.callback(id), format!("https://h/cb?idem={id}"));
+    }
+}
