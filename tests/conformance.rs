@@ -4,8 +4,8 @@
 
 use idem_testkit::conformance as c;
 use idem_testkit::subjects::{
-    DeclarativeSubject, HubSpotSubject, SlackSubject, StripeChargeSubject, StripeRefundSubject,
-    TwilioSubject,
+    DeclarativeSubject, GmailSubject, HubSpotSubject, SlackSubject, StripeChargeSubject,
+    StripeRefundSubject, TwilioSubject,
 };
 
 macro_rules! suite {
@@ -70,3 +70,4 @@ suite!(
 );
 suite!(slack_post, SlackSubject::start().await);
 suite!(twilio_sms_send, TwilioSubject::start().await);
+suite!(gmail_send, GmailSubject::start().await);

@@ -645,7 +645,8 @@ async fn demo_binary_reports_no_duplicates_and_nothing_lost() {
     assert_eq!(v["duplicates"], 0);
     assert_eq!(v["lost"], 0);
     assert!(v["effects"].as_u64().unwrap() > 150);
-    assert_eq!(v["cells"]["stripe.charge"]["actions"], 40);
+    assert_eq!(v["cells"]["stripe.charge"]["actions"], 20);
+    assert_eq!(v["cells"]["gmail.send"]["actions"], 20);
     assert_eq!(v["cells"]["twilio.sms.send"]["actions"], 20);
     assert_eq!(v["cells"]["slack.post"]["actions"], 20);
     assert_eq!(v["cells"]["acme.payout"]["actions"], 40);

@@ -419,3 +419,85 @@ async fn needs_human_cases_are_resolved_with_audited_decisions() {
     .await;
     assert!(!ok && err.contains("failed"), "{err}");
 }
+
+#[tokio::test]
+async fn an_email_that_cannot_be_found_goes_to_a_person_and_is_never_resent() {
+    use idem_cells::GmailSend;
+    use idem_sim::{GmailConfig, GmailSim, SimServer};
+    let db = TestDb::new().await;
+    // Worse case on every undocumented knob: Gmail replaces our Message-ID (search finds
+    // nothing) and forgets history at once (history reads answer 404).
+    let sim = GmailSim::new(
+        1,
+        Default::default(),
+        GmailConfig {
+            keep_message_id: false,
+            search_lag: Duration::ZERO,
+            history_retention: Duration::ZERO,
+        },
+    );
+    let server = SimServer::start(sim.router(), ([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let cell = GmailSend::new(server.base_url(), "ya29.human-test").with_profile(|p| {
+        p.call_timeout = Duration::from_millis(1000);
+        p.settle_time = Duration::from_millis(200);
+        p.doubt_horizon = Duration::from_secs(30);
+        p.lookup = idem_core::profile::Lookup::Eventual {
+            lag_bound: Duration::from_millis(800),
+        };
+    });
+    let w = Worker::new(
+        db.store.clone(),
+        Registry::new().with(cell),
+        WorkerConfig {
+            id: "gmail-human-test".into(),
+            poll_interval: Duration::from_millis(50),
+            sweep_interval: Duration::from_millis(50),
+            ..WorkerConfig::default()
+        },
+    );
+    let a = NewAction::new(
+        ActionId::random(),
+        CellName::new("gmail.send").unwrap(),
+        json!({"to": "customer@example.com", "subject": "Receipt", "text": "Paid."}),
+    );
+    enqueue(db.store.pool(), &a).await.unwrap();
+    // The send happens, then Gmail answers 500.
+    sim.core.script([Fault::FailAfter]);
+    deliver_all(&db.store, &w).await;
+    sweep_until(
+        &w,
+        &db.store,
+        a.action_id,
+        State::NeedsHuman,
+        Duration::from_secs(15),
+    )
+    .await;
+    let id = a.action_id.to_string();
+    assert_eq!(sim.core.effects_for(&id), 1, "the email went out once");
+    assert_eq!(sim.send_requests(), 1, "and was never resent");
+    let row = state(&db.store, a.action_id).await;
+    assert!(
+        row.reason.as_deref().unwrap().contains("never resent"),
+        "{row:?}"
+    );
+    let sent = sim.core.ledger().remove(0).id;
+    let (ok, _, err) = idem(
+        &db,
+        &[
+            "resolve",
+            &id,
+            "--happened",
+            &sent,
+            "--as",
+            "dana",
+            "--reason",
+            "in the Sent folder",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(state(&db.store, a.action_id).await.state, State::Succeeded);
+    assert_eq!(sim.send_requests(), 1);
+}

@@ -5,6 +5,7 @@
 
 pub mod cell;
 pub mod declarative;
+pub mod gmail;
 pub mod http;
 pub mod hubspot;
 pub mod noop;
@@ -15,6 +16,7 @@ pub mod twilio;
 
 pub use cell::{Attempt, Cell, InvalidArgs};
 pub use declarative::DeclarativeCell;
+pub use gmail::GmailSend;
 pub use hubspot::HubSpotUpsert;
 pub use registry::Registry;
 pub use slack::SlackPost;

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use clap::Args;
-use idem_cells::{Cell, HubSpotUpsert, Registry, SlackPost, StripeCharge, StripeRefund, TwilioSms};
+use idem_cells::{
+    Cell, GmailSend, HubSpotUpsert, Registry, SlackPost, StripeCharge, StripeRefund, TwilioSms,
+};
 use idem_core::profile::ApprovalPolicy;
 use idem_core::CellProfile;
 use serde::Serialize;
@@ -96,6 +98,22 @@ pub struct CellArgs {
         default_value = "https://hooks.invalid/twilio/status"
     )]
     pub twilio_status_callback: String,
+    /// Gmail API base (Google itself, or `idem sim gmail`).
+    #[arg(
+        long,
+        env = "IDEM_GMAIL_BASE",
+        default_value = "http://127.0.0.1:12116"
+    )]
+    pub gmail_base: String,
+    /// OAuth access token for the sending mailbox; sent only in the Authorization header.
+    #[arg(
+        long,
+        env = "GMAIL_ACCESS_TOKEN",
+        default_value = "ya29.idem-simulator",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub gmail_token: String,
     /// Approval policy for a cell: `CELL=never|always|ARGUMENT>=THRESHOLD` (repeatable),
     /// e.g. `--approval stripe.charge=amount>=50000`.
     #[arg(long = "approval", value_parser = parse_approval)]
@@ -129,6 +147,8 @@ impl Default for CellArgs {
             twilio_account_sid: "AC00000000000000000000000000000001".into(),
             twilio_auth_token: "twilio-idem-simulator".into(),
             twilio_status_callback: "https://hooks.invalid/twilio/status".into(),
+            gmail_base: "http://127.0.0.1:12116".into(),
+            gmail_token: "ya29.idem-simulator".into(),
             approvals: vec![],
             cell_configs: vec![],
         }
@@ -207,6 +227,10 @@ impl CellArgs {
                     &self.twilio_status_callback,
                 )
                 .with_profile(|p| self.approval("twilio.sms.send", p)),
+            )
+            .with(
+                GmailSend::new(&self.gmail_base, &self.gmail_token)
+                    .with_profile(|p| self.approval("gmail.send", p)),
             )
     }
 

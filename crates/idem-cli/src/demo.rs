@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use idem_cells::{
-    DeclarativeCell, HubSpotUpsert, Registry, SlackPost, StripeCharge, StripeRefund, TwilioSms,
+    DeclarativeCell, GmailSend, HubSpotUpsert, Registry, SlackPost, StripeCharge, StripeRefund,
+    TwilioSms,
 };
 use idem_core::CellProfile;
 use idem_core::{CellName, RetryPolicy};
 use idem_sim::{
-    FaultRates, HubSpotSim, IetfConfig, IetfSim, SimServer, SlackSim, StripeSim, StripeSimConfig,
-    TwilioSim,
+    FaultRates, GmailConfig, GmailSim, HubSpotSim, IetfConfig, IetfSim, SimServer, SlackSim,
+    StripeSim, StripeSimConfig, TwilioSim,
 };
 use idem_store::{enqueue, NewAction, Store, DEFAULT_DATABASE_URL};
 use idem_worker::{Worker, WorkerConfig};
@@ -254,6 +255,8 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
     let slack_server = SimServer::start(slack.router(), ([127, 0, 0, 1], 0).into()).await?;
     let twilio = TwilioSim::new(args.seed, faults, Duration::from_millis(200));
     let twilio_server = SimServer::start(twilio.router(), ([127, 0, 0, 1], 0).into()).await?;
+    let gmail = GmailSim::new(args.seed, faults, GmailConfig::default());
+    let gmail_server = SimServer::start(gmail.router(), ([127, 0, 0, 1], 0).into()).await?;
     let ietf = IetfSim::new(args.seed, faults, IetfConfig::default());
     let ietf_server = SimServer::start(ietf.router(), ([127, 0, 0, 1], 0).into()).await?;
     // Demo timings: a lost response is noticed in 1 s, a lease lasts 3 s.
@@ -280,6 +283,14 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
                     .with_profile(timings),
             )
             .with(payout.clone())
+            .with(
+                GmailSend::new(gmail_server.base_url(), "ya29.idem-demo").with_profile(|p| {
+                    timings(p);
+                    p.lookup = idem_core::profile::Lookup::Eventual {
+                        lag_bound: Duration::from_secs(1),
+                    };
+                }),
+            )
             .with(
                 TwilioSms::new(
                     twilio_server.base_url(),
@@ -333,6 +344,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
     let acme = CellName::new("acme.payout")?;
     let post = CellName::new("slack.post")?;
     let sms = CellName::new("twilio.sms.send")?;
+    let email = CellName::new("gmail.send")?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let mut ids = vec![];
     let mut calls = 0;
@@ -342,7 +354,17 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         for &i in chunk {
             // Every fifth action refunds a charge made earlier (outside idem); 5% of those
             // ask for more than is left, which Stripe refuses: a definitive failure.
-            let (cell, args_json) = if i % 10 == 6 {
+            let (cell, args_json) = if i % 10 == 0 {
+                // A receipt by email: never resent automatically.
+                (
+                    email.clone(),
+                    serde_json::json!({
+                        "to": format!("customer{i}@demo.example"),
+                        "subject": format!("Receipt for order {i}"),
+                        "text": "Thank you for your order.",
+                    }),
+                )
+            } else if i % 10 == 6 {
                 // A one-time code by SMS: at most once, a person decides what is unprovable.
                 (
                     sms.clone(),
@@ -485,6 +507,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
                 .chain(ietf.core.ledger())
                 .chain(slack.core.ledger())
                 .chain(twilio.core.ledger())
+                .chain(gmail.core.ledger())
                 .map(|e| (e.idem_action_id, e.id)),
         )
         .collect();
@@ -511,6 +534,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
     drop(ietf_server);
     drop(slack_server);
     drop(twilio_server);
+    drop(gmail_server);
     Ok(ok)
 }
 

@@ -251,6 +251,22 @@ enum SimCommand {
         #[arg(long, default_value_t = 0.0)]
         lookup_lag_secs: f64,
     },
+    /// The Gmail API simulator (messages.send, profile, history, messages.get/list).
+    Gmail {
+        #[arg(long, default_value = "127.0.0.1:12116")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        faults: FaultArgs,
+        /// Keep client-set Message-IDs (undocumented; the worse case replaces them).
+        #[arg(long)]
+        keep_message_id: bool,
+        /// Seconds before a sent message is found by rfc822msgid search.
+        #[arg(long, default_value_t = 0.0)]
+        search_lag_secs: f64,
+        /// Seconds a historyId stays valid for history.list.
+        #[arg(long, default_value_t = 3600.0)]
+        history_retention_secs: f64,
+    },
     /// The Twilio Messaging simulator (Messages create and list; no REST key).
     Twilio {
         #[arg(long, default_value = "127.0.0.1:12115")]
@@ -444,6 +460,29 @@ async fn main() -> Result<()> {
                 let server = idem_sim::SimServer::start(sim.router(), listen).await?;
                 eprintln!(
                     "IETF Idempotency-Key simulator on {} (ledger: /_sim/ledger)",
+                    server.base_url()
+                );
+                tokio::signal::ctrl_c().await?;
+            }
+            SimCommand::Gmail {
+                listen,
+                faults,
+                keep_message_id,
+                search_lag_secs,
+                history_retention_secs,
+            } => {
+                let sim = idem_sim::GmailSim::new(
+                    faults.seed,
+                    faults.rates(),
+                    idem_sim::GmailConfig {
+                        keep_message_id,
+                        search_lag: Duration::from_secs_f64(search_lag_secs),
+                        history_retention: Duration::from_secs_f64(history_retention_secs),
+                    },
+                );
+                let server = idem_sim::SimServer::start(sim.router(), listen).await?;
+                eprintln!(
+                    "gmail simulator on {} (ledger: /_sim/ledger)",
                     server.base_url()
                 );
                 tokio::signal::ctrl_c().await?;

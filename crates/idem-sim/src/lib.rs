@@ -4,6 +4,7 @@
 //! deterministically from a seed. Tests count effects here, from the partner's side.
 
 pub mod fault;
+pub mod gmail;
 pub mod hubspot;
 pub mod ietf;
 pub mod partner;
@@ -13,6 +14,7 @@ pub mod stripe;
 pub mod twilio;
 
 pub use fault::{Fault, FaultRates};
+pub use gmail::{GmailConfig, GmailSim};
 pub use hubspot::HubSpotSim;
 pub use ietf::{IetfConfig, IetfSim};
 pub use partner::{Effect, PartnerCore};

@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use idem_cells::{
-    Cell, DeclarativeCell, HubSpotUpsert, SlackPost, StripeCharge, StripeRefund, TwilioSms,
+    Cell, DeclarativeCell, GmailSend, HubSpotUpsert, SlackPost, StripeCharge, StripeRefund,
+    TwilioSms,
 };
 use idem_core::{ActionId, CellProfile};
 use idem_sim::{
-    Fault, FaultRates, HubSpotSim, IetfConfig, IetfSim, SimServer, SlackSim, StripeSimConfig,
-    TwilioSim,
+    Fault, FaultRates, GmailConfig, GmailSim, HubSpotSim, IetfConfig, IetfSim, SimServer, SlackSim,
+    StripeSimConfig, TwilioSim,
 };
 use serde_json::{json, Value};
 
@@ -447,6 +448,75 @@ impl Subject for TwilioSubject {
 
     fn may_need_human(&self) -> bool {
         // At-most-once: a message that cannot be found is a person's call.
+        true
+    }
+}
+
+/// `gmail.send` against the Gmail simulator (worse-case knobs: Gmail replaces client
+/// Message-IDs; search lag bound 2 s in the profile).
+#[derive(Debug)]
+pub struct GmailSubject {
+    pub sim: GmailSim,
+    pub server: SimServer,
+}
+
+impl GmailSubject {
+    pub async fn start() -> Self {
+        let sim = GmailSim::new(1, FaultRates::default(), GmailConfig::default());
+        let server = SimServer::start(sim.router(), ([127, 0, 0, 1], 0).into())
+            .await
+            .expect("bind a local port for the simulator");
+        Self { sim, server }
+    }
+}
+
+#[async_trait]
+impl Subject for GmailSubject {
+    fn cell(&self, profile: &dyn Fn(&mut CellProfile)) -> Arc<dyn Cell> {
+        Arc::new(
+            GmailSend::new(self.server.base_url(), "ya29.idem-testkit").with_profile(|p| {
+                p.lookup = idem_core::profile::Lookup::Eventual {
+                    lag_bound: Duration::from_secs(2),
+                };
+                profile(p);
+            }),
+        )
+    }
+
+    async fn args(&self, n: usize) -> Value {
+        json!({"to": format!("customer{n}@example.com"), "subject": "Your receipt", "text": format!("Order {n} is paid.")})
+    }
+
+    fn malformed(&self) -> Vec<Value> {
+        vec![
+            json!({"subject": "hi", "text": "b"}),
+            json!({"to": "a@example.com\r\nBcc: all@example.com", "subject": "hi", "text": "b"}),
+            json!({"to": "a@example.com", "subject": "hi"}),
+            json!({"to": "a@example.com", "subject": "hi", "text": "b", "attachments": []}),
+        ]
+    }
+
+    fn effects_for(&self, action: ActionId) -> usize {
+        self.sim.core.effects_for(&action.to_string())
+    }
+
+    fn effect_requests(&self) -> usize {
+        self.sim.send_requests()
+    }
+
+    fn script(&self, faults: Vec<Fault>) {
+        self.sim.core.script(faults);
+    }
+
+    fn set_lookup_lag(&self, lag: Duration) -> bool {
+        self.sim.update_config(|c| c.search_lag = lag);
+        true
+    }
+
+    fn set_key_retention(&self, _: Duration) {}
+
+    fn may_need_human(&self) -> bool {
+        // An email that cannot be found is never resent automatically.
         true
     }
 }

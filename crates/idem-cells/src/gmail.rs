@@ -1,0 +1,444 @@
+//! `gmail.send`: send one email (`POST /gmail/v1/users/me/messages/send`, raw RFC 2822).
+//!
+//! Failure modes and recovery (partners.md, Gmail): there is **no key**. Before sending,
+//! the cell sets `Message-ID: <idem-<action>@<domain>>` and a custom `X-Idem-Key` header
+//! (whether Gmail keeps a client Message-ID is undocumented; the custom header survives),
+//! and it records the mailbox `historyId`: in the written-ahead pre-state when it knows
+//! one, and freshly from `users.getProfile` just before the send.
+//! - 200 → succeeded (receipt: message id).
+//! - 429 and 403 rate/quota reasons → not processed; retry.
+//! - other 4xx → failed.
+//! - lost response, timeout, 5xx ("accepted-but-5xx") → ambiguous: read
+//!   `history.list?startHistoryId&historyTypes=messageAdded&labelId=SENT` and the added
+//!   messages' headers; then `messages.list?q=rfc822msgid:` (index lag); found →
+//!   succeeded. Not found within the lag bound → look again; past it → **needs_human**,
+//!   never an automatic resend (an email cannot be unsent).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use idem_core::canonical::sha256_hex;
+use idem_core::profile::{ApprovalPolicy, Lookup, ReplayModel};
+use idem_core::{ActionId, CellName, CellProfile, ExecOutcome, Receipt, RetryPolicy, Verdict};
+use serde_json::{json, Value};
+
+use crate::cell::{Attempt, Cell, InvalidArgs};
+
+/// The `gmail.send` cell. Arguments: `to`, `subject`, `text`.
+#[derive(Clone)]
+pub struct GmailSend {
+    name: CellName,
+    profile: CellProfile,
+    base_url: String,
+    token: String,
+    domain: String,
+    /// The newest mailbox historyId seen (0: none yet); lower bounds later sends.
+    watermark: Arc<AtomicU64>,
+    /// The first historyId this process saw: a start for history reads when an attempt's
+    /// pre-state has none.
+    first_seen: Arc<AtomicU64>,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for GmailSend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GmailSend")
+            .field("base_url", &self.base_url)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+fn arg_err(reason: impl Into<String>) -> InvalidArgs {
+    InvalidArgs {
+        cell: "gmail.send".into(),
+        reason: reason.into(),
+    }
+}
+
+/// A string without line breaks (a header value cannot smuggle in another header).
+fn single_line(v: Option<&Value>) -> Option<&str> {
+    v.and_then(Value::as_str)
+        .filter(|s| !s.contains('\r') && !s.contains('\n'))
+}
+
+/// Rate and quota reasons Google documents as "slow down" [G4].
+const NOT_PROCESSED: [&str; 4] = [
+    "rateLimitExceeded",
+    "userRateLimitExceeded",
+    "dailyLimitExceeded",
+    "quotaExceeded",
+];
+
+impl GmailSend {
+    pub fn new(base_url: impl Into<String>, token: impl Into<String>) -> Self {
+        let profile = Self::default_profile();
+        Self {
+            name: CellName::new("gmail.send").expect("valid"),
+            http: crate::http::client(profile.call_timeout),
+            profile,
+            base_url: base_url.into().trim_end_matches('/').to_owned(),
+            token: token.into(),
+            domain: "idem.invalid".into(),
+            watermark: Arc::new(AtomicU64::new(0)),
+            first_seen: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// No key; history (read-your-writes) and a lagging search; a person past 10 min.
+    pub fn default_profile() -> CellProfile {
+        CellProfile {
+            key: None,
+            replay: ReplayModel::None,
+            lookup: Lookup::Eventual {
+                lag_bound: Duration::from_secs(600),
+            },
+            settle_time: Duration::from_secs(60),
+            doubt_horizon: Duration::from_secs(3600),
+            call_timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            approval: ApprovalPolicy::Never,
+            rate_limit_per_sec: None,
+            strategy: "pre-set Message-ID and X-Idem-Key, record historyId; on doubt read \
+                       history (SENT) then search rfc822msgid; not found in the window → a \
+                       person, never an automatic resend"
+                .into(),
+        }
+    }
+
+    pub fn with_profile(mut self, f: impl FnOnce(&mut CellProfile)) -> Self {
+        f(&mut self.profile);
+        self.http = crate::http::client(self.profile.call_timeout);
+        self
+    }
+
+    fn message_id(&self, action: ActionId) -> String {
+        format!("idem-{action}@{}", self.domain)
+    }
+
+    fn raw(&self, action: ActionId, args: &Value) -> String {
+        let subject = args["subject"].as_str().unwrap_or_default();
+        let subject = if subject.is_ascii() {
+            subject.to_owned()
+        } else {
+            format!(
+                "=?UTF-8?B?{}?=",
+                base64::engine::general_purpose::STANDARD.encode(subject)
+            )
+        };
+        let mime = format!(
+            "To: {}\r\nSubject: {subject}\r\nMessage-ID: <{}>\r\nX-Idem-Key: {action}\r\n\
+             MIME-Version: 1.0\r\nContent-Type: text/plain; charset=\"UTF-8\"\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\n{}",
+            args["to"].as_str().unwrap_or_default(),
+            self.message_id(action),
+            base64::engine::general_purpose::STANDARD
+                .encode(args["text"].as_str().unwrap_or_default())
+        );
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mime)
+    }
+
+    async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<(u16, Value), String> {
+        let req = self
+            .http
+            .get(format!("{}/gmail/v1/users/me{path}", self.base_url))
+            .bearer_auth(&self.token)
+            .query(query);
+        let resp = crate::http::send_traced(req, "gmail.read")
+            .await
+            .map_err(|e| format!("gmail read failed: {}", crate::stripe::without_url(&e)))?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Remember a historyId seen now.
+    fn observe(&self, h: u64) {
+        self.watermark.fetch_max(h, Ordering::Relaxed);
+        let _ = self
+            .first_seen
+            .compare_exchange(0, h, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    fn receipt(id: &str) -> Receipt {
+        Receipt {
+            partner_ref: id.to_owned(),
+            response_digest: sha256_hex(id.as_bytes()),
+            detail: json!({"object": "message", "labelIds": ["SENT"]}),
+        }
+    }
+
+    /// Ours, by the headers Gmail returned.
+    fn is_ours(&self, action: ActionId, headers: &Value) -> bool {
+        let want_key = action.to_string();
+        let want_id = format!("<{}>", self.message_id(action));
+        headers.as_array().is_some_and(|hs| {
+            hs.iter().any(|h| {
+                let name = h["name"].as_str().unwrap_or_default();
+                let value = h["value"].as_str().unwrap_or_default();
+                (name.eq_ignore_ascii_case("X-Idem-Key") && value == want_key)
+                    || (name.eq_ignore_ascii_case("Message-ID") && value == want_id)
+            })
+        })
+    }
+
+    async fn find_in_history(
+        &self,
+        action: ActionId,
+        start: u64,
+    ) -> Result<Option<String>, String> {
+        let (status, body) = self
+            .get(
+                "/history",
+                &[
+                    ("startHistoryId", start.to_string()),
+                    ("historyTypes", "messageAdded".into()),
+                    ("labelId", "SENT".into()),
+                ],
+            )
+            .await?;
+        if status == 404 {
+            return Err("startHistoryId too old".into());
+        }
+        if status != 200 {
+            return Err(format!("history answered {status}"));
+        }
+        let ids: Vec<String> = body["history"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|h| h["messagesAdded"].as_array().cloned().unwrap_or_default())
+            .filter_map(|m| m["message"]["id"].as_str().map(str::to_owned))
+            .collect();
+        for id in ids {
+            let (status, m) = self
+                .get(
+                    &format!("/messages/{id}"),
+                    &[
+                        ("format", "metadata".into()),
+                        ("metadataHeaders", "Message-ID".into()),
+                    ],
+                )
+                .await?;
+            if status == 200 && self.is_ours(action, &m["payload"]["headers"]) {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[async_trait]
+impl Cell for GmailSend {
+    fn name(&self) -> &CellName {
+        &self.name
+    }
+
+    fn profile(&self) -> &CellProfile {
+        &self.profile
+    }
+
+    fn validate(&self, args: &Value) -> Result<(), InvalidArgs> {
+        let obj = args
+            .as_object()
+            .ok_or_else(|| arg_err("args must be an object"))?;
+        match single_line(obj.get("to")) {
+            Some(t) if t.contains('@') && t.len() <= 320 => {}
+            _ => return Err(arg_err("to: required single-line email address")),
+        }
+        match single_line(obj.get("subject")) {
+            Some(s) if s.len() <= 998 => {}
+            _ => return Err(arg_err("subject: required single line (≤ 998 bytes)")),
+        }
+        if !obj.get("text").is_some_and(Value::is_string) {
+            return Err(arg_err("text: required string"));
+        }
+        if let Some(unknown) = obj
+            .keys()
+            .find(|k| !["to", "subject", "text"].contains(&k.as_str()))
+        {
+            return Err(arg_err(format!("unknown field {unknown:?}")));
+        }
+        Ok(())
+    }
+
+    fn pre_state(&self, now: DateTime<Utc>) -> Value {
+        match self.watermark.load(Ordering::Relaxed) {
+            0 => json!({ "t0": now.timestamp() }),
+            h => json!({ "t0": now.timestamp(), "history_id": h }),
+        }
+    }
+
+    async fn execute(&self, action: ActionId, args: &Value, _: &Attempt) -> ExecOutcome {
+        // The mailbox's historyId just before the send: a start for history reads.
+        if let Ok((200, p)) = self.get("/profile", &[]).await {
+            if let Some(h) = p["historyId"].as_str().and_then(|h| h.parse().ok()) {
+                self.observe(h);
+            }
+        }
+        let req = self
+            .http
+            .post(format!("{}/gmail/v1/users/me/messages/send", self.base_url))
+            .bearer_auth(&self.token)
+            .json(&json!({"raw": self.raw(action, args)}));
+        let resp = match crate::http::send_traced(req, "gmail.messages_send").await {
+            Ok(r) => r,
+            Err(e) if e.is_connect() => {
+                return ExecOutcome::NotProcessed {
+                    reason: "connection refused: the request never left".into(),
+                    retry_after: None,
+                }
+            }
+            Err(e) => {
+                return ExecOutcome::Ambiguous {
+                    reason: crate::stripe::without_url(&e),
+                    replayed_error: false,
+                }
+            }
+        };
+        let status = resp.status().as_u16();
+        let body: Value = match resp.bytes().await {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or(Value::Null),
+            Err(e) => {
+                return ExecOutcome::Ambiguous {
+                    reason: format!("response lost: {}", crate::stripe::without_url(&e)),
+                    replayed_error: false,
+                }
+            }
+        };
+        let reason = body["error"]["errors"][0]["reason"].as_str().unwrap_or("");
+        match status {
+            200 => match body["id"].as_str() {
+                Some(id) => ExecOutcome::Succeeded(Self::receipt(id)),
+                None => ExecOutcome::Ambiguous {
+                    reason: "200 without a message id".into(),
+                    replayed_error: false,
+                },
+            },
+            429 => ExecOutcome::NotProcessed {
+                reason: "429 rate limited".into(),
+                retry_after: None,
+            },
+            403 if NOT_PROCESSED.contains(&reason) => ExecOutcome::NotProcessed {
+                reason: format!("403 {reason}"),
+                retry_after: None,
+            },
+            s if s >= 500 => ExecOutcome::Ambiguous {
+                reason: format!("{s} {reason}: possibly accepted"),
+                replayed_error: false,
+            },
+            s => ExecOutcome::Failed {
+                reason: format!(
+                    "{s} {reason}: {}",
+                    body["error"]["message"].as_str().unwrap_or("")
+                ),
+            },
+        }
+    }
+
+    async fn reconcile(&self, action: ActionId, _: &Value, attempts: &[Attempt]) -> Verdict {
+        let start = attempts
+            .iter()
+            .filter_map(|a| a.pre_state["history_id"].as_u64())
+            .chain(Some(self.first_seen.load(Ordering::Relaxed)).filter(|h| *h > 0))
+            .min();
+        let mut notes = vec![];
+        if let Some(start) = start {
+            match self.find_in_history(action, start).await {
+                Ok(Some(id)) => return Verdict::Happened(Self::receipt(&id)),
+                Ok(None) => notes.push("not in the SENT history".to_owned()),
+                Err(e) => notes.push(e),
+            }
+        } else {
+            notes.push("no historyId recorded".into());
+        }
+        match self
+            .get(
+                "/messages",
+                &[("q", format!("rfc822msgid:<{}>", self.message_id(action)))],
+            )
+            .await
+        {
+            Ok((200, b)) => {
+                if let Some(id) = b["messages"][0]["id"].as_str() {
+                    return Verdict::Happened(Self::receipt(id));
+                }
+                notes.push("not found by rfc822msgid".into());
+            }
+            Ok((s, _)) => notes.push(format!("search answered {s}")),
+            Err(e) => notes.push(e),
+        }
+        let first = attempts
+            .iter()
+            .map(|a| a.started_at)
+            .min()
+            .unwrap_or_else(Utc::now);
+        let bound = match self.profile.lookup {
+            Lookup::Eventual { lag_bound } => lag_bound.max(self.profile.settle_time),
+            _ => self.profile.settle_time,
+        };
+        if Utc::now() - first < chrono::Duration::from_std(bound).unwrap_or(chrono::Duration::MAX) {
+            Verdict::Unknown {
+                reason: format!("{}; looking again within the lag bound", notes.join("; ")),
+            }
+        } else {
+            Verdict::Unknowable {
+                reason: format!(
+                    "{}; an email is never resent automatically: a person decides",
+                    notes.join("; ")
+                ),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_refuses_header_injection_and_hides_the_token() {
+        let c = GmailSend::new("http://x", "ya29.secret");
+        assert!(c
+            .validate(&json!({"to": "a@b.c", "subject": "hi", "text": "body"}))
+            .is_ok());
+        for (args, field) in [
+            (json!({"subject": "hi", "text": "b"}), "to"),
+            (
+                json!({"to": "a@b.c\r\nBcc: x@y.z", "subject": "hi", "text": "b"}),
+                "to",
+            ),
+            (
+                json!({"to": "a@b.c", "subject": "hi\nBcc: x@y.z", "text": "b"}),
+                "subject",
+            ),
+            (json!({"to": "a@b.c", "subject": "hi"}), "text"),
+            (
+                json!({"to": "a@b.c", "subject": "hi", "text": "b", "bcc": "x"}),
+                "bcc",
+            ),
+        ] {
+            assert!(c.validate(&args).unwrap_err().reason.contains(field));
+        }
+        assert!(!format!("{c:?}").contains("ya29.secret"));
+    }
+
+    #[test]
+    fn the_raw_message_carries_our_ids() {
+        let c = GmailSend::new("http://x", "ya29.t");
+        let id = ActionId::random();
+        let raw = c.raw(id, &json!({"to": "a@b.c", "subject": "Grüße", "text": "x"}));
+        let mime = String::from_utf8(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(raw)
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(mime.contains(&format!("Message-ID: <idem-{id}@idem.invalid>")));
+        assert!(mime.contains(&format!("X-Idem-Key: {id}")));
+        assert!(mime.contains("Subject: =?UTF-8?B?"));
+    }
+}
