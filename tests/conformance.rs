@@ -4,8 +4,8 @@
 
 use idem_testkit::conformance as c;
 use idem_testkit::subjects::{
-    DeclarativeSubject, GmailSubject, HubSpotSubject, SlackSubject, StripeChargeSubject,
-    StripeRefundSubject, TwilioSubject,
+    AmadeusCell, AmadeusSubject, DeclarativeSubject, GmailSubject, HubSpotSubject, SlackSubject,
+    StripeChargeSubject, StripeRefundSubject, TwilioSubject,
 };
 
 macro_rules! suite {
@@ -71,3 +71,12 @@ suite!(
 suite!(slack_post, SlackSubject::start().await);
 suite!(twilio_sms_send, TwilioSubject::start().await);
 suite!(gmail_send, GmailSubject::start().await);
+suite!(
+    amadeus_price,
+    AmadeusSubject::start(AmadeusCell::Price).await
+);
+suite!(amadeus_book, AmadeusSubject::start(AmadeusCell::Book).await);
+suite!(
+    amadeus_cancel,
+    AmadeusSubject::start(AmadeusCell::Cancel).await
+);

@@ -40,6 +40,12 @@ pub trait Cell: Send + Sync + std::fmt::Debug + 'static {
         })
     }
 
+    /// False for read-only cells (e.g. a price quote): they have no external effect, so
+    /// a success leaves nothing in a partner's ledger.
+    fn effectful(&self) -> bool {
+        true
+    }
+
     /// Where the cell's failure-mode analysis (its card) is, relative to the repository.
     fn card(&self) -> String {
         format!("docs/cells/{}.md", self.name())

@@ -3,6 +3,7 @@
 //! `reconcile`. It never decides whether a request may be sent; the worker does that with
 //! the core guard before it calls `execute`.
 
+pub mod amadeus;
 pub mod cell;
 pub mod declarative;
 pub mod gmail;
@@ -14,6 +15,7 @@ pub mod slack;
 pub mod stripe;
 pub mod twilio;
 
+pub use amadeus::{AmadeusBook, AmadeusCancel, AmadeusPrice};
 pub use cell::{Attempt, Cell, InvalidArgs};
 pub use declarative::DeclarativeCell;
 pub use gmail::GmailSend;

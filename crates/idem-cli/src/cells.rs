@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use clap::Args;
 use idem_cells::{
-    Cell, GmailSend, HubSpotUpsert, Registry, SlackPost, StripeCharge, StripeRefund, TwilioSms,
+    AmadeusBook, AmadeusCancel, AmadeusPrice, Cell, GmailSend, HubSpotUpsert, Registry, SlackPost,
+    StripeCharge, StripeRefund, TwilioSms,
 };
 use idem_core::profile::ApprovalPolicy;
 use idem_core::CellProfile;
@@ -114,6 +115,22 @@ pub struct CellArgs {
         hide_default_value = true
     )]
     pub gmail_token: String,
+    /// Amadeus Self-Service API base (Amadeus itself, or `idem sim amadeus`).
+    #[arg(
+        long,
+        env = "IDEM_AMADEUS_BASE",
+        default_value = "http://127.0.0.1:12117"
+    )]
+    pub amadeus_base: String,
+    /// Amadeus OAuth access token; sent only in the Authorization header.
+    #[arg(
+        long,
+        env = "AMADEUS_ACCESS_TOKEN",
+        default_value = "amadeus-idem-simulator",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub amadeus_token: String,
     /// Approval policy for a cell: `CELL=never|always|ARGUMENT>=THRESHOLD` (repeatable),
     /// e.g. `--approval stripe.charge=amount>=50000`.
     #[arg(long = "approval", value_parser = parse_approval)]
@@ -149,6 +166,8 @@ impl Default for CellArgs {
             twilio_status_callback: "https://hooks.invalid/twilio/status".into(),
             gmail_base: "http://127.0.0.1:12116".into(),
             gmail_token: "ya29.idem-simulator".into(),
+            amadeus_base: "http://127.0.0.1:12117".into(),
+            amadeus_token: "amadeus-idem-simulator".into(),
             approvals: vec![],
             cell_configs: vec![],
         }
@@ -231,6 +250,18 @@ impl CellArgs {
             .with(
                 GmailSend::new(&self.gmail_base, &self.gmail_token)
                     .with_profile(|p| self.approval("gmail.send", p)),
+            )
+            .with(
+                AmadeusPrice::new(&self.amadeus_base, &self.amadeus_token)
+                    .with_profile(|p| self.approval("amadeus.price", p)),
+            )
+            .with(
+                AmadeusBook::new(&self.amadeus_base, &self.amadeus_token)
+                    .with_profile(|p| self.approval("amadeus.book", p)),
+            )
+            .with(
+                AmadeusCancel::new(&self.amadeus_base, &self.amadeus_token)
+                    .with_profile(|p| self.approval("amadeus.cancel", p)),
             )
     }
 

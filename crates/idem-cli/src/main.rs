@@ -251,6 +251,13 @@ enum SimCommand {
         #[arg(long, default_value_t = 0.0)]
         lookup_lag_secs: f64,
     },
+    /// The Amadeus Self-Service simulator (pricing, flight orders create/get/delete).
+    Amadeus {
+        #[arg(long, default_value = "127.0.0.1:12117")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        faults: FaultArgs,
+    },
     /// The Gmail API simulator (messages.send, profile, history, messages.get/list).
     Gmail {
         #[arg(long, default_value = "127.0.0.1:12116")]
@@ -460,6 +467,15 @@ async fn main() -> Result<()> {
                 let server = idem_sim::SimServer::start(sim.router(), listen).await?;
                 eprintln!(
                     "IETF Idempotency-Key simulator on {} (ledger: /_sim/ledger)",
+                    server.base_url()
+                );
+                tokio::signal::ctrl_c().await?;
+            }
+            SimCommand::Amadeus { listen, faults } => {
+                let sim = idem_sim::AmadeusSim::new(faults.seed, faults.rates());
+                let server = idem_sim::SimServer::start(sim.router(), listen).await?;
+                eprintln!(
+                    "amadeus simulator on {} (ledger: /_sim/ledger)",
                     server.base_url()
                 );
                 tokio::signal::ctrl_c().await?;

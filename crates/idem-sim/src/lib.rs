@@ -3,6 +3,7 @@
 //! keeps an **effect ledger** of every real effect it performed, and injects faults
 //! deterministically from a seed. Tests count effects here, from the partner's side.
 
+pub mod amadeus;
 pub mod fault;
 pub mod gmail;
 pub mod hubspot;
@@ -13,6 +14,7 @@ pub mod slack;
 pub mod stripe;
 pub mod twilio;
 
+pub use amadeus::AmadeusSim;
 pub use fault::{Fault, FaultRates};
 pub use gmail::{GmailConfig, GmailSim};
 pub use hubspot::HubSpotSim;

@@ -45,6 +45,15 @@ pub trait Subject: Send + Sync {
     fn set_key_retention(&self, retention: Duration);
     /// Whether the cell's card sends ambiguous outcomes to a person.
     fn may_need_human(&self) -> bool;
+    /// False for read-only cells: their ledger must stay empty whatever happens.
+    fn effectful(&self) -> bool {
+        true
+    }
+}
+
+/// The effects a successful action leaves: one, or none for a read-only cell.
+fn one_effect(s: &dyn Subject) -> usize {
+    usize::from(s.effectful())
 }
 
 /// Test timings: 1 s calls (lease 3 s), 300 ms settle time, fast retries.
@@ -147,8 +156,18 @@ fn judge(s: &dyn Subject, cell: &str, row: &inbox::ActionRow) {
         effects <= 1,
         "{cell}: {effects} effects for one action: {row:?}"
     );
+    if !s.effectful() {
+        assert_eq!(
+            effects, 0,
+            "{cell}: a read-only cell left an effect: {row:?}"
+        );
+    }
     match row.state {
-        State::Succeeded => assert_eq!(effects, 1, "{cell}: succeeded without an effect: {row:?}"),
+        State::Succeeded => assert_eq!(
+            effects,
+            one_effect(s),
+            "{cell}: succeeded without an effect: {row:?}"
+        ),
         State::Failed | State::Rejected | State::Dead => {
             assert_eq!(
                 effects, 0,
@@ -186,7 +205,7 @@ fn no_change(_: &mut CellProfile) {}
 pub async fn happy_path(s: &dyn Subject) {
     let (run, row) = one(s, vec![], &no_change).await;
     assert_eq!(row.state, State::Succeeded, "{}: {row:?}", run.cell.name());
-    assert_eq!(s.effects_for(row.action_id), 1);
+    assert_eq!(s.effects_for(row.action_id), one_effect(s));
 }
 
 /// The partner commits and the response is lost.
@@ -194,7 +213,7 @@ pub async fn lost_response_after_effect(s: &dyn Subject) {
     let (run, row) = one(s, vec![Fault::DropAfterEffect], &no_change).await;
     assert_eq!(
         s.effects_for(row.action_id),
-        1,
+        one_effect(s),
         "{}: the effect happened once",
         run.cell.name()
     );
@@ -210,7 +229,7 @@ pub async fn server_error_after_effect(s: &dyn Subject) {
     let (run, row) = one(s, vec![Fault::FailAfter], &no_change).await;
     assert_eq!(
         s.effects_for(row.action_id),
-        1,
+        one_effect(s),
         "{}: the effect happened once",
         run.cell.name()
     );
@@ -292,7 +311,7 @@ pub async fn worker_killed_mid_call(s: &dyn Subject) {
     judge(s, run.cell.name().as_str(), &row);
     assert_eq!(
         s.effects_for(id),
-        1,
+        one_effect(s),
         "{}: the partner finished the call",
         run.cell.name()
     );
@@ -315,7 +334,12 @@ pub async fn lookup_lag(s: &dyn Subject) {
     // The effect happens and the 500 is stored under the key: replay is useless, only the
     // (lagging) lookup can tell.
     let (run, row) = one(s, vec![Fault::FailAfter], &no_change).await;
-    assert_eq!(s.effects_for(row.action_id), 1, "{}", run.cell.name());
+    assert_eq!(
+        s.effects_for(row.action_id),
+        one_effect(s),
+        "{}",
+        run.cell.name()
+    );
 }
 
 /// The partner forgot the key: the worker must not replay past the key window.
@@ -345,7 +369,7 @@ pub async fn key_expiry(s: &dyn Subject) {
     judge(s, run.cell.name().as_str(), &row);
     assert_eq!(
         s.effects_for(id),
-        1,
+        one_effect(s),
         "{}: no replay after the key was forgotten",
         run.cell.name()
     );

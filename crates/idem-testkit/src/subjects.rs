@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use idem_cells::{
-    Cell, DeclarativeCell, GmailSend, HubSpotUpsert, SlackPost, StripeCharge, StripeRefund,
-    TwilioSms,
+    AmadeusBook, AmadeusCancel, AmadeusPrice, Cell, DeclarativeCell, GmailSend, HubSpotUpsert,
+    SlackPost, StripeCharge, StripeRefund, TwilioSms,
 };
 use idem_core::{ActionId, CellProfile};
 use idem_sim::{
-    Fault, FaultRates, GmailConfig, GmailSim, HubSpotSim, IetfConfig, IetfSim, SimServer, SlackSim,
-    StripeSimConfig, TwilioSim,
+    AmadeusSim, Fault, FaultRates, GmailConfig, GmailSim, HubSpotSim, IetfConfig, IetfSim,
+    SimServer, SlackSim, StripeSimConfig, TwilioSim,
 };
 use serde_json::{json, Value};
 
@@ -518,5 +518,139 @@ impl Subject for GmailSubject {
     fn may_need_human(&self) -> bool {
         // An email that cannot be found is never resent automatically.
         true
+    }
+}
+
+/// An Amadeus simulator on a local port, shared by the three Amadeus subjects.
+#[derive(Debug)]
+pub struct AmadeusFixture {
+    pub sim: AmadeusSim,
+    pub server: SimServer,
+}
+
+impl AmadeusFixture {
+    pub async fn start() -> Self {
+        let sim = AmadeusSim::new(1, FaultRates::default());
+        let server = SimServer::start(sim.router(), ([127, 0, 0, 1], 0).into())
+            .await
+            .expect("bind a local port for the simulator");
+        Self { sim, server }
+    }
+}
+
+/// Which Amadeus cell a subject tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AmadeusCell {
+    Price,
+    Book,
+    Cancel,
+}
+
+/// `amadeus.price`, `amadeus.book` or `amadeus.cancel` against the Amadeus simulator.
+#[derive(Debug)]
+pub struct AmadeusSubject {
+    pub amadeus: AmadeusFixture,
+    which: AmadeusCell,
+}
+
+impl AmadeusSubject {
+    pub async fn start(which: AmadeusCell) -> Self {
+        Self {
+            amadeus: AmadeusFixture::start().await,
+            which,
+        }
+    }
+}
+
+#[async_trait]
+impl Subject for AmadeusSubject {
+    fn cell(&self, profile: &dyn Fn(&mut CellProfile)) -> Arc<dyn Cell> {
+        let base = self.amadeus.server.base_url();
+        let token = "amadeus-testkit-token";
+        match self.which {
+            AmadeusCell::Price => Arc::new(AmadeusPrice::new(base, token).with_profile(profile)),
+            AmadeusCell::Book => Arc::new(AmadeusBook::new(base, token).with_profile(profile)),
+            AmadeusCell::Cancel => Arc::new(AmadeusCancel::new(base, token).with_profile(profile)),
+        }
+    }
+
+    async fn args(&self, n: usize) -> Value {
+        let offers = json!([{"id": format!("OFFER{n}"), "itineraries": [{"segments": [{"from": "NCE", "to": "JFK"}]}]}]);
+        match self.which {
+            AmadeusCell::Price => json!({"flight_offers": offers}),
+            AmadeusCell::Book => json!({
+                "flight_offers": offers,
+                "travelers": [{"id": "1", "name": {"firstName": "ADA", "lastName": "LOVELACE"}}],
+                "ticketing_delay_days": 2,
+            }),
+            AmadeusCell::Cancel => json!({"order_id": self.amadeus.sim.seed_order()}),
+        }
+    }
+
+    fn malformed(&self) -> Vec<Value> {
+        match self.which {
+            AmadeusCell::Price => vec![
+                json!({}),
+                json!({"flight_offers": []}),
+                json!({"flight_offers": [{"no_id": 1}]}),
+            ],
+            AmadeusCell::Book => vec![
+                json!({"travelers": [{"id": "1"}]}),
+                json!({"flight_offers": [{"id": "1"}], "travelers": []}),
+                json!({"flight_offers": [{"id": "1"}], "travelers": [{"id": "1"}], "ticketing_delay_days": 90}),
+            ],
+            AmadeusCell::Cancel => vec![
+                json!({}),
+                json!({"order_id": "../../etc"}),
+                json!({"order_id": "x", "force": true}),
+            ],
+        }
+    }
+
+    fn effects_for(&self, action: ActionId) -> usize {
+        self.amadeus.sim.core.effects_for(&action.to_string())
+    }
+
+    fn effect_requests(&self) -> usize {
+        match self.which {
+            AmadeusCell::Price => self.amadeus.sim.price_requests(),
+            AmadeusCell::Book => self.amadeus.sim.book_requests(),
+            AmadeusCell::Cancel => self.amadeus.sim.cancel_requests(),
+        }
+    }
+
+    fn script(&self, faults: Vec<Fault>) {
+        if self.which == AmadeusCell::Book {
+            // The booking re-prices first; let the fault hit the booking itself.
+            let mut all = vec![];
+            for f in faults {
+                all.extend([None, Some(f)]);
+            }
+            // A `None` slot cannot be scripted; script only when there is a fault, and put
+            // the pricing request's slot first as a harmless short delay.
+            let script: Vec<Fault> = all
+                .into_iter()
+                .map(|f| f.unwrap_or(Fault::Delay(1)))
+                .collect();
+            self.amadeus.sim.core.script(script);
+        } else {
+            self.amadeus.sim.core.script(faults);
+        }
+    }
+
+    fn set_lookup_lag(&self, _: Duration) -> bool {
+        // GET by id reads its writes; book and price have no lookup at all.
+        false
+    }
+
+    fn set_key_retention(&self, _: Duration) {}
+
+    fn may_need_human(&self) -> bool {
+        // Booking: no key, no lookup: every ambiguity is a person's call (its card).
+        self.which == AmadeusCell::Book
+    }
+
+    fn effectful(&self) -> bool {
+        self.which != AmadeusCell::Price
     }
 }
