@@ -32,29 +32,7 @@ impl std::fmt::Debug for Api {
 
 /// A response: status and JSON body, or the outcome when none came back.
 async fn send(rb: reqwest::RequestBuilder, op: &'static str) -> Result<(u16, Value), ExecOutcome> {
-    let resp = match crate::http::send_traced(rb, op).await {
-        Ok(r) => r,
-        Err(e) if e.is_connect() => {
-            return Err(ExecOutcome::NotProcessed {
-                reason: "connection refused: the request never left".into(),
-                retry_after: None,
-            })
-        }
-        Err(e) => {
-            return Err(ExecOutcome::Ambiguous {
-                reason: crate::stripe::without_url(&e),
-                replayed_error: false,
-            })
-        }
-    };
-    let status = resp.status().as_u16();
-    match resp.bytes().await {
-        Ok(b) => Ok((status, serde_json::from_slice(&b).unwrap_or(Value::Null))),
-        Err(e) => Err(ExecOutcome::Ambiguous {
-            reason: format!("response lost: {}", crate::stripe::without_url(&e)),
-            replayed_error: false,
-        }),
-    }
+    crate::http::call(rb, op).await.map(|a| (a.status, a.body))
 }
 
 fn first_error(body: &Value) -> (u64, String) {

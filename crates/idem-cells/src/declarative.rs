@@ -413,36 +413,14 @@ impl Cell for DeclarativeCell {
         if let Some(key) = &attempt.key {
             req = req.header(self.config.key_header.as_str(), key);
         }
-        let resp = match crate::http::send_traced(req, "http.idempotent").await {
-            Ok(r) => r,
-            Err(e) if e.is_connect() => {
-                return ExecOutcome::NotProcessed {
-                    reason: "connection refused: the request never left".into(),
-                    retry_after: None,
-                }
-            }
-            Err(e) => {
-                return ExecOutcome::Ambiguous {
-                    reason: crate::stripe::without_url(&e),
-                    replayed_error: false,
-                }
-            }
-        };
-        let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body: Value = match resp.bytes().await {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or(Value::Null),
-            Err(e) => {
-                return ExecOutcome::Ambiguous {
-                    reason: format!("response lost: {}", crate::stripe::without_url(&e)),
-                    replayed_error: false,
-                }
-            }
+        let crate::http::Answer {
+            status,
+            retry_after,
+            body,
+            ..
+        } = match crate::http::call(req, "http.idempotent").await {
+            Ok(a) => a,
+            Err(outcome) => return outcome,
         };
         let s = &self.config.status;
         let detail = || {
@@ -496,7 +474,7 @@ impl Cell for DeclarativeCell {
                 Ok(r) => r,
                 Err(e) => {
                     return Verdict::Unknown {
-                        reason: format!("lookup failed: {}", crate::stripe::without_url(&e)),
+                        reason: format!("lookup failed: {}", crate::http::without_url(&e)),
                     }
                 }
             };

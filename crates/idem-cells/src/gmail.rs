@@ -150,7 +150,7 @@ impl GmailSend {
             .query(query);
         let resp = crate::http::send_traced(req, "gmail.read")
             .await
-            .map_err(|e| format!("gmail read failed: {}", crate::stripe::without_url(&e)))?;
+            .map_err(|e| format!("gmail read failed: {}", crate::http::without_url(&e)))?;
         let status = resp.status().as_u16();
         Ok((status, resp.json().await.unwrap_or(Value::Null)))
     }
@@ -284,31 +284,11 @@ impl Cell for GmailSend {
             .post(format!("{}/gmail/v1/users/me/messages/send", self.base_url))
             .bearer_auth(&self.token)
             .json(&json!({"raw": self.raw(action, args)}));
-        let resp = match crate::http::send_traced(req, "gmail.messages_send").await {
-            Ok(r) => r,
-            Err(e) if e.is_connect() => {
-                return ExecOutcome::NotProcessed {
-                    reason: "connection refused: the request never left".into(),
-                    retry_after: None,
-                }
-            }
-            Err(e) => {
-                return ExecOutcome::Ambiguous {
-                    reason: crate::stripe::without_url(&e),
-                    replayed_error: false,
-                }
-            }
-        };
-        let status = resp.status().as_u16();
-        let body: Value = match resp.bytes().await {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or(Value::Null),
-            Err(e) => {
-                return ExecOutcome::Ambiguous {
-                    reason: format!("response lost: {}", crate::stripe::without_url(&e)),
-                    replayed_error: false,
-                }
-            }
-        };
+        let crate::http::Answer { status, body, .. } =
+            match crate::http::call(req, "gmail.messages_send").await {
+                Ok(a) => a,
+                Err(outcome) => return outcome,
+            };
         let reason = body["error"]["errors"][0]["reason"].as_str().unwrap_or("");
         match status {
             200 => match body["id"].as_str() {

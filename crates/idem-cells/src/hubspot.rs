@@ -180,31 +180,11 @@ impl Cell for HubSpotUpsert {
             object_type(args)
         );
         let req = self.http.post(url).bearer_auth(&self.token).json(&body);
-        let resp = match crate::http::send_traced(req, "hubspot.batch_upsert").await {
-            Ok(r) => r,
-            Err(e) if e.is_connect() => {
-                return ExecOutcome::NotProcessed {
-                    reason: "connection refused: the request never left".into(),
-                    retry_after: None,
-                }
-            }
-            Err(e) => {
-                return ExecOutcome::Ambiguous {
-                    reason: crate::stripe::without_url(&e),
-                    replayed_error: false,
-                }
-            }
-        };
-        let status = resp.status().as_u16();
-        let body: Value = match resp.bytes().await {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or(Value::Null),
-            Err(e) => {
-                return ExecOutcome::Ambiguous {
-                    reason: format!("response lost: {}", crate::stripe::without_url(&e)),
-                    replayed_error: false,
-                }
-            }
-        };
+        let crate::http::Answer { status, body, .. } =
+            match crate::http::call(req, "hubspot.batch_upsert").await {
+                Ok(a) => a,
+                Err(outcome) => return outcome,
+            };
         match status {
             200 | 201 => match body["results"].as_array().and_then(|r| r.first()) {
                 Some(o) => ExecOutcome::Succeeded(Self::receipt(o, o["new"].as_bool())),
@@ -251,7 +231,7 @@ impl Cell for HubSpotUpsert {
             Ok(r) => r,
             Err(e) => {
                 return Verdict::Unknown {
-                    reason: format!("lookup failed: {}", crate::stripe::without_url(&e)),
+                    reason: format!("lookup failed: {}", crate::http::without_url(&e)),
                 }
             }
         };

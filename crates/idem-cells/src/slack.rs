@@ -157,36 +157,14 @@ impl Cell for SlackPost {
             .post(format!("{}/api/chat.postMessage", self.base_url))
             .bearer_auth(&self.token)
             .json(&body);
-        let resp = match crate::http::send_traced(req, "slack.chat_post_message").await {
-            Ok(r) => r,
-            Err(e) if e.is_connect() => {
-                return ExecOutcome::NotProcessed {
-                    reason: "connection refused: the request never left".into(),
-                    retry_after: None,
-                }
-            }
-            Err(e) => {
-                return ExecOutcome::Ambiguous {
-                    reason: crate::stripe::without_url(&e),
-                    replayed_error: false,
-                }
-            }
-        };
-        let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body: Value = match resp.bytes().await {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or(Value::Null),
-            Err(e) => {
-                return ExecOutcome::Ambiguous {
-                    reason: format!("response lost: {}", crate::stripe::without_url(&e)),
-                    replayed_error: false,
-                }
-            }
+        let crate::http::Answer {
+            status,
+            retry_after,
+            body,
+            ..
+        } = match crate::http::call(req, "slack.chat_post_message").await {
+            Ok(a) => a,
+            Err(outcome) => return outcome,
         };
         let error = body["error"].as_str().unwrap_or("");
         match (status, body["ok"].as_bool()) {
@@ -246,7 +224,7 @@ impl Cell for SlackPost {
                     }
                     Err(e) => {
                         return Verdict::Unknown {
-                            reason: format!("history failed: {}", crate::stripe::without_url(&e)),
+                            reason: format!("history failed: {}", crate::http::without_url(&e)),
                         }
                     }
                 };

@@ -206,31 +206,11 @@ impl Cell for TwilioSms {
             .post(self.messages_url())
             .basic_auth(&self.account_sid, Some(&self.auth_token))
             .form(&form);
-        let resp = match crate::http::send_traced(req, "twilio.messages_create").await {
-            Ok(r) => r,
-            Err(e) if e.is_connect() => {
-                return ExecOutcome::NotProcessed {
-                    reason: "connection refused: the request never left".into(),
-                    retry_after: None,
-                }
-            }
-            Err(e) => {
-                return ExecOutcome::Ambiguous {
-                    reason: crate::stripe::without_url(&e),
-                    replayed_error: false,
-                }
-            }
-        };
-        let status = resp.status().as_u16();
-        let body: Value = match resp.bytes().await {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or(Value::Null),
-            Err(e) => {
-                return ExecOutcome::Ambiguous {
-                    reason: format!("response lost: {}", crate::stripe::without_url(&e)),
-                    replayed_error: false,
-                }
-            }
-        };
+        let crate::http::Answer { status, body, .. } =
+            match crate::http::call(req, "twilio.messages_create").await {
+                Ok(a) => a,
+                Err(outcome) => return outcome,
+            };
         let code = body["code"].as_u64().unwrap_or(0);
         match status {
             200 | 201 => ExecOutcome::Succeeded(Self::receipt(&body)),
@@ -288,7 +268,7 @@ impl Cell for TwilioSms {
             }
             Err(e) => {
                 return Verdict::Unknown {
-                    reason: format!("list failed: {}", crate::stripe::without_url(&e)),
+                    reason: format!("list failed: {}", crate::http::without_url(&e)),
                 }
             }
         };

@@ -34,12 +34,7 @@ impl std::fmt::Debug for StripeApi {
 }
 
 /// A POST's answer, before the cell reads the success body.
-pub(crate) struct Answer {
-    pub status: u16,
-    pub replayed: bool,
-    pub retry_after: Option<Duration>,
-    pub body: Value,
-}
+pub(crate) use crate::http::Answer;
 
 impl StripeApi {
     pub fn new(base_url: impl Into<String>, secret: impl Into<String>, timeout: Duration) -> Self {
@@ -71,44 +66,7 @@ impl StripeApi {
         if let Some(key) = key {
             req = req.header("Idempotency-Key", key);
         }
-        let resp = match crate::http::send_traced(req, operation).await {
-            Ok(r) => r,
-            Err(e) if e.is_connect() => {
-                return Err(ExecOutcome::NotProcessed {
-                    reason: "connection refused: the request never left".into(),
-                    retry_after: None,
-                })
-            }
-            Err(e) => {
-                return Err(ExecOutcome::Ambiguous {
-                    reason: without_url(&e),
-                    replayed_error: false,
-                })
-            }
-        };
-        let status = resp.status().as_u16();
-        let replayed = resp
-            .headers()
-            .get("idempotent-replayed")
-            .is_some_and(|v| v.as_bytes() == b"true");
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_secs);
-        match resp.bytes().await {
-            Ok(b) => Ok(Answer {
-                status,
-                replayed,
-                retry_after,
-                body: serde_json::from_slice(&b).unwrap_or(Value::Null),
-            }),
-            Err(e) => Err(ExecOutcome::Ambiguous {
-                reason: format!("response lost: {}", without_url(&e)),
-                replayed_error: false,
-            }),
-        }
+        crate::http::call(req, operation).await
     }
 
     /// GET JSON; `Err` is a reason for an `Unknown` verdict.
@@ -212,16 +170,4 @@ pub(crate) fn classify(
     }
 }
 
-/// reqwest errors print the URL; keep messages short and free of anything sensitive.
-pub(crate) fn without_url(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timeout"
-    } else if e.is_connect() {
-        "connect"
-    } else if e.is_body() || e.is_decode() {
-        "body"
-    } else {
-        "request"
-    };
-    format!("{kind} error")
-}
+pub(crate) use crate::http::without_url;
