@@ -38,6 +38,8 @@ struct Config {
     method: String,
     url: String,
     base: String,
+    /// An environment variable that, when set, replaces `base` (one file, many deployments).
+    base_env: Option<String>,
     token_env: Option<String>,
     #[serde(default = "idempotency_key")]
     key_header: String,
@@ -209,7 +211,16 @@ impl DeclarativeCell {
     /// Parse and check a TOML cell definition. The token is read from the environment
     /// variable the file names.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text)?;
+        let mut config: Config = toml::from_str(text)?;
+        if let Some(base) = config
+            .base_env
+            .as_ref()
+            .and_then(|v| std::env::var(v).ok())
+            .filter(|b| !b.is_empty())
+        {
+            config.base = base;
+        }
+        config.base = config.base.trim_end_matches('/').to_owned();
         let invalid = |reason: String| ConfigError::Invalid {
             name: config.name.clone(),
             reason,
