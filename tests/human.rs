@@ -501,3 +501,71 @@ async fn an_email_that_cannot_be_found_goes_to_a_person_and_is_never_resent() {
     assert_eq!(state(&db.store, a.action_id).await.state, State::Succeeded);
     assert_eq!(sim.send_requests(), 1);
 }
+
+#[tokio::test]
+async fn api_tokens_are_shown_once_stored_hashed_and_revocable() {
+    use idem_store::tokens::{self, Scope};
+    let db = TestDb::new().await;
+    let (ok, secret, err) = idem(
+        &db,
+        &[
+            "tokens",
+            "create",
+            "--name",
+            "approver-bot",
+            "--scope",
+            "read",
+            "--scope",
+            "approve",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let secret = secret.trim().to_owned();
+    assert!(
+        secret.starts_with("idem_") && secret.len() == 69,
+        "{secret}"
+    );
+    // Only a hash is stored: the secret appears nowhere in the table.
+    let (dump,): (String,) =
+        sqlx::query_as("SELECT string_agg(t::text, ' ') FROM idem.api_tokens t")
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+    assert!(!dump.contains(&secret[5..]), "secret stored in clear");
+    let t = tokens::authenticate(db.store.pool(), &secret)
+        .await
+        .unwrap()
+        .expect("valid token");
+    assert!(t.allows(Scope::Approve) && t.allows(Scope::Read) && !t.allows(Scope::Submit));
+    assert!(tokens::authenticate(db.store.pool(), "idem_wrong")
+        .await
+        .unwrap()
+        .is_none());
+    let mut forged = secret.clone();
+    forged.replace_range(68..69, if secret.ends_with('0') { "1" } else { "0" });
+    assert!(tokens::authenticate(db.store.pool(), &forged)
+        .await
+        .unwrap()
+        .is_none());
+    let (ok, _, err) = idem(
+        &db,
+        &["tokens", "create", "--name", "x", "--scope", "admin"],
+    )
+    .await;
+    assert!(!ok && err.contains("admin"), "{err}");
+    let (ok, out, _) = idem(&db, &["tokens", "list", "--json"]).await;
+    assert!(ok && !out.contains(&secret), "list never shows secrets");
+    let id = t.id.to_string();
+    let (ok, _, err) = idem(&db, &["tokens", "revoke", &id]).await;
+    assert!(ok, "{err}");
+    assert!(
+        tokens::authenticate(db.store.pool(), &secret)
+            .await
+            .unwrap()
+            .is_none(),
+        "revoked"
+    );
+    let (ok, _, err) = idem(&db, &["tokens", "revoke", &id]).await;
+    assert!(!ok && err.contains("no live token"), "{err}");
+}

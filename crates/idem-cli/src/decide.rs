@@ -153,3 +153,75 @@ pub async fn resolve(a: ResolveArgs) -> Result<()> {
     println!("{} is now {to}", a.action_id);
     Ok(())
 }
+
+#[derive(Subcommand, Debug)]
+pub enum TokensCommand {
+    /// Create an API token; its secret is printed once and never stored.
+    Create {
+        #[command(flatten)]
+        db: Db,
+        #[arg(long)]
+        name: String,
+        /// submit, read or approve (repeatable).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<idem_store::tokens::Scope>,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[command(flatten)]
+        db: Db,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        #[command(flatten)]
+        db: Db,
+        id: uuid::Uuid,
+    },
+}
+
+pub async fn tokens(cmd: TokensCommand) -> Result<()> {
+    use idem_store::tokens;
+    match cmd {
+        TokensCommand::Create { db, name, scopes } => {
+            let store = connect(&db).await?;
+            let (info, secret) = tokens::create(store.pool(), &name, &scopes).await?;
+            eprintln!(
+                "token {} ({}) created; the secret below is shown once",
+                info.id, info.name
+            );
+            println!("{secret}");
+        }
+        TokensCommand::List { db, json } => {
+            let store = connect(&db).await?;
+            let all = tokens::list(store.pool()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                for t in all {
+                    let scopes: Vec<&str> = t.scopes.iter().map(|s| s.as_str()).collect();
+                    println!(
+                        "{}  {:<20} {:<22} {}",
+                        t.id,
+                        t.name,
+                        scopes.join(","),
+                        if t.revoked_at.is_some() {
+                            "revoked"
+                        } else {
+                            "live"
+                        }
+                    );
+                }
+            }
+        }
+        TokensCommand::Revoke { db, id } => {
+            let store = connect(&db).await?;
+            if !tokens::revoke(store.pool(), id).await? {
+                bail!("no live token {id}");
+            }
+            println!("revoked {id}");
+        }
+    }
+    Ok(())
+}

@@ -72,6 +72,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// API tokens for the HTTP surface: create (secret shown once), list, revoke.
+    Tokens {
+        #[command(subcommand)]
+        what: decide::TokensCommand,
+    },
     /// Resolve a `needs_human` case: --happened REF, --not-happened or --retry, with --reason.
     Resolve(decide::ResolveArgs),
     /// List every cell this binary runs: the three questions (key? lookup? human?), the
@@ -421,6 +426,7 @@ async fn main() -> Result<()> {
         Command::Approvals { what } => decide::approvals(what).await?,
         Command::NeedsHuman { db, json } => decide::needs_human(db, json).await?,
         Command::Resolve(args) => decide::resolve(args).await?,
+        Command::Tokens { what } => decide::tokens(what).await?,
         Command::Cells { json, cells } => {
             let grid = cells::grid(&cells.registry().map_err(anyhow::Error::msg)?);
             if json {
