@@ -72,6 +72,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The HTTP API: submit actions, read receipts (bearer tokens with scopes).
+    Serve {
+        #[command(flatten)]
+        db: Db,
+        #[command(flatten)]
+        cells: cells::CellArgs,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
     /// API tokens for the HTTP surface: create (secret shown once), list, revoke.
     Tokens {
         #[command(subcommand)]
@@ -427,6 +436,21 @@ async fn main() -> Result<()> {
         Command::NeedsHuman { db, json } => decide::needs_human(db, json).await?,
         Command::Resolve(args) => decide::resolve(args).await?,
         Command::Tokens { what } => decide::tokens(what).await?,
+        Command::Serve { db, cells, listen } => {
+            let store = connect(&db).await?;
+            let registry = cells.registry().map_err(anyhow::Error::msg)?;
+            let app = idem_api::router(idem_api::ApiState {
+                store,
+                cells: std::sync::Arc::new(registry),
+            });
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            eprintln!("idem API on http://{}", listener.local_addr()?);
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await?;
+        }
         Command::Cells { json, cells } => {
             let grid = cells::grid(&cells.registry().map_err(anyhow::Error::msg)?);
             if json {

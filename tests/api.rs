@@ -1,0 +1,218 @@
+//! The HTTP API (`idem serve`'s router) over real PostgreSQL and the Stripe simulator:
+//! auth and scopes, bad input with clear errors, idempotent submission under concurrency,
+//! and a receipt read back after a real worker settled the action.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use idem_api::{router, ApiState, MAX_BODY};
+use idem_cells::{Registry, StripeCharge};
+use idem_sim::{SimServer, StripeSimConfig};
+use idem_store::tokens::{self, Scope};
+use idem_testkit::{StripeFixture, TestDb, TEST_SECRET};
+use idem_worker::{Worker, WorkerConfig};
+use serde_json::{json, Value};
+
+struct Api {
+    db: TestDb,
+    stripe: StripeFixture,
+    _server: SimServer,
+    base: String,
+    http: reqwest::Client,
+}
+
+fn cells(stripe: &StripeFixture) -> Registry {
+    Registry::new().with(
+        StripeCharge::new(stripe.base_url(), TEST_SECRET).with_profile(|p| {
+            p.call_timeout = Duration::from_millis(1000);
+            p.settle_time = Duration::from_millis(200);
+        }),
+    )
+}
+
+impl Api {
+    async fn start() -> Self {
+        let db = TestDb::new().await;
+        let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+        let app = router(ApiState {
+            store: db.store.clone(),
+            cells: Arc::new(cells(&stripe)),
+        });
+        let server = SimServer::start(app, ([127, 0, 0, 1], 0).into())
+            .await
+            .unwrap();
+        Self {
+            base: server.base_url(),
+            _server: server,
+            db,
+            stripe,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn token(&self, scopes: &[Scope]) -> String {
+        tokens::create(self.db.store.pool(), "test", scopes)
+            .await
+            .unwrap()
+            .1
+    }
+
+    async fn post(&self, token: Option<&str>, body: String) -> (u16, Value) {
+        let mut rb = self
+            .http
+            .post(format!("{}/v1/actions", self.base))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        let r = rb.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, token: &str, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+fn charge(id: &str, amount: i64) -> String {
+    json!({"cell": "stripe.charge", "action_id": id, "args": {"amount": amount, "currency": "usd"}})
+        .to_string()
+}
+
+#[tokio::test]
+async fn every_endpoint_but_health_wants_a_token_with_the_right_scope() {
+    let api = Api::start().await;
+    let r = api
+        .http
+        .get(format!("{}/v1/health", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let id = uuid::Uuid::new_v4().to_string();
+    let (s, b) = api.post(None, charge(&id, 500)).await;
+    assert_eq!(s, 401, "{b}");
+    assert!(b["error"].as_str().unwrap().contains("bearer"));
+    let (s, _) = api.post(Some("idem_0000"), charge(&id, 500)).await;
+    assert_eq!(s, 401);
+    let reader = api.token(&[Scope::Read]).await;
+    let (s, b) = api.post(Some(&reader), charge(&id, 500)).await;
+    assert_eq!(s, 403, "{b}");
+    assert!(b["error"].as_str().unwrap().contains("submit"));
+    let submitter = api.token(&[Scope::Submit]).await;
+    let (s, _) = api.get(&submitter, &format!("/v1/actions/{id}")).await;
+    assert_eq!(s, 403, "submit does not imply read");
+    // Revoked tokens stop working at once.
+    let t = tokens::authenticate(api.db.store.pool(), &submitter)
+        .await
+        .unwrap()
+        .unwrap();
+    tokens::revoke(api.db.store.pool(), t.id).await.unwrap();
+    let (s, _) = api.post(Some(&submitter), charge(&id, 500)).await;
+    assert_eq!(s, 401);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error_and_writes_nothing() {
+    let api = Api::start().await;
+    let t = api.token(&[Scope::Submit, Scope::Read]).await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let cases = [
+        ("{not json".to_owned(), 400, "bad request body"),
+        (json!({"cell": "stripe.charge", "args": {"amount": 5, "currency": "usd"}}).to_string(), 422, "action_id or intent_scope"),
+        (json!({"cell": "fax.send", "action_id": id, "args": {}}).to_string(), 422, "unknown cell"),
+        (json!({"cell": "stripe.charge", "action_id": id, "args": {"amount": 5}}).to_string(), 422, "currency"),
+        (json!({"cell": "stripe.charge", "action_id": id, "args": {"amount": 5, "currency": "usd"}, "extra": 1}).to_string(), 422, "extra"),
+        (format!("{{\"cell\":\"stripe.charge\",\"action_id\":\"{id}\",\"args\":{{\"description\":\"{}\"}}}}", "x".repeat(MAX_BODY)), 413, ""),
+    ];
+    for (body, want, says) in cases {
+        let (s, b) = api.post(Some(&t), body).await;
+        assert_eq!(s, want, "{b}");
+        if !says.is_empty() {
+            assert!(
+                b["error"].as_str().unwrap_or_default().contains(says),
+                "{says}: {b}"
+            );
+        }
+    }
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM idem.actions")
+        .fetch_one(api.db.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "nothing written");
+    // An id reused with other arguments is a conflict.
+    let (s, _) = api.post(Some(&t), charge(&id, 500)).await;
+    assert_eq!(s, 201);
+    let (s, b) = api.post(Some(&t), charge(&id, 501)).await;
+    assert_eq!(s, 409, "{b}");
+    assert!(b["error"].as_str().unwrap().contains("other arguments"));
+    let (s, _) = api.get(&t, "/v1/actions/not-a-uuid").await;
+    assert_eq!(s, 400);
+    let (s, _) = api
+        .get(&t, &format!("/v1/actions/{}", uuid::Uuid::new_v4()))
+        .await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn the_same_post_ten_times_at_once_is_one_action_and_one_effect() {
+    let api = Api::start().await;
+    let t = api.token(&[Scope::Submit, Scope::Read]).await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let api = Arc::new(api);
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let (api, t, id) = (api.clone(), t.clone(), id.clone());
+        set.spawn(async move { api.post(Some(&t), charge(&id, 4200)).await });
+    }
+    let mut answers = vec![];
+    while let Some(r) = set.join_next().await {
+        answers.push(r.unwrap());
+    }
+    assert_eq!(
+        answers.iter().filter(|(s, _)| *s == 201).count(),
+        1,
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers.iter().filter(|(s, _)| *s == 200).count(),
+        9,
+        "{answers:?}"
+    );
+    for (_, b) in &answers {
+        assert_eq!(b["action_id"], id.as_str());
+    }
+    // A real worker settles it; the receipt is read back with a long poll.
+    let w = Worker::new(
+        api.db.store.clone(),
+        cells(&api.stripe),
+        WorkerConfig {
+            poll_interval: Duration::from_millis(50),
+            sweep_interval: Duration::from_millis(50),
+            ..WorkerConfig::default()
+        },
+    );
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(async move { w.run(rx).await });
+    let (s, b) = api.get(&t, &format!("/v1/actions/{id}?wait=20s")).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["state"], "succeeded", "{b}");
+    assert!(b["receipt"]["partner_ref"]
+        .as_str()
+        .unwrap()
+        .starts_with("pi_"));
+    assert_eq!(api.stripe.sim.effects_for(&id), 1);
+    assert_eq!(api.stripe.sim.requests().len(), 1);
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+}
