@@ -26,6 +26,11 @@ fn cells(stripe: &StripeFixture) -> Registry {
         StripeCharge::new(stripe.base_url(), TEST_SECRET).with_profile(|p| {
             p.call_timeout = Duration::from_millis(1000);
             p.settle_time = Duration::from_millis(200);
+            // Charges of 500.00 and more wait for a person.
+            p.approval = idem_core::profile::ApprovalPolicy::Above {
+                argument: "amount".into(),
+                threshold: 50_000,
+            };
         }),
     )
 }
@@ -67,6 +72,19 @@ impl Api {
             rb = rb.bearer_auth(t);
         }
         let r = rb.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post_json(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
@@ -213,6 +231,132 @@ async fn the_same_post_ten_times_at_once_is_one_action_and_one_effect() {
         .starts_with("pi_"));
     assert_eq!(api.stripe.sim.effects_for(&id), 1);
     assert_eq!(api.stripe.sim.requests().len(), 1);
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn approvals_and_doubts_over_http_are_audited_with_the_token_name() {
+    let api = Api::start().await;
+    let submit = api.token(&[Scope::Submit, Scope::Read]).await;
+    let approver = tokens::create(api.db.store.pool(), "ops-alice", &[Scope::Approve])
+        .await
+        .unwrap()
+        .1;
+    let (big, other) = (
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+    );
+    assert_eq!(api.post(Some(&submit), charge(&big, 60_000)).await.0, 201);
+    assert_eq!(api.post(Some(&submit), charge(&other, 70_000)).await.0, 201);
+    let w = Worker::new(
+        api.db.store.clone(),
+        cells(&api.stripe),
+        WorkerConfig {
+            poll_interval: Duration::from_millis(50),
+            sweep_interval: Duration::from_millis(50),
+            ..WorkerConfig::default()
+        },
+    );
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(async move { w.run(rx).await });
+    // Both wait for a person; nothing is sent.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let pending = loop {
+        let (s, b) = api.get(&approver, "/v1/approvals").await;
+        assert_eq!(s, 200, "{b}");
+        if b.as_array().unwrap().len() == 2 {
+            break b;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let rows: Vec<(String, Option<String>)> =
+                sqlx::query_as("SELECT state, reason FROM idem.actions")
+                    .fetch_all(api.db.store.pool())
+                    .await
+                    .unwrap();
+            panic!("{b} {rows:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(api.stripe.sim.requests().len(), 0);
+    assert_eq!(
+        api.get(&submit, "/v1/approvals").await.0,
+        403,
+        "approve scope needed"
+    );
+    let fp = pending
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["action_id"] == big.as_str())
+        .unwrap()["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, b) = api
+        .post_json(
+            &approver,
+            &format!("/v1/approvals/{big}/approve"),
+            json!({"fingerprint": "00"}),
+        )
+        .await;
+    assert_eq!(s, 409, "an approval of other arguments is refused: {b}");
+    let (s, b) = api
+        .post_json(
+            &approver,
+            &format!("/v1/approvals/{big}/approve"),
+            json!({"fingerprint": fp, "reason": "known customer"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["by"], "token:ops-alice");
+    let fp_other = pending
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["action_id"] == other.as_str())
+        .unwrap()["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, _) = api
+        .post_json(
+            &approver,
+            &format!("/v1/approvals/{other}/reject"),
+            json!({"fingerprint": fp_other}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (_, b) = api
+        .get(&submit, &format!("/v1/actions/{big}?wait=20"))
+        .await;
+    assert_eq!(b["state"], "succeeded", "{b}");
+    let (_, b) = api.get(&submit, &format!("/v1/actions/{other}")).await;
+    assert_eq!(b["state"], "rejected", "{b}");
+    assert_eq!(api.stripe.sim.effects_for(&big), 1);
+    assert_eq!(api.stripe.sim.effects_for(&other), 0);
+    // No doubts; resolving a settled action is a conflict, with a reason required.
+    let (s, b) = api.get(&approver, "/v1/doubts").await;
+    assert_eq!((s, b.as_array().map(Vec::len)), (200, Some(0)));
+    let (s, _) = api
+        .post_json(
+            &approver,
+            &format!("/v1/doubts/{big}/resolve"),
+            json!({"outcome": "retry", "reason": ""}),
+        )
+        .await;
+    assert_eq!(s, 422);
+    let (s, b) = api
+        .post_json(
+            &approver,
+            &format!("/v1/doubts/{big}/resolve"),
+            json!({"outcome": "retry", "reason": "why not"}),
+        )
+        .await;
+    assert_eq!(s, 409, "{b}");
+    let (s, b) = api.get(&submit, "/v1/cells").await;
+    assert_eq!(s, 200);
+    assert_eq!(b[0]["name"], "stripe.charge");
     stop.send(true).unwrap();
     running.await.unwrap().unwrap();
 }

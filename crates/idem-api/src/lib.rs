@@ -3,7 +3,8 @@
 //! the scope. Submitting is idempotent on the action id exactly like `enqueue`: the same id
 //! and arguments return the same action; other arguments are a 409.
 //!
-//! This is the first slice of issue 5: submit, read (with long-poll), health.
+//! Endpoints: submit, read (with long-poll), the cell grid, approvals and needs_human
+//! cases with audited decisions (the token's name is the decider), health.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use idem_cells::Registry;
 use idem_core::{ActionId, CellName};
+use idem_store::decisions::{self, DecisionError, Resolution};
 use idem_store::tokens::{self, Scope, TokenInfo};
 use idem_store::{enqueue, inbox, EnqueueError, NewAction, Store};
 use serde::Deserialize;
@@ -39,6 +41,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/health", get(|| async { Json(json!({"ok": true})) }))
         .route("/v1/actions", post(submit))
         .route("/v1/actions/{id}", get(read))
+        .route("/v1/cells", get(cells))
+        .route("/v1/approvals", get(approvals))
+        .route("/v1/approvals/{id}/{decision}", post(decide))
+        .route("/v1/doubts", get(doubts))
+        .route("/v1/doubts/{id}/resolve", post(resolve))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -201,5 +208,152 @@ async fn read(
             tracing::error!(error = %e, "read failed");
             problem(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
         }
+    }
+}
+
+async fn cells(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&state, &headers, Scope::Read).await {
+        return r;
+    }
+    let grid: Vec<Value> = state
+        .cells
+        .iter()
+        .map(|c| json!({"name": c.name().as_str(), "card": c.card(), "profile": c.profile()}))
+        .collect();
+    Json(grid).into_response()
+}
+
+async fn waiting(state: &ApiState, headers: &HeaderMap, which: idem_core::State) -> Response {
+    if let Err(r) = authorize(state, headers, Scope::Approve).await {
+        return r;
+    }
+    match decisions::waiting(state.store.pool(), which, 500).await {
+        Ok(items) => Json(items).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "listing failed");
+            problem(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
+        }
+    }
+}
+
+async fn approvals(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    waiting(&state, &headers, idem_core::State::AwaitingApproval).await
+}
+
+async fn doubts(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    waiting(&state, &headers, idem_core::State::NeedsHuman).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Decision {
+    /// The fingerprint the approver reviewed (from `GET /v1/approvals`); required.
+    fingerprint: String,
+    reason: Option<String>,
+}
+
+fn decision_error(e: DecisionError) -> Response {
+    match e {
+        DecisionError::NotFound(_) => problem(StatusCode::NOT_FOUND, e.to_string()),
+        DecisionError::WrongState { .. } | DecisionError::FingerprintMismatch { .. } => {
+            problem(StatusCode::CONFLICT, e.to_string())
+        }
+        DecisionError::NoActor => problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        DecisionError::Store(e) => {
+            tracing::error!(error = %e, "decision failed");
+            problem(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
+        }
+    }
+}
+
+fn action_id(id: &str) -> Option<ActionId> {
+    id.parse::<uuid::Uuid>().ok().map(ActionId::from)
+}
+
+async fn decide(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((id, decision)): Path<(String, String)>,
+    body: Result<Json<Decision>, JsonRejection>,
+) -> Response {
+    let token = match authorize(&state, &headers, Scope::Approve).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let Some(id) = action_id(&id) else {
+        return problem(StatusCode::BAD_REQUEST, "action id must be a UUID");
+    };
+    let Json(d) = match body {
+        Ok(b) => b,
+        Err(e) => return problem(e.status(), format!("bad request body: {}", e.body_text())),
+    };
+    let pool = state.store.pool();
+    let who = format!("token:{}", token.name);
+    let done = match decision.as_str() {
+        "approve" => {
+            decisions::approve(pool, id, &who, d.reason.as_deref(), Some(&d.fingerprint)).await
+        }
+        "reject" => {
+            decisions::reject(pool, id, &who, d.reason.as_deref(), Some(&d.fingerprint)).await
+        }
+        other => {
+            return problem(
+                StatusCode::NOT_FOUND,
+                format!("no decision {other:?}: approve or reject"),
+            )
+        }
+    };
+    match done {
+        Ok(()) => Json(json!({"action_id": id, "decision": decision, "by": who})).into_response(),
+        Err(e) => decision_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case", tag = "outcome")]
+enum Resolve {
+    Happened { partner_ref: String, reason: String },
+    NotHappened { reason: String },
+    Retry { reason: String },
+}
+
+async fn resolve(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<Resolve>, JsonRejection>,
+) -> Response {
+    let token = match authorize(&state, &headers, Scope::Approve).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let Some(id) = action_id(&id) else {
+        return problem(StatusCode::BAD_REQUEST, "action id must be a UUID");
+    };
+    let Json(r) = match body {
+        Ok(b) => b,
+        Err(e) => return problem(e.status(), format!("bad request body: {}", e.body_text())),
+    };
+    let (resolution, reason) = match r {
+        Resolve::Happened {
+            partner_ref,
+            reason,
+        } if !partner_ref.trim().is_empty() => (Resolution::Happened { partner_ref }, reason),
+        Resolve::Happened { .. } => {
+            return problem(StatusCode::UNPROCESSABLE_ENTITY, "partner_ref: required")
+        }
+        Resolve::NotHappened { reason } => (Resolution::NotHappened, reason),
+        Resolve::Retry { reason } => (Resolution::Retry, reason),
+    };
+    if reason.trim().is_empty() {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "reason: say why (the audit trail is the point)",
+        );
+    }
+    let who = format!("token:{}", token.name);
+    match decisions::resolve(state.store.pool(), id, &resolution, &who, &reason).await {
+        Ok(to) => Json(json!({"action_id": id, "state": to, "by": who})).into_response(),
+        Err(e) => decision_error(e),
     }
 }
