@@ -8,12 +8,12 @@ use std::collections::HashMap;
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::routes::{
-    authorized, find_intent, metadata_of, now_unix, stripe_error, unauthorized, Refusal, REFUNDS,
+    authorized, find_intent, list_page, metadata_of, now_unix, stripe_error, unauthorized, Refusal,
+    REFUNDS,
 };
 use super::{LedgerEntry, StripeSim};
 
@@ -165,34 +165,11 @@ pub(super) async fn list(
         return unauthorized();
     }
     let q: HashMap<String, String> = q.into_iter().collect();
-    let num = |k: &str| q.get(k).and_then(|v| v.parse::<i64>().ok());
-    let limit = num("limit").unwrap_or(10).clamp(1, 100) as usize;
     let inner = sim.lock();
-    let mut all: Vec<&Value> = inner
-        .refunds
-        .iter()
-        .rev()
-        .filter(|r| {
-            q.get("payment_intent")
-                .or(q.get("charge"))
-                .is_none_or(|pi| r["payment_intent"] == pi.as_str())
-        })
-        .filter(|r| {
-            let c = r["created"].as_i64().unwrap_or(0);
-            num("created[gte]").is_none_or(|v| c >= v)
-                && num("created[gt]").is_none_or(|v| c > v)
-                && num("created[lte]").is_none_or(|v| c <= v)
-                && num("created[lt]").is_none_or(|v| c < v)
-        })
-        .collect();
-    if let Some(after) = q.get("starting_after") {
-        match all.iter().position(|r| r["id"] == after.as_str()) {
-            Some(pos) => all = all.split_off(pos + 1),
-            None => all.clear(),
-        }
-    }
-    let has_more = all.len() > limit;
-    all.truncate(limit);
-    Json(json!({"object": "list", "url": REFUNDS, "has_more": has_more, "data": all}))
-        .into_response()
+    let refunds = inner.refunds.iter().filter(|r| {
+        q.get("payment_intent")
+            .or(q.get("charge"))
+            .is_none_or(|pi| r["payment_intent"] == pi.as_str())
+    });
+    list_page(refunds, &q, REFUNDS)
 }

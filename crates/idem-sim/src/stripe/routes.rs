@@ -558,20 +558,28 @@ async fn list(
         return unauthorized();
     }
     let q: HashMap<String, String> = q.into_iter().collect();
+    let inner = sim.lock();
+    let intents = inner.intents.iter().map(|i| &i.body).filter(|pi| {
+        q.get("customer")
+            .is_none_or(|c| pi["customer"] == c.as_str())
+    });
+    list_page(intents, &q, CREATE)
+}
+
+/// One page of a Stripe list, newest first: `created[gte|gt|lte|lt]`, `starting_after`,
+/// `limit` (default 10, at most 100). `objects` come oldest first, already filtered by the
+/// endpoint's own parameters.
+pub(super) fn list_page<'a>(
+    objects: impl DoubleEndedIterator<Item = &'a Value>,
+    q: &HashMap<String, String>,
+    url: &str,
+) -> Response {
     let num = |k: &str| q.get(k).and_then(|v| v.parse::<i64>().ok());
     let limit = num("limit").unwrap_or(10).clamp(1, 100) as usize;
-    let inner = sim.lock();
-    let mut all: Vec<&Value> = inner
-        .intents
-        .iter()
+    let mut all: Vec<&Value> = objects
         .rev()
-        .map(|i| &i.body)
-        .filter(|pi| {
-            q.get("customer")
-                .is_none_or(|c| pi["customer"] == c.as_str())
-        })
-        .filter(|pi| {
-            let c = pi["created"].as_i64().unwrap_or(0);
+        .filter(|o| {
+            let c = o["created"].as_i64().unwrap_or(0);
             num("created[gte]").is_none_or(|v| c >= v)
                 && num("created[gt]").is_none_or(|v| c > v)
                 && num("created[lte]").is_none_or(|v| c <= v)
@@ -579,15 +587,14 @@ async fn list(
         })
         .collect();
     if let Some(after) = q.get("starting_after") {
-        match all.iter().position(|pi| pi["id"] == after.as_str()) {
+        match all.iter().position(|o| o["id"] == after.as_str()) {
             Some(pos) => all = all.split_off(pos + 1),
             None => all.clear(),
         }
     }
     let has_more = all.len() > limit;
     all.truncate(limit);
-    Json(json!({"object": "list", "url": CREATE, "has_more": has_more, "data": all}))
-        .into_response()
+    Json(json!({"object": "list", "url": url, "has_more": has_more, "data": all})).into_response()
 }
 
 /// `GET /v1/payment_intents/search?query=metadata['k']:'v'`, lagging by `search_lag`.
