@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use idem_api::{router, ApiState, MAX_BODY};
+use idem_api::{router, ApiState, RateLimit, MAX_BODY};
 use idem_cells::{Registry, StripeCharge};
 use idem_sim::{SimServer, StripeSimConfig};
 use idem_store::tokens::{self, Scope};
@@ -37,12 +37,17 @@ fn cells(stripe: &StripeFixture) -> Registry {
 
 impl Api {
     async fn start() -> Self {
+        Self::start_limited(RateLimit::default()).await
+    }
+
+    async fn start_limited(limit: RateLimit) -> Self {
         let db = TestDb::new().await;
         let stripe = StripeFixture::start(StripeSimConfig::default()).await;
-        let app = router(ApiState {
-            store: db.store.clone(),
-            cells: Arc::new(cells(&stripe)),
-        });
+        let app = router(ApiState::with_rate_limit(
+            db.store.clone(),
+            Arc::new(cells(&stripe)),
+            limit,
+        ));
         let server = SimServer::start(app, ([127, 0, 0, 1], 0).into())
             .await
             .unwrap();
@@ -149,6 +154,9 @@ async fn bad_input_gets_a_clear_error_and_writes_nothing() {
         ("{not json".to_owned(), 400, "bad request body"),
         (json!({"cell": "stripe.charge", "args": {"amount": 5, "currency": "usd"}}).to_string(), 422, "action_id or intent_scope"),
         (json!({"cell": "fax.send", "action_id": id, "args": {}}).to_string(), 422, "unknown cell"),
+        (json!({"cell": "Stripe Charge", "action_id": id, "args": {}}).to_string(), 422, "cell"),
+        (json!({"cell": "stripe.charge", "action_id": "42", "args": {}}).to_string(), 422, "UUID"),
+        (json!({"cell": "stripe.charge", "action_id": id, "args": [5]}).to_string(), 422, "object"),
         (json!({"cell": "stripe.charge", "action_id": id, "args": {"amount": 5}}).to_string(), 422, "currency"),
         (json!({"cell": "stripe.charge", "action_id": id, "args": {"amount": 5, "currency": "usd"}, "extra": 1}).to_string(), 422, "extra"),
         (format!("{{\"cell\":\"stripe.charge\",\"action_id\":\"{id}\",\"args\":{{\"description\":\"{}\"}}}}", "x".repeat(MAX_BODY)), 413, ""),
@@ -163,6 +171,46 @@ async fn bad_input_gets_a_clear_error_and_writes_nothing() {
             );
         }
     }
+    // Schema violations name the field.
+    for (args, field, says) in [
+        (
+            json!({"amount": "5", "currency": "usd"}),
+            "/args/amount",
+            "integer",
+        ),
+        (
+            json!({"amount": 0, "currency": "usd"}),
+            "/args/amount",
+            "minimum",
+        ),
+        (
+            json!({"amount": 5, "currency": "USD"}),
+            "/args/currency",
+            "^[a-z]{3}$",
+        ),
+        (
+            json!({"amount": 5, "currency": "usd", "colour": 1}),
+            "/args",
+            "colour",
+        ),
+    ] {
+        let body = json!({"cell": "stripe.charge", "action_id": id, "args": args}).to_string();
+        let (s, b) = api.post(Some(&t), body).await;
+        assert_eq!(s, 422, "{b}");
+        assert_eq!(b["field"], field, "{b}");
+        assert!(b["error"].as_str().unwrap().contains(says), "{says}: {b}");
+    }
+    // Not JSON at all, by content type.
+    let r = api
+        .http
+        .post(format!("{}/v1/actions", api.base))
+        .bearer_auth(&t)
+        .header("content-type", "text/plain")
+        .body(charge(&id, 5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 415);
     let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM idem.actions")
         .fetch_one(api.db.store.pool())
         .await
@@ -359,4 +407,102 @@ async fn approvals_and_doubts_over_http_are_audited_with_the_token_name() {
     assert_eq!(b[0]["name"], "stripe.charge");
     stop.send(true).unwrap();
     running.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn each_token_has_its_own_rate_limit() {
+    let limit = RateLimit {
+        per_second: std::num::NonZeroU32::new(1).unwrap(),
+        burst: std::num::NonZeroU32::new(3).unwrap(),
+    };
+    let api = Api::start_limited(limit).await;
+    let busy = api.token(&[Scope::Read]).await;
+    let calm = api.token(&[Scope::Read]).await;
+    for _ in 0..3 {
+        assert_eq!(api.get(&busy, "/v1/cells").await.0, 200);
+    }
+    let r = api
+        .http
+        .get(format!("{}/v1/cells", api.base))
+        .bearer_auth(&busy)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    let after: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&after), "Retry-After {after}");
+    let b: Value = r.json().await.unwrap();
+    assert!(b["error"].as_str().unwrap().contains("rate limit"), "{b}");
+    // Another token is not slowed by the first.
+    assert_eq!(api.get(&calm, "/v1/cells").await.0, 200);
+    // A bad token is refused before it can drain anyone's bucket.
+    assert_eq!(api.get("idem_nope", "/v1/cells").await.0, 401);
+}
+
+/// The document is generated from the handlers; this pins it to the routes the router
+/// serves (each documented operation answers, and answers 401 without a token) and to the
+/// committed `docs/openapi.json` (regenerate with `idem openapi > docs/openapi.json`).
+#[tokio::test]
+async fn openapi_document_matches_the_routes() {
+    let api = Api::start().await;
+    let r = api
+        .http
+        .get(format!("{}/openapi.json", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let doc: Value = r.json().await.unwrap();
+    assert_eq!(doc, serde_json::to_value(idem_api::openapi()).unwrap());
+    let mut ops = vec![];
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            ops.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    ops.sort();
+    assert_eq!(
+        ops,
+        [
+            "GET /v1/actions/{id}",
+            "GET /v1/approvals",
+            "GET /v1/cells",
+            "GET /v1/doubts",
+            "GET /v1/health",
+            "POST /v1/actions",
+            "POST /v1/approvals/{id}/approve",
+            "POST /v1/approvals/{id}/reject",
+            "POST /v1/doubts/{id}/resolve",
+        ]
+    );
+    let some_id = uuid::Uuid::new_v4();
+    for op in &ops {
+        let (method, path) = op.split_once(' ').unwrap();
+        let url = format!("{}{}", api.base, path.replace("{id}", &some_id.to_string()));
+        let rb = match method {
+            "GET" => api.http.get(url),
+            _ => api.http.post(url).json(&json!({})),
+        };
+        let status = rb.send().await.unwrap().status().as_u16();
+        let secured = doc["paths"][path][method.to_lowercase()]["security"].is_array();
+        let want = if path == "/v1/health" { 200 } else { 401 };
+        assert_eq!(status, want, "{op}");
+        assert_eq!(secured, want == 401, "{op}: security documented");
+    }
+    let committed: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/openapi.json"
+        ))
+        .expect("docs/openapi.json: generate it with `idem openapi > docs/openapi.json`"),
+    )
+    .unwrap();
+    assert_eq!(
+        committed, doc,
+        "docs/openapi.json is stale: run `cargo run --bin idem -- openapi > docs/openapi.json`"
+    );
 }

@@ -1,359 +1,164 @@
-//! idem's HTTP API (`idem serve`). Every endpoint but `/v1/health` needs a bearer token
-//! (`idem tokens create`) with the endpoint's scope: 401 without a valid token, 403 without
-//! the scope. Submitting is idempotent on the action id exactly like `enqueue`: the same id
-//! and arguments return the same action; other arguments are a 409.
+//! idem's HTTP API (`idem serve`). Every endpoint but `/v1/health` and `/openapi.json`
+//! needs a bearer token (`idem tokens create`) with the endpoint's scope: 401 without a
+//! valid token, 403 without the scope, 429 over the token's rate limit. Submitting is
+//! idempotent on the action id exactly like `enqueue`: the same id and arguments return the
+//! same action; other arguments are a 409. Arguments are checked against the cell's JSON
+//! Schema first, so a 422 names the field.
 //!
-//! Endpoints: submit, read (with long-poll), the cell grid, approvals and needs_human
-//! cases with audited decisions (the token's name is the decider), health.
+//! The OpenAPI document is generated from the handlers (`utoipa`), which register their
+//! routes through the same macro, so the document cannot list a route the router lacks.
+
+// Helpers return a finished refusal as their error: built once per request, never stored.
+#![allow(clippy::result_large_err)]
+
+mod actions;
+pub mod auth;
+mod cells;
+mod console;
+mod decisions;
+pub mod mcp;
+mod problem;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
 use axum::{Json, Router};
 use idem_cells::Registry;
-use idem_core::{ActionId, CellName};
-use idem_store::decisions::{self, DecisionError, Resolution};
-use idem_store::tokens::{self, Scope, TokenInfo};
-use idem_store::{enqueue, inbox, EnqueueError, NewAction, Store};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use idem_store::Store;
+use serde_json::json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use actions::{ActionView, Submit, Submitted};
+pub use auth::RateLimit;
+pub use cells::CellView;
+pub use decisions::{Decided, Decision, Resolve};
+pub use problem::Problem;
 
 /// Largest request body accepted (bytes).
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// Longest `?wait=` honoured.
-const MAX_WAIT: Duration = Duration::from_secs(60);
-
+/// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct ApiState {
     pub store: Store,
     pub cells: Arc<Registry>,
+    limiter: auth::Limiter,
+    /// Host names (or host:port) `/mcp` accepts besides loopback.
+    public_hosts: Vec<String>,
+    /// How long an MCP tool call waits for its action to settle.
+    tool_wait: std::time::Duration,
 }
 
-/// The API's routes.
+impl ApiState {
+    /// State with the default per-token rate limit.
+    pub fn new(store: Store, cells: Arc<Registry>) -> Self {
+        Self::with_rate_limit(store, cells, RateLimit::default())
+    }
+
+    pub fn with_rate_limit(store: Store, cells: Arc<Registry>, limit: RateLimit) -> Self {
+        Self {
+            store,
+            cells,
+            limiter: auth::Limiter::new(limit),
+            public_hosts: Vec::new(),
+            tool_wait: mcp::TOOL_WAIT,
+        }
+    }
+
+    /// How long an MCP tool call waits for its action before answering "in progress".
+    pub fn with_tool_wait(mut self, wait: std::time::Duration) -> Self {
+        self.tool_wait = wait;
+        self
+    }
+
+    /// Accept these Host names on `/mcp` besides loopback (a deployment's public names).
+    pub fn with_public_hosts(mut self, hosts: impl IntoIterator<Item = String>) -> Self {
+        self.public_hosts.extend(hosts);
+        self
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "idem",
+        description = "The exactly-once layer under AI agents: submit actions, read receipts, decide approvals and doubts."
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "actions", description = "Submit actions and read receipts"),
+        (name = "cells", description = "The cell grid"),
+        (name = "decisions", description = "Approvals and needs_human cases"),
+    )
+)]
+struct ApiDoc;
+
+/// Declares the `bearer` scheme the paths refer to.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A token from `idem tokens create`; scopes submit, read, approve",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Health check (no token).
+#[utoipa::path(get, path = "/v1/health", tag = "actions",
+    responses((status = 200, description = "Serving", body = Object)))]
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"ok": true}))
+}
+
+/// The documented routes and their OpenAPI document, built together.
+fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(actions::submit))
+        .routes(routes!(actions::read))
+        .routes(routes!(cells::cells))
+        .routes(routes!(decisions::approvals))
+        .routes(routes!(decisions::approve))
+        .routes(routes!(decisions::reject))
+        .routes(routes!(decisions::doubts))
+        .routes(routes!(decisions::resolve))
+        .split_for_parts()
+}
+
+/// The OpenAPI document of [`router`]'s API (what `/openapi.json` serves).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().1
+}
+
+/// The API's routes, plus `/openapi.json` and the MCP endpoint `/mcp`.
 pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/v1/health", get(|| async { Json(json!({"ok": true})) }))
-        .route("/v1/actions", post(submit))
-        .route("/v1/actions/{id}", get(read))
-        .route("/v1/cells", get(cells))
-        .route("/v1/approvals", get(approvals))
-        .route("/v1/approvals/{id}/{decision}", post(decide))
-        .route("/v1/doubts", get(doubts))
-        .route("/v1/doubts/{id}/resolve", post(resolve))
+    let (routes, doc) = api();
+    let doc = Arc::new(doc);
+    let mcp = mcp::routes(&state);
+    routes
+        .merge(console::routes())
+        .route(
+            "/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { Json(doc.as_ref().clone()) }
+            }),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
-}
-
-fn problem(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({"error": message.into()}))).into_response()
-}
-
-/// The caller's token, if it grants `scope`; else the 401/403 to answer.
-async fn authorize(
-    state: &ApiState,
-    headers: &HeaderMap,
-    scope: Scope,
-) -> Result<TokenInfo, Response> {
-    let Some(secret) = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return Err(problem(StatusCode::UNAUTHORIZED, "missing bearer token"));
-    };
-    match tokens::authenticate(state.store.pool(), secret.trim()).await {
-        Ok(Some(t)) if t.allows(scope) => Ok(t),
-        Ok(Some(t)) => Err(problem(
-            StatusCode::FORBIDDEN,
-            format!("token {} lacks the {} scope", t.name, scope.as_str()),
-        )),
-        Ok(None) => Err(problem(
-            StatusCode::UNAUTHORIZED,
-            "invalid or revoked token",
-        )),
-        Err(e) => {
-            tracing::error!(error = %e, "token lookup failed");
-            Err(problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store unavailable",
-            ))
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Submit {
-    cell: String,
-    args: Value,
-    action_id: Option<uuid::Uuid>,
-    intent_scope: Option<String>,
-    ordering_key: Option<String>,
-}
-
-async fn submit(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    body: Result<Json<Submit>, JsonRejection>,
-) -> Response {
-    if let Err(r) = authorize(&state, &headers, Scope::Submit).await {
-        return r;
-    }
-    let Json(s) = match body {
-        Ok(b) => b,
-        Err(e) => return problem(e.status(), format!("bad request body: {}", e.body_text())),
-    };
-    let cell = match CellName::new(&s.cell) {
-        Ok(c) => c,
-        Err(e) => return problem(StatusCode::UNPROCESSABLE_ENTITY, format!("cell: {e}")),
-    };
-    let Some(c) = state.cells.get(cell.as_str()) else {
-        let known: Vec<String> = state.cells.iter().map(|c| c.name().to_string()).collect();
-        return problem(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("unknown cell {:?}; known: {}", s.cell, known.join(", ")),
-        );
-    };
-    if let Err(e) = c.validate(&s.args) {
-        return problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
-    }
-    let action = match (s.action_id, &s.intent_scope) {
-        (Some(_), Some(_)) => {
-            return problem(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "give action_id or intent_scope, not both",
-            )
-        }
-        (Some(id), None) => NewAction::new(ActionId::from(id), cell, s.args),
-        (None, Some(scope)) => NewAction::from_intent(scope, cell, s.args),
-        (None, None) => return problem(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "action_id or intent_scope is required: a retried request must name the same action",
-        ),
-    };
-    let action = match s.ordering_key {
-        Some(k) => action.with_ordering_key(k),
-        None => action,
-    };
-    match enqueue(state.store.pool(), &action).await {
-        Ok(e) => {
-            // The same response whether this request created the action or found it.
-            let row = inbox::get(state.store.pool(), e.action_id).await.ok().flatten();
-            let status = if e.created { StatusCode::CREATED } else { StatusCode::OK };
-            (status, Json(json!({"action_id": e.action_id, "state": row.map(|r| r.state).unwrap_or(e.state)}))).into_response()
-        }
-        Err(EnqueueError::Conflict { action_id }) => problem(
-            StatusCode::CONFLICT,
-            format!("action {action_id} already exists with other arguments: an action id names one request forever"),
-        ),
-        Err(EnqueueError::Invalid(m)) => problem(StatusCode::UNPROCESSABLE_ENTITY, m),
-        Err(EnqueueError::Db(e)) => {
-            tracing::error!(error = %e, "enqueue failed");
-            problem(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct ReadQuery {
-    /// Seconds to wait for the action to settle (`30` or `30s`).
-    wait: Option<String>,
-}
-
-async fn read(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Query(q): Query<ReadQuery>,
-) -> Response {
-    if let Err(r) = authorize(&state, &headers, Scope::Read).await {
-        return r;
-    }
-    let Ok(id) = id.parse::<uuid::Uuid>() else {
-        return problem(StatusCode::BAD_REQUEST, "action id must be a UUID");
-    };
-    let id = ActionId::from(id);
-    let wait = match q
-        .wait
-        .as_deref()
-        .map(|w| w.trim_end_matches('s').parse::<u64>())
-    {
-        None => None,
-        Some(Ok(s)) => Some(Duration::from_secs(s).min(MAX_WAIT)),
-        Some(Err(_)) => return problem(StatusCode::BAD_REQUEST, "wait: seconds, e.g. 30 or 30s"),
-    };
-    let row = match wait {
-        Some(w) if !w.is_zero() => match inbox::await_settled(state.store.pool(), id, w).await {
-            Ok(Some(r)) => Ok(Some(r)),
-            Ok(None) => inbox::get(state.store.pool(), id).await,
-            Err(e) => Err(e),
-        },
-        _ => inbox::get(state.store.pool(), id).await,
-    };
-    match row {
-        Ok(Some(r)) => Json(json!({
-            "action_id": r.action_id, "cell": r.cell, "state": r.state, "settled": r.state.is_settled(),
-            "attempts": r.attempts, "reason": r.reason, "receipt": r.receipt,
-            "created_at": r.created_at, "settled_at": r.settled_at,
-        }))
-        .into_response(),
-        Ok(None) => problem(StatusCode::NOT_FOUND, format!("no action {id}")),
-        Err(e) => {
-            tracing::error!(error = %e, "read failed");
-            problem(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
-        }
-    }
-}
-
-async fn cells(State(state): State<ApiState>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&state, &headers, Scope::Read).await {
-        return r;
-    }
-    let grid: Vec<Value> = state
-        .cells
-        .iter()
-        .map(|c| json!({"name": c.name().as_str(), "card": c.card(), "profile": c.profile()}))
-        .collect();
-    Json(grid).into_response()
-}
-
-async fn waiting(state: &ApiState, headers: &HeaderMap, which: idem_core::State) -> Response {
-    if let Err(r) = authorize(state, headers, Scope::Approve).await {
-        return r;
-    }
-    match decisions::waiting(state.store.pool(), which, 500).await {
-        Ok(items) => Json(items).into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "listing failed");
-            problem(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
-        }
-    }
-}
-
-async fn approvals(State(state): State<ApiState>, headers: HeaderMap) -> Response {
-    waiting(&state, &headers, idem_core::State::AwaitingApproval).await
-}
-
-async fn doubts(State(state): State<ApiState>, headers: HeaderMap) -> Response {
-    waiting(&state, &headers, idem_core::State::NeedsHuman).await
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Decision {
-    /// The fingerprint the approver reviewed (from `GET /v1/approvals`); required.
-    fingerprint: String,
-    reason: Option<String>,
-}
-
-fn decision_error(e: DecisionError) -> Response {
-    match e {
-        DecisionError::NotFound(_) => problem(StatusCode::NOT_FOUND, e.to_string()),
-        DecisionError::WrongState { .. } | DecisionError::FingerprintMismatch { .. } => {
-            problem(StatusCode::CONFLICT, e.to_string())
-        }
-        DecisionError::NoActor => problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
-        DecisionError::Store(e) => {
-            tracing::error!(error = %e, "decision failed");
-            problem(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
-        }
-    }
-}
-
-fn action_id(id: &str) -> Option<ActionId> {
-    id.parse::<uuid::Uuid>().ok().map(ActionId::from)
-}
-
-async fn decide(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    Path((id, decision)): Path<(String, String)>,
-    body: Result<Json<Decision>, JsonRejection>,
-) -> Response {
-    let token = match authorize(&state, &headers, Scope::Approve).await {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    let Some(id) = action_id(&id) else {
-        return problem(StatusCode::BAD_REQUEST, "action id must be a UUID");
-    };
-    let Json(d) = match body {
-        Ok(b) => b,
-        Err(e) => return problem(e.status(), format!("bad request body: {}", e.body_text())),
-    };
-    let pool = state.store.pool();
-    let who = format!("token:{}", token.name);
-    let done = match decision.as_str() {
-        "approve" => {
-            decisions::approve(pool, id, &who, d.reason.as_deref(), Some(&d.fingerprint)).await
-        }
-        "reject" => {
-            decisions::reject(pool, id, &who, d.reason.as_deref(), Some(&d.fingerprint)).await
-        }
-        other => {
-            return problem(
-                StatusCode::NOT_FOUND,
-                format!("no decision {other:?}: approve or reject"),
-            )
-        }
-    };
-    match done {
-        Ok(()) => Json(json!({"action_id": id, "decision": decision, "by": who})).into_response(),
-        Err(e) => decision_error(e),
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case", tag = "outcome")]
-enum Resolve {
-    Happened { partner_ref: String, reason: String },
-    NotHappened { reason: String },
-    Retry { reason: String },
-}
-
-async fn resolve(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Result<Json<Resolve>, JsonRejection>,
-) -> Response {
-    let token = match authorize(&state, &headers, Scope::Approve).await {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    let Some(id) = action_id(&id) else {
-        return problem(StatusCode::BAD_REQUEST, "action id must be a UUID");
-    };
-    let Json(r) = match body {
-        Ok(b) => b,
-        Err(e) => return problem(e.status(), format!("bad request body: {}", e.body_text())),
-    };
-    let (resolution, reason) = match r {
-        Resolve::Happened {
-            partner_ref,
-            reason,
-        } if !partner_ref.trim().is_empty() => (Resolution::Happened { partner_ref }, reason),
-        Resolve::Happened { .. } => {
-            return problem(StatusCode::UNPROCESSABLE_ENTITY, "partner_ref: required")
-        }
-        Resolve::NotHappened { reason } => (Resolution::NotHappened, reason),
-        Resolve::Retry { reason } => (Resolution::Retry, reason),
-    };
-    if reason.trim().is_empty() {
-        return problem(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "reason: say why (the audit trail is the point)",
-        );
-    }
-    let who = format!("token:{}", token.name);
-    match decisions::resolve(state.store.pool(), id, &resolution, &who, &reason).await {
-        Ok(to) => Json(json!({"action_id": id, "state": to, "by": who})).into_response(),
-        Err(e) => decision_error(e),
-    }
+        .merge(mcp)
 }

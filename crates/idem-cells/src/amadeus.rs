@@ -107,6 +107,12 @@ fn arg_err(cell: &str, reason: impl Into<String>) -> InvalidArgs {
     }
 }
 
+/// The JSON Schema of `flight_offers` (offers as returned by flight-offers search).
+fn offers_schema() -> Value {
+    json!({"type": "array", "minItems": 1, "maxItems": 6,
+           "items": {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}}})
+}
+
 fn check_offers(cell: &str, v: Option<&Value>) -> Result<(), InvalidArgs> {
     match v.and_then(Value::as_array) {
         Some(o) if !o.is_empty() && o.len() <= 6 && o.iter().all(|o| o["id"].is_string()) => Ok(()),
@@ -167,6 +173,16 @@ impl Cell for AmadeusPrice {
     fn effectful(&self) -> bool {
         false
     }
+    fn input_schema(&self) -> serde_json::Value {
+        json!({
+            "type": "object",
+            "description": "Confirm the price of flight offers (read-only; no effect).",
+            "properties": {"flight_offers": offers_schema()},
+            "required": ["flight_offers"],
+            "additionalProperties": false
+        })
+    }
+
     fn validate(&self, args: &Value) -> Result<(), InvalidArgs> {
         let obj = args
             .as_object()
@@ -245,6 +261,21 @@ impl Cell for AmadeusBook {
     fn profile(&self) -> &CellProfile {
         &self.profile
     }
+    fn input_schema(&self) -> serde_json::Value {
+        json!({
+            "type": "object",
+            "description": "Book flight offers for travelers (re-priced first).",
+            "properties": {
+                "flight_offers": offers_schema(),
+                "travelers": {"type": "array", "minItems": 1, "maxItems": 18, "items": {"type": "object"}},
+                "ticketing_delay_days": {"type": "integer", "minimum": 1, "maximum": 30},
+                "contacts": {}
+            },
+            "required": ["flight_offers", "travelers"],
+            "additionalProperties": false
+        })
+    }
+
     fn validate(&self, args: &Value) -> Result<(), InvalidArgs> {
         let cell = "amadeus.book";
         let obj = args
@@ -409,6 +440,18 @@ impl Cell for AmadeusCancel {
     fn profile(&self) -> &CellProfile {
         &self.profile
     }
+    fn input_schema(&self) -> serde_json::Value {
+        json!({
+            "type": "object",
+            "description": "Cancel a flight order.",
+            "properties": {
+                "order_id": {"type": "string", "pattern": "^[A-Za-z0-9_=-]{1,128}$"}
+            },
+            "required": ["order_id"],
+            "additionalProperties": false
+        })
+    }
+
     fn validate(&self, args: &Value) -> Result<(), InvalidArgs> {
         let cell = "amadeus.cancel";
         let obj = args

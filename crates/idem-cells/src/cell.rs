@@ -28,6 +28,10 @@ pub trait Cell: Send + Sync + std::fmt::Debug + 'static {
 
     fn profile(&self) -> &CellProfile;
 
+    /// The JSON Schema (2020-12) of the arguments: what the HTTP API and MCP tools publish
+    /// and check first, so a caller learns which field is wrong before anything is stored.
+    fn input_schema(&self) -> serde_json::Value;
+
     /// Check the arguments before anything is written ahead.
     fn validate(&self, args: &serde_json::Value) -> Result<(), InvalidArgs>;
 

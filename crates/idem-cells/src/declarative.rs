@@ -17,7 +17,7 @@ use idem_core::canonical::{canonical_json, sha256_hex};
 use idem_core::profile::{ApprovalPolicy, KeySupport, Lookup, ReplayModel};
 use idem_core::{ActionId, CellName, CellProfile, ExecOutcome, Receipt, RetryPolicy, Verdict};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::cell::{Attempt, Cell, InvalidArgs};
 
@@ -101,6 +101,17 @@ enum ArgType {
 }
 
 impl ArgType {
+    fn json_type(self) -> &'static str {
+        match self {
+            ArgType::String => "string",
+            ArgType::Integer => "integer",
+            ArgType::Number => "number",
+            ArgType::Boolean => "boolean",
+            ArgType::Object => "object",
+            ArgType::Array => "array",
+        }
+    }
+
     fn accepts(self, v: &Value) -> bool {
         match self {
             ArgType::String => v.is_string(),
@@ -388,6 +399,23 @@ impl Cell for DeclarativeCell {
 
     fn card(&self) -> String {
         "docs/cells/http.idempotent.md".into()
+    }
+
+    fn input_schema(&self) -> Value {
+        let spec = &self.config.args;
+        let properties: serde_json::Map<String, Value> = spec
+            .required
+            .iter()
+            .chain(&spec.optional)
+            .map(|(k, ty)| (k.clone(), json!({"type": ty.json_type()})))
+            .collect();
+        json!({
+            "type": "object",
+            "description": format!("{} {} (declarative cell, Idempotency-Key)", self.config.method, self.config.url),
+            "properties": properties,
+            "required": spec.required.keys().collect::<Vec<_>>(),
+            "additionalProperties": false
+        })
     }
 
     fn validate(&self, args: &Value) -> Result<(), InvalidArgs> {

@@ -241,6 +241,20 @@ impl Cell for GmailSend {
         &self.profile
     }
 
+    fn input_schema(&self) -> serde_json::Value {
+        json!({
+            "type": "object",
+            "description": "Send one plain-text email from the authorised mailbox (users.messages.send).",
+            "properties": {
+                "to": {"type": "string", "pattern": "^[^\\r\\n]*@[^\\r\\n]*$", "maxLength": 320},
+                "subject": {"type": "string", "pattern": "^[^\\r\\n]*$", "maxLength": 998},
+                "text": {"type": "string"}
+            },
+            "required": ["to", "subject", "text"],
+            "additionalProperties": false
+        })
+    }
+
     fn validate(&self, args: &Value) -> Result<(), InvalidArgs> {
         let obj = args
             .as_object()

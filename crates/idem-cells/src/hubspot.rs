@@ -119,6 +119,21 @@ impl Cell for HubSpotUpsert {
         &self.profile
     }
 
+    fn input_schema(&self) -> serde_json::Value {
+        json!({
+            "type": "object",
+            "description": "Create or update one CRM object by a unique property (batch upsert of one).",
+            "properties": {
+                "object_type": {"type": "string", "pattern": "^[a-z0-9_]+$", "description": "contacts (default), companies, …"},
+                "id_property": {"type": "string", "pattern": "^[a-z0-9_]+$", "description": "The unique property (default email)."},
+                "id": {"type": "string", "minLength": 1, "maxLength": 255, "description": "The unique property's value."},
+                "properties": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}}
+            },
+            "required": ["id", "properties"],
+            "additionalProperties": false
+        })
+    }
+
     fn validate(&self, args: &Value) -> Result<(), InvalidArgs> {
         let obj = args
             .as_object()

@@ -4,6 +4,7 @@
 //! the core guard before it calls `execute`.
 
 pub mod amadeus;
+pub mod cards;
 pub mod cell;
 pub mod declarative;
 pub mod gmail;
@@ -20,7 +21,7 @@ pub use cell::{Attempt, Cell, InvalidArgs};
 pub use declarative::DeclarativeCell;
 pub use gmail::GmailSend;
 pub use hubspot::HubSpotUpsert;
-pub use registry::Registry;
+pub use registry::{ArgError, Registry};
 pub use slack::SlackPost;
 pub use stripe::charge::StripeCharge;
 pub use stripe::refund::StripeRefund;

@@ -50,6 +50,10 @@ impl Cell for Noop {
         &self.profile
     }
 
+    fn input_schema(&self) -> serde_json::Value {
+        serde_json::json!({"type": "object", "description": "Does nothing (benchmarks)."})
+    }
+
     fn validate(&self, args: &serde_json::Value) -> Result<(), InvalidArgs> {
         if args.is_object() {
             Ok(())

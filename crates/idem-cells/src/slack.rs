@@ -118,6 +118,19 @@ impl Cell for SlackPost {
         &self.profile
     }
 
+    fn input_schema(&self) -> serde_json::Value {
+        json!({
+            "type": "object",
+            "description": "Post one message to a channel (chat.postMessage).",
+            "properties": {
+                "channel": {"type": "string", "pattern": "^[A-Z0-9]{2,}$", "description": "Channel id, e.g. C0123ABCD."},
+                "text": {"type": "string", "minLength": 1, "maxLength": 40_000}
+            },
+            "required": ["channel", "text"],
+            "additionalProperties": false
+        })
+    }
+
     fn validate(&self, args: &Value) -> Result<(), InvalidArgs> {
         let obj = args
             .as_object()

@@ -154,6 +154,22 @@ impl Cell for TwilioSms {
         &self.profile
     }
 
+    fn input_schema(&self) -> serde_json::Value {
+        json!({
+            "type": "object",
+            "description": "Send one SMS (POST /Messages.json). Give from or messaging_service_sid, not both.",
+            "properties": {
+                "to": {"type": "string", "pattern": "^\\+[0-9]{7,15}$", "description": "E.164 number, e.g. +15551234567."},
+                "from": {"type": "string", "pattern": "^\\+[0-9]{7,15}$"},
+                "messaging_service_sid": {"type": "string", "pattern": "^MG.{32}$"},
+                "body": {"type": "string", "minLength": 1, "maxLength": 1600}
+            },
+            "required": ["to", "body"],
+            "oneOf": [{"required": ["from"]}, {"required": ["messaging_service_sid"]}],
+            "additionalProperties": false
+        })
+    }
+
     fn validate(&self, args: &Value) -> Result<(), InvalidArgs> {
         let obj = args
             .as_object()

@@ -80,7 +80,37 @@ enum Command {
         cells: cells::CellArgs,
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Requests per second each token may make (429 with Retry-After beyond it).
+        #[arg(long, default_value_t = idem_api::RateLimit::default().per_second)]
+        rate_limit: std::num::NonZeroU32,
+        /// Requests a token may make at once before the per-second rate applies.
+        #[arg(long, default_value_t = idem_api::RateLimit::default().burst)]
+        rate_burst: std::num::NonZeroU32,
+        /// A Host name (or host:port) /mcp accepts besides loopback; repeat for several.
+        #[arg(long = "public-host")]
+        public_hosts: Vec<String>,
     },
+    /// MCP server: each cell is a tool. Over stdin/stdout by default (one session per
+    /// process; --session pins it); with --listen, streamable HTTP at /mcp behind bearer
+    /// tokens (submit scope), as `serve` also offers.
+    Mcp {
+        #[command(flatten)]
+        db: Db,
+        #[command(flatten)]
+        cells: cells::CellArgs,
+        /// The session intents are scoped to (e.g. the agent's conversation id); a new
+        /// random one per process if not given.
+        #[arg(long)]
+        session: Option<String>,
+        /// Seconds a tool call waits for its action to settle before answering "in progress".
+        #[arg(long, default_value_t = 20)]
+        wait_secs: u64,
+        /// Serve streamable HTTP on this address instead of stdio.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Print the HTTP API's OpenAPI document (the same JSON `serve` gives at /openapi.json).
+    Openapi,
     /// API tokens for the HTTP surface: create (secret shown once), list, revoke.
     Tokens {
         #[command(subcommand)]
@@ -436,13 +466,27 @@ async fn main() -> Result<()> {
         Command::NeedsHuman { db, json } => decide::needs_human(db, json).await?,
         Command::Resolve(args) => decide::resolve(args).await?,
         Command::Tokens { what } => decide::tokens(what).await?,
-        Command::Serve { db, cells, listen } => {
+        Command::Serve {
+            db,
+            cells,
+            listen,
+            rate_limit,
+            rate_burst,
+            public_hosts,
+        } => {
             let store = connect(&db).await?;
             let registry = cells.registry().map_err(anyhow::Error::msg)?;
-            let app = idem_api::router(idem_api::ApiState {
-                store,
-                cells: std::sync::Arc::new(registry),
-            });
+            let app = idem_api::router(
+                idem_api::ApiState::with_rate_limit(
+                    store,
+                    std::sync::Arc::new(registry),
+                    idem_api::RateLimit {
+                        per_second: rate_limit,
+                        burst: rate_burst,
+                    },
+                )
+                .with_public_hosts(public_hosts),
+            );
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
@@ -450,6 +494,44 @@ async fn main() -> Result<()> {
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown_signal())
                 .await?;
+        }
+        Command::Mcp {
+            db,
+            cells,
+            session,
+            wait_secs,
+            listen,
+        } => {
+            let store = connect(&db).await?;
+            let registry = std::sync::Arc::new(cells.registry().map_err(anyhow::Error::msg)?);
+            match listen {
+                None => {
+                    let session = session.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                    idem_mcp::IdemMcp::new(
+                        store,
+                        registry,
+                        session,
+                        std::time::Duration::from_secs(wait_secs),
+                    )
+                    .serve_stdio()
+                    .await?;
+                }
+                Some(addr) => {
+                    let state = idem_api::ApiState::new(store, registry)
+                        .with_tool_wait(std::time::Duration::from_secs(wait_secs));
+                    let app = idem_api::mcp::routes(&state);
+                    let listener = tokio::net::TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("cannot listen on {addr}"))?;
+                    eprintln!("idem MCP on http://{}/mcp", listener.local_addr()?);
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(shutdown_signal())
+                        .await?;
+                }
+            }
+        }
+        Command::Openapi => {
+            println!("{}", serde_json::to_string_pretty(&idem_api::openapi())?);
         }
         Command::Cells { json, cells } => {
             let grid = cells::grid(&cells.registry().map_err(anyhow::Error::msg)?);

@@ -206,6 +206,17 @@ pub async fn happy_path(s: &dyn Subject) {
     let (run, row) = one(s, vec![], &no_change).await;
     assert_eq!(row.state, State::Succeeded, "{}: {row:?}", run.cell.name());
     assert_eq!(s.effects_for(row.action_id), one_effect(s));
+    // The published schema (HTTP API, MCP tools) accepts what the cell accepts.
+    let registry = Registry::new().with_arc(run.cell.clone());
+    for n in 1..4 {
+        let args = s.args(n).await;
+        if let Err(e) = registry.check(run.cell.name().as_str(), &args) {
+            panic!(
+                "{}: valid arguments {args} refused by the schema: {e}",
+                run.cell.name()
+            );
+        }
+    }
 }
 
 /// The partner commits and the response is lost.
@@ -380,7 +391,13 @@ pub async fn malformed_arguments(s: &dyn Subject) {
     let run = Run::new(s, &no_change).await;
     let w = run.worker("conformance");
     let before = s.effect_requests();
+    let registry = Registry::new().with_arc(run.cell.clone());
     for args in s.malformed() {
+        assert!(
+            registry.check(run.cell.name().as_str(), &args).is_err(),
+            "{}: {args} passes the published schema but the worker refuses it",
+            run.cell.name()
+        );
         let id = run.enqueue(args.clone()).await;
         let d = run.take().await;
         let report = w.deliver(&[d]).await.expect("deliver");

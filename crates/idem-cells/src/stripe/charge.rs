@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use idem_core::canonical::{canonical_json, sha256_hex};
 use idem_core::profile::{ApprovalPolicy, KeySupport, Lookup, ReplayModel};
 use idem_core::{ActionId, CellName, CellProfile, ExecOutcome, Receipt, RetryPolicy, Verdict};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::{classify, StripeApi, CREATED_SKEW_SECS};
 use crate::cell::{Attempt, Cell, InvalidArgs};
@@ -168,6 +168,22 @@ impl Cell for StripeCharge {
 
     fn profile(&self) -> &CellProfile {
         &self.profile
+    }
+
+    fn input_schema(&self) -> serde_json::Value {
+        json!({
+            "type": "object",
+            "description": "A PaymentIntent created and confirmed at once (POST /v1/payment_intents, confirm=true).",
+            "properties": {
+                "amount": {"type": "integer", "minimum": 1, "maximum": 99_999_999, "description": "Amount in the currency's minor unit (cents)."},
+                "currency": {"type": "string", "pattern": "^[a-z]{3}$", "description": "Three-letter lower-case ISO currency code."},
+                "customer": {"type": "string", "description": "Stripe customer id (cus_…)."},
+                "payment_method": {"type": "string", "description": "Stripe PaymentMethod id (pm_…)."},
+                "description": {"type": "string"}
+            },
+            "required": ["amount", "currency"],
+            "additionalProperties": false
+        })
     }
 
     fn validate(&self, args: &Value) -> Result<(), InvalidArgs> {

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use idem_core::canonical::{canonical_json, sha256_hex};
 use idem_core::profile::{ApprovalPolicy, KeySupport, Lookup, ReplayModel};
 use idem_core::{ActionId, CellName, CellProfile, ExecOutcome, Receipt, RetryPolicy, Verdict};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::{classify, StripeApi, METADATA_KEY};
 use crate::cell::{Attempt, Cell, InvalidArgs};
@@ -118,6 +118,20 @@ impl Cell for StripeRefund {
 
     fn profile(&self) -> &CellProfile {
         &self.profile
+    }
+
+    fn input_schema(&self) -> serde_json::Value {
+        json!({
+            "type": "object",
+            "description": "A refund of a PaymentIntent (POST /v1/refunds); without amount, the whole remainder.",
+            "properties": {
+                "payment_intent": {"type": "string", "pattern": "^pi_", "maxLength": 255, "description": "The PaymentIntent to refund (pi_…)."},
+                "amount": {"type": "integer", "minimum": 1, "maximum": 99_999_999, "description": "Minor units; omit to refund the remainder."},
+                "reason": {"enum": REASONS}
+            },
+            "required": ["payment_intent"],
+            "additionalProperties": false
+        })
     }
 
     fn validate(&self, args: &Value) -> Result<(), InvalidArgs> {

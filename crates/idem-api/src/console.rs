@@ -1,0 +1,461 @@
+//! The approver console: a server-rendered page where a person with the approve scope sees
+//! what waits for them — approvals and needs_human cases with the exact arguments, the
+//! cell card's explanation and the attempt history — and decides. Decisions go through the
+//! same code as the API and are audited as `console:<token name>`.
+//!
+//! Sign-in takes an API token once and keeps it in an HttpOnly, SameSite=Strict cookie
+//! scoped to `/console`, so another site cannot make the browser post a decision.
+
+use std::fmt::Write as _;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use idem_core::ActionId;
+use idem_store::decisions::{self, Waiting};
+use idem_store::tokens::{Scope, TokenInfo};
+use serde::Deserialize;
+
+use crate::auth::authorize_secret;
+use crate::decisions::{record_decision, resolve_case, Decision, Resolve};
+use crate::ApiState;
+
+const COOKIE: &str = "idem_console";
+
+/// How many waiting items of each kind the page shows.
+const PAGE: i64 = 200;
+
+pub(crate) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/console", get(page))
+        .route("/console/login", post(login))
+        .route("/console/logout", post(logout))
+        .route("/console/actions/{id}/approve", post(approve))
+        .route("/console/actions/{id}/reject", post(reject))
+        .route("/console/actions/{id}/resolve", post(resolve))
+}
+
+/// Text made safe for HTML element content and quoted attribute values.
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn cookie_secret(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_empty())
+}
+
+async fn signed_in(state: &ApiState, headers: &HeaderMap) -> Result<TokenInfo, Response> {
+    authorize_secret(state, cookie_secret(headers), Scope::Approve)
+        .await
+        .map_err(|r| {
+            let status = r.status();
+            let why = match status {
+                StatusCode::FORBIDDEN => "That token lacks the approve scope.",
+                StatusCode::TOO_MANY_REQUESTS => "Too many requests for this token; wait a moment.",
+                StatusCode::SERVICE_UNAVAILABLE => "The store is unavailable.",
+                _ => "",
+            };
+            (status, Html(login_page(why))).into_response()
+        })
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem;color:#222}\
+h1{font-size:1.4rem}h2{font-size:1.15rem;margin-top:2rem}\
+.item{border:1px solid #999;border-radius:6px;padding:1rem;margin:1rem 0}\
+.approval{background:#ffd600}.doubt{background:#ff8a65}\
+pre{background:#fff;border:1px solid #ccc;padding:.5rem;white-space:pre-wrap;overflow-wrap:anywhere}\
+table{border-collapse:collapse;background:#fff}td,th{border:1px solid #ccc;padding:.2rem .4rem;font-size:.85rem;text-align:left}\
+form{display:inline-block;margin:.3rem 1rem .3rem 0}input[type=text]{width:16rem}\
+.none{color:#555}.flash{background:#c8e6c9;padding:.5rem}";
+
+fn login_page(why: &str) -> String {
+    format!(
+        "<!doctype html><html><head><meta charset=utf-8><title>idem console: sign in</title>\
+         <style>{STYLE}</style></head><body><h1>idem approver console</h1>\
+         <p>{}</p><form method=post action=/console/login>\
+         <label>API token (approve scope) <input type=password name=token id=token autocomplete=off></label> \
+         <button type=submit id=sign-in>Sign in</button></form></body></html>",
+        esc(why)
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct Login {
+    token: String,
+}
+
+async fn login(State(state): State<ApiState>, Form(f): Form<Login>) -> Response {
+    let secret = f.token.trim().to_owned();
+    match authorize_secret(&state, Some(&secret), Scope::Approve).await {
+        Ok(_) => {
+            let mut r = Redirect::to("/console").into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "{COOKIE}={secret}; HttpOnly; SameSite=Strict; Path=/console"
+            )) {
+                r.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            r
+        }
+        Err(r) => (
+            r.status(),
+            Html(login_page(
+                "That token was refused (unknown, revoked or without the approve scope).",
+            )),
+        )
+            .into_response(),
+    }
+}
+
+async fn logout() -> Response {
+    let mut r = Redirect::to("/console").into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static(
+            "idem_console=; Max-Age=0; HttpOnly; SameSite=Strict; Path=/console",
+        ),
+    );
+    r
+}
+
+#[derive(Debug, Deserialize)]
+struct Flash {
+    done: Option<String>,
+}
+
+async fn page(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    axum::extract::Query(flash): axum::extract::Query<Flash>,
+) -> Response {
+    let token = match signed_in(&state, &headers).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let pool = state.store.pool();
+    let (approvals, doubts) = match tokio::try_join!(
+        decisions::waiting(pool, idem_core::State::AwaitingApproval, PAGE),
+        decisions::waiting(pool, idem_core::State::NeedsHuman, PAGE),
+    ) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(error = %e, "console listing failed");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Html("store unavailable".to_owned()),
+            )
+                .into_response();
+        }
+    };
+    let mut html = format!(
+        "<!doctype html><html><head><meta charset=utf-8><title>idem console</title>\
+         <style>{STYLE}</style></head><body><h1>idem approver console</h1>\
+         <p>Signed in as <b>{}</b>. <form method=post action=/console/logout><button>Sign out</button></form></p>",
+        esc(&token.name)
+    );
+    if let Some(done) = flash.done {
+        let _ = write!(html, "<p class=flash id=flash>{}</p>", esc(&done));
+    }
+    let _ = write!(html, "<h2>Awaiting approval ({})</h2>", approvals.len());
+    if approvals.is_empty() {
+        html.push_str("<p class=none id=no-approvals>Nothing awaits approval.</p>");
+    }
+    for w in &approvals {
+        item(&state, &mut html, w, true).await;
+    }
+    let _ = write!(html, "<h2>Needs a person ({})</h2>", doubts.len());
+    if doubts.is_empty() {
+        html.push_str("<p class=none id=no-doubts>No open cases.</p>");
+    }
+    for w in &doubts {
+        item(&state, &mut html, w, false).await;
+    }
+    html.push_str("</body></html>");
+    Html(html).into_response()
+}
+
+/// One waiting action: what it is, what the cell is, what happened so far, and the forms.
+async fn item(state: &ApiState, html: &mut String, w: &Waiting, approval: bool) {
+    let r = &w.row;
+    let id = r.action_id.to_string();
+    let pool = state.store.pool();
+    let attempts = idem_store::attempts::load(pool, &[r.action_id.as_uuid()])
+        .await
+        .ok()
+        .and_then(|mut m| m.remove(&r.action_id))
+        .unwrap_or_default();
+    let history = decisions::history(pool, r.action_id)
+        .await
+        .unwrap_or_default();
+    let card_path = state.cells.get(&r.cell).map(|c| c.card());
+    let summary = card_path
+        .as_deref()
+        .and_then(idem_cells::cards::card_summary)
+        .unwrap_or("(no card for this cell on this server)");
+    let full = card_path.as_deref().and_then(idem_cells::cards::card_text);
+    let _ = write!(
+        html,
+        "<section class=\"item {}\" id=\"action-{id}\" data-state=\"{}\">\
+         <h3>{} <code>{id}</code></h3>\
+         <p>created {} · {} attempt(s){}</p>\
+         <h4>Arguments</h4><pre class=args>{}</pre>\
+         <p>fingerprint <code>{}</code></p>\
+         <h4>The cell</h4><pre class=card>{}</pre>",
+        if approval { "approval" } else { "doubt" },
+        esc(r.state.as_str()),
+        esc(&r.cell),
+        r.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        r.attempts,
+        r.reason
+            .as_deref()
+            .map(|why| format!(" · <b>why:</b> {}", esc(why)))
+            .unwrap_or_default(),
+        esc(&serde_json::to_string_pretty(&r.args).unwrap_or_default()),
+        esc(&w.fingerprint),
+        esc(summary),
+    );
+    if let Some(full) = full {
+        let _ = write!(
+            html,
+            "<details><summary>Full card</summary><pre>{}</pre></details>",
+            esc(full)
+        );
+    }
+    html.push_str("<h4>Attempts</h4>");
+    if attempts.is_empty() {
+        html.push_str("<p class=none>No request has been sent.</p>");
+    } else {
+        html.push_str("<table><tr><th>#</th><th>key</th><th>rule</th><th>started</th><th>result</th><th>detail</th></tr>");
+        for a in &attempts {
+            let _ = write!(
+                html,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                a.number,
+                esc(a.idem_key.as_deref().unwrap_or("—")),
+                esc(&a.rule),
+                a.started_at.format("%H:%M:%S%.3f"),
+                esc(a.result.as_deref().unwrap_or("no answer")),
+                esc(&a.detail.as_ref().map(|d| d.to_string()).unwrap_or_default()),
+            );
+        }
+        html.push_str("</table>");
+    }
+    if !history.is_empty() {
+        html.push_str("<h4>Decisions</h4><ul>");
+        for (kind, actor, reason, partner_ref, at) in &history {
+            let _ = write!(
+                html,
+                "<li>{} {} by {}{}{}</li>",
+                at.format("%Y-%m-%d %H:%M:%S"),
+                esc(kind),
+                esc(actor),
+                reason
+                    .as_deref()
+                    .map(|r| format!(": {}", esc(r)))
+                    .unwrap_or_default(),
+                partner_ref
+                    .as_deref()
+                    .map(|p| format!(" (ref {})", esc(p)))
+                    .unwrap_or_default(),
+            );
+        }
+        html.push_str("</ul>");
+    }
+    let fp = esc(&w.fingerprint);
+    if approval {
+        let _ = write!(
+            html,
+            "<form method=post action=\"/console/actions/{id}/approve\">\
+             <input type=hidden name=fingerprint value=\"{fp}\">\
+             <input type=text name=reason placeholder=\"reason (optional)\">\
+             <button type=submit class=approve>Approve</button></form>\
+             <form method=post action=\"/console/actions/{id}/reject\">\
+             <input type=hidden name=fingerprint value=\"{fp}\">\
+             <input type=text name=reason placeholder=\"reason (optional)\">\
+             <button type=submit class=reject>Reject</button></form>"
+        );
+    } else {
+        let _ = write!(
+            html,
+            "<form method=post action=\"/console/actions/{id}/resolve\">\
+             <input type=hidden name=outcome value=happened>\
+             <input type=text name=partner_ref placeholder=\"partner reference\" required>\
+             <input type=text name=reason placeholder=\"how you know\" required>\
+             <button type=submit class=happened>It happened</button></form>\
+             <form method=post action=\"/console/actions/{id}/resolve\">\
+             <input type=hidden name=outcome value=not_happened>\
+             <input type=text name=reason placeholder=\"how you know\" required>\
+             <button type=submit class=not-happened>It did not happen</button></form>\
+             <form method=post action=\"/console/actions/{id}/resolve\">\
+             <input type=hidden name=outcome value=retry>\
+             <input type=text name=reason placeholder=\"why it is safe to send again\" required>\
+             <button type=submit class=retry>Send again</button></form>"
+        );
+    }
+    html.push_str("</section>");
+}
+
+fn action_id(id: &str) -> Option<ActionId> {
+    id.parse::<uuid::Uuid>().ok().map(ActionId::from)
+}
+
+/// After a decision: back to the page with what was done, or the refusal as a page.
+fn after(result: Result<String, Response>) -> Response {
+    match result {
+        Ok(done) => {
+            let q: String = url_escape(&done);
+            Redirect::to(&format!("/console?done={q}")).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            b' ' => "+".into(),
+            b => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[derive(Debug, Deserialize)]
+struct DecisionForm {
+    fingerprint: String,
+    reason: Option<String>,
+}
+
+async fn decide(
+    state: ApiState,
+    headers: HeaderMap,
+    id: String,
+    approve: bool,
+    f: DecisionForm,
+) -> Response {
+    let token = match signed_in(&state, &headers).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let Some(id) = action_id(&id) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Html("action id must be a UUID".to_owned()),
+        )
+            .into_response();
+    };
+    let who = format!("console:{}", token.name);
+    let d = Decision {
+        fingerprint: f.fingerprint,
+        reason: f.reason.filter(|r| !r.trim().is_empty()),
+    };
+    let verb = if approve { "approved" } else { "rejected" };
+    after(
+        record_decision(&state, &who, id, approve, &d)
+            .await
+            .map(|()| format!("{id} {verb}")),
+    )
+}
+
+async fn approve(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<DecisionForm>,
+) -> Response {
+    decide(state, headers, id, true, f).await
+}
+
+async fn reject(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<DecisionForm>,
+) -> Response {
+    decide(state, headers, id, false, f).await
+}
+
+#[derive(Debug, Deserialize)]
+struct ResolveForm {
+    outcome: String,
+    partner_ref: Option<String>,
+    reason: String,
+}
+
+async fn resolve(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<ResolveForm>,
+) -> Response {
+    let token = match signed_in(&state, &headers).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let Some(id) = action_id(&id) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Html("action id must be a UUID".to_owned()),
+        )
+            .into_response();
+    };
+    let r = match f.outcome.as_str() {
+        "happened" => Resolve::Happened {
+            partner_ref: f.partner_ref.unwrap_or_default(),
+            reason: f.reason,
+        },
+        "not_happened" => Resolve::NotHappened { reason: f.reason },
+        "retry" => Resolve::Retry { reason: f.reason },
+        other => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Html(format!("unknown outcome {}", esc(other))),
+            )
+                .into_response()
+        }
+    };
+    let who = format!("console:{}", token.name);
+    after(
+        resolve_case(&state, &who, id, r)
+            .await
+            .map(|to| format!("{id} resolved: {to}")),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(
+            super::esc("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+    }
+
+    #[test]
+    fn reads_the_cookie_among_others() {
+        let mut h = axum::http::HeaderMap::new();
+        h.insert("cookie", "a=1; idem_console=idem_abc; b=2".parse().unwrap());
+        assert_eq!(super::cookie_secret(&h), Some("idem_abc"));
+    }
+}

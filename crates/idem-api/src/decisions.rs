@@ -1,0 +1,266 @@
+//! People's decisions: approvals and needs_human cases, each audited with the deciding
+//! token's name.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use idem_core::ActionId;
+use idem_store::decisions::{self, DecisionError, Resolution};
+use idem_store::tokens::Scope;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::auth::authorize;
+use crate::problem::{bad_body, problem, unavailable, Problem};
+use crate::ApiState;
+
+/// How many waiting actions one listing returns (oldest first).
+const PAGE: i64 = 500;
+
+pub(crate) async fn waiting(
+    state: &ApiState,
+    headers: &HeaderMap,
+    which: idem_core::State,
+) -> Response {
+    if let Err(r) = authorize(state, headers, Scope::Approve).await {
+        return r;
+    }
+    match decisions::waiting(state.store.pool(), which, PAGE).await {
+        Ok(items) => Json(items).into_response(),
+        Err(e) => unavailable("listing", e),
+    }
+}
+
+/// Actions awaiting approval, oldest first: arguments, state and the `fingerprint` an
+/// approval must quote.
+#[utoipa::path(get, path = "/v1/approvals", tag = "decisions",
+    security(("bearer" = ["approve"])),
+    responses(
+        (status = 200, description = "Action rows with `fingerprint`", body = [Object]),
+        (status = 401, body = Problem), (status = 403, body = Problem), (status = 429, body = Problem),
+    ))]
+pub(crate) async fn approvals(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    waiting(&state, &headers, idem_core::State::AwaitingApproval).await
+}
+
+/// Actions in needs_human: idem could not tell whether the partner acted; a person decides.
+#[utoipa::path(get, path = "/v1/doubts", tag = "decisions",
+    security(("bearer" = ["approve"])),
+    responses(
+        (status = 200, description = "Action rows with `fingerprint` and `reason`", body = [Object]),
+        (status = 401, body = Problem), (status = 403, body = Problem), (status = 429, body = Problem),
+    ))]
+pub(crate) async fn doubts(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    waiting(&state, &headers, idem_core::State::NeedsHuman).await
+}
+
+/// An approver's decision, bound to what they reviewed.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    /// The fingerprint shown by `GET /v1/approvals`: the decision applies only to exactly
+    /// those arguments.
+    pub fingerprint: String,
+    pub reason: Option<String>,
+}
+
+/// What was decided and by whom.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Decided {
+    pub action_id: uuid::Uuid,
+    /// `approve`, `reject`, or the state a resolution moved the action to.
+    pub decision: String,
+    /// `token:<name>`.
+    pub by: String,
+}
+
+fn decision_error(e: DecisionError) -> Response {
+    match e {
+        DecisionError::NotFound(_) => problem(StatusCode::NOT_FOUND, e.to_string()),
+        DecisionError::WrongState { .. } | DecisionError::FingerprintMismatch { .. } => {
+            problem(StatusCode::CONFLICT, e.to_string())
+        }
+        DecisionError::NoActor => problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        DecisionError::Store(e) => unavailable("decision", e),
+    }
+}
+
+fn action_id(id: &str) -> Result<ActionId, Response> {
+    id.parse::<uuid::Uuid>()
+        .map(ActionId::from)
+        .map_err(|_| problem(StatusCode::BAD_REQUEST, "action id must be a UUID"))
+}
+
+/// Approve or reject on behalf of the caller's token (shared by the API and the console).
+pub(crate) async fn record_decision(
+    state: &ApiState,
+    who: &str,
+    id: ActionId,
+    approve: bool,
+    d: &Decision,
+) -> Result<(), Response> {
+    let pool = state.store.pool();
+    let done = if approve {
+        decisions::approve(pool, id, who, d.reason.as_deref(), Some(&d.fingerprint)).await
+    } else {
+        decisions::reject(pool, id, who, d.reason.as_deref(), Some(&d.fingerprint)).await
+    };
+    done.map_err(decision_error)
+}
+
+async fn decide(
+    state: ApiState,
+    headers: HeaderMap,
+    id: String,
+    approve: bool,
+    body: Result<Json<Decision>, JsonRejection>,
+) -> Response {
+    let token = match authorize(&state, &headers, Scope::Approve).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let id = match action_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let Json(d) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_body(e),
+    };
+    let who = format!("token:{}", token.name);
+    match record_decision(&state, &who, id, approve, &d).await {
+        Ok(()) => Json(Decided {
+            action_id: id.as_uuid(),
+            decision: if approve { "approve" } else { "reject" }.into(),
+            by: who,
+        })
+        .into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Approve an action awaiting approval; a worker then starts it.
+#[utoipa::path(post, path = "/v1/approvals/{id}/approve", tag = "decisions",
+    params(("id" = uuid::Uuid, Path)), request_body = Decision,
+    security(("bearer" = ["approve"])),
+    responses(
+        (status = 200, body = Decided),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem),
+        (status = 409, description = "Not awaiting approval, or the fingerprint does not match", body = Problem),
+        (status = 429, body = Problem),
+    ))]
+pub(crate) async fn approve(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<Decision>, JsonRejection>,
+) -> Response {
+    decide(state, headers, id, true, body).await
+}
+
+/// Reject an action awaiting approval: it settles as `rejected` and never runs.
+#[utoipa::path(post, path = "/v1/approvals/{id}/reject", tag = "decisions",
+    params(("id" = uuid::Uuid, Path)), request_body = Decision,
+    security(("bearer" = ["approve"])),
+    responses(
+        (status = 200, body = Decided),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem), (status = 429, body = Problem),
+    ))]
+pub(crate) async fn reject(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<Decision>, JsonRejection>,
+) -> Response {
+    decide(state, headers, id, false, body).await
+}
+
+/// A person's answer to a needs_human case.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case", tag = "outcome")]
+pub enum Resolve {
+    /// The partner did act: settle as succeeded with the partner's reference.
+    Happened { partner_ref: String, reason: String },
+    /// The partner did not act: settle as failed.
+    NotHappened { reason: String },
+    /// Send again under a new key generation (the person vouches that no effect happened).
+    Retry { reason: String },
+}
+
+/// Resolve a needs_human case; the decision is recorded with the token's name and reason.
+#[utoipa::path(post, path = "/v1/doubts/{id}/resolve", tag = "decisions",
+    params(("id" = uuid::Uuid, Path)), request_body = Resolve,
+    security(("bearer" = ["approve"])),
+    responses(
+        (status = 200, body = Decided),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 409, description = "Not in needs_human", body = Problem),
+        (status = 422, description = "Missing reason or partner_ref", body = Problem),
+        (status = 429, body = Problem),
+    ))]
+pub(crate) async fn resolve(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<Resolve>, JsonRejection>,
+) -> Response {
+    let token = match authorize(&state, &headers, Scope::Approve).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let id = match action_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let Json(r) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_body(e),
+    };
+    let who = format!("token:{}", token.name);
+    match resolve_case(&state, &who, id, r).await {
+        Ok(to) => Json(Decided {
+            action_id: id.as_uuid(),
+            decision: to,
+            by: who,
+        })
+        .into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Record a resolution (shared by the API and the console); returns the new state.
+pub(crate) async fn resolve_case(
+    state: &ApiState,
+    who: &str,
+    id: ActionId,
+    r: Resolve,
+) -> Result<String, Response> {
+    let (resolution, reason) = match r {
+        Resolve::Happened {
+            partner_ref,
+            reason,
+        } if !partner_ref.trim().is_empty() => (Resolution::Happened { partner_ref }, reason),
+        Resolve::Happened { .. } => {
+            return Err(problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "partner_ref: required",
+            ))
+        }
+        Resolve::NotHappened { reason } => (Resolution::NotHappened, reason),
+        Resolve::Retry { reason } => (Resolution::Retry, reason),
+    };
+    if reason.trim().is_empty() {
+        return Err(problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "reason: say why (the audit trail is the point)",
+        ));
+    }
+    match decisions::resolve(state.store.pool(), id, &resolution, who, &reason).await {
+        Ok(to) => Ok(to.as_str().to_owned()),
+        Err(e) => Err(decision_error(e)),
+    }
+}

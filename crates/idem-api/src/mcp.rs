@@ -1,0 +1,54 @@
+//! The MCP endpoint (`/mcp`, streamable HTTP): the same cells as tools, behind the same
+//! bearer tokens (submit scope) and rate limits as the rest of the API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+use idem_mcp::{Caller, IdemMcp};
+use idem_store::tokens::Scope;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+
+use crate::auth::authorize;
+use crate::ApiState;
+
+/// Default wait of a tool call for its action to settle before answering "in progress".
+pub const TOOL_WAIT: Duration = Duration::from_secs(20);
+
+async fn require_submit(State(state): State<ApiState>, mut req: Request, next: Next) -> Response {
+    match authorize(&state, req.headers(), Scope::Submit).await {
+        Ok(t) => {
+            req.extensions_mut().insert(Caller {
+                token_id: t.id,
+                name: t.name,
+            });
+            next.run(req).await
+        }
+        Err(r) => r,
+    }
+}
+
+/// `/mcp`, authenticated. `hosts` are the Host values accepted besides loopback (DNS
+/// rebinding protection: a public deployment lists its own names).
+pub fn routes(state: &ApiState) -> Router {
+    let (store, cells, wait) = (state.store.clone(), state.cells.clone(), state.tool_wait);
+    let mut config = StreamableHttpServerConfig::default();
+    config
+        .allowed_hosts
+        .extend(state.public_hosts.iter().cloned());
+    let service = StreamableHttpService::new(
+        move || Ok(IdemMcp::new(store.clone(), cells.clone(), "http", wait)),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    Router::new()
+        .nest_service("/mcp", service)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_submit,
+        ))
+}

@@ -1,0 +1,247 @@
+//! Cells as MCP tools: the tool list, a call (validate, name, enqueue, wait) and status.
+
+use std::time::Duration;
+
+use idem_cells::{ArgError, Registry};
+use idem_core::{ActionId, CellName, State};
+use idem_store::{enqueue, inbox, EnqueueError, NewAction, Store};
+use rmcp::model::{CallToolResult, JsonObject, Tool, ToolAnnotations};
+use rmcp::ErrorData;
+use serde_json::{json, Value};
+
+/// The tool that reads an action by id.
+pub const STATUS_TOOL: &str = "idem_status";
+
+/// Longest wait a call may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// Longest intent accepted (it names an action; it is not a payload).
+const MAX_INTENT: usize = 200;
+
+/// A cell's tool name: dots become underscores (`stripe.charge` → `stripe_charge`), the
+/// characters every MCP client accepts in a tool name.
+pub fn tool_name(cell: &str) -> String {
+    cell.replace('.', "_")
+}
+
+pub(crate) fn list(cells: &Registry) -> Vec<Tool> {
+    let mut tools: Vec<Tool> = cells
+        .iter()
+        .map(|c| {
+            let mut schema = c.input_schema();
+            let what = schema["description"]
+                .as_str()
+                .unwrap_or("Run the cell")
+                .to_owned();
+            if let Some(props) = schema["properties"].as_object_mut() {
+                props.insert(
+                    "intent".into(),
+                    json!({
+                        "type": "string", "minLength": 1, "maxLength": MAX_INTENT,
+                        "description": "A short stable name for this action in your plan (e.g. \"refund order 1234\"). \
+                                        The same intent in this session always means the same action: calling again \
+                                        returns its receipt and never acts twice. Without it, identical arguments do."
+                    }),
+                );
+            }
+            let object: JsonObject = match schema {
+                Value::Object(o) => o,
+                _ => JsonObject::new(),
+            };
+            let description = format!(
+                "{what} Runs at most once per intent through idem ({}); the result is the receipt, \
+                 or awaiting_approval / needs_human with an action_id to check with {STATUS_TOOL}.",
+                c.name()
+            );
+            Tool::new(tool_name(c.name().as_str()), description, object).with_annotations(
+                ToolAnnotations::new()
+                    .read_only(!c.effectful())
+                    .destructive(c.effectful())
+                    .idempotent(true)
+                    .open_world(true),
+            )
+        })
+        .collect();
+    let status_schema = json!({
+        "type": "object",
+        "properties": {
+            "action_id": {"type": "string", "format": "uuid"},
+            "wait_seconds": {"type": "integer", "minimum": 0, "maximum": MAX_WAIT.as_secs(),
+                             "description": "Wait up to this long for the action to settle."}
+        },
+        "required": ["action_id"],
+        "additionalProperties": false
+    });
+    if let Value::Object(o) = status_schema {
+        tools.push(
+            Tool::new(
+                STATUS_TOOL,
+                "The state and receipt of an action a tool call started (by action_id).",
+                o,
+            )
+            .with_annotations(ToolAnnotations::new().read_only(true)),
+        );
+    }
+    tools
+}
+
+fn refused(kind: &str, message: impl Into<String>, extra: Value) -> CallToolResult {
+    let mut v = json!({"error": kind, "message": message.into()});
+    if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
+        o.extend(e);
+    }
+    CallToolResult::structured_error(v)
+}
+
+fn store_error(e: impl std::fmt::Display) -> ErrorData {
+    tracing::error!(error = %e, "MCP tool call: store failed");
+    ErrorData::internal_error("idem's store is unavailable; retry the same call", None)
+}
+
+/// One tool call: check the arguments, derive the action id, enqueue, wait for an answer.
+pub(crate) async fn call(
+    store: &Store,
+    cells: &Registry,
+    scope: &str,
+    tool: &str,
+    mut args: JsonObject,
+    wait: Duration,
+) -> Result<CallToolResult, ErrorData> {
+    let Some(cell) = cells.iter().find(|c| tool_name(c.name().as_str()) == tool) else {
+        return Err(ErrorData::invalid_params(
+            format!("no tool {tool:?}; list_tools names them"),
+            None,
+        ));
+    };
+    let cell: CellName = cell.name().clone();
+    let intent = match args.remove("intent") {
+        None => None,
+        Some(Value::String(s)) if !s.trim().is_empty() && s.chars().count() <= MAX_INTENT => {
+            Some(s)
+        }
+        Some(_) => {
+            return Ok(refused(
+                "invalid_arguments",
+                format!("intent: a non-empty string of at most {MAX_INTENT} characters"),
+                json!({"field": "/intent"}),
+            ))
+        }
+    };
+    let args = Value::Object(args);
+    match cells.check(cell.as_str(), &args) {
+        Ok(()) => {}
+        Err(ArgError::Invalid { field, message, .. }) => {
+            return Ok(refused(
+                "invalid_arguments",
+                message,
+                json!({"field": field}),
+            ))
+        }
+        Err(e @ ArgError::UnknownCell { .. }) => {
+            return Ok(refused("unknown_cell", e.to_string(), json!({})))
+        }
+    }
+    // The same intent (or, without one, the same arguments) in this scope is one action.
+    let id = match &intent {
+        Some(i) => ActionId::from_intent(&format!("{scope}:intent:{i}"), &cell, &Value::Null),
+        None => ActionId::from_intent(scope, &cell, &args),
+    };
+    let action = NewAction::new(id, cell, args);
+    let created = match enqueue(store.pool(), &action).await {
+        Ok(e) => e.created,
+        Err(EnqueueError::Conflict { action_id }) => {
+            return Ok(refused(
+                "intent_conflict",
+                format!(
+                    "intent {:?} already names action {action_id} with other arguments; \
+                     if this is a different action, give it a different intent",
+                    intent.unwrap_or_default()
+                ),
+                json!({"action_id": action_id}),
+            ))
+        }
+        Err(EnqueueError::Invalid(m)) => return Ok(refused("invalid_arguments", m, json!({}))),
+        Err(EnqueueError::Db(e)) => return Err(store_error(e)),
+    };
+    let row = settle(store, id, wait).await?;
+    Ok(answer(row, Some(!created)))
+}
+
+/// `idem_status`: read an action, waiting up to `wait_seconds` for it to settle.
+pub(crate) async fn status(
+    store: &Store,
+    args: JsonObject,
+    default_wait: Duration,
+) -> Result<CallToolResult, ErrorData> {
+    let Some(id) = args
+        .get("action_id")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse::<uuid::Uuid>().ok())
+    else {
+        return Ok(refused(
+            "invalid_arguments",
+            "action_id: required UUID",
+            json!({"field": "/action_id"}),
+        ));
+    };
+    let wait = args
+        .get("wait_seconds")
+        .and_then(Value::as_u64)
+        .map(Duration::from_secs)
+        .unwrap_or(default_wait)
+        .min(MAX_WAIT);
+    let row = settle(store, ActionId::from(id), wait).await?;
+    Ok(answer(row, None))
+}
+
+/// The action once it settles or waits for a person, or as it stands when `wait` ends.
+async fn settle(
+    store: &Store,
+    id: ActionId,
+    wait: Duration,
+) -> Result<Option<inbox::ActionRow>, ErrorData> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let row = inbox::get(store.pool(), id).await.map_err(store_error)?;
+        let done = row
+            .as_ref()
+            .is_none_or(|r| r.state.is_settled() || r.state == State::AwaitingApproval);
+        if done || tokio::time::Instant::now() >= deadline {
+            return Ok(row);
+        }
+        tokio::time::sleep(pause.min(deadline - tokio::time::Instant::now())).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// The tool result for an action: the receipt, or what the caller should do next.
+fn answer(row: Option<inbox::ActionRow>, repeated: Option<bool>) -> CallToolResult {
+    let Some(r) = row else {
+        return refused("not_found", "no such action", json!({}));
+    };
+    let next = match r.state {
+        State::Succeeded => "done: the receipt is the partner's record of the effect",
+        State::AwaitingApproval => "a person must approve it first; call idem_status later with this action_id — do not call the tool again under a new intent",
+        State::NeedsHuman => "idem could not tell whether the partner acted; a person will decide — do not retry under a new intent",
+        State::Failed | State::Rejected | State::Dead => "it did not happen and will not; see reason",
+        _ => "still in progress; call idem_status with this action_id (optionally wait_seconds)",
+    };
+    let mut body = json!({
+        "action_id": r.action_id,
+        "cell": r.cell,
+        "state": r.state,
+        "settled": r.state.is_settled(),
+        "receipt": r.receipt,
+        "reason": r.reason,
+        "next": next,
+    });
+    if let Some(rep) = repeated {
+        body["repeated_call"] = json!(rep);
+    }
+    if matches!(r.state, State::Failed | State::Rejected | State::Dead) {
+        CallToolResult::structured_error(body)
+    } else {
+        CallToolResult::structured(body)
+    }
+}

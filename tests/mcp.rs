@@ -1,0 +1,198 @@
+//! The MCP server with a real MCP client (the `rmcp` crate's client), over streamable HTTP
+//! (`idem serve`'s `/mcp`) and over stdio (the `idem mcp` binary as a child process),
+//! against real PostgreSQL, a real worker and the Stripe simulator's ledger.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use idem_api::{router, ApiState};
+use idem_cells::{Registry, StripeCharge};
+use idem_sim::{SimServer, StripeSimConfig};
+use idem_store::tokens::{self, Scope};
+use idem_testkit::{StripeFixture, TestDb, TEST_SECRET};
+use idem_worker::{Worker, WorkerConfig};
+use rmcp::model::{CallToolRequestParams, CallToolResult, ClientConfig};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::ServiceExt;
+use serde_json::{json, Value};
+
+fn cells(stripe: &StripeFixture) -> Registry {
+    Registry::new().with(
+        StripeCharge::new(stripe.base_url(), TEST_SECRET).with_profile(|p| {
+            p.call_timeout = Duration::from_millis(1000);
+            p.settle_time = Duration::from_millis(200);
+        }),
+    )
+}
+
+/// A worker settling actions until the returned sender is told to stop.
+fn run_worker(
+    db: &TestDb,
+    stripe: &StripeFixture,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let w = Worker::new(
+        db.store.clone(),
+        cells(stripe),
+        WorkerConfig {
+            poll_interval: Duration::from_millis(50),
+            sweep_interval: Duration::from_millis(50),
+            ..WorkerConfig::default()
+        },
+    );
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(async move { w.run(rx).await.unwrap() });
+    (stop, running)
+}
+
+fn call(tool: &str, args: Value) -> CallToolRequestParams {
+    let Value::Object(args) = args else {
+        panic!("tool arguments must be an object")
+    };
+    CallToolRequestParams::new(tool.to_owned()).with_arguments(args)
+}
+
+fn body(r: &CallToolResult) -> Value {
+    r.structured_content.clone().expect("structured result")
+}
+
+#[tokio::test]
+async fn http_tool_called_twice_with_one_intent_is_one_effect_and_one_receipt() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let app = router(ApiState::new(db.store.clone(), Arc::new(cells(&stripe))));
+    let server = SimServer::start(app, ([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let token = tokens::create(db.store.pool(), "agent", &[Scope::Submit])
+        .await
+        .unwrap()
+        .1;
+    let (stop, running) = run_worker(&db, &stripe);
+
+    let url = format!("{}/mcp", server.base_url());
+    // Without a token the client cannot even start a session.
+    let anon = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(url.clone()),
+    );
+    assert!(ClientConfig::default().serve(anon).await.is_err());
+
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(url).auth_header(token),
+    );
+    let client = ClientConfig::default().serve(transport).await.unwrap();
+    let tools = client.list_all_tools().await.unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    assert_eq!(names, ["stripe_charge", "idem_status"]);
+    let schema = &tools[0].input_schema;
+    assert_eq!(schema["properties"]["amount"]["type"], "integer");
+    assert!(schema["properties"]["intent"].is_object());
+    assert_eq!(schema["required"], json!(["amount", "currency"]));
+
+    let args = json!({"amount": 4200, "currency": "usd", "intent": "charge order 1"});
+    let first = client
+        .call_tool(call("stripe_charge", args.clone()))
+        .await
+        .unwrap();
+    let second = client.call_tool(call("stripe_charge", args)).await.unwrap();
+    let (a, b) = (body(&first), body(&second));
+    assert_eq!(a["state"], "succeeded", "{a}");
+    assert_eq!(a["action_id"], b["action_id"]);
+    assert_eq!(a["receipt"], b["receipt"], "the same receipt");
+    assert_eq!(
+        (a["repeated_call"].clone(), b["repeated_call"].clone()),
+        (json!(false), json!(true))
+    );
+    let id = a["action_id"].as_str().unwrap();
+    assert_eq!(stripe.sim.effects_for(id), 1);
+    assert_eq!(
+        stripe.sim.requests().len(),
+        1,
+        "the second call sent nothing"
+    );
+
+    // The same intent with other arguments is refused, not a second charge.
+    let other = client
+        .call_tool(call(
+            "stripe_charge",
+            json!({"amount": 9900, "currency": "usd", "intent": "charge order 1"}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(other.is_error, Some(true));
+    assert_eq!(body(&other)["error"], "intent_conflict", "{}", body(&other));
+    // A schema violation names the field.
+    let bad = client
+        .call_tool(call(
+            "stripe_charge",
+            json!({"amount": "lots", "currency": "usd"}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(bad.is_error, Some(true));
+    assert_eq!(body(&bad)["field"], "/amount", "{}", body(&bad));
+    // A new intent is a new action; status reads it back.
+    let again = client
+        .call_tool(call(
+            "stripe_charge",
+            json!({"amount": 4200, "currency": "usd", "intent": "charge order 2"}),
+        ))
+        .await
+        .unwrap();
+    let id2 = body(&again)["action_id"].as_str().unwrap().to_owned();
+    assert_ne!(id2, id);
+    let status = client
+        .call_tool(call("idem_status", json!({"action_id": id2})))
+        .await
+        .unwrap();
+    assert_eq!(body(&status)["state"], "succeeded");
+    assert_eq!(stripe.sim.effects_for(&id2), 1);
+    assert_eq!(stripe.sim.requests().len(), 2);
+    client.cancel().await.unwrap();
+    stop.send(true).unwrap();
+    running.await.unwrap();
+}
+
+/// `idem mcp` over stdio, twice with the same `--session` (an agent restarted): the second
+/// process's call with the same intent returns the first one's receipt.
+#[tokio::test]
+async fn stdio_session_pinned_across_restarts_is_one_effect() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let (stop, running) = run_worker(&db, &stripe);
+    let spawn = || {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_idem"));
+        cmd.args(["mcp", "--session", "conversation-7", "--wait-secs", "20"])
+            .arg("--database-url")
+            .arg(&db.url)
+            .arg("--stripe-base")
+            .arg(stripe.base_url())
+            .arg("--stripe-secret")
+            .arg(TEST_SECRET)
+            .env("RUST_LOG", "warn");
+        TokioChildProcess::new(cmd).unwrap()
+    };
+    let args = json!({"amount": 1500, "currency": "eur", "intent": "deposit for booking 9"});
+    let mut receipts = vec![];
+    for _ in 0..2 {
+        let client = ClientConfig::default().serve(spawn()).await.unwrap();
+        let tools = client.list_all_tools().await.unwrap();
+        assert!(tools.iter().any(|t| t.name == "stripe_charge"));
+        let r = client
+            .call_tool(call("stripe_charge", args.clone()))
+            .await
+            .unwrap();
+        let b = body(&r);
+        assert_eq!(b["state"], "succeeded", "{b}");
+        receipts.push((b["action_id"].clone(), b["receipt"].clone()));
+        client.cancel().await.unwrap();
+    }
+    assert_eq!(receipts[0], receipts[1]);
+    assert_eq!(stripe.sim.effects_for(receipts[0].0.as_str().unwrap()), 1);
+    assert_eq!(stripe.sim.requests().len(), 1);
+    stop.send(true).unwrap();
+    running.await.unwrap();
+}
