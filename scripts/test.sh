@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs idem's whole test suite: unit, model, end-to-end and Kafka tests against a real
-# PostgreSQL and a real Kafka-protocol broker. Uses DATABASE_URL and KAFKA_BOOTSTRAP if set;
+# Runs idem's whole test suite: unit, model, end-to-end, Kafka, API, MCP and browser tests
+# against a real PostgreSQL, a real Kafka-protocol broker and a headless Chromium. Uses DATABASE_URL and KAFKA_BOOTSTRAP if set;
 # otherwise the local PostgreSQL on 127.0.0.1:5432 (started if down) and a tansu broker
-# started here (installed first if missing).
+# started here (installed first if missing); Chromium and chromedriver from Debian's packages
+# when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +43,15 @@ if [ -z "${KAFKA_BOOTSTRAP:-}" ]; then
   done
   export KAFKA_BOOTSTRAP="127.0.0.1:$port"
   echo "tansu broker on $KAFKA_BOOTSTRAP (log: $tansu_dir/tansu.log)" >&2
+fi
+
+# The approver console's browser test drives Debian's Chromium through chromedriver.
+if [ -z "${CHROMIUM:-}" ] && { ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; }; then
+  echo "chromium/chromedriver not found; installing Debian's chromium and chromium-driver" >&2
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q chromium chromium-driver
 fi
 
 if cargo nextest --version >/dev/null 2>&1; then

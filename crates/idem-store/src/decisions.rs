@@ -78,8 +78,11 @@ pub struct Waiting {
 /// Actions in `state` (awaiting_approval or needs_human), oldest first.
 pub async fn waiting(pool: &PgPool, state: State, limit: i64) -> Result<Vec<Waiting>, StoreError> {
     let ids: Vec<(uuid::Uuid, Vec<u8>)> = sqlx::query_as(
-        "SELECT action_id, fingerprint FROM idem.actions WHERE state = $1 \
-         ORDER BY updated_at LIMIT $2",
+        // An approved action waits for a sweeper to start it; it no longer waits for a person.
+        "SELECT a.action_id, a.fingerprint FROM idem.actions a WHERE a.state = $1 \
+         AND NOT EXISTS (SELECT 1 FROM idem.decisions d WHERE d.action_id = a.action_id \
+                         AND d.kind = 'approve' AND d.fingerprint = a.fingerprint) \
+         ORDER BY a.updated_at LIMIT $2",
     )
     .bind(state.as_str())
     .bind(limit)
@@ -176,6 +179,18 @@ pub async fn approve(
     let who = person(actor)?;
     let mut tx = pool.begin().await?;
     let (_, fp) = locked(&mut tx, id, State::AwaitingApproval, fingerprint).await?;
+    let (already,): (bool,) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM idem.decisions WHERE action_id = $1 \
+         AND kind = 'approve' AND fingerprint = $2)",
+    )
+    .bind(id.as_uuid())
+    .bind(&fp)
+    .fetch_one(&mut *tx)
+    .await?;
+    if already {
+        // A second click (or a retried request) approves nothing new.
+        return Ok(());
+    }
     record(&mut tx, id, "approve", &fp, &who, reason, None).await?;
     // Wake workers: the sweeper takes approved actions.
     sqlx::query("SELECT pg_notify('idem_outbox', '')")

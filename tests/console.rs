@@ -1,0 +1,317 @@
+//! The approver console in a real browser: Debian's Chromium, headless, driven over
+//! WebDriver (chromedriver + the `fantoccini` client), against `idem serve`'s router, real
+//! PostgreSQL, a real worker and the Stripe simulator's ledger. The pending items are
+//! checked in screenshots (their background colour), not only in the DOM.
+//!
+//! Needs `chromium` and `chromedriver` (Debian: `apt-get install chromium chromium-driver`;
+//! `.ci/run` installs them), or CHROMIUM / CHROMEDRIVER naming the binaries.
+
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fantoccini::{ClientBuilder, Locator};
+use idem_api::{router, ApiState};
+use idem_cells::{Registry, StripeCharge};
+use idem_sim::{SimServer, StripeSimConfig};
+use idem_store::tokens::{self, Scope};
+use idem_testkit::{StripeFixture, TestDb, TEST_SECRET};
+use idem_worker::{Worker, WorkerConfig};
+use serde_json::json;
+
+/// The approval items' background (#ffd600 in the console's style sheet).
+const APPROVAL_RGB: [u8; 3] = [0xff, 0xd6, 0x00];
+
+fn binary(env: &str, default: &str) -> String {
+    let path = std::env::var(env).unwrap_or_else(|_| default.to_owned());
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "{path} not found: the console test needs Chromium and ChromeDriver \
+         (Debian: apt-get install chromium chromium-driver; .ci/run installs them), \
+         or {env} naming the binary"
+    );
+    path
+}
+
+fn cells(stripe: &StripeFixture) -> Registry {
+    Registry::new().with(
+        StripeCharge::new(stripe.base_url(), TEST_SECRET).with_profile(|p| {
+            p.call_timeout = Duration::from_millis(1000);
+            p.settle_time = Duration::from_millis(200);
+            p.approval = idem_core::profile::ApprovalPolicy::Above {
+                argument: "amount".into(),
+                threshold: 50_000,
+            };
+        }),
+    )
+}
+
+/// Pixels of `rgb` (±2 per channel) in a PNG screenshot.
+fn count_colour(png_bytes: &[u8], rgb: [u8; 3]) -> usize {
+    let mut reader = png::Decoder::new(Cursor::new(png_bytes))
+        .read_info()
+        .expect("a PNG screenshot");
+    let mut buf = vec![0; reader.output_buffer_size().expect("size")];
+    let frame = reader.next_frame(&mut buf).expect("a frame");
+    let channels = frame.color_type.samples();
+    buf[..frame.buffer_size()]
+        .chunks(channels)
+        .filter(|p| p.len() >= 3 && (0..3).all(|i| p[i].abs_diff(rgb[i]) <= 2))
+        .count()
+}
+
+/// The chromedriver process, killed when dropped.
+struct Driver(#[allow(dead_code)] tokio::process::Child);
+
+impl Driver {
+    async fn start() -> (Self, String) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = tokio::process::Command::new(binary("CHROMEDRIVER", "/usr/bin/chromedriver"))
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromedriver starts");
+        let url = format!("http://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return (Self(child), url);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("chromedriver did not listen on {port}");
+    }
+}
+
+#[tokio::test]
+async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let app = router(ApiState::new(db.store.clone(), Arc::new(cells(&stripe))));
+    let server = SimServer::start(app, ([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let base = server.base_url();
+    let pool = db.store.pool();
+    let submit = tokens::create(pool, "agent", &[Scope::Submit])
+        .await
+        .unwrap()
+        .1;
+    let approver = tokens::create(pool, "ops-alice", &[Scope::Approve])
+        .await
+        .unwrap()
+        .1;
+    let w = Worker::new(
+        db.store.clone(),
+        cells(&stripe),
+        WorkerConfig {
+            poll_interval: Duration::from_millis(50),
+            sweep_interval: Duration::from_millis(50),
+            ..WorkerConfig::default()
+        },
+    );
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(async move { w.run(rx).await.unwrap() });
+
+    // Two big charges, submitted with curl's equivalent; both wait for a person.
+    let http = reqwest::Client::new();
+    let (keep, drop_) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    for (id, amount) in [(keep, 60_000), (drop_, 75_000)] {
+        let r = http
+            .post(format!("{base}/v1/actions"))
+            .bearer_auth(&submit)
+            .json(&json!({"cell": "stripe.charge", "action_id": id,
+                          "args": {"amount": amount, "currency": "usd", "description": "console test"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while idem_store::decisions::waiting(pool, idem_core::State::AwaitingApproval, 10)
+        .await
+        .unwrap()
+        .len()
+        < 2
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "both wait for approval"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (_driver, driver_url) = Driver::start().await;
+    let profile = std::env::temp_dir().join(format!("idem-chromium-{}", uuid::Uuid::new_v4()));
+    let caps = json!({
+        "browserName": "chrome",
+        "goog:chromeOptions": {
+            "binary": binary("CHROMIUM", "/usr/bin/chromium"),
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                     "--disable-dev-shm-usage", "--window-size=1280,1600",
+                     format!("--user-data-dir={}", profile.display())]
+        }
+    });
+    let browser = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps.as_object().unwrap().clone())
+        .connect(&driver_url)
+        .await
+        .expect("a Chromium session");
+
+    // Signed out: the console asks for a token; a token without the approve scope is refused.
+    browser.goto(&format!("{base}/console")).await.unwrap();
+    browser
+        .find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(&submit)
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Id("sign-in"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let refused = browser.source().await.unwrap();
+    assert!(refused.contains("was refused"), "{refused}");
+    browser
+        .find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(&approver)
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Id("sign-in"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+
+    // Both pending items are on the page, with arguments and the card, and on screen.
+    let item = browser
+        .wait()
+        .for_element(Locator::Id(&format!("action-{keep}")))
+        .await
+        .unwrap();
+    let text = item.text().await.unwrap();
+    assert!(
+        text.contains("60000") && text.contains("console test"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Idempotency-Key"),
+        "the card's explanation: {text}"
+    );
+    assert!(text.contains("No request has been sent"), "{text}");
+    let item_shot = item.screenshot().await.unwrap();
+    assert!(
+        count_colour(&item_shot, APPROVAL_RGB) > 1000,
+        "the pending item is drawn"
+    );
+    let page = browser.source().await.unwrap();
+    assert!(page.contains(&format!("action-{drop_}")));
+    let before = count_colour(&browser.screenshot().await.unwrap(), APPROVAL_RGB);
+    assert!(before > 0);
+    std::fs::write(
+        env!("CARGO_TARGET_TMPDIR").to_owned() + "/console-before.png",
+        browser.screenshot().await.unwrap(),
+    )
+    .ok();
+
+    // Approve the first with a reason.
+    let form = item
+        .find(Locator::Css("form[action$='/approve']"))
+        .await
+        .unwrap();
+    form.find(Locator::Css("input[name=reason]"))
+        .await
+        .unwrap()
+        .send_keys("known customer")
+        .await
+        .unwrap();
+    form.find(Locator::Css("button.approve"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let flash = browser
+        .wait()
+        .for_element(Locator::Id("flash"))
+        .await
+        .unwrap();
+    assert!(flash.text().await.unwrap().contains("approved"));
+    assert!(
+        browser
+            .find(Locator::Id(&format!("action-{keep}")))
+            .await
+            .is_err(),
+        "gone from the page"
+    );
+
+    // Reject the second; nothing is left to decide, on the page or on the screen.
+    browser
+        .find(Locator::Css(&format!("#action-{drop_} button.reject")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait()
+        .for_element(Locator::Id("no-approvals"))
+        .await
+        .unwrap();
+    let after_shot = browser.screenshot().await.unwrap();
+    std::fs::write(
+        env!("CARGO_TARGET_TMPDIR").to_owned() + "/console-after.png",
+        &after_shot,
+    )
+    .ok();
+    assert_eq!(
+        count_colour(&after_shot, APPROVAL_RGB),
+        0,
+        "no pending item drawn"
+    );
+    browser.close().await.unwrap();
+    std::fs::remove_dir_all(&profile).ok();
+
+    // The approved charge ran once; the rejected one never reached Stripe.
+    let settled = idem_store::await_settled(
+        pool,
+        idem_core::ActionId::from(keep),
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap()
+    .expect("settled");
+    assert_eq!(settled.state, idem_core::State::Succeeded);
+    let rejected = idem_store::inbox::get(pool, idem_core::ActionId::from(drop_))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rejected.state, idem_core::State::Rejected);
+    assert_eq!(stripe.sim.effects_for(&keep.to_string()), 1);
+    assert_eq!(stripe.sim.effects_for(&drop_.to_string()), 0);
+    assert_eq!(stripe.sim.requests().len(), 1);
+    // Audited with the person's token name, through the console.
+    let who = idem_store::decisions::history(pool, idem_core::ActionId::from(keep))
+        .await
+        .unwrap();
+    assert_eq!(who[0].1, "human:console:ops-alice");
+    assert_eq!(who[0].2.as_deref(), Some("known customer"));
+    stop.send(true).unwrap();
+    running.await.unwrap();
+}
