@@ -468,6 +468,7 @@ async fn openapi_document_matches_the_routes() {
     assert_eq!(
         ops,
         [
+            "GET /metrics",
             "GET /v1/actions/{id}",
             "GET /v1/approvals",
             "GET /v1/cells",
@@ -501,8 +502,8 @@ async fn openapi_document_matches_the_routes() {
         .expect("docs/openapi.json: generate it with `idem openapi > docs/openapi.json`"),
     )
     .unwrap();
-    assert_eq!(
-        committed, doc,
+    assert!(
+        committed == doc,
         "docs/openapi.json is stale: run `cargo run --bin idem -- openapi > docs/openapi.json`"
     );
 }

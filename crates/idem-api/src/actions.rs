@@ -184,6 +184,7 @@ pub(crate) async fn submit(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ReadQuery {
     /// Seconds to wait for the action to settle (`30` or `30s`, at most 60).
     wait: Option<String>,

@@ -17,6 +17,7 @@ mod cells;
 mod console;
 mod decisions;
 pub mod mcp;
+pub mod metrics;
 mod problem;
 
 use std::sync::Arc;
@@ -51,6 +52,8 @@ pub struct ApiState {
     public_hosts: Vec<String>,
     /// How long an MCP tool call waits for its action to settle.
     tool_wait: std::time::Duration,
+    /// The process's metrics, served at `/metrics` when present.
+    metrics: Option<Arc<idem_telemetry::metrics::Metrics>>,
 }
 
 impl ApiState {
@@ -66,7 +69,14 @@ impl ApiState {
             limiter: auth::Limiter::new(limit),
             public_hosts: Vec::new(),
             tool_wait: mcp::TOOL_WAIT,
+            metrics: None,
         }
+    }
+
+    /// Serve these metrics at `/metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<idem_telemetry::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// How long an MCP tool call waits for its action before answering "in progress".
@@ -93,6 +103,7 @@ impl ApiState {
         (name = "actions", description = "Submit actions and read receipts"),
         (name = "cells", description = "The cell grid"),
         (name = "decisions", description = "Approvals and needs_human cases"),
+        (name = "operations", description = "Metrics for operators"),
     )
 )]
 struct ApiDoc;
@@ -136,6 +147,7 @@ fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(decisions::reject))
         .routes(routes!(decisions::doubts))
         .routes(routes!(decisions::resolve))
+        .routes(routes!(metrics::metrics))
         .split_for_parts()
 }
 

@@ -67,6 +67,10 @@ pub struct DemoArgs {
     /// KAFKA_BOOTSTRAP) the demo starts tansu itself if it is on PATH.
     #[arg(long, env = "KAFKA_BOOTSTRAP")]
     bootstrap: Option<String>,
+    /// Do not kill a worker mid-flight (partner faults stay on). Counters are per process:
+    /// a task aborted while its commit is in flight can leave one batch uncounted.
+    #[arg(long)]
+    no_kill: bool,
 }
 
 /// The declarative cell the demo runs (`acme.payout`, against `idem sim ietf` semantics).
@@ -194,6 +198,9 @@ struct Report {
     elapsed_ms: u64,
     faults: FaultRates,
     cells: HashMap<String, CellReport>,
+    /// This run's metrics (Prometheus text), to check against the ledgers.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    metrics: String,
 }
 
 /// A database name that is safe to splice into DDL (identifiers cannot be bound).
@@ -230,7 +237,7 @@ pub(crate) async fn fresh_database(server_url: &str, name: &str) -> Result<Strin
     Ok(admin.database(name).to_url_lossy().to_string())
 }
 
-pub async fn run(args: DemoArgs) -> Result<bool> {
+pub async fn run(args: DemoArgs, metrics: &idem_telemetry::metrics::Metrics) -> Result<bool> {
     let started = Instant::now();
     let url = fresh_database(&args.database_url, &args.database_name).await?;
     let store = Store::connect(&url, 24).await?;
@@ -492,7 +499,7 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
         .fetch_one(store.pool())
         .await?;
         bar.set_position(settled as u64);
-        if !killed && settled as usize >= ids.len() / 4 {
+        if !args.no_kill && !killed && settled as usize >= ids.len() / 4 {
             // Kill a worker mid-flight: its in-flight calls are abandoned with their leases
             // held; another worker's sweeper must settle them. Then restart it.
             workers[0].abort();
@@ -557,6 +564,8 @@ pub async fn run(args: DemoArgs) -> Result<bool> {
     )
     .await?;
     report.transport = args.transport.clone();
+    idem_telemetry::metrics::observe_fleet(idem_store::stats::fleet(store.pool()).await?);
+    report.metrics = metrics.render();
     let ok = report.duplicates == 0 && report.lost == 0;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -692,6 +701,7 @@ async fn check(
         elapsed_ms: started.elapsed().as_millis() as u64,
         faults,
         cells,
+        metrics: String::new(),
     })
 }
 

@@ -153,6 +153,10 @@ struct WorkerArgs {
     /// Worker name in leases and audit rows.
     #[arg(long)]
     id: Option<String>,
+    /// Serve this worker's counters and the fleet gauges at http://ADDR/metrics (needs a
+    /// token with the read scope). OTLP export needs only OTEL_EXPORTER_OTLP_ENDPOINT.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Where actions come from: the outbox directly, or a Kafka consumer group.
     #[arg(long, default_value = "postgres", value_parser = ["postgres", "kafka"])]
     transport: String,
@@ -383,28 +387,79 @@ impl FaultArgs {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let cli = Cli::parse();
     // The demo prints a table; its workers' info lines would drown it.
     let default_filter = match cli.command {
         Command::Demo(_) => "warn,sqlx::postgres::notice=error",
         _ => "warn,idem=info",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_filter.into()),
-        )
+    // OTLP exporters (when OTEL_EXPORTER_OTLP_ENDPOINT is set) use a blocking HTTP client:
+    // built here, before the async runtime, and shut down after it.
+    let service = format!("idem-{}", cli.command.name());
+    let tracer = idem_telemetry::metrics::otlp_tracer(&service)?;
+    let metrics = std::sync::Arc::new(idem_telemetry::metrics::Metrics::install(&service)?);
+    use tracing_subscriber::Layer as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| default_filter.into());
+    // Logs follow RUST_LOG; exported spans are idem's info-level spans whatever the log level.
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .init();
+        .with_filter(filter);
+    let otel = tracer.as_ref().map(|provider| {
+        idem_telemetry::layer(provider).with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+    });
+    tracing_subscriber::registry().with(fmt).with(otel).init();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli, metrics.clone()));
+    if let Some(provider) = tracer {
+        if let Err(e) = provider.shutdown() {
+            eprintln!("trace export shutdown: {e}");
+        }
+    }
+    if let Ok(m) = std::sync::Arc::try_unwrap(metrics) {
+        m.shutdown();
+    }
+    result
+}
+
+impl Command {
+    /// The service name exported telemetry carries (`idem-worker`, `idem-serve`, …).
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Migrate(_) => "migrate",
+            Command::Worker(_) => "worker",
+            Command::Relay(_) => "relay",
+            Command::Sweep(_) => "sweep",
+            Command::Enqueue(_) => "enqueue",
+            Command::Status { .. } => "status",
+            Command::Sim { .. } => "sim",
+            Command::Demo(_) => "demo",
+            Command::Approvals { .. } => "approvals",
+            Command::NeedsHuman { .. } => "needs-human",
+            Command::Serve { .. } => "serve",
+            Command::Mcp { .. } => "mcp",
+            Command::Openapi => "openapi",
+            Command::Tokens { .. } => "tokens",
+            Command::Resolve(_) => "resolve",
+            Command::Cells { .. } => "cells",
+            Command::Bench { .. } => "bench",
+        }
+    }
+}
+
+async fn run(cli: Cli, metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>) -> Result<()> {
     match cli.command {
         Command::Migrate(db) => {
             let store = connect(&db).await?;
             store.migrate().await?;
             println!("migrated");
         }
-        Command::Worker(args) => run_worker(args).await?,
+        Command::Worker(args) => run_worker(args, metrics).await?,
         Command::Relay(args) => run_relay(args).await?,
         Command::Sweep(args) => {
             let worker = build_worker(&args).await?;
@@ -476,17 +531,27 @@ async fn main() -> Result<()> {
         } => {
             let store = connect(&db).await?;
             let registry = cells.registry().map_err(anyhow::Error::msg)?;
-            let app = idem_api::router(
-                idem_api::ApiState::with_rate_limit(
-                    store,
-                    std::sync::Arc::new(registry),
-                    idem_api::RateLimit {
-                        per_second: rate_limit,
-                        burst: rate_burst,
-                    },
-                )
-                .with_public_hosts(public_hosts),
-            );
+            let state = idem_api::ApiState::with_rate_limit(
+                store,
+                std::sync::Arc::new(registry),
+                idem_api::RateLimit {
+                    per_second: rate_limit,
+                    burst: rate_burst,
+                },
+            )
+            .with_public_hosts(public_hosts)
+            .with_metrics(metrics);
+            // Keep the fleet gauges fresh for OTLP export (a scrape refreshes them too).
+            let refresher = state.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Err(e) = idem_api::metrics::refresh(&refresher).await {
+                        tracing::warn!(error = %e, "fleet gauges not refreshed");
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                }
+            });
+            let app = idem_api::router(state);
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
@@ -678,7 +743,7 @@ async fn main() -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&figures)?);
         }
         Command::Demo(args) => {
-            let ok = demo::run(args).await?;
+            let ok = demo::run(args, &metrics).await?;
             if !ok {
                 std::process::exit(1);
             }
@@ -732,10 +797,31 @@ fn shutdown_channel() -> tokio::sync::watch::Receiver<bool> {
     rx
 }
 
-async fn run_worker(args: WorkerArgs) -> Result<()> {
+async fn run_worker(
+    args: WorkerArgs,
+    metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>,
+) -> Result<()> {
     let kafka = args.transport == "kafka";
     let mut args = args;
     let mut worker = build_worker(&args).await?;
+    if let Some(addr) = args.metrics_listen {
+        let state = idem_api::ApiState::new(
+            connect(&args.db).await?,
+            std::sync::Arc::new(
+                cells::CellArgs::registry(&args.cells).map_err(anyhow::Error::msg)?,
+            ),
+        )
+        .with_metrics(metrics);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "worker metrics at /metrics");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, idem_api::metrics::routes(state)).await {
+                tracing::error!(error = %e, "metrics endpoint stopped");
+            }
+        });
+    }
     let rx = shutdown_channel();
     tracing::info!(worker = worker.id(), transport = %args.transport, "worker started");
     if !kafka {

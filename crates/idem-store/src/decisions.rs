@@ -219,8 +219,9 @@ pub async fn reject(
             actor.trim(),
             reason.map(|r| format!(": {r}")).unwrap_or_default()
         )));
-    inbox::apply(&mut tx, &[change], &who).await?;
+    let applied = inbox::apply(&mut tx, &[change], &who).await?;
     tx.commit().await?;
+    applied.record();
     Ok(())
 }
 
@@ -277,8 +278,9 @@ pub async fn resolve(
         }
     };
     let to = change.to;
-    inbox::apply(&mut tx, &[change], &who).await?;
+    let applied = inbox::apply(&mut tx, &[change], &who).await?;
     tx.commit().await?;
+    applied.record();
     Ok(to)
 }
 

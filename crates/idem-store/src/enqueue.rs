@@ -89,13 +89,22 @@ pub async fn enqueue<'e, E: PgExecutor<'e>>(
             .fetch_one(executor)
             .await;
     match row {
-        Ok((id, state, created)) => Ok(Enqueued {
-            action_id: id.into(),
-            state: state.parse().map_err(|e: idem_core::state::UnknownState| {
-                EnqueueError::Invalid(e.to_string())
-            })?,
-            created,
-        }),
+        Ok((id, state, created)) => {
+            if !created {
+                // The same id with the same arguments: the earlier action stands.
+                idem_telemetry::metrics::duplicate_suppressed(
+                    idem_telemetry::metrics::Layer::Enqueue,
+                    1,
+                );
+            }
+            Ok(Enqueued {
+                action_id: id.into(),
+                state: state.parse().map_err(|e: idem_core::state::UnknownState| {
+                    EnqueueError::Invalid(e.to_string())
+                })?,
+                created,
+            })
+        }
         Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("IDM01") => {
             Err(EnqueueError::Conflict {
                 action_id: action.action_id,

@@ -181,6 +181,37 @@ impl Change {
     }
 }
 
+/// The changes [`apply`] made (it derefs to their action ids). Call [`Applied::record`]
+/// once the transaction has committed, so the metrics count only what happened.
+#[derive(Debug, Default)]
+#[must_use = "call .record() after the commit so the metrics see the transitions"]
+pub struct Applied {
+    ids: Vec<ActionId>,
+    /// (cell, from, to, event) per applied change.
+    transitions: Vec<[String; 4]>,
+}
+
+impl std::ops::Deref for Applied {
+    type Target = Vec<ActionId>;
+    fn deref(&self) -> &Self::Target {
+        &self.ids
+    }
+}
+
+impl Applied {
+    /// Count the committed transitions in the metrics.
+    pub fn record(&self) {
+        use idem_telemetry::metrics;
+        for [cell, from, to, event] in &self.transitions {
+            metrics::transition(cell, from, to, event);
+            if event == "reconciled_happened" {
+                // Found done at the partner: not sent again.
+                metrics::duplicate_suppressed(metrics::Layer::Reconcile, 1);
+            }
+        }
+    }
+}
+
 /// Apply changes as compare-and-sets in one statement, auditing each applied one. Returns
 /// the ids that were applied; a change whose guard no longer holds is skipped (someone
 /// else moved the action first).
@@ -188,9 +219,9 @@ pub async fn apply(
     conn: &mut PgConnection,
     changes: &[Change],
     actor: &str,
-) -> Result<Vec<ActionId>, StoreError> {
+) -> Result<Applied, StoreError> {
     if changes.is_empty() {
-        return Ok(vec![]);
+        return Ok(Applied::default());
     }
     let mut ids = Vec::with_capacity(changes.len());
     let mut from = Vec::with_capacity(changes.len());
@@ -229,7 +260,8 @@ pub async fn apply(
         receipt.push(c.receipt.clone());
         settled.push(c.to.is_settled());
     }
-    let applied: Vec<(Uuid, Option<i32>)> = sqlx::query_as(
+    #[allow(clippy::type_complexity)]
+    let applied: Vec<(Uuid, String, String, String, String, Option<i32>)> = sqlx::query_as(
         r#"
         WITH v AS (
             SELECT * FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::text[], $5::text[],
@@ -254,7 +286,7 @@ pub async fn apply(
                 updated_at = now()
             FROM v
             WHERE a.action_id = v.id AND a.state = v.from_state AND a.attempts = v.expected
-            RETURNING a.action_id, v.from_state, v.to_state, v.event, v.reason,
+            RETURNING a.action_id, a.cell, v.from_state, v.to_state, v.event, v.reason,
                       a.reason AS final_reason, a.receipt
         ), audit AS (
             INSERT INTO idem.transitions (action_id, from_state, to_state, event, actor, reason)
@@ -268,7 +300,7 @@ pub async fn apply(
             WHERE upd.to_state IN ('succeeded','failed','rejected','needs_human','dead')
               AND (SELECT publish_results FROM idem.settings)
         )
-        SELECT action_id,
+        SELECT action_id, cell, from_state, to_state, event,
                CASE WHEN to_state IN ('succeeded','failed','rejected','needs_human','dead')
                     THEN (SELECT 1 FROM pg_notify('idem_settled', action_id::text)) END
         FROM upd
@@ -292,7 +324,12 @@ pub async fn apply(
     .bind(actor)
     .fetch_all(conn)
     .await?;
-    Ok(applied.into_iter().map(|(id, _)| ActionId(id)).collect())
+    let mut out = Applied::default();
+    for (id, cell, from, to, event, _) in applied {
+        out.ids.push(ActionId(id));
+        out.transitions.push([cell, from, to, event]);
+    }
+    Ok(out)
 }
 
 /// Wait until `id` is settled (or `timeout` passes) and return its row: the receipt for

@@ -7,6 +7,8 @@
 //! spans; they become OpenTelemetry spans when the subscriber has [`layer`] installed.
 //! Without it the functions here return empty headers and cost next to nothing.
 
+pub mod metrics;
+
 use std::collections::BTreeMap;
 
 use opentelemetry::propagation::TextMapPropagator;

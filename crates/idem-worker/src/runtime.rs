@@ -10,7 +10,7 @@ use idem_core::profile::ApprovalPolicy;
 use idem_core::{Envelope, Event, ExecOutcome, State, Verdict};
 use idem_store::queue::{self, DeadLetter};
 use idem_store::{attempts, inbox, Change, NewAttempt, Store, StoreError};
-use idem_telemetry::TraceHeaders;
+use idem_telemetry::{metrics, TraceHeaders};
 use rand::Rng;
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, Postgres, Transaction};
@@ -258,6 +258,13 @@ impl Worker {
         let mut audits = Vec::with_capacity(items.len());
         let mut changes = Vec::with_capacity(items.len());
         for (started, outcome) in items {
+            if started.rule == idem_core::SendRule::SameKeyReplay
+                && matches!(outcome, ExecOutcome::Succeeded(_))
+            {
+                // The partner answered a same-key resend: its idempotency layer stopped a
+                // second effect.
+                metrics::duplicate_suppressed(metrics::Layer::PartnerReplay, 1);
+            }
             let (audit, change, _) = steps::settle(started, outcome, now, sample());
             audits.push(audit);
             changes.push(change);
@@ -266,6 +273,7 @@ impl Worker {
         attempts::record(&mut tx, &audits).await?;
         let applied = inbox::apply(&mut tx, &changes, &self.config.id).await?;
         tx.commit().await?;
+        applied.record();
         if applied.len() < changes.len() {
             tracing::info!(
                 lost = changes.len() - applied.len(),
@@ -291,8 +299,9 @@ impl Worker {
                 trace: TraceHeaders::from_json(&m.headers),
             })
             .collect();
-        let (started, _) = self.receive_in(&mut tx, &deliveries).await?;
+        let (started, report, applied) = self.receive_in(&mut tx, &deliveries).await?;
         tx.commit().await?;
+        counted(&applied, &report);
         Ok(started.into_iter().map(Work::Execute).collect())
     }
 
@@ -300,8 +309,9 @@ impl Worker {
     /// call, classify, settle. For transports that hand over one batch at a time.
     pub async fn deliver(&self, deliveries: &[Delivery]) -> Result<ReceiveReport, WorkerError> {
         let mut tx = self.store.pool().begin().await?;
-        let (started, report) = self.receive_in(&mut tx, deliveries).await?;
+        let (started, report, applied) = self.receive_in(&mut tx, deliveries).await?;
         tx.commit().await?;
+        counted(&applied, &report);
         let mut set = JoinSet::new();
         for s in started {
             set.spawn(async move {
@@ -324,7 +334,7 @@ impl Worker {
         &self,
         tx: &mut Transaction<'static, Postgres>,
         deliveries: &[Delivery],
-    ) -> Result<(Vec<Started>, ReceiveReport), WorkerError> {
+    ) -> Result<(Vec<Started>, ReceiveReport, inbox::Applied), WorkerError> {
         let mut report = ReceiveReport::default();
         let mut letters = vec![];
         let mut envelopes = vec![];
@@ -417,7 +427,7 @@ impl Worker {
         attempts::insert(tx, &new_attempts).await?;
         started.retain(|s| applied.contains(&s.row.action_id));
         report.started = started.len();
-        Ok((started, report))
+        Ok((started, report, applied))
     }
 
     /// One sweep run to completion (for `idem sweep` and tests): expire leases, start due
@@ -548,6 +558,7 @@ impl Worker {
         let applied = inbox::apply(&mut tx, &changes, &self.config.id).await?;
         attempts::insert(&mut tx, &new_attempts).await?;
         tx.commit().await?;
+        applied.record();
         work.retain(|w| match w {
             Work::Execute(s) => applied.contains(&s.row.action_id),
             Work::Reconcile(_) => true,
@@ -622,8 +633,10 @@ impl Worker {
         let change = steps::verdict_change(&job, &verdict, Utc::now(), sample());
         let result = async {
             let mut tx = self.store.pool().begin().await?;
-            inbox::apply(&mut tx, std::slice::from_ref(&change), &self.config.id).await?;
+            let applied =
+                inbox::apply(&mut tx, std::slice::from_ref(&change), &self.config.id).await?;
             tx.commit().await?;
+            applied.record();
             Ok::<_, WorkerError>(())
         }
         .await;
@@ -631,6 +644,13 @@ impl Worker {
             tracing::warn!(action = %job.row.action_id, error = %e, "could not record verdict; the action stays in doubt");
         }
     }
+}
+
+/// Count what a committed receive step did: its transitions and the redeliveries it
+/// acknowledged without a partner call.
+fn counted(applied: &inbox::Applied, report: &ReceiveReport) {
+    applied.record();
+    metrics::duplicate_suppressed(metrics::Layer::Inbox, report.duplicates as u64);
 }
 
 /// Push `due_at` forward for actions this worker is reconciling, so no other sweeper takes

@@ -8,7 +8,7 @@ use idem_cells::{Attempt, Cell};
 use idem_core::canonical::{canonical_json, sha256_hex};
 use idem_core::guard::{AttemptRecord, AttemptResult};
 use idem_core::plan::{after_outcome, after_verdict, Next};
-use idem_core::{check_send, Event, ExecOutcome, Receipt, SendViolation, Verdict};
+use idem_core::{check_send, Event, ExecOutcome, Receipt, SendRule, SendViolation, Verdict};
 use idem_store::{ActionRow, AttemptOutcome, AttemptRow, Change, NewAttempt};
 
 /// An attempt written ahead, ready to send.
@@ -19,6 +19,8 @@ pub struct Started {
     pub attempt: Attempt,
     /// Every attempt of the action, this one included.
     pub history: Vec<AttemptRecord>,
+    /// Why the guard allowed this send.
+    pub rule: SendRule,
 }
 
 /// An action in doubt, due for reconciliation.
@@ -90,6 +92,7 @@ pub fn start_attempt(
         result: None,
     });
     let started = Started {
+        rule,
         row: after,
         cell: cell.clone(),
         attempt: Attempt {
