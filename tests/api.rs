@@ -6,11 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use idem_api::{router, ApiState, RateLimit, MAX_BODY};
-use idem_cells::{Registry, StripeCharge};
 use idem_sim::{SimServer, StripeSimConfig};
 use idem_store::tokens::{self, Scope};
-use idem_testkit::{StripeFixture, TestDb, TEST_SECRET};
-use idem_worker::{Worker, WorkerConfig};
+use idem_testkit::{stripe_cells, RunningWorker, StripeFixture, TestDb};
 use serde_json::{json, Value};
 
 struct Api {
@@ -21,18 +19,9 @@ struct Api {
     http: reqwest::Client,
 }
 
-fn cells(stripe: &StripeFixture) -> Registry {
-    Registry::new().with(
-        StripeCharge::new(stripe.base_url(), TEST_SECRET).with_profile(|p| {
-            p.call_timeout = Duration::from_millis(1000);
-            p.settle_time = Duration::from_millis(200);
-            // Charges of 500.00 and more wait for a person.
-            p.approval = idem_core::profile::ApprovalPolicy::Above {
-                argument: "amount".into(),
-                threshold: 50_000,
-            };
-        }),
-    )
+fn cells(stripe: &StripeFixture) -> idem_cells::Registry {
+    // Charges of 500.00 and more wait for a person.
+    stripe_cells(stripe, Some(50_000))
 }
 
 impl Api {
@@ -259,17 +248,7 @@ async fn the_same_post_ten_times_at_once_is_one_action_and_one_effect() {
         assert_eq!(b["action_id"], id.as_str());
     }
     // A real worker settles it; the receipt is read back with a long poll.
-    let w = Worker::new(
-        api.db.store.clone(),
-        cells(&api.stripe),
-        WorkerConfig {
-            poll_interval: Duration::from_millis(50),
-            sweep_interval: Duration::from_millis(50),
-            ..WorkerConfig::default()
-        },
-    );
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(async move { w.run(rx).await });
+    let worker = RunningWorker::start(&api.db.store, cells(&api.stripe));
     let (s, b) = api.get(&t, &format!("/v1/actions/{id}?wait=20s")).await;
     assert_eq!(s, 200);
     assert_eq!(b["state"], "succeeded", "{b}");
@@ -279,8 +258,7 @@ async fn the_same_post_ten_times_at_once_is_one_action_and_one_effect() {
         .starts_with("pi_"));
     assert_eq!(api.stripe.sim.effects_for(&id), 1);
     assert_eq!(api.stripe.sim.requests().len(), 1);
-    stop.send(true).unwrap();
-    running.await.unwrap().unwrap();
+    worker.stop().await;
 }
 
 #[tokio::test]
@@ -297,17 +275,7 @@ async fn approvals_and_doubts_over_http_are_audited_with_the_token_name() {
     );
     assert_eq!(api.post(Some(&submit), charge(&big, 60_000)).await.0, 201);
     assert_eq!(api.post(Some(&submit), charge(&other, 70_000)).await.0, 201);
-    let w = Worker::new(
-        api.db.store.clone(),
-        cells(&api.stripe),
-        WorkerConfig {
-            poll_interval: Duration::from_millis(50),
-            sweep_interval: Duration::from_millis(50),
-            ..WorkerConfig::default()
-        },
-    );
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(async move { w.run(rx).await });
+    let worker = RunningWorker::start(&api.db.store, cells(&api.stripe));
     // Both wait for a person; nothing is sent.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let pending = loop {
@@ -405,8 +373,7 @@ async fn approvals_and_doubts_over_http_are_audited_with_the_token_name() {
     let (s, b) = api.get(&submit, "/v1/cells").await;
     assert_eq!(s, 200);
     assert_eq!(b[0]["name"], "stripe.charge");
-    stop.send(true).unwrap();
-    running.await.unwrap().unwrap();
+    worker.stop().await;
 }
 
 #[tokio::test]
@@ -506,4 +473,27 @@ async fn openapi_document_matches_the_routes() {
         committed == doc,
         "docs/openapi.json is stale: run `cargo run --bin idem -- openapi > docs/openapi.json`"
     );
+}
+
+#[tokio::test]
+async fn a_submitted_traceparent_is_the_trace_the_action_carries() {
+    let api = Api::start().await;
+    let t = api.token(&[Scope::Submit]).await;
+    let id = uuid::Uuid::new_v4();
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = api
+        .http
+        .post(format!("{}/v1/actions", api.base))
+        .bearer_auth(&t)
+        .header("traceparent", parent)
+        .json(&json!({"cell": "stripe.charge", "action_id": id, "args": {"amount": 5, "currency": "usd"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let row = idem_store::inbox::get(api.db.store.pool(), idem_core::ActionId::from(id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.trace.to_json()["traceparent"], parent);
 }

@@ -12,11 +12,9 @@ use std::time::Duration;
 
 use fantoccini::{ClientBuilder, Locator};
 use idem_api::{router, ApiState};
-use idem_cells::{Registry, StripeCharge};
 use idem_sim::{SimServer, StripeSimConfig};
 use idem_store::tokens::{self, Scope};
-use idem_testkit::{StripeFixture, TestDb, TEST_SECRET};
-use idem_worker::{Worker, WorkerConfig};
+use idem_testkit::{stripe_cells, RunningWorker, StripeFixture, TestDb};
 use serde_json::json;
 
 /// The approval items' background (#ffd600 in the console's style sheet).
@@ -31,19 +29,6 @@ fn binary(env: &str, default: &str) -> String {
          or {env} naming the binary"
     );
     path
-}
-
-fn cells(stripe: &StripeFixture) -> Registry {
-    Registry::new().with(
-        StripeCharge::new(stripe.base_url(), TEST_SECRET).with_profile(|p| {
-            p.call_timeout = Duration::from_millis(1000);
-            p.settle_time = Duration::from_millis(200);
-            p.approval = idem_core::profile::ApprovalPolicy::Above {
-                argument: "amount".into(),
-                threshold: 50_000,
-            };
-        }),
-    )
 }
 
 /// Pixels of `rgb` (±2 per channel) in a PNG screenshot.
@@ -95,7 +80,10 @@ impl Driver {
 async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
     let db = TestDb::new().await;
     let stripe = StripeFixture::start(StripeSimConfig::default()).await;
-    let app = router(ApiState::new(db.store.clone(), Arc::new(cells(&stripe))));
+    let app = router(ApiState::new(
+        db.store.clone(),
+        Arc::new(stripe_cells(&stripe, Some(50_000))),
+    ));
     let server = SimServer::start(app, ([127, 0, 0, 1], 0).into())
         .await
         .unwrap();
@@ -109,17 +97,7 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
         .await
         .unwrap()
         .1;
-    let w = Worker::new(
-        db.store.clone(),
-        cells(&stripe),
-        WorkerConfig {
-            poll_interval: Duration::from_millis(50),
-            sweep_interval: Duration::from_millis(50),
-            ..WorkerConfig::default()
-        },
-    );
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(async move { w.run(rx).await.unwrap() });
+    let worker = RunningWorker::start(&db.store, stripe_cells(&stripe, Some(50_000)));
 
     // Two big charges, submitted with curl's equivalent; both wait for a person.
     let http = reqwest::Client::new();
@@ -312,6 +290,5 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
         .unwrap();
     assert_eq!(who[0].1, "human:console:ops-alice");
     assert_eq!(who[0].2.as_deref(), Some("known customer"));
-    stop.send(true).unwrap();
-    running.await.unwrap();
+    worker.stop().await;
 }

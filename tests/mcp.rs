@@ -3,50 +3,16 @@
 //! against real PostgreSQL, a real worker and the Stripe simulator's ledger.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use idem_api::{router, ApiState};
-use idem_cells::{Registry, StripeCharge};
 use idem_sim::{SimServer, StripeSimConfig};
 use idem_store::tokens::{self, Scope};
-use idem_testkit::{StripeFixture, TestDb, TEST_SECRET};
-use idem_worker::{Worker, WorkerConfig};
+use idem_testkit::{stripe_cells, RunningWorker, StripeFixture, TestDb, TEST_SECRET};
 use rmcp::model::{CallToolRequestParams, CallToolResult, ClientConfig};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::ServiceExt;
 use serde_json::{json, Value};
-
-fn cells(stripe: &StripeFixture) -> Registry {
-    Registry::new().with(
-        StripeCharge::new(stripe.base_url(), TEST_SECRET).with_profile(|p| {
-            p.call_timeout = Duration::from_millis(1000);
-            p.settle_time = Duration::from_millis(200);
-        }),
-    )
-}
-
-/// A worker settling actions until the returned sender is told to stop.
-fn run_worker(
-    db: &TestDb,
-    stripe: &StripeFixture,
-) -> (
-    tokio::sync::watch::Sender<bool>,
-    tokio::task::JoinHandle<()>,
-) {
-    let w = Worker::new(
-        db.store.clone(),
-        cells(stripe),
-        WorkerConfig {
-            poll_interval: Duration::from_millis(50),
-            sweep_interval: Duration::from_millis(50),
-            ..WorkerConfig::default()
-        },
-    );
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(async move { w.run(rx).await.unwrap() });
-    (stop, running)
-}
 
 fn call(tool: &str, args: Value) -> CallToolRequestParams {
     let Value::Object(args) = args else {
@@ -63,7 +29,10 @@ fn body(r: &CallToolResult) -> Value {
 async fn http_tool_called_twice_with_one_intent_is_one_effect_and_one_receipt() {
     let db = TestDb::new().await;
     let stripe = StripeFixture::start(StripeSimConfig::default()).await;
-    let app = router(ApiState::new(db.store.clone(), Arc::new(cells(&stripe))));
+    let app = router(ApiState::new(
+        db.store.clone(),
+        Arc::new(stripe_cells(&stripe, None)),
+    ));
     let server = SimServer::start(app, ([127, 0, 0, 1], 0).into())
         .await
         .unwrap();
@@ -71,7 +40,7 @@ async fn http_tool_called_twice_with_one_intent_is_one_effect_and_one_receipt() 
         .await
         .unwrap()
         .1;
-    let (stop, running) = run_worker(&db, &stripe);
+    let worker = RunningWorker::start(&db.store, stripe_cells(&stripe, None));
 
     let url = format!("{}/mcp", server.base_url());
     // Without a token the client cannot even start a session.
@@ -152,8 +121,7 @@ async fn http_tool_called_twice_with_one_intent_is_one_effect_and_one_receipt() 
     assert_eq!(stripe.sim.effects_for(&id2), 1);
     assert_eq!(stripe.sim.requests().len(), 2);
     client.cancel().await.unwrap();
-    stop.send(true).unwrap();
-    running.await.unwrap();
+    worker.stop().await;
 }
 
 /// `idem mcp` over stdio, twice with the same `--session` (an agent restarted): the second
@@ -162,7 +130,7 @@ async fn http_tool_called_twice_with_one_intent_is_one_effect_and_one_receipt() 
 async fn stdio_session_pinned_across_restarts_is_one_effect() {
     let db = TestDb::new().await;
     let stripe = StripeFixture::start(StripeSimConfig::default()).await;
-    let (stop, running) = run_worker(&db, &stripe);
+    let worker = RunningWorker::start(&db.store, stripe_cells(&stripe, None));
     let spawn = || {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_idem"));
         cmd.args(["mcp", "--session", "conversation-7", "--wait-secs", "20"])
@@ -193,6 +161,5 @@ async fn stdio_session_pinned_across_restarts_is_one_effect() {
     assert_eq!(receipts[0], receipts[1]);
     assert_eq!(stripe.sim.effects_for(receipts[0].0.as_str().unwrap()), 1);
     assert_eq!(stripe.sim.requests().len(), 1);
-    stop.send(true).unwrap();
-    running.await.unwrap();
+    worker.stop().await;
 }

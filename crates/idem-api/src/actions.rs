@@ -14,6 +14,7 @@ use idem_store::tokens::Scope;
 use idem_store::{enqueue, inbox, EnqueueError, NewAction};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tracing::Instrument as _;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::authorize;
@@ -170,7 +171,20 @@ pub(crate) async fn submit(
         Ok(a) => a,
         Err(r) => return r,
     };
-    match submit_action(&state, &action).await {
+    // A caller that sends `traceparent` gets the whole path in its own trace.
+    let incoming = idem_telemetry::TraceHeaders::from_pairs(
+        headers
+            .iter()
+            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v))),
+    );
+    let action = if incoming.is_empty() {
+        action
+    } else {
+        action.with_trace(incoming)
+    };
+    let span =
+        tracing::info_span!("idem.api.submit", cell = %action.cell, action_id = %action.action_id);
+    match submit_action(&state, &action).instrument(span).await {
         Ok((created, s)) => {
             let status = if created {
                 StatusCode::CREATED

@@ -315,8 +315,21 @@ async fn item(state: &ApiState, html: &mut String, w: &Waiting, approval: bool) 
     html.push_str("</section>");
 }
 
-fn action_id(id: &str) -> Option<ActionId> {
-    id.parse::<uuid::Uuid>().ok().map(ActionId::from)
+/// The signed-in person (as the audit names them) and the action a form is about.
+async fn form_request(
+    state: &ApiState,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<(String, ActionId), Response> {
+    let token = signed_in(state, headers).await?;
+    let id = id.parse::<uuid::Uuid>().map(ActionId::from).map_err(|_| {
+        (
+            StatusCode::BAD_REQUEST,
+            Html("action id must be a UUID".to_owned()),
+        )
+            .into_response()
+    })?;
+    Ok((format!("console:{}", token.name), id))
 }
 
 /// After a decision: back to the page with what was done, or the refusal as a page.
@@ -353,18 +366,10 @@ async fn decide(
     approve: bool,
     f: DecisionForm,
 ) -> Response {
-    let token = match signed_in(&state, &headers).await {
-        Ok(t) => t,
+    let (who, id) = match form_request(&state, &headers, &id).await {
+        Ok(r) => r,
         Err(r) => return r,
     };
-    let Some(id) = action_id(&id) else {
-        return (
-            StatusCode::BAD_REQUEST,
-            Html("action id must be a UUID".to_owned()),
-        )
-            .into_response();
-    };
-    let who = format!("console:{}", token.name);
     let d = Decision {
         fingerprint: f.fingerprint,
         reason: f.reason.filter(|r| !r.trim().is_empty()),
@@ -408,16 +413,9 @@ async fn resolve(
     Path(id): Path<String>,
     Form(f): Form<ResolveForm>,
 ) -> Response {
-    let token = match signed_in(&state, &headers).await {
-        Ok(t) => t,
+    let (who, id) = match form_request(&state, &headers, &id).await {
+        Ok(r) => r,
         Err(r) => return r,
-    };
-    let Some(id) = action_id(&id) else {
-        return (
-            StatusCode::BAD_REQUEST,
-            Html("action id must be a UUID".to_owned()),
-        )
-            .into_response();
     };
     let r = match f.outcome.as_str() {
         "happened" => Resolve::Happened {
@@ -434,7 +432,6 @@ async fn resolve(
                 .into_response()
         }
     };
-    let who = format!("console:{}", token.name);
     after(
         resolve_case(&state, &who, id, r)
             .await

@@ -110,6 +110,19 @@ pub(crate) async fn record_decision(
     done.map_err(decision_error)
 }
 
+/// What every decision endpoint checks first: the approver's token, the id, the body.
+async fn decision_request<T>(
+    state: &ApiState,
+    headers: &HeaderMap,
+    id: &str,
+    body: Result<Json<T>, JsonRejection>,
+) -> Result<(String, ActionId, T), Response> {
+    let token = authorize(state, headers, Scope::Approve).await?;
+    let id = action_id(id)?;
+    let Json(body) = body.map_err(bad_body)?;
+    Ok((format!("token:{}", token.name), id, body))
+}
+
 async fn decide(
     state: ApiState,
     headers: HeaderMap,
@@ -117,19 +130,10 @@ async fn decide(
     approve: bool,
     body: Result<Json<Decision>, JsonRejection>,
 ) -> Response {
-    let token = match authorize(&state, &headers, Scope::Approve).await {
-        Ok(t) => t,
+    let (who, id, d) = match decision_request(&state, &headers, &id, body).await {
+        Ok(r) => r,
         Err(r) => return r,
     };
-    let id = match action_id(&id) {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
-    let Json(d) = match body {
-        Ok(b) => b,
-        Err(e) => return bad_body(e),
-    };
-    let who = format!("token:{}", token.name);
     match record_decision(&state, &who, id, approve, &d).await {
         Ok(()) => Json(Decided {
             action_id: id.as_uuid(),
@@ -208,19 +212,10 @@ pub(crate) async fn resolve(
     Path(id): Path<String>,
     body: Result<Json<Resolve>, JsonRejection>,
 ) -> Response {
-    let token = match authorize(&state, &headers, Scope::Approve).await {
-        Ok(t) => t,
+    let (who, id, r) = match decision_request(&state, &headers, &id, body).await {
+        Ok(r) => r,
         Err(r) => return r,
     };
-    let id = match action_id(&id) {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
-    let Json(r) = match body {
-        Ok(b) => b,
-        Err(e) => return bad_body(e),
-    };
-    let who = format!("token:{}", token.name);
     match resolve_case(&state, &who, id, r).await {
         Ok(to) => Json(Decided {
             action_id: id.as_uuid(),

@@ -73,7 +73,7 @@ impl KafkaTransport {
         }
     }
 
-    fn consumer(&self) -> Result<StreamConsumer, KafkaError> {
+    fn consumer(&self) -> Result<StreamConsumer<LagContext>, KafkaError> {
         self.kafka
             .client()
             .set("group.id", &self.config.group)
@@ -89,7 +89,9 @@ impl KafkaTransport {
                 "fetch.wait.max.ms",
                 self.config.fetch_wait_max.as_millis().to_string(),
             )
-            .create()
+            // librdkafka's statistics carry the consumer lag per partition.
+            .set("statistics.interval.ms", "5000")
+            .create_with_context(LagContext)
             .map_err(|source| KafkaError::Client {
                 bootstrap: self.kafka.bootstrap.clone(),
                 source,
@@ -150,7 +152,7 @@ impl KafkaTransport {
 /// the rest back (their offsets are not stored, so the next owner reads them).
 async fn lane(
     worker: Worker,
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<LagContext>>,
     mut rx: mpsc::Receiver<OwnedMessage>,
     batch: usize,
     shutdown: watch::Receiver<bool>,
@@ -223,3 +225,26 @@ fn trace_of(m: &OwnedMessage) -> TraceHeaders {
         None => TraceHeaders::default(),
     }
 }
+
+/// Reports librdkafka's per-partition consumer lag (messages behind the high watermark)
+/// to the `idem.kafka.consumer_lag` gauge.
+#[derive(Debug, Clone, Copy)]
+pub struct LagContext;
+
+impl rdkafka::ClientContext for LagContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let lags = statistics
+            .topics
+            .iter()
+            .flat_map(|(topic, t)| {
+                t.partitions
+                    .iter()
+                    .filter(|(p, part)| **p >= 0 && part.consumer_lag >= 0)
+                    .map(move |(p, part)| (topic.clone(), *p, part.consumer_lag))
+            })
+            .collect();
+        idem_telemetry::metrics::observe_consumer_lag(lags);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LagContext {}

@@ -9,7 +9,8 @@
 //!   a transaction that then rolls back (rare: the commit right after fails) over-counts.
 //! - **fleet gauges**, read from PostgreSQL by whoever calls [`observe_fleet`] (the API
 //!   server before each scrape, and every few seconds for OTLP): approvals pending,
-//!   needs_human open, in_doubt open, actions by cell and state, outbox depth and relay lag.
+//!   needs_human open, in_doubt open, actions by cell and state, outbox depth and relay lag;
+//!   and, in a Kafka worker, librdkafka's consumer lag per partition.
 //!
 //! Until [`Metrics::install`] runs, recording is a no-op (libraries and tests pay nothing).
 
@@ -59,6 +60,16 @@ impl Fleet {
             .filter(|(_, s, _)| s == state)
             .map(|(_, _, n)| n)
             .sum()
+    }
+}
+
+/// Messages behind the high watermark per (topic, partition) this process consumes.
+static CONSUMER_LAG: Mutex<Vec<(String, i32, i64)>> = Mutex::new(Vec::new());
+
+/// Replace this process's consumer lag figures (from librdkafka's statistics).
+pub fn observe_consumer_lag(lags: Vec<(String, i32, i64)>) {
+    if let Ok(mut l) = CONSUMER_LAG.lock() {
+        *l = lags;
     }
 }
 
@@ -206,6 +217,25 @@ fn register_gauges(meter: &Meter) {
                         &[
                             KeyValue::new("cell", cell.clone()),
                             KeyValue::new("state", state.clone()),
+                        ],
+                    );
+                }
+            }
+        })
+        .build();
+    meter
+        .i64_observable_gauge("idem.kafka.consumer_lag")
+        .with_description(
+            "Messages behind the high watermark, per topic and partition this process consumes",
+        )
+        .with_callback(|o| {
+            if let Ok(lags) = CONSUMER_LAG.lock() {
+                for (topic, partition, lag) in lags.iter() {
+                    o.observe(
+                        *lag,
+                        &[
+                            KeyValue::new("topic", topic.clone()),
+                            KeyValue::new("partition", i64::from(*partition)),
                         ],
                     );
                 }

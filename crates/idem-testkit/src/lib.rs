@@ -193,6 +193,53 @@ impl StripeFixture {
 /// The test secret the simulator accepts.
 pub const TEST_SECRET: &str = "sk_test_idem_testkit";
 
+/// `stripe.charge` against `stripe` with short test timings; with `approve_from`, charges
+/// of that amount and more wait for a person.
+pub fn stripe_cells(stripe: &StripeFixture, approve_from: Option<i64>) -> idem_cells::Registry {
+    idem_cells::Registry::new().with(
+        idem_cells::StripeCharge::new(stripe.base_url(), TEST_SECRET).with_profile(|p| {
+            p.call_timeout = std::time::Duration::from_millis(1000);
+            p.settle_time = std::time::Duration::from_millis(200);
+            if let Some(threshold) = approve_from {
+                p.approval = idem_core::profile::ApprovalPolicy::Above {
+                    argument: "amount".into(),
+                    threshold,
+                };
+            }
+        }),
+    )
+}
+
+/// A worker polling every 50 ms in the background until [`RunningWorker::stop`].
+#[derive(Debug)]
+pub struct RunningWorker {
+    stop: tokio::sync::watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl RunningWorker {
+    pub fn start(store: &Store, cells: idem_cells::Registry) -> Self {
+        let w = idem_worker::Worker::new(
+            store.clone(),
+            cells,
+            idem_worker::WorkerConfig {
+                poll_interval: std::time::Duration::from_millis(50),
+                sweep_interval: std::time::Duration::from_millis(50),
+                ..idem_worker::WorkerConfig::default()
+            },
+        );
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let handle = tokio::spawn(async move { w.run(rx).await.expect("worker runs") });
+        Self { stop, handle }
+    }
+
+    /// Stop and wait for the worker to finish what it holds.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.handle.await.expect("worker task");
+    }
+}
+
 /// The Kafka-protocol broker for tests: `KAFKA_BOOTSTRAP` first; else Apache Kafka from
 /// testcontainers where a Docker engine exists; else `tansu` (sqlite storage in a
 /// temporary directory) started once per test process if it is on PATH; else a panic that
