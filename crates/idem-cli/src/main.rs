@@ -268,6 +268,8 @@ enum BenchCommand {
     KafkaWorker(bench::WorkerBenchArgs),
     /// End-to-end latency p50/p99, enqueue → partner call, at fixed offered loads.
     Latency(bench::LatencyArgs),
+    /// Enqueue inside an application transaction vs a plain INSERT of the same row.
+    Enqueue(bench::EnqueueBenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -734,6 +736,12 @@ async fn run(cli: Cli, metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>
             what: BenchCommand::KafkaWorker(args),
         } => {
             let figures = bench::kafka_worker(args).await?;
+            println!("{}", serde_json::to_string_pretty(&figures)?);
+        }
+        Command::Bench {
+            what: BenchCommand::Enqueue(args),
+        } => {
+            let figures = bench::enqueue_bench(args).await?;
             println!("{}", serde_json::to_string_pretty(&figures)?);
         }
         Command::Bench {

@@ -1,7 +1,9 @@
 //! `idem bench`: figures with the baselines they are compared to, measured in the same run.
 
+mod enqueue;
 mod latency;
 
+pub use enqueue::{enqueue_bench, EnqueueBenchArgs};
 pub use latency::{latency, LatencyArgs};
 
 use std::time::{Duration, Instant};
