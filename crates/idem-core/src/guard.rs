@@ -87,8 +87,43 @@ pub struct AttemptRecord {
 impl AttemptRecord {
     /// Proven to have no effect: a partner refusal or an older key generation.
     pub fn is_proven_not_happened(&self, current_generation: u32) -> bool {
+        if mutation::active(mutation::Mutation::AmbiguousCountsAsProven)
+            && self.result == Some(AttemptResult::Ambiguous)
+        {
+            return true;
+        }
         self.key_generation < current_generation
             || self.result.is_some_and(AttemptResult::proves_no_effect)
+    }
+}
+
+/// Deliberately broken rules, switched on per thread by the protocol check
+/// (`crates/idem-core/tests/protocol.rs`) to show that the check catches a broken guarantee
+/// in the real code rather than in a copy of it. Nothing else sets them; off, they cost one
+/// thread-local read.
+#[doc(hidden)]
+pub mod mutation {
+    use std::cell::Cell;
+
+    /// A broken rule.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Mutation {
+        /// Rule (b) broken: an attempt whose answer was lost counts as proven not to have
+        /// happened.
+        AmbiguousCountsAsProven,
+    }
+
+    thread_local! {
+        static ACTIVE: Cell<Option<Mutation>> = const { Cell::new(None) };
+    }
+
+    /// Break `m` on this thread (`None` restores the real rules).
+    pub fn set(m: Option<Mutation>) {
+        ACTIVE.with(|a| a.set(m));
+    }
+
+    pub(crate) fn active(m: Mutation) -> bool {
+        ACTIVE.with(|a| a.get() == Some(m))
     }
 }
 
