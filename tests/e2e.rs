@@ -764,3 +764,41 @@ async fn stripe_simulator_reproduces_idempotency_semantics() {
     assert!(lost, "the response must not arrive");
     assert_eq!(stripe.sim.ledger().len(), 4);
 }
+
+/// With `notify_on_enqueue` off (high-concurrency deployments), enqueue sends no NOTIFY and
+/// a polling worker still finds and settles the action; on, it notifies.
+#[tokio::test]
+async fn enqueue_without_notify_is_found_by_polling() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let pool = db.store.pool();
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+    listener.listen("idem_outbox").await.unwrap();
+    let charge = || {
+        NewAction::new(
+            ActionId::from(uuid::Uuid::new_v4()),
+            CellName::new("stripe.charge").unwrap(),
+            json!({"amount": 500, "currency": "usd"}),
+        )
+    };
+    enqueue(pool, &charge()).await.unwrap();
+    let heard = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await;
+    assert!(heard.is_ok(), "NOTIFY on by default");
+    sqlx::query("UPDATE idem.settings SET notify_on_enqueue = false")
+        .execute(pool)
+        .await
+        .unwrap();
+    let quiet = charge();
+    enqueue(pool, &quiet).await.unwrap();
+    let heard = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await;
+    assert!(heard.is_err(), "no NOTIFY when turned off");
+    let worker =
+        idem_testkit::RunningWorker::start(&db.store, idem_testkit::stripe_cells(&stripe, None));
+    let row = idem_store::await_settled(pool, quiet.action_id, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .expect("settled by polling");
+    assert_eq!(row.state, State::Succeeded);
+    assert_eq!(stripe.sim.effects_for(&quiet.action_id.to_string()), 1);
+    worker.stop().await;
+}

@@ -31,8 +31,16 @@ pub struct EnqueueBenchArgs {
 enum Writer {
     /// `INSERT INTO bench_plain (…)`: the same columns, no outbox, no inbox, no checks.
     Plain,
-    /// `idem_store::enqueue`: the inbox row, the outbox row, the conflict check.
+    /// `idem_store::enqueue`: the inbox row, the outbox row, the conflict check, NOTIFY.
     Idem,
+}
+
+async fn notify(store: &Store, on: bool) -> Result<()> {
+    sqlx::query("UPDATE idem.settings SET notify_on_enqueue = $1")
+        .bind(on)
+        .execute(store.pool())
+        .await?;
+    Ok(())
 }
 
 async fn round(store: &Store, writer: Writer, n: usize, concurrency: usize) -> Result<Duration> {
@@ -97,21 +105,32 @@ pub async fn enqueue_bench(args: EnqueueBenchArgs) -> Result<Vec<Figure>> {
     // Warm both paths (connections, prepared statements, the enqueue function).
     round(&store, Writer::Plain, 200, args.concurrency).await?;
     round(&store, Writer::Idem, 200, args.concurrency).await?;
-    let (mut plain, mut idem) = (vec![], vec![]);
+    let (mut plain, mut idem, mut quiet) = (vec![], vec![], vec![]);
     for _ in 0..args.rounds.max(1) {
         plain.push(round(&store, Writer::Plain, args.transactions, args.concurrency).await?);
+        notify(&store, true).await?;
         idem.push(round(&store, Writer::Idem, args.transactions, args.concurrency).await?);
+        notify(&store, false).await?;
+        quiet.push(round(&store, Writer::Idem, args.transactions, args.concurrency).await?);
     }
+    notify(&store, true).await?;
     let n = args.transactions.div_ceil(args.concurrency) * args.concurrency;
     let tps = |d: Duration| n as f64 / d.as_secs_f64();
-    Ok(vec![Figure::versus(
-        format!(
-            "enqueue inside an application transaction ({} connections)",
-            args.concurrency
-        ),
-        tps(median(idem)),
-        "transactions/s",
-        "the same transaction with a plain INSERT of the same row instead of enqueue".into(),
-        tps(median(plain)),
-    )])
+    let baseline = tps(median(plain));
+    let versus = |what: &str, d: Vec<Duration>| {
+        Figure::versus(
+            format!(
+                "enqueue inside an application transaction, {what} ({} connections)",
+                args.concurrency
+            ),
+            tps(median(d)),
+            "transactions/s",
+            "the same transaction with a plain INSERT of the same row instead of enqueue".into(),
+            baseline,
+        )
+    };
+    Ok(vec![
+        versus("NOTIFY on (default)", idem),
+        versus("notify_on_enqueue = false", quiet),
+    ])
 }
