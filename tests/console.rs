@@ -160,8 +160,13 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
         .click()
         .await
         .unwrap();
-    let refused = browser.source().await.unwrap();
-    assert!(refused.contains("was refused"), "{refused}");
+    // Wait for the answer page (the click returns before the navigation ends).
+    let refused = browser
+        .wait()
+        .for_element(Locator::XPath("//p[contains(., 'was refused')]"))
+        .await
+        .expect("the refusal is shown");
+    assert!(refused.text().await.unwrap().contains("approve scope"));
     browser
         .find(Locator::Id("token"))
         .await
