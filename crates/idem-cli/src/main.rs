@@ -270,6 +270,8 @@ enum BenchCommand {
     Latency(bench::LatencyArgs),
     /// Enqueue inside an application transaction vs a plain INSERT of the same row.
     Enqueue(bench::EnqueueBenchArgs),
+    /// Direct-Postgres worker throughput (no-op cell) vs a plain SKIP LOCKED job queue.
+    PgWorker(bench::PgWorkerBenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -736,6 +738,12 @@ async fn run(cli: Cli, metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>
             what: BenchCommand::KafkaWorker(args),
         } => {
             let figures = bench::kafka_worker(args).await?;
+            println!("{}", serde_json::to_string_pretty(&figures)?);
+        }
+        Command::Bench {
+            what: BenchCommand::PgWorker(args),
+        } => {
+            let figures = bench::pg_worker(args).await?;
             println!("{}", serde_json::to_string_pretty(&figures)?);
         }
         Command::Bench {

@@ -2,9 +2,11 @@
 
 mod enqueue;
 mod latency;
+mod pg_worker;
 
 pub use enqueue::{enqueue_bench, EnqueueBenchArgs};
 pub use latency::{latency, LatencyArgs};
+pub use pg_worker::{pg_worker, PgWorkerBenchArgs};
 
 use std::time::{Duration, Instant};
 

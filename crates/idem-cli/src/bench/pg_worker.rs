@@ -1,0 +1,111 @@
+//! `idem bench pg-worker`: the worker on the direct Postgres transport (claim from the
+//! outbox, write the attempt ahead, call the no-op cell, settle) against a plain job queue
+//! (`DELETE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED LIMIT n) RETURNING`, no-op, commit).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::Args;
+use idem_store::{Store, DEFAULT_DATABASE_URL};
+
+use super::{rate, Figure};
+
+#[derive(Args, Debug)]
+pub struct PgWorkerBenchArgs {
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
+    database_url: String,
+    /// Actions (jobs) to process.
+    #[arg(long, default_value_t = 20_000)]
+    actions: i64,
+    /// Rows claimed per transaction, by both sides.
+    #[arg(long, default_value_t = 64)]
+    batch: u32,
+}
+
+pub async fn pg_worker(args: PgWorkerBenchArgs) -> Result<Vec<Figure>> {
+    let url = crate::demo::fresh_database(&args.database_url, "idem_bench").await?;
+    let store = Store::connect(&url, 16).await?;
+    store.migrate().await?;
+
+    // Baseline: a plain SKIP LOCKED job queue holding the same payloads.
+    sqlx::query("CREATE TABLE bench_jobs (id bigserial PRIMARY KEY, payload jsonb NOT NULL)")
+        .execute(store.pool())
+        .await?;
+    sqlx::query(
+        "INSERT INTO bench_jobs (payload) SELECT jsonb_build_object('cell', 'bench.noop', 'args', jsonb_build_object('n', g)) \
+         FROM generate_series(1, $1) g",
+    )
+    .bind(args.actions)
+    .execute(store.pool())
+    .await?;
+    sqlx::query("VACUUM ANALYZE bench_jobs")
+        .execute(store.pool())
+        .await?;
+    let t = Instant::now();
+    loop {
+        let mut tx = store.pool().begin().await?;
+        let rows: Vec<(serde_json::Value,)> = sqlx::query_as(
+            "DELETE FROM bench_jobs WHERE id IN \
+             (SELECT id FROM bench_jobs ORDER BY id FOR UPDATE SKIP LOCKED LIMIT $1) RETURNING payload",
+        )
+        .bind(i64::from(args.batch))
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in &rows {
+            std::hint::black_box(&r.0);
+        }
+        tx.commit().await?;
+        if rows.is_empty() {
+            break;
+        }
+    }
+    let baseline = t.elapsed();
+
+    // idem: the same number of actions through enqueue, then the worker.
+    sqlx::query(
+        "SELECT idem.enqueue(gen_random_uuid(), 'bench.noop', jsonb_build_object('n', g)) \
+         FROM generate_series(1, $1) g",
+    )
+    .bind(args.actions)
+    .execute(store.pool())
+    .await?;
+    let worker = idem_worker::Worker::new(
+        store.clone(),
+        idem_cells::Registry::new().with(idem_cells::noop::Noop::default()),
+        idem_worker::WorkerConfig {
+            batch: args.batch,
+            poll_interval: Duration::from_millis(20),
+            ..Default::default()
+        },
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let t = Instant::now();
+    let running = tokio::spawn(async move { worker.run(stop_rx).await });
+    loop {
+        let (open,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM idem.actions WHERE state NOT IN ('succeeded','failed','dead')",
+        )
+        .fetch_one(store.pool())
+        .await?;
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let idem_time = t.elapsed();
+    let _ = stop_tx.send(true);
+    let _ = running.await;
+    Ok(vec![Figure::versus(
+        format!(
+            "worker throughput, direct Postgres transport, no-op cell, {} actions, batch {}",
+            args.actions, args.batch
+        ),
+        rate(args.actions, idem_time),
+        "actions/s",
+        format!(
+            "plain SKIP LOCKED job claim + delete of the same payloads ({} a batch)",
+            args.batch
+        ),
+        rate(args.actions, baseline),
+    )])
+}
