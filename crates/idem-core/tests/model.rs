@@ -15,39 +15,14 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use idem_core::guard::{AttemptRecord, AttemptResult};
 use idem_core::plan::{after_outcome, after_verdict, plan_in_doubt, InDoubtPlan};
-use idem_core::profile::{ApprovalPolicy, KeySupport, Lookup, ReplayModel};
-use idem_core::{
-    check_send, transition, CellProfile, Event, ExecOutcome, Receipt, RetryPolicy, State, Verdict,
-};
+use idem_core::profile::Lookup;
+use idem_core::{check_send, transition, CellProfile, Event, ExecOutcome, Receipt, State, Verdict};
 use proptest::prelude::*;
 
+mod common;
+
 fn profile(lookup: Lookup, key: bool) -> CellProfile {
-    CellProfile {
-        key: key.then(|| KeySupport {
-            field: "Idempotency-Key".into(),
-            max_len: 255,
-            retention: Duration::from_secs(100),
-            safety_margin: Duration::from_secs(10),
-        }),
-        replay: if key {
-            ReplayModel::FrozenResponse
-        } else {
-            ReplayModel::None
-        },
-        lookup,
-        settle_time: Duration::from_secs(5),
-        doubt_horizon: Duration::from_secs(10_000),
-        call_timeout: Duration::from_secs(2),
-        retry: RetryPolicy {
-            base: Duration::from_secs(1),
-            max: Duration::from_secs(8),
-            max_attempts: 6,
-            jitter: 0.5,
-        },
-        approval: ApprovalPolicy::Never,
-        rate_limit_per_sec: None,
-        strategy: "model".into(),
-    }
+    common::profile(lookup, key, Duration::from_secs(10_000))
 }
 
 /// What the partner does with one request, drawn by proptest.

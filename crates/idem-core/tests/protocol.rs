@@ -22,42 +22,17 @@ use chrono::{DateTime, TimeZone, Utc};
 use idem_core::guard::mutation::{self, Mutation};
 use idem_core::guard::{AttemptRecord, AttemptResult};
 use idem_core::plan::{after_outcome, after_verdict, plan_in_doubt, InDoubtPlan, Next};
-use idem_core::profile::{ApprovalPolicy, KeySupport, Lookup, ReplayModel};
-use idem_core::{
-    check_send, transition, CellProfile, Event, ExecOutcome, Receipt, RetryPolicy, State, Verdict,
-};
+use idem_core::profile::Lookup;
+use idem_core::{check_send, transition, CellProfile, Event, ExecOutcome, Receipt, State, Verdict};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+mod common;
 
 const WORKERS: usize = 2;
 
 fn profile(lookup: Lookup, key: bool) -> CellProfile {
-    CellProfile {
-        key: key.then(|| KeySupport {
-            field: "Idempotency-Key".into(),
-            max_len: 255,
-            retention: Duration::from_secs(100),
-            safety_margin: Duration::from_secs(10),
-        }),
-        replay: if key {
-            ReplayModel::FrozenResponse
-        } else {
-            ReplayModel::None
-        },
-        lookup,
-        settle_time: Duration::from_secs(5),
-        doubt_horizon: Duration::from_secs(2_000),
-        call_timeout: Duration::from_secs(2),
-        retry: RetryPolicy {
-            base: Duration::from_secs(1),
-            max: Duration::from_secs(8),
-            max_attempts: 6,
-            jitter: 0.5,
-        },
-        approval: ApprovalPolicy::Never,
-        rate_limit_per_sec: None,
-        strategy: "protocol".into(),
-    }
+    common::profile(lookup, key, Duration::from_secs(2_000))
 }
 
 /// What a partner stored under a key (a replay answers the same).
@@ -557,6 +532,13 @@ impl Sim {
     }
 }
 
+fn panic_message(e: &(dyn std::any::Any + Send)) -> String {
+    e.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
 /// One seeded schedule: `steps` random steps, then calm until settled.
 fn run(profile: CellProfile, lag: i64, seed: u64, steps: usize) -> Sim {
     let mut s = Sim::new(profile, lag, seed);
@@ -601,14 +583,7 @@ fn seeds(profile: impl Fn() -> CellProfile, lag: i64, n: u64) -> [usize; 3] {
                     other => panic!("seed {seed}: ended {other:?}"),
                 }
             }
-            Err(e) => {
-                let msg = e
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                panic!("seed {seed}: {msg}");
-            }
+            Err(e) => panic!("seed {seed}: {}", panic_message(&*e)),
         }
     }
     eprintln!(
@@ -684,11 +659,7 @@ fn a_broken_rule_is_caught() {
     });
     mutation::set(None);
     let (seed, e) = caught.expect("a broken rule (b) must produce a violation in some schedule");
-    let msg = e
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default();
+    let msg = panic_message(&*e);
     assert!(
         msg.contains("second effect") || msg.contains("outside rules"),
         "seed {seed} failed for another reason: {msg}"
