@@ -802,3 +802,107 @@ async fn enqueue_without_notify_is_found_by_polling() {
     assert_eq!(stripe.sim.effects_for(&quiet.action_id.to_string()), 1);
     worker.stop().await;
 }
+
+/// Retention deletes only old settled actions (with their attempts and transitions), in
+/// batches, and skips a row another transaction holds instead of waiting for it.
+#[tokio::test]
+async fn retention_purges_old_settled_actions_without_waiting_for_locked_rows() {
+    let db = TestDb::new().await;
+    let pool = db.store.pool();
+    let mut ids = vec![];
+    for (i, state) in [
+        "succeeded",
+        "failed",
+        "succeeded",
+        "needs_human",
+        "received",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let a = NewAction::new(ActionId::random(), cell_name(), charge_args(100 + i as i64));
+        enqueue(pool, &a).await.unwrap();
+        // Settled (or stuck) two days ago, with an attempt and a transition.
+        sqlx::query(
+            "UPDATE idem.actions SET state = $2, attempts = 1, \
+             settled_at = CASE WHEN $2 = 'received' THEN NULL ELSE now() - interval '2 days' END \
+             WHERE action_id = $1",
+        )
+        .bind(a.action_id.as_uuid())
+        .bind(state)
+        .execute(pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO idem.attempts (action_id, number, key_generation, request_fingerprint, rule, worker, started_at) \
+             VALUES ($1, 1, 0, 'fp', 'first', 'test', now() - interval '2 days')",
+        )
+        .bind(a.action_id.as_uuid())
+        .execute(pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO idem.transitions (action_id, from_state, to_state, event, actor) \
+             VALUES ($1, 'received', $2, 'test', 'test')",
+        )
+        .bind(a.action_id.as_uuid())
+        .bind(state)
+        .execute(pool)
+        .await
+        .unwrap();
+        ids.push(a.action_id);
+    }
+    // A recent settled action stays.
+    let recent = NewAction::new(ActionId::random(), cell_name(), charge_args(999));
+    enqueue(pool, &recent).await.unwrap();
+    sqlx::query(
+        "UPDATE idem.actions SET state = 'succeeded', settled_at = now() WHERE action_id = $1",
+    )
+    .bind(recent.action_id.as_uuid())
+    .execute(pool)
+    .await
+    .unwrap();
+
+    // Another transaction (a worker, say) holds the third action's row.
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM idem.actions WHERE action_id = $1 FOR UPDATE")
+        .bind(ids[2].as_uuid())
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let day = Duration::from_secs(24 * 3600);
+    let purged = tokio::time::timeout(
+        Duration::from_secs(10),
+        idem_store::retention::purge_settled(pool, day, 1, None),
+    )
+    .await
+    .expect("purge waited for a locked row")
+    .unwrap();
+    assert_eq!(purged.actions, 2, "{purged:?}");
+    assert_eq!(purged.batches, 2, "one action per batch");
+    let left = |id: ActionId| async move {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM idem.actions WHERE action_id = $1) \
+                  + (SELECT count(*) FROM idem.attempts WHERE action_id = $1) \
+                  + (SELECT count(*) FROM idem.transitions WHERE action_id = $1)",
+        )
+        .bind(id.as_uuid())
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        n
+    };
+    assert_eq!(left(ids[0]).await, 0, "old succeeded: gone with its rows");
+    assert_eq!(left(ids[1]).await, 0, "old failed: gone with its rows");
+    assert_eq!(left(ids[2]).await, 3, "locked: skipped, kept");
+    assert_eq!(left(ids[3]).await, 3, "needs_human is never purged");
+    assert_eq!(left(ids[4]).await, 3, "open actions are never purged");
+    assert!(left(recent.action_id).await >= 1, "recent: kept");
+    holder.rollback().await.unwrap();
+    // Released, the held one goes on the next run.
+    let again = idem_store::retention::purge_settled(pool, day, 100, None)
+        .await
+        .unwrap();
+    assert_eq!(again.actions, 1);
+    assert_eq!(left(ids[2]).await, 0);
+}

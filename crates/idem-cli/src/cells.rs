@@ -131,6 +131,8 @@ pub struct CellArgs {
         hide_default_value = true
     )]
     pub amadeus_token: String,
+    #[command(flatten)]
+    pub timings: TimingArgs,
     /// Approval policy for a cell: `CELL=never|always|ARGUMENT>=THRESHOLD` (repeatable),
     /// e.g. `--approval stripe.charge=amount>=50000`.
     #[arg(long = "approval", value_parser = parse_approval)]
@@ -139,6 +141,52 @@ pub struct CellArgs {
     /// `examples/cells/acme.payout.toml`.
     #[arg(long = "cell-config")]
     pub cell_configs: Vec<std::path::PathBuf>,
+}
+
+/// Timing overrides for every cell (test rigs, simulators, soaks, or a deployment's own
+/// measurements of its partners); the cell cards give the documented defaults.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TimingArgs {
+    /// Call timeout of every cell (ms); leases are derived from it.
+    #[arg(long)]
+    pub call_timeout_ms: Option<u64>,
+    /// Settle time of every cell (ms): how long after a lost answer a lookup is trusted.
+    #[arg(long)]
+    pub settle_ms: Option<u64>,
+    /// First retry delay of every cell (ms).
+    #[arg(long)]
+    pub retry_base_ms: Option<u64>,
+    /// Longest retry delay of every cell (ms).
+    #[arg(long)]
+    pub retry_max_ms: Option<u64>,
+    /// Lag bound of every cell whose lookup is eventually consistent (ms): a miss is
+    /// trusted only once the attempt is older than this.
+    #[arg(long)]
+    pub lookup_lag_bound_ms: Option<u64>,
+}
+
+impl TimingArgs {
+    /// Apply the overrides that are set to `p`.
+    pub fn apply(&self, p: &mut CellProfile) {
+        let ms = Duration::from_millis;
+        if let Some(v) = self.call_timeout_ms {
+            p.call_timeout = ms(v);
+        }
+        if let Some(v) = self.settle_ms {
+            p.settle_time = ms(v);
+        }
+        if let Some(v) = self.retry_base_ms {
+            p.retry.base = ms(v);
+        }
+        if let Some(v) = self.retry_max_ms {
+            p.retry.max = ms(v);
+        }
+        if let (Some(v), idem_core::profile::Lookup::Eventual { lag_bound }) =
+            (self.lookup_lag_bound_ms, &mut p.lookup)
+        {
+            *lag_bound = ms(v);
+        }
+    }
 }
 
 fn parse_approval(s: &str) -> Result<(String, ApprovalPolicy), String> {
@@ -168,6 +216,7 @@ impl Default for CellArgs {
             gmail_token: "ya29.idem-simulator".into(),
             amadeus_base: "http://127.0.0.1:12117".into(),
             amadeus_token: "amadeus-idem-simulator".into(),
+            timings: TimingArgs::default(),
             approvals: vec![],
             cell_configs: vec![],
         }
@@ -189,8 +238,9 @@ impl CellArgs {
         }
     }
 
-    /// The configured approval policy of `cell`, if any.
-    fn approval(&self, cell: &str, p: &mut CellProfile) {
+    /// The timing overrides, then the configured approval policy of `cell`, if any.
+    fn overrides(&self, cell: &str, p: &mut CellProfile) {
+        self.timings.apply(p);
         if let Some((_, policy)) = self.approvals.iter().rev().find(|(c, _)| c == cell) {
             p.approval = policy.clone();
         }
@@ -211,7 +261,7 @@ impl CellArgs {
                     path.display()
                 ));
             }
-            r = r.with(cell.with_profile(|p| self.approval(&name, p)));
+            r = r.with(cell.with_profile(|p| self.overrides(&name, p)));
         }
         Ok(r)
     }
@@ -220,23 +270,23 @@ impl CellArgs {
         Registry::new()
             .with(
                 StripeCharge::new(&self.stripe_base, &self.stripe_secret).with_profile(|p| {
+                    self.overrides("stripe.charge", p);
                     self.stripe_profile(p);
-                    self.approval("stripe.charge", p);
                 }),
             )
             .with(
                 StripeRefund::new(&self.stripe_base, &self.stripe_secret).with_profile(|p| {
+                    self.overrides("stripe.refund", p);
                     self.stripe_profile(p);
-                    self.approval("stripe.refund", p);
                 }),
             )
             .with(
                 HubSpotUpsert::new(&self.hubspot_base, &self.hubspot_token)
-                    .with_profile(|p| self.approval("hubspot.upsert", p)),
+                    .with_profile(|p| self.overrides("hubspot.upsert", p)),
             )
             .with(
                 SlackPost::new(&self.slack_base, &self.slack_token)
-                    .with_profile(|p| self.approval("slack.post", p)),
+                    .with_profile(|p| self.overrides("slack.post", p)),
             )
             .with(
                 TwilioSms::new(
@@ -245,23 +295,23 @@ impl CellArgs {
                     &self.twilio_auth_token,
                     &self.twilio_status_callback,
                 )
-                .with_profile(|p| self.approval("twilio.sms.send", p)),
+                .with_profile(|p| self.overrides("twilio.sms.send", p)),
             )
             .with(
                 GmailSend::new(&self.gmail_base, &self.gmail_token)
-                    .with_profile(|p| self.approval("gmail.send", p)),
+                    .with_profile(|p| self.overrides("gmail.send", p)),
             )
             .with(
                 AmadeusPrice::new(&self.amadeus_base, &self.amadeus_token)
-                    .with_profile(|p| self.approval("amadeus.price", p)),
+                    .with_profile(|p| self.overrides("amadeus.price", p)),
             )
             .with(
                 AmadeusBook::new(&self.amadeus_base, &self.amadeus_token)
-                    .with_profile(|p| self.approval("amadeus.book", p)),
+                    .with_profile(|p| self.overrides("amadeus.book", p)),
             )
             .with(
                 AmadeusCancel::new(&self.amadeus_base, &self.amadeus_token)
-                    .with_profile(|p| self.approval("amadeus.cancel", p)),
+                    .with_profile(|p| self.overrides("amadeus.cancel", p)),
             )
     }
 

@@ -2,8 +2,12 @@
 
 mod bench;
 mod cells;
+mod chaos;
+mod checker;
 mod decide;
 mod demo;
+mod partners;
+mod workload;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -42,6 +46,9 @@ enum Command {
     Relay(RelayArgs),
     /// Run one sweep pass: expire leases, start due retries, reconcile doubts.
     Sweep(WorkerArgs),
+    /// Retention: delete settled actions older than --older-than-hours, in small batches
+    /// that never block workers. Refuses a retention shorter than a cell's key window.
+    Purge(PurgeArgs),
     /// Enqueue one action (in its own transaction).
     Enqueue(EnqueueArgs),
     /// Show an action, its receipt and its attempts as JSON.
@@ -60,6 +67,9 @@ enum Command {
     },
     /// The main job: run N actions through faulty partners and count effects.
     Demo(demo::DemoArgs),
+    /// The fault campaign: relay and worker processes killed at random, PostgreSQL and the
+    /// broker restarted, deliveries duplicated, partners faulty; then the ledgers are checked.
+    Chaos(chaos::ChaosArgs),
     /// Actions awaiting approval: list, approve, reject (each decision audited).
     Approvals {
         #[command(subcommand)]
@@ -127,10 +137,13 @@ enum Command {
         #[command(flatten)]
         cells: cells::CellArgs,
     },
-    /// Benchmarks with baselines measured in the same run; prints JSON.
+    /// Benchmarks with baselines measured in the same run; prints JSON. Without a
+    /// subcommand: every benchmark, one JSON array (`idem bench --json --markdown FILE`).
     Bench {
         #[command(subcommand)]
-        what: BenchCommand,
+        what: Option<BenchCommand>,
+        #[command(flatten)]
+        suite: bench::SuiteArgs,
     },
 }
 
@@ -222,6 +235,24 @@ impl KafkaArgs {
 }
 
 #[derive(Args, Debug)]
+struct PurgeArgs {
+    #[command(flatten)]
+    db: Db,
+    /// The cells whose key windows and doubt horizons the retention must cover.
+    #[command(flatten)]
+    cells: cells::CellArgs,
+    /// Keep settled actions this long (hours).
+    #[arg(long)]
+    older_than_hours: u64,
+    /// Actions per transaction.
+    #[arg(long, default_value_t = 1000)]
+    batch: i64,
+    /// Stop after this many batches (run again later to go on).
+    #[arg(long)]
+    max_batches: Option<u64>,
+}
+
+#[derive(Args, Debug)]
 struct RelayArgs {
     #[command(flatten)]
     db: Db,
@@ -272,6 +303,11 @@ enum BenchCommand {
     Enqueue(bench::EnqueueBenchArgs),
     /// Direct-Postgres worker throughput (no-op cell) vs a plain SKIP LOCKED job queue.
     PgWorker(bench::PgWorkerBenchArgs),
+    /// Throughput vs number of worker processes with a slow (20 ms) partner, vs linear.
+    Scaling(bench::ScalingArgs),
+    /// The inbox with millions of settled actions: worker, status and sweep latencies
+    /// before and after, and beside a retention purge.
+    InboxScale(bench::InboxScaleArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -398,6 +434,10 @@ fn main() -> Result<()> {
     // The demo prints a table; its workers' info lines would drown it.
     let default_filter = match cli.command {
         Command::Demo(_) => "warn,sqlx::postgres::notice=error",
+        // The harness's own Kafka clients see the broker restart it causes: expected.
+        Command::Chaos(_) => {
+            "warn,sqlx::postgres::notice=error,sqlx::pool=error,librdkafka=off,rdkafka=off"
+        }
         _ => "warn,idem=info",
     };
     // OTLP exporters (when OTEL_EXPORTER_OTLP_ENDPOINT is set) use a blocking HTTP client:
@@ -439,10 +479,12 @@ impl Command {
             Command::Worker(_) => "worker",
             Command::Relay(_) => "relay",
             Command::Sweep(_) => "sweep",
+            Command::Purge(_) => "purge",
             Command::Enqueue(_) => "enqueue",
             Command::Status { .. } => "status",
             Command::Sim { .. } => "sim",
             Command::Demo(_) => "demo",
+            Command::Chaos(_) => "chaos",
             Command::Approvals { .. } => "approvals",
             Command::NeedsHuman { .. } => "needs-human",
             Command::Serve { .. } => "serve",
@@ -465,6 +507,27 @@ async fn run(cli: Cli, metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>
         }
         Command::Worker(args) => run_worker(args, metrics).await?,
         Command::Relay(args) => run_relay(args).await?,
+        Command::Purge(args) => {
+            let retention = Duration::from_secs(args.older_than_hours.saturating_mul(3600));
+            let registry = args.cells.registry().map_err(anyhow::Error::msg)?;
+            for cell in registry.iter() {
+                if let Err(why) = cell.profile().window_check(Some(retention)) {
+                    bail!("refusing to purge: cell {}: {why}", cell.name());
+                }
+            }
+            let store = connect(&args.db).await?;
+            let purged = idem_store::retention::purge_settled(
+                store.pool(),
+                retention,
+                args.batch.max(1),
+                args.max_batches,
+            )
+            .await?;
+            println!(
+                "{} settled actions purged in {} batches",
+                purged.actions, purged.batches
+            );
+        }
         Command::Sweep(args) => {
             let worker = build_worker(&args).await?;
             let n = worker.sweep_once().await?;
@@ -729,38 +792,66 @@ async fn run(cli: Cli, metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>
             }
         },
         Command::Bench {
-            what: BenchCommand::Relay(args),
+            what: Some(BenchCommand::Relay(args)),
+            ..
         } => {
             let figures = bench::relay(args).await?;
             println!("{}", serde_json::to_string_pretty(&figures)?);
         }
         Command::Bench {
-            what: BenchCommand::KafkaWorker(args),
+            what: Some(BenchCommand::KafkaWorker(args)),
+            ..
         } => {
             let figures = bench::kafka_worker(args).await?;
             println!("{}", serde_json::to_string_pretty(&figures)?);
         }
         Command::Bench {
-            what: BenchCommand::PgWorker(args),
+            what: Some(BenchCommand::PgWorker(args)),
+            ..
         } => {
             let figures = bench::pg_worker(args).await?;
             println!("{}", serde_json::to_string_pretty(&figures)?);
         }
         Command::Bench {
-            what: BenchCommand::Enqueue(args),
+            what: Some(BenchCommand::Enqueue(args)),
+            ..
         } => {
             let figures = bench::enqueue_bench(args).await?;
             println!("{}", serde_json::to_string_pretty(&figures)?);
         }
         Command::Bench {
-            what: BenchCommand::Latency(args),
+            what: Some(BenchCommand::Latency(args)),
+            ..
         } => {
             let figures = bench::latency(args).await?;
+            println!("{}", serde_json::to_string_pretty(&figures)?);
+        }
+        Command::Bench {
+            what: Some(BenchCommand::Scaling(args)),
+            ..
+        } => {
+            let figures = bench::scaling(args).await?;
+            println!("{}", serde_json::to_string_pretty(&figures)?);
+        }
+        Command::Bench {
+            what: Some(BenchCommand::InboxScale(args)),
+            ..
+        } => {
+            let figures = bench::inbox_scale(args).await?;
+            println!("{}", serde_json::to_string_pretty(&figures)?);
+        }
+        Command::Bench { what: None, suite } => {
+            let figures = bench::suite(suite).await?;
             println!("{}", serde_json::to_string_pretty(&figures)?);
         }
         Command::Demo(args) => {
             let ok = demo::run(args, &metrics).await?;
             if !ok {
+                std::process::exit(1);
+            }
+        }
+        Command::Chaos(args) => {
+            if !chaos::run(args).await? {
                 std::process::exit(1);
             }
         }

@@ -8,6 +8,7 @@ pub mod enqueue;
 pub mod error;
 pub mod inbox;
 pub mod queue;
+pub mod retention;
 pub mod stats;
 pub mod tokens;
 

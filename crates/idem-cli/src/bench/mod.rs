@@ -1,12 +1,18 @@
 //! `idem bench`: figures with the baselines they are compared to, measured in the same run.
 
 mod enqueue;
+mod inbox_scale;
 mod latency;
 mod pg_worker;
+mod scaling;
+mod suite;
 
 pub use enqueue::{enqueue_bench, EnqueueBenchArgs};
+pub use inbox_scale::{inbox_scale, InboxScaleArgs};
 pub use latency::{latency, LatencyArgs};
 pub use pg_worker::{pg_worker, PgWorkerBenchArgs};
+pub use scaling::{scaling, ScalingArgs};
+pub use suite::{suite, SuiteArgs};
 
 use std::time::{Duration, Instant};
 

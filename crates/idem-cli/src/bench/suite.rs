@@ -1,0 +1,134 @@
+//! `idem bench` without a subcommand: every benchmark, each in a process of its own (the
+//! same binary), one JSON array of figures; optionally the BENCHMARKS.md table.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+#[derive(Args, Debug)]
+pub struct SuiteArgs {
+    /// Print the figures as one JSON array (what `idem bench` prints anyway; accepted so
+    /// that `idem bench --json` reads as it does).
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the figures as a Markdown table, with the machine they ran on.
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+    /// Kafka bootstrap; without it one tansu is started for every Kafka figure.
+    #[arg(long, env = "KAFKA_BOOTSTRAP")]
+    pub bootstrap: Option<String>,
+    /// Also run `idem bench inbox-scale --rows N` (10,000,000 takes tens of minutes).
+    #[arg(long)]
+    pub inbox_rows: Option<u64>,
+}
+
+/// The benchmarks, as `idem bench` arguments.
+const RUNS: &[&[&str]] = &[
+    &["enqueue"],
+    &["relay"],
+    &["kafka-worker"],
+    &["kafka-worker", "--per-partition-batch", "32"],
+    &["pg-worker"],
+    &["latency", "--transport", "postgres"],
+    &["latency", "--transport", "kafka", "--rates", "50,200"],
+    &["scaling"],
+];
+
+pub async fn suite(args: SuiteArgs) -> Result<Vec<serde_json::Value>> {
+    let (bootstrap, _tansu) = idem_kafka::tansu::given_or_started(args.bootstrap.clone())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let exe = std::env::current_exe().context("where is the idem binary")?;
+    let mut figures = vec![];
+    let inbox = args
+        .inbox_rows
+        .map(|n| vec!["inbox-scale".to_owned(), "--rows".to_owned(), n.to_string()]);
+    let runs = RUNS
+        .iter()
+        .map(|r| r.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .chain(inbox);
+    for run in runs {
+        eprintln!("idem bench {}", run.join(" "));
+        let out = tokio::process::Command::new(&exe)
+            .arg("bench")
+            .args(&run)
+            .env("KAFKA_BOOTSTRAP", &bootstrap)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .await?;
+        if !out.status.success() {
+            bail!("idem bench {} failed ({})", run.join(" "), out.status);
+        }
+        let got: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("idem bench {} printed no JSON array", run.join(" ")))?;
+        for mut f in got {
+            f["command"] = format!("idem bench {}", run.join(" ")).into();
+            figures.push(f);
+        }
+    }
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, markdown(&figures))
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(figures)
+}
+
+fn first_line(path: &str, prefix: &str) -> Option<String> {
+    std::fs::read_to_string(path).ok()?.lines().find_map(|l| {
+        l.starts_with(prefix)
+            .then(|| l.split_once(':').map(|(_, v)| v.trim().to_owned()))
+            .flatten()
+    })
+}
+
+/// The machine: CPU model and count, memory, kernel.
+fn machine() -> String {
+    let cpu = first_line("/proc/cpuinfo", "model name").unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = first_line("/proc/meminfo", "MemTotal").unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{cores} cores ({cpu}), {mem} memory, Linux {}",
+        kernel.trim()
+    )
+}
+
+fn num(v: &serde_json::Value) -> String {
+    match v.as_f64() {
+        Some(x) if x >= 100.0 => format!("{x:.0}"),
+        Some(x) if x >= 1.0 => format!("{x:.1}"),
+        Some(x) => format!("{x:.3}"),
+        None => "—".into(),
+    }
+}
+
+fn markdown(figures: &[serde_json::Value]) -> String {
+    let mut s = String::from("# Benchmarks\n\n");
+    let _ = writeln!(
+        s,
+        "Produced by `cargo run --release --bin idem -- bench --json --markdown BENCHMARKS.md` \
+         (each row's own command is in the last column; every ratio is against a baseline \
+         measured in the same run, because these machines are noisy).\n\nMachine: {}.\n\
+         PostgreSQL and the Kafka-protocol broker (tansu, sqlite storage, unless \
+         KAFKA_BOOTSTRAP named another) ran on the same machine.\n",
+        machine()
+    );
+    s.push_str("| figure | value | unit | baseline | baseline value | ratio | command |\n");
+    s.push_str("|---|---|---|---|---|---|---|\n");
+    for f in figures {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | `{}` |",
+            f["name"].as_str().unwrap_or(""),
+            num(&f["value"]),
+            f["unit"].as_str().unwrap_or(""),
+            f["baseline"].as_str().unwrap_or("—"),
+            num(&f["baseline_value"]),
+            num(&f["ratio"]),
+            f["command"].as_str().unwrap_or(""),
+        );
+    }
+    s
+}

@@ -1,0 +1,697 @@
+//! `idem chaos`: the fault campaign. Agents enqueue actions over every cell while several
+//! real `idem relay` and `idem worker` processes carry them through Kafka to faulty partner
+//! simulators; the harness kills a random process with SIGKILL every few seconds (and
+//! restarts it), crashes and restarts PostgreSQL once and the broker once, and publishes a
+//! fraction of the deliveries again, out of order. Then the independent checker compares
+//! the simulators' ledgers with idem's receipts.
+
+mod fleet;
+mod postgres;
+mod replayer;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use idem_sim::FaultRates;
+use idem_store::{enqueue, NewAction, Store};
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::checker::{self, Verdict};
+use crate::partners::{Knobs, Partners, EXAMPLE_CELL};
+use crate::workload;
+use fleet::{Fleet, FleetStats, Spec};
+use postgres::OwnPostgres;
+
+#[derive(Args, Debug)]
+pub struct ChaosArgs {
+    /// Actions to run (sized for CI by default; `--actions 100000` for the full soak).
+    #[arg(long, default_value_t = 2000)]
+    actions: usize,
+    /// Actions the agents enqueue per second.
+    #[arg(long, default_value_t = 40.0)]
+    rate: f64,
+    /// Worker processes (Kafka consumer-group members, each also sweeping).
+    #[arg(long, default_value_t = 3)]
+    workers: usize,
+    /// Relay processes (one is elected; the others wait).
+    #[arg(long, default_value_t = 2)]
+    relays: usize,
+    /// SIGKILL a random relay or worker this often (ms); 0: never.
+    #[arg(long, default_value_t = 4000)]
+    kill_every_ms: u64,
+    /// A killed process is started again after this long (ms).
+    #[arg(long, default_value_t = 500)]
+    restart_after_ms: u64,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Print the checker's figures as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Give up waiting for every action to settle after this many seconds.
+    #[arg(long, default_value_t = 1200)]
+    timeout_secs: u64,
+    /// Partner: response lost after the effect.
+    #[arg(long, default_value_t = 0.05)]
+    drop_after_effect: f64,
+    /// Partner: 500 before the effect.
+    #[arg(long, default_value_t = 0.03)]
+    fail_before: f64,
+    /// Partner: 500 after the effect.
+    #[arg(long, default_value_t = 0.02)]
+    fail_after: f64,
+    /// Partner: 409, the same key still in flight.
+    #[arg(long, default_value_t = 0.02)]
+    conflict_409: f64,
+    /// Partner: 429 rate limit.
+    #[arg(long, default_value_t = 0.02)]
+    rate_limit: f64,
+    /// Partner lookups (histories, lists, search) lag this far behind effects (ms).
+    #[arg(long, default_value_t = 300)]
+    lookup_lag_ms: u64,
+    /// Stripe and the IETF partner forget idempotency keys after this long (ms); the
+    /// workers are told, so they must reconcile rather than replay past the window.
+    #[arg(long, default_value_t = 5000)]
+    key_retention_ms: u64,
+    /// Fraction of Kafka deliveries published a second time, later and out of order.
+    #[arg(long, default_value_t = 0.05)]
+    duplicate_deliveries: f64,
+    /// Longest delay of such a second delivery (ms).
+    #[arg(long, default_value_t = 5000)]
+    redelivery_delay_ms: u64,
+    /// How long PostgreSQL and the broker stay down when restarted (ms).
+    #[arg(long, default_value_t = 2000)]
+    downtime_ms: u64,
+    /// A PostgreSQL server to use instead of a cluster of the soak's own (which it starts
+    /// with initdb so it can crash it); needs --postgres-restart-cmd or --no-postgres-restart.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Shell command that restarts that server.
+    #[arg(long)]
+    postgres_restart_cmd: Option<String>,
+    #[arg(long)]
+    no_postgres_restart: bool,
+    /// A Kafka broker to use instead of a tansu of the soak's own; needs
+    /// --broker-restart-cmd or --no-broker-restart.
+    #[arg(long)]
+    bootstrap: Option<String>,
+    /// Shell command that restarts that broker.
+    #[arg(long)]
+    broker_restart_cmd: Option<String>,
+    #[arg(long)]
+    no_broker_restart: bool,
+    /// Keep the run directory (every process's log, the soak's own PostgreSQL and tansu).
+    #[arg(long)]
+    keep: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct ChaosReport {
+    #[serde(flatten)]
+    verdict: Verdict,
+    enqueue_calls: usize,
+    enqueue_duplicates_suppressed: usize,
+    enqueue_retries: usize,
+    dead_letters: i64,
+    fleet: FleetStats,
+    postgres_restarts: usize,
+    broker_restarts: usize,
+    deliveries_seen_by_replayer: usize,
+    deliveries_published_again: usize,
+    faults: FaultRates,
+    lookup_lag_ms: u64,
+    key_retention_ms: u64,
+    elapsed_ms: u64,
+    /// What the harness did, with seconds since the start.
+    events: Vec<String>,
+    run_dir: String,
+}
+
+/// Which restart the harness can do.
+enum Restart {
+    Own,
+    Command(String),
+    Skip,
+}
+
+fn restart_plan(own: bool, cmd: &Option<String>, skip: bool, what: &str) -> Result<Restart> {
+    Ok(match (own, cmd, skip) {
+        (_, _, true) => Restart::Skip,
+        (true, _, _) => Restart::Own,
+        (false, Some(c), _) => Restart::Command(c.clone()),
+        (false, None, false) => bail!(
+            "the soak restarts {what} once: with your own {what}, say how \
+             (--{}-restart-cmd) or that it must not (--no-{}-restart)",
+            if what == "PostgreSQL" {
+                "postgres"
+            } else {
+                "broker"
+            },
+            if what == "PostgreSQL" {
+                "postgres"
+            } else {
+                "broker"
+            },
+        ),
+    })
+}
+
+fn shell(cmd: &str) -> Result<()> {
+    let ok = std::process::Command::new("sh")
+        .args(["-c", cmd])
+        .status()
+        .with_context(|| format!("run {cmd:?}"))?
+        .success();
+    if !ok {
+        bail!("{cmd:?} failed");
+    }
+    Ok(())
+}
+
+/// A fresh directory for the run, readable by the `postgres` user.
+fn run_dir() -> Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    let dir = std::env::temp_dir().join(format!("idem-chaos-{}-{stamp}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    Ok(dir)
+}
+
+/// The example payout cell with this soak's key retention and lookup lag.
+fn payout_cell(key_retention: Duration, lookup_lag: Duration) -> Result<String> {
+    let mut text = EXAMPLE_CELL.to_owned();
+    let secs = |d: Duration| d.as_secs_f64().ceil().max(1.0) as u64;
+    for (old, new) in [
+        (
+            "key_retention_secs = 86400",
+            format!("key_retention_secs = {}", secs(key_retention).max(2)),
+        ),
+        ("key_margin_secs = 3600", "key_margin_secs = 1".to_owned()),
+        ("lag_secs = 0", format!("lag_secs = {}", secs(lookup_lag))),
+    ] {
+        if !text.contains(old) {
+            bail!("examples/cells/acme.payout.toml no longer has {old:?}");
+        }
+        text = text.replace(old, &new);
+    }
+    Ok(text)
+}
+
+const TERMINAL: &str =
+    "SELECT count(*) FROM idem.actions WHERE state IN ('succeeded','failed','rejected','needs_human','dead')";
+
+pub async fn run(args: ChaosArgs) -> Result<bool> {
+    let started = Instant::now();
+    let dir = run_dir()?;
+    let at = move || started.elapsed().as_secs_f64();
+    let mut events: Vec<String> = vec![];
+    let log = |events: &mut Vec<String>, what: String| {
+        eprintln!("[{:7.1}s] {what}", at());
+        events.push(format!("{:.1}s {what}", at()));
+    };
+
+    // PostgreSQL: a cluster of our own unless one is given.
+    let pg_plan = restart_plan(
+        args.database_url.is_none(),
+        &args.postgres_restart_cmd,
+        args.no_postgres_restart,
+        "PostgreSQL",
+    )?;
+    let broker_plan = restart_plan(
+        args.bootstrap.is_none(),
+        &args.broker_restart_cmd,
+        args.no_broker_restart,
+        "broker",
+    )?;
+    let own_pg = match &args.database_url {
+        Some(_) => None,
+        None => {
+            let d = dir.clone();
+            Some(Arc::new(
+                tokio::task::spawn_blocking(move || OwnPostgres::start(&d)).await??,
+            ))
+        }
+    };
+    let server_url = match (&own_pg, &args.database_url) {
+        (Some(pg), _) => pg.url(),
+        (None, Some(u)) => u.clone(),
+        (None, None) => unreachable!("own cluster started above"),
+    };
+    let url = crate::demo::fresh_database(&server_url, "idem_chaos").await?;
+    let store = Store::connect(&url, 8).await?;
+    store.migrate().await?;
+
+    // The broker: a tansu of our own (sqlite storage, which survives SIGKILL) unless given.
+    let tansu_dir = dir.join("tansu");
+    let mut tansu = None;
+    let bootstrap = match &args.bootstrap {
+        Some(b) => b.clone(),
+        None => {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let d = tansu_dir.clone();
+            let t = tokio::task::spawn_blocking(move || idem_kafka::tansu::start_in(&d, port))
+                .await?
+                .map_err(anyhow::Error::msg)?;
+            let b = t.bootstrap.clone();
+            tansu = Some(t);
+            b
+        }
+    };
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let topic = format!("idem.chaos.{run_id}");
+    const PARTITIONS: i32 = 6;
+    let mut kafka = idem_kafka::KafkaConfig::new(&bootstrap);
+    kafka.partitions = PARTITIONS;
+    idem_kafka::topics::ensure(&kafka, std::slice::from_ref(&topic)).await?;
+
+    let faults = FaultRates {
+        drop_after_effect: args.drop_after_effect,
+        fail_before: args.fail_before,
+        fail_after: args.fail_after,
+        rate_limit: args.rate_limit,
+        conflict_409: args.conflict_409,
+        ..FaultRates::default()
+    };
+    let lookup_lag = Duration::from_millis(args.lookup_lag_ms);
+    let key_retention = Duration::from_millis(args.key_retention_ms.max(1000));
+    let partners = Arc::new(
+        Partners::start(Knobs {
+            seed: args.seed,
+            faults,
+            history_lag: lookup_lag,
+            search_lag: lookup_lag,
+            key_retention: Some(key_retention),
+        })
+        .await?,
+    );
+    let cell_file = dir.join("acme.payout.toml");
+    std::fs::write(&cell_file, payout_cell(key_retention, lookup_lag)?)?;
+
+    let common = |extra: &[&str]| -> Vec<String> {
+        [
+            "--database-url",
+            &url,
+            "--bootstrap",
+            &bootstrap,
+            "--topic",
+            &topic,
+            "--partitions",
+            &PARTITIONS.to_string(),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let lag_bound = (args.lookup_lag_ms * 3).max(1000).to_string();
+    let mut worker_args = common(&[
+        "--transport",
+        "kafka",
+        "--group",
+        &format!("idem-chaos-{run_id}"),
+        "--concurrency",
+        "16",
+        "--batch",
+        "32",
+        "--poll-interval-ms",
+        "250",
+        "--sweep-interval-ms",
+        "300",
+        "--cell-config",
+        &cell_file.to_string_lossy(),
+        "--call-timeout-ms",
+        "1000",
+        "--settle-ms",
+        "500",
+        "--retry-base-ms",
+        "100",
+        "--retry-max-ms",
+        "2000",
+        "--lookup-lag-bound-ms",
+        &lag_bound,
+        "--stripe-key-retention-ms",
+        &key_retention.as_millis().to_string(),
+    ]);
+    worker_args.extend(partners.worker_flags());
+    let spec = Spec {
+        exe: std::env::current_exe().context("where is the idem binary")?,
+        dir: dir.clone(),
+        relay_args: common(&["--poll-interval-ms", "100", "--batch", "200"]),
+        worker_args,
+        env: vec![
+            ("ACME_BASE".into(), partners.ietf_base()),
+            ("ACME_TOKEN".into(), "tok_idem_chaos".into()),
+            (
+                "RUST_LOG".into(),
+                std::env::var("IDEM_CHAOS_LOG").unwrap_or_else(|_| "warn".into()),
+            ),
+        ],
+        restart_after: Duration::from_millis(args.restart_after_ms),
+    };
+    let mut fleet = Fleet::start(spec, args.relays.max(1), args.workers.max(1))?;
+    log(
+        &mut events,
+        format!(
+            "started {} relay and {} worker processes; PostgreSQL at {}, broker at {bootstrap}; logs in {}",
+            args.relays.max(1),
+            args.workers.max(1),
+            server_url,
+            dir.display()
+        ),
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (replayed, replayer_task) = replayer::start(
+        &bootstrap,
+        &topic,
+        PARTITIONS,
+        args.duplicate_deliveries,
+        Duration::from_millis(args.redelivery_delay_ms),
+        args.seed,
+        stop_rx,
+    )?;
+
+    // The agents, in a task of their own: they keep retrying through the outages.
+    let enqueuer = tokio::spawn(agents(
+        store.clone(),
+        partners.clone(),
+        args.actions,
+        args.rate,
+        args.seed,
+    ));
+
+    // The schedule: PostgreSQL at a third of the enqueueing, the broker at two thirds.
+    let enqueue_span = Duration::from_secs_f64(args.actions as f64 / args.rate.max(0.1));
+    let pg_at = started + enqueue_span.mul_f64(0.35);
+    let broker_at = started + enqueue_span.mul_f64(0.65);
+    let downtime = Duration::from_millis(args.downtime_ms);
+    let mut pg_restart: Option<tokio::task::JoinHandle<Result<()>>> = None;
+    let mut broker_restart: Option<
+        tokio::task::JoinHandle<Result<Option<idem_kafka::tansu::Tansu>>>,
+    > = None;
+    let (mut pg_done, mut broker_done) = (
+        matches!(pg_plan, Restart::Skip),
+        matches!(broker_plan, Restart::Skip),
+    );
+    let (mut postgres_restarts, mut broker_restarts) = (0, 0);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed ^ 0xc4a05);
+    let kill_every = Duration::from_millis(args.kill_every_ms);
+    let mut next_kill = started + kill_every;
+    let mut agents_result = None;
+    let mut enqueuer = Some(enqueuer);
+    let mut last_progress = Instant::now();
+    let deadline = started + Duration::from_secs(args.timeout_secs);
+    let mut settled = 0i64;
+    loop {
+        fleet.tick()?;
+        let now = Instant::now();
+        if args.kill_every_ms > 0 && now >= next_kill {
+            next_kill = now + kill_every;
+            if let Some(who) = fleet.kill_random(&mut rng).await {
+                log(&mut events, format!("SIGKILL {who}"));
+            }
+        }
+        if !pg_done && pg_restart.is_none() && now >= pg_at {
+            log(
+                &mut events,
+                format!("PostgreSQL: crash (immediate stop), down for {downtime:?}, start"),
+            );
+            let (plan, pg) = (&pg_plan, own_pg.clone());
+            pg_restart = Some(match plan {
+                Restart::Own => tokio::task::spawn_blocking(move || {
+                    pg.expect("own cluster").crash_and_restart(downtime)
+                }),
+                Restart::Command(c) => {
+                    let c = c.clone();
+                    tokio::task::spawn_blocking(move || shell(&c))
+                }
+                Restart::Skip => unreachable!(),
+            });
+        }
+        if pg_restart.as_ref().is_some_and(|t| t.is_finished()) {
+            pg_restart.take().expect("checked").await??;
+            pg_done = true;
+            postgres_restarts += 1;
+            log(&mut events, "PostgreSQL is back".into());
+        }
+        if !broker_done && broker_restart.is_none() && now >= broker_at {
+            log(
+                &mut events,
+                format!("broker: SIGKILL, down for {downtime:?}, start"),
+            );
+            let old = tansu.take();
+            let (dir, plan_cmd) = (
+                tansu_dir.clone(),
+                match &broker_plan {
+                    Restart::Command(c) => Some(c.clone()),
+                    _ => None,
+                },
+            );
+            let port: Option<u16> = old
+                .as_ref()
+                .and_then(|t| t.bootstrap.rsplit(':').next()?.parse().ok());
+            broker_restart = Some(tokio::task::spawn_blocking(move || {
+                if let Some(c) = plan_cmd {
+                    shell(&c)?;
+                    return Ok(None);
+                }
+                drop(old); // SIGKILL
+                std::thread::sleep(downtime);
+                let port = port.context("own broker's port")?;
+                Ok(Some(
+                    idem_kafka::tansu::start_in(&dir, port).map_err(anyhow::Error::msg)?,
+                ))
+            }));
+        }
+        if broker_restart.as_ref().is_some_and(|t| t.is_finished()) {
+            tansu = broker_restart.take().expect("checked").await??;
+            broker_done = true;
+            broker_restarts += 1;
+            log(&mut events, "broker is back".into());
+        }
+        if enqueuer.as_ref().is_some_and(|t| t.is_finished()) {
+            let r = enqueuer.take().expect("checked").await??;
+            log(
+                &mut events,
+                format!(
+                    "agents done: {} actions in {} enqueue calls",
+                    r.ids.len(),
+                    r.calls
+                ),
+            );
+            agents_result = Some(r);
+        }
+        if last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = Instant::now();
+            if let Ok((n,)) = sqlx::query_as::<_, (i64,)>(TERMINAL)
+                .fetch_one(store.pool())
+                .await
+            {
+                settled = n;
+            }
+            if (at() as u64).is_multiple_of(10) {
+                eprintln!(
+                    "[{:7.1}s] settled {settled}/{} (kills: {} relay, {} worker)",
+                    at(),
+                    args.actions,
+                    fleet.stats.relays_killed,
+                    fleet.stats.workers_killed
+                );
+            }
+        }
+        let all_settled = agents_result
+            .as_ref()
+            .is_some_and(|r| settled as usize >= r.ids.len());
+        if all_settled && pg_done && broker_done {
+            break;
+        }
+        if Instant::now() > deadline {
+            log(
+                &mut events,
+                format!(
+                    "timeout after {}s: checking what there is",
+                    args.timeout_secs
+                ),
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let _ = stop_tx.send(true);
+    let fleet_stats = fleet.stats.clone();
+    fleet.stop(Duration::from_secs(10)).await;
+    let _ = replayer_task.await;
+    if let Some(e) = enqueuer {
+        e.abort();
+    }
+    let agents = agents_result.unwrap_or_default();
+
+    let read_only: Vec<String> = partners
+        .registry(crate::partners::fast_timings, Duration::from_secs(1))?
+        .iter()
+        .filter(|c| !c.effectful())
+        .map(|c| c.name().to_string())
+        .collect();
+    let verdict = checker::check(&store, &partners.ledger(), &read_only, args.actions).await?;
+    let (dead_letters,): (i64,) = sqlx::query_as("SELECT count(*) FROM idem.dead_letters")
+        .fetch_one(store.pool())
+        .await?;
+    let report = ChaosReport {
+        verdict,
+        enqueue_calls: agents.calls,
+        enqueue_duplicates_suppressed: agents.suppressed,
+        enqueue_retries: agents.retries,
+        dead_letters,
+        fleet: fleet_stats,
+        postgres_restarts,
+        broker_restarts,
+        deliveries_seen_by_replayer: replayed.seen.load(Ordering::Relaxed),
+        deliveries_published_again: replayed.published_again.load(Ordering::Relaxed),
+        faults,
+        lookup_lag_ms: args.lookup_lag_ms,
+        key_retention_ms: key_retention.as_millis() as u64,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+        events,
+        run_dir: dir.display().to_string(),
+    };
+    let ok = report.verdict.holds() && report.verdict.unsettled == 0;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    store.pool().close().await;
+    drop(own_pg);
+    drop(tansu);
+    if !args.keep && ok {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(ok)
+}
+
+/// What the agents did.
+#[derive(Debug, Default)]
+struct Agents {
+    ids: Vec<idem_core::ActionId>,
+    calls: usize,
+    suppressed: usize,
+    /// Transactions tried again after an error (PostgreSQL down, connection cut).
+    retries: usize,
+}
+
+/// Enqueue `n` actions at `rate` per second, ten per application transaction; some twice
+/// (a retried tool call) or re-planned from the same intent. A transaction that fails is
+/// tried again with the same actions, as an agent framework would.
+async fn agents(
+    store: Store,
+    partners: Arc<Partners>,
+    n: usize,
+    rate: f64,
+    seed: u64,
+) -> Result<Agents> {
+    const CHUNK: usize = 10;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut out = Agents::default();
+    let start = tokio::time::Instant::now();
+    let per_chunk = Duration::from_secs_f64(CHUNK as f64 / rate.max(0.1));
+    for (k, chunk) in (0..n).collect::<Vec<_>>().chunks(CHUNK).enumerate() {
+        tokio::time::sleep_until(start + per_chunk * k as u32).await;
+        let mut calls = vec![];
+        for &i in chunk {
+            let (cell, args) = workload::action(i, &mut rng, &partners)?;
+            let action =
+                NewAction::from_intent(&format!("agent-turn-{i}"), cell.clone(), args.clone());
+            out.ids.push(action.action_id);
+            calls.push(action.clone());
+            if rng.gen_bool(0.10) {
+                calls.push(action);
+            }
+            if rng.gen_bool(0.10) {
+                calls.push(NewAction::from_intent(
+                    &format!("agent-turn-{i}"),
+                    cell,
+                    args,
+                ));
+            }
+        }
+        loop {
+            match try_enqueue(&store, &calls).await {
+                Ok(suppressed) => {
+                    out.calls += calls.len();
+                    out.suppressed += suppressed;
+                    break;
+                }
+                Err(_) => {
+                    out.retries += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One application transaction; how many calls found their action there already.
+async fn try_enqueue(store: &Store, calls: &[NewAction]) -> Result<usize> {
+    let mut tx = store.pool().begin().await?;
+    let mut suppressed = 0;
+    for a in calls {
+        if !enqueue(&mut *tx, a).await?.created {
+            suppressed += 1;
+        }
+    }
+    tx.commit().await?;
+    Ok(suppressed)
+}
+
+fn print_report(r: &ChaosReport) {
+    let v = &r.verdict;
+    println!(
+        "idem chaos: {} actions over {} relay and {} worker processes, {:.0} s",
+        v.actions,
+        r.fleet.relays,
+        r.fleet.workers,
+        r.elapsed_ms as f64 / 1000.0
+    );
+    println!(
+        "injected: SIGKILL {} relays and {} workers ({} exited on their own); {} PostgreSQL and {} broker restarts; {} of {} deliveries published again; partner faults {:.0}% lost answers, {:.0}% 5xx before, {:.0}% 5xx after, {:.0}% 409, {:.0}% 429, lookups {} ms behind, keys kept {} ms; {} enqueue transactions retried",
+        r.fleet.relays_killed,
+        r.fleet.workers_killed,
+        r.fleet.relay_exits + r.fleet.worker_exits,
+        r.postgres_restarts,
+        r.broker_restarts,
+        r.deliveries_published_again,
+        r.deliveries_seen_by_replayer,
+        r.faults.drop_after_effect * 100.0,
+        r.faults.fail_before * 100.0,
+        r.faults.fail_after * 100.0,
+        r.faults.conflict_409 * 100.0,
+        r.faults.rate_limit * 100.0,
+        r.lookup_lag_ms,
+        r.key_retention_ms,
+        r.enqueue_retries,
+    );
+    println!();
+    checker::print_cells(v);
+    if !v.needs_human_reasons.is_empty() {
+        println!();
+        println!("needs_human, by cell and reason:");
+        for (cell, reason, n) in v.reasons_by_cell() {
+            println!("  {n:>6}  {cell:<16} {reason}");
+        }
+    }
+    println!();
+    println!(
+        "total: {} actions, {} effects, {} duplicates, {} lost, {} unsettled, {} needs_human, {} dead letters",
+        v.actions, v.effects, v.duplicates, v.lost, v.unsettled, v.needs_human, r.dead_letters
+    );
+}
