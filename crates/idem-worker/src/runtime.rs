@@ -129,6 +129,9 @@ impl Worker {
             }
             let mut busy = false;
             let free = sem.available_permits() as u32;
+            // Every permit taken: there may be more work than capacity, so wake when permits
+            // come back rather than after a poll interval.
+            let saturated = free == 0;
             if self.config.claim_outbox && free > 0 {
                 match self.claim_outbox(free.min(self.config.batch)).await {
                     Ok(work) => {
@@ -169,6 +172,15 @@ impl Worker {
                     match listener.as_mut() {
                         Some(l) => { let _ = l.recv().await; }
                         None => std::future::pending::<()>().await,
+                    }
+                } => {}
+                _ = async {
+                    if saturated {
+                        // Half the claim size back (settlements return permits in batches).
+                        let want = (self.config.batch.min(self.config.concurrency as u32) / 2).max(1);
+                        let _ = sem.acquire_many(want).await;
+                    } else {
+                        std::future::pending::<()>().await
                     }
                 } => {}
                 _ = tokio::time::sleep(wait) => {}
