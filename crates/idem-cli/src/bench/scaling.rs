@@ -52,7 +52,7 @@ pub async fn scaling(args: ScalingArgs) -> Result<Vec<Figure>> {
         if n == 0 {
             bail!("--processes: counts start at 1");
         }
-        sqlx::query("TRUNCATE idem.actions, idem.outbox, idem.attempts, idem.transitions")
+        sqlx::query("TRUNCATE idem.actions, idem.outbox, idem.attempts, idem.transitions CASCADE")
             .execute(store.pool())
             .await?;
         let mut children = vec![];
