@@ -792,52 +792,17 @@ async fn run(cli: Cli, metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>
             }
         },
         Command::Bench {
-            what: Some(BenchCommand::Relay(args)),
-            ..
+            what: Some(what), ..
         } => {
-            let figures = bench::relay(args).await?;
-            println!("{}", serde_json::to_string_pretty(&figures)?);
-        }
-        Command::Bench {
-            what: Some(BenchCommand::KafkaWorker(args)),
-            ..
-        } => {
-            let figures = bench::kafka_worker(args).await?;
-            println!("{}", serde_json::to_string_pretty(&figures)?);
-        }
-        Command::Bench {
-            what: Some(BenchCommand::PgWorker(args)),
-            ..
-        } => {
-            let figures = bench::pg_worker(args).await?;
-            println!("{}", serde_json::to_string_pretty(&figures)?);
-        }
-        Command::Bench {
-            what: Some(BenchCommand::Enqueue(args)),
-            ..
-        } => {
-            let figures = bench::enqueue_bench(args).await?;
-            println!("{}", serde_json::to_string_pretty(&figures)?);
-        }
-        Command::Bench {
-            what: Some(BenchCommand::Latency(args)),
-            ..
-        } => {
-            let figures = bench::latency(args).await?;
-            println!("{}", serde_json::to_string_pretty(&figures)?);
-        }
-        Command::Bench {
-            what: Some(BenchCommand::Scaling(args)),
-            ..
-        } => {
-            let figures = bench::scaling(args).await?;
-            println!("{}", serde_json::to_string_pretty(&figures)?);
-        }
-        Command::Bench {
-            what: Some(BenchCommand::InboxScale(args)),
-            ..
-        } => {
-            let figures = bench::inbox_scale(args).await?;
+            let figures = match what {
+                BenchCommand::Relay(a) => bench::relay(a).await?,
+                BenchCommand::KafkaWorker(a) => bench::kafka_worker(a).await?,
+                BenchCommand::PgWorker(a) => bench::pg_worker(a).await?,
+                BenchCommand::Enqueue(a) => bench::enqueue_bench(a).await?,
+                BenchCommand::Latency(a) => bench::latency(a).await?,
+                BenchCommand::Scaling(a) => bench::scaling(a).await?,
+                BenchCommand::InboxScale(a) => bench::inbox_scale(a).await?,
+            };
             println!("{}", serde_json::to_string_pretty(&figures)?);
         }
         Command::Bench { what: None, suite } => {
