@@ -380,12 +380,14 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
     )?;
 
     // The agents, in a task of their own: they keep retrying through the outages.
+    let committed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let enqueuer = tokio::spawn(agents(
         store.clone(),
         partners.clone(),
         args.actions,
         args.rate,
         args.seed,
+        committed.clone(),
     ));
 
     // The schedule: PostgreSQL at a third of the enqueueing, the broker at two thirds.
@@ -409,6 +411,16 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
     let mut enqueuer = Some(enqueuer);
     let mut last_progress = Instant::now();
     let deadline = started + Duration::from_secs(args.timeout_secs);
+    // Ctrl-C or SIGTERM: stop the soak the orderly way, so its processes, PostgreSQL
+    // cluster and broker go with it instead of outliving the harness.
+    let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        tokio::spawn(async move {
+            crate::shutdown_signal().await;
+            flag.store(true, Ordering::Relaxed);
+        });
+    }
     let mut settled = 0i64;
     loop {
         fleet.tick()?;
@@ -513,6 +525,13 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
         if all_settled && pg_done && broker_done {
             break;
         }
+        if interrupted.load(Ordering::Relaxed) {
+            log(
+                &mut events,
+                "interrupted: stopping and checking what there is".into(),
+            );
+            break;
+        }
         if Instant::now() > deadline {
             log(
                 &mut events,
@@ -533,7 +552,6 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
     if let Some(e) = enqueuer {
         e.abort();
     }
-    let agents = agents_result.unwrap_or_default();
 
     let read_only: Vec<String> = partners
         .registry(crate::partners::fast_timings, Duration::from_secs(1))?
@@ -541,10 +559,16 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
         .filter(|c| !c.effectful())
         .map(|c| c.name().to_string())
         .collect();
-    let verdict = checker::check(&store, &partners.ledger(), &read_only, args.actions).await?;
+    // The actions the agents got committed (all of them, unless interrupted or timed out
+    // while still enqueueing).
+    let meant = agents_result
+        .as_ref()
+        .map_or(committed.load(Ordering::Relaxed), |a| a.ids.len());
+    let verdict = checker::check(&store, &partners.ledger(), &read_only, meant).await?;
     let (dead_letters,): (i64,) = sqlx::query_as("SELECT count(*) FROM idem.dead_letters")
         .fetch_one(store.pool())
         .await?;
+    let agents = agents_result.unwrap_or_default();
     let report = ChaosReport {
         verdict,
         enqueue_calls: agents.calls,
@@ -597,6 +621,7 @@ async fn agents(
     n: usize,
     rate: f64,
     seed: u64,
+    committed: Arc<std::sync::atomic::AtomicUsize>,
 ) -> Result<Agents> {
     const CHUNK: usize = 10;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -626,6 +651,7 @@ async fn agents(
         loop {
             match try_enqueue(&store, &calls).await {
                 Ok(suppressed) => {
+                    committed.fetch_add(chunk.len(), Ordering::Relaxed);
                     out.calls += calls.len();
                     out.suppressed += suppressed;
                     break;
