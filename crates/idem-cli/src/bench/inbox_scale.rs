@@ -24,11 +24,15 @@ pub struct InboxScaleArgs {
     #[arg(long, default_value_t = 2_000)]
     probe: i64,
     /// Actions the retention purge deletes during the last probe (oldest first).
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = 100_000)]
     purge: i64,
     /// Actions per purge transaction.
     #[arg(long, default_value_t = 1_000)]
     purge_batch: i64,
+    /// Use the `idem_scale` database an earlier run filled (no new fill, no empty-inbox
+    /// baseline): the figures then stand without a ratio.
+    #[arg(long)]
+    reuse: bool,
 }
 
 /// One probe's figures (milliseconds).
@@ -224,6 +228,9 @@ fn figures(label: &str, p: Probe, base: Probe) -> Vec<Figure> {
 }
 
 pub async fn inbox_scale(args: InboxScaleArgs) -> Result<Vec<Figure>> {
+    if args.reuse {
+        return reuse(args).await;
+    }
     let url = crate::demo::fresh_database(&args.database_url, "idem_scale").await?;
     let store = Store::connect(&url, 16).await?;
     store.migrate().await?;
@@ -243,23 +250,9 @@ pub async fn inbox_scale(args: InboxScaleArgs) -> Result<Vec<Figure>> {
     eprintln!("{} settled actions: {full:?}", args.rows);
 
     // Retention beside the workers: bounded batches of the oldest rows.
-    let purger = {
-        let pool = store.pool().clone();
-        let (purge, batch) = (args.purge, args.purge_batch);
-        tokio::spawn(async move {
-            let t = Instant::now();
-            let mut n = 0u64;
-            while (n as i64) < purge {
-                let got = idem_store::retention::purge_batch(&pool, Duration::ZERO, batch).await?;
-                if got == 0 {
-                    break;
-                }
-                n += got;
-            }
-            Ok::<_, anyhow::Error>((n, t.elapsed()))
-        })
-    };
+    let purger = spawn_purge(&store, args.purge, args.purge_batch);
     let during = probe(&store, args.probe).await?;
+    eprintln!("during purge: {during:?}");
     let (purged, purge_time) = purger.await??;
     eprintln!("during purge: {during:?}; purged {purged} in {purge_time:?}");
     sqlx::query("VACUUM ANALYZE idem.actions, idem.attempts, idem.transitions")
@@ -294,6 +287,74 @@ pub async fn inbox_scale(args: InboxScaleArgs) -> Result<Vec<Figure>> {
         "inbox tables + indexes after the purge and VACUUM (space kept for reuse)".into(),
         after_size / 1e9,
         "GB",
+    ));
+    Ok(out)
+}
+
+/// The retention purge of the oldest `n` settled actions, `batch` per transaction, beside
+/// whatever else runs; how many it removed and how long that took.
+fn spawn_purge(
+    store: &Store,
+    n: i64,
+    batch: i64,
+) -> tokio::task::JoinHandle<Result<(u64, Duration)>> {
+    let pool = store.pool().clone();
+    tokio::spawn(async move {
+        let t = Instant::now();
+        let mut done = 0u64;
+        while (done as i64) < n {
+            let got = idem_store::retention::purge_batch(&pool, Duration::ZERO, batch).await?;
+            if got == 0 {
+                break;
+            }
+            done += got;
+        }
+        Ok((done, t.elapsed()))
+    })
+}
+
+/// Probe the inbox an earlier run filled, alone and beside a purge; no baseline.
+async fn reuse(args: InboxScaleArgs) -> Result<Vec<Figure>> {
+    use sqlx::ConnectOptions;
+    let opts: sqlx::postgres::PgConnectOptions = args.database_url.parse()?;
+    let url = opts.database("idem_scale").to_url_lossy().to_string();
+    let store = Store::connect(&url, 16).await?;
+    let (settled,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM idem.actions WHERE settled_at IS NOT NULL")
+            .fetch_one(store.pool())
+            .await?;
+    let size_before = size(&store).await?;
+    let full = probe(&store, args.probe).await?;
+    eprintln!("{settled} settled actions: {full:?}");
+    let batch = args.purge_batch;
+    let purger = spawn_purge(&store, args.purge, batch);
+    let during = probe(&store, args.probe).await?;
+    eprintln!("during purge: {during:?}");
+    let (purged, took) = purger.await??;
+    let alone = |label: &str, p: Probe| {
+        [
+            ("enqueue→settled p50 (no-op cell)", p.settle_p50, "ms"),
+            ("enqueue→settled p99 (no-op cell)", p.settle_p99, "ms"),
+            ("worker throughput (no-op cell)", p.throughput, "actions/s"),
+            ("status lookup by id p50", p.status_p50, "ms"),
+            ("status lookup by id p99", p.status_p99, "ms"),
+            ("sweep p50", p.sweep_p50, "ms"),
+        ]
+        .into_iter()
+        .map(|(what, v, unit)| Figure::alone(format!("inbox {label}: {what}"), v, unit))
+        .collect::<Vec<_>>()
+    };
+    let mut out = alone(&format!("with {settled} settled actions"), full);
+    out.extend(alone("during a retention purge", during));
+    out.push(Figure::alone(
+        format!("inbox tables + indexes with {settled} settled actions"),
+        size_before / 1e9,
+        "GB",
+    ));
+    out.push(Figure::alone(
+        format!("retention purge beside a worker, {batch} per transaction"),
+        purged as f64 / took.as_secs_f64(),
+        "actions/s",
     ));
     Ok(out)
 }
