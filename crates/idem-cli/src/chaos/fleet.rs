@@ -161,11 +161,16 @@ impl Fleet {
         Ok(())
     }
 
-    /// SIGKILL one running process, chosen at random; it is started again after the
-    /// downtime. Returns what was killed.
-    pub(crate) async fn kill_random(&mut self, rng: &mut impl Rng) -> Option<String> {
+    /// SIGKILL one running process of `role` (any role: `None`), chosen at random; it is
+    /// started again after the downtime. Returns what was killed.
+    pub(crate) async fn kill_random(
+        &mut self,
+        rng: &mut impl Rng,
+        role: Option<Role>,
+    ) -> Option<String> {
         let live: Vec<usize> = (0..self.members.len())
             .filter(|&i| self.members[i].child.is_some())
+            .filter(|&i| role.is_none_or(|r| self.members[i].role == r))
             .collect();
         if live.is_empty() {
             return None;

@@ -43,6 +43,11 @@ pub struct ChaosArgs {
     /// SIGKILL a random relay or worker this often (ms); 0: never.
     #[arg(long, default_value_t = 4000)]
     kill_every_ms: u64,
+    /// Kill relays on their own schedule instead (ms; 0: never), and only workers every
+    /// --kill-every-ms. tansu wedged in long soaks when relays (new idempotent producers)
+    /// were killed every few seconds.
+    #[arg(long)]
+    relay_kill_every_ms: Option<u64>,
     /// A killed process is started again after this long (ms).
     #[arg(long, default_value_t = 500)]
     restart_after_ms: u64,
@@ -407,6 +412,8 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed ^ 0xc4a05);
     let kill_every = Duration::from_millis(args.kill_every_ms);
     let mut next_kill = started + kill_every;
+    let relay_every = args.relay_kill_every_ms.map(Duration::from_millis);
+    let mut next_relay_kill = started + relay_every.unwrap_or_default();
     let mut agents_result = None;
     let mut enqueuer = Some(enqueuer);
     let mut last_progress = Instant::now();
@@ -427,8 +434,17 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
         let now = Instant::now();
         if args.kill_every_ms > 0 && now >= next_kill {
             next_kill = now + kill_every;
-            if let Some(who) = fleet.kill_random(&mut rng).await {
+            let only = relay_every.map(|_| fleet::Role::Worker);
+            if let Some(who) = fleet.kill_random(&mut rng, only).await {
                 log(&mut events, format!("SIGKILL {who}"));
+            }
+        }
+        if let Some(every) = relay_every.filter(|d| !d.is_zero()) {
+            if now >= next_relay_kill {
+                next_relay_kill = now + every;
+                if let Some(who) = fleet.kill_random(&mut rng, Some(fleet::Role::Relay)).await {
+                    log(&mut events, format!("SIGKILL {who}"));
+                }
             }
         }
         if !pg_done && pg_restart.is_none() && now >= pg_at {
