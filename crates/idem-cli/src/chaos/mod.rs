@@ -43,6 +43,11 @@ pub struct ChaosArgs {
     /// SIGKILL a random relay or worker this often (ms); 0: never.
     #[arg(long, default_value_t = 4000)]
     kill_every_ms: u64,
+    /// `kafka`: relays publish to a broker, workers form a consumer group (the default).
+    /// `postgres`: workers claim from the outbox; no relays and no broker, and duplicate
+    /// deliveries are copies of outbox rows.
+    #[arg(long, default_value = "kafka", value_parser = ["kafka", "postgres"])]
+    transport: String,
     /// Kill relays on their own schedule instead (ms; 0: never), and only workers every
     /// --kill-every-ms. tansu wedged in long soaks when relays (new idempotent producers)
     /// were killed every few seconds.
@@ -228,12 +233,17 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
         args.no_postgres_restart,
         "PostgreSQL",
     )?;
-    let broker_plan = restart_plan(
-        args.bootstrap.is_none(),
-        &args.broker_restart_cmd,
-        args.no_broker_restart,
-        "broker",
-    )?;
+    let kafka_path = args.transport == "kafka";
+    let broker_plan = if kafka_path {
+        restart_plan(
+            args.bootstrap.is_none(),
+            &args.broker_restart_cmd,
+            args.no_broker_restart,
+            "broker",
+        )?
+    } else {
+        Restart::Skip
+    };
     let own_pg = match &args.database_url {
         Some(_) => None,
         None => {
@@ -257,6 +267,7 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
     let mut tansu = None;
     let bootstrap = match &args.bootstrap {
         Some(b) => b.clone(),
+        None if !kafka_path => "127.0.0.1:9".to_owned(), // unused
         None => {
             let port = std::net::TcpListener::bind("127.0.0.1:0")?
                 .local_addr()?
@@ -275,7 +286,9 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
     const PARTITIONS: i32 = 6;
     let mut kafka = idem_kafka::KafkaConfig::new(&bootstrap);
     kafka.partitions = PARTITIONS;
-    idem_kafka::topics::ensure(&kafka, std::slice::from_ref(&topic)).await?;
+    if kafka_path {
+        idem_kafka::topics::ensure(&kafka, std::slice::from_ref(&topic)).await?;
+    }
 
     let faults = FaultRates {
         drop_after_effect: args.drop_after_effect,
@@ -319,7 +332,7 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
     let lag_bound = (args.lookup_lag_ms * 3).max(1000).to_string();
     let mut worker_args = common(&[
         "--transport",
-        "kafka",
+        &args.transport,
         "--group",
         &format!("idem-chaos-{run_id}"),
         "--concurrency",
@@ -361,7 +374,8 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
         ],
         restart_after: Duration::from_millis(args.restart_after_ms),
     };
-    let mut fleet = Fleet::start(spec, args.relays.max(1), args.workers.max(1))?;
+    let relays = if kafka_path { args.relays.max(1) } else { 0 };
+    let mut fleet = Fleet::start(spec, relays, args.workers.max(1))?;
     log(
         &mut events,
         format!(
@@ -374,15 +388,19 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (replayed, replayer_task) = replayer::start(
-        &bootstrap,
-        &topic,
-        PARTITIONS,
-        args.duplicate_deliveries,
-        Duration::from_millis(args.redelivery_delay_ms),
-        args.seed,
-        stop_rx,
-    )?;
+    let (replayed, replayer_task) = if kafka_path {
+        replayer::start(
+            &bootstrap,
+            &topic,
+            PARTITIONS,
+            args.duplicate_deliveries,
+            Duration::from_millis(args.redelivery_delay_ms),
+            args.seed,
+            stop_rx,
+        )?
+    } else {
+        replayer::start_outbox(store.clone(), args.duplicate_deliveries, stop_rx)
+    };
 
     // The agents, in a task of their own: they keep retrying through the outages.
     let committed = Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -112,3 +112,39 @@ pub(crate) fn start(
     });
     Ok((counts, task))
 }
+
+/// The direct-Postgres transport's duplicates: every 100 ms, copy a share `rate` of the rows
+/// waiting in the outbox, so the same action is claimed twice, later and out of order.
+pub(crate) fn start_outbox(
+    store: idem_store::Store,
+    rate: f64,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> (Arc<Replayed>, tokio::task::JoinHandle<()>) {
+    let counts = Arc::new(Replayed::default());
+    let c = counts.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+            // Errors (PostgreSQL restarting) just skip a round.
+            let copied = sqlx::query_as::<_, (i64, i64)>(
+                "WITH waiting AS (SELECT count(*) AS n FROM idem.outbox), \
+                 copied AS (INSERT INTO idem.outbox (action_id, ordering_key, payload, headers) \
+                     SELECT action_id, ordering_key, payload, headers FROM idem.outbox \
+                     WHERE random() < $1 RETURNING 1) \
+                 SELECT (SELECT n FROM waiting), (SELECT count(*) FROM copied)",
+            )
+            .bind(rate.clamp(0.0, 1.0))
+            .fetch_one(store.pool())
+            .await;
+            if let Ok((seen, copied)) = copied {
+                c.seen.fetch_add(seen as usize, Ordering::Relaxed);
+                c.published_again
+                    .fetch_add(copied as usize, Ordering::Relaxed);
+            }
+        }
+    });
+    (counts, task)
+}
