@@ -380,7 +380,7 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
         &mut events,
         format!(
             "started {} relay and {} worker processes; PostgreSQL at {}, broker at {bootstrap}; logs in {}",
-            args.relays.max(1),
+            relays,
             args.workers.max(1),
             server_url,
             dir.display()
