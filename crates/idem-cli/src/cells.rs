@@ -159,8 +159,9 @@ pub struct TimingArgs {
     /// Longest retry delay of every cell (ms).
     #[arg(long)]
     pub retry_max_ms: Option<u64>,
-    /// Lag bound of every cell whose lookup is eventually consistent (ms): a miss is
-    /// trusted only once the attempt is older than this.
+    /// Lag bound of every cell whose lookup is eventually consistent (ms): how long after
+    /// the partner applied a request its lookup may still miss it. A miss is trusted once
+    /// the attempt is older than max(settle time, call timeout) + this.
     #[arg(long)]
     pub lookup_lag_bound_ms: Option<u64>,
 }
