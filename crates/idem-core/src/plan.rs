@@ -222,3 +222,56 @@ pub fn after_verdict(
         }
     }
 }
+
+#[cfg(test)]
+mod trust_tests {
+    use std::time::Duration;
+
+    use chrono::{TimeZone, Utc};
+
+    use super::*;
+
+    /// The chaos soak's timings: 500 ms settle time, 1 s call timeout, a lookup that may lag
+    /// 1 s behind the partner. A request can land at the partner until the call timeout and
+    /// show up in the lookup a lag bound later, so a miss before 2 s is no proof.
+    #[test]
+    fn a_miss_is_not_trusted_before_call_timeout_plus_lag() {
+        let p = crate::CellProfile {
+            key: None,
+            replay: crate::profile::ReplayModel::FrozenResponse,
+            lookup: Lookup::Eventual {
+                lag_bound: Duration::from_millis(1000),
+            },
+            settle_time: Duration::from_millis(500),
+            doubt_horizon: Duration::from_secs(3600),
+            call_timeout: Duration::from_millis(1000),
+            retry: crate::RetryPolicy::default(),
+            approval: crate::profile::ApprovalPolicy::Never,
+            rate_limit_per_sec: None,
+            strategy: String::new(),
+        };
+        assert_eq!(p.trust_after(), Duration::from_millis(2000));
+        let t0 = Utc.with_ymd_and_hms(2026, 11, 29, 0, 0, 0).unwrap();
+        let history = [AttemptRecord {
+            number: 1,
+            key_generation: 0,
+            key: None,
+            request_fingerprint: "fp".into(),
+            started_at: t0,
+            result: Some(AttemptResult::LeaseExpired),
+        }];
+        let at = |ms| t0 + chrono::Duration::milliseconds(ms);
+        // 1.2 s after the start: trusted under the old max(settle, lag) rule, a duplicate.
+        let early = after_verdict(&p, &Verdict::NotHappened, &history, 0, 0, at(1200), 0.5);
+        assert_eq!(early.event, Event::ReconciledUnknown);
+        assert!(!early.bump_generation);
+        assert_eq!(
+            early.due_at,
+            Some(at(2000)),
+            "look again once it can be trusted"
+        );
+        let late = after_verdict(&p, &Verdict::NotHappened, &history, 0, 0, at(2000), 0.5);
+        assert_eq!(late.event, Event::ReconciledNotHappened);
+        assert!(late.bump_generation);
+    }
+}
