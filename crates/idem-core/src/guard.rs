@@ -111,6 +111,10 @@ pub mod mutation {
         /// Rule (b) broken: an attempt whose answer was lost counts as proven not to have
         /// happened.
         AmbiguousCountsAsProven,
+        /// The trust rule before the chaos soak's fix: a lookup miss is trusted
+        /// `max(settle time, lag bound)` after the attempt, ignoring that a request can land
+        /// at the partner until the call timeout.
+        TrustIgnoresCallTimeout,
     }
 
     thread_local! {

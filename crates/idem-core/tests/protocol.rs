@@ -59,7 +59,7 @@ enum Wire {
     Pending,
     /// Processed; the answer may still be lost.
     Answered(Answer),
-    /// Never reached the partner (dropped on the way, or after the settle time).
+    /// Never reached the partner (dropped on the way, or not there by the arrival bound).
     Lost,
 }
 
@@ -422,11 +422,14 @@ impl Sim {
 
     fn advance(&mut self, secs: i64) {
         self.now += chrono::Duration::seconds(secs);
-        // The environment's bound: a request not at the partner within the settle time
-        // never gets there.
-        let settle = chrono::Duration::from_std(self.profile.settle_time).unwrap();
+        // The environment's bound: a request not at the partner by the settle time or the
+        // call timeout, whichever is later, never gets there (the worker's client holds
+        // the connection open until the timeout, so a slow request can land until then).
+        let bound =
+            chrono::Duration::from_std(self.profile.settle_time.max(self.profile.call_timeout))
+                .unwrap();
         for r in &mut self.requests {
-            if r.wire == Wire::Pending && self.now - r.sent_at >= settle {
+            if r.wire == Wire::Pending && self.now - r.sent_at >= bound {
                 r.wire = Wire::Lost;
             }
         }
@@ -670,4 +673,49 @@ fn a_broken_rule_is_caught() {
     );
     // The same schedule passes with the real rules.
     run(lagging(), 25, seed, 60);
+}
+
+/// A call timeout longer than the settle time (the chaos soak's timings, scaled to this
+/// model's seconds): a request may land at the partner until the timeout, and a lagging
+/// lookup shows it a lag later, so a miss is proof only after call timeout + lag bound.
+fn slow_calls(key: bool) -> CellProfile {
+    let mut p = profile(
+        Lookup::Eventual {
+            lag_bound: Duration::from_secs(5),
+        },
+        key,
+    );
+    p.settle_time = Duration::from_secs(2);
+    p.call_timeout = Duration::from_secs(6);
+    p
+}
+
+#[test]
+fn call_timeout_longer_than_settle_time() {
+    seeds(|| slow_calls(false), 4, seed_count());
+    seeds(|| slow_calls(true), 4, seed_count());
+}
+
+/// The rule the 100k soak broke (`max(settle, lag bound)`, blind to the call timeout) is
+/// caught here too: the check found what it missed before it modelled slow requests.
+#[test]
+fn the_old_trust_rule_is_caught() {
+    mutation::set(Some(Mutation::TrustIgnoresCallTimeout));
+    let caught = (0..seed_count()).find_map(|seed| {
+        catch_unwind(AssertUnwindSafe(|| run(slow_calls(false), 4, seed, 60)))
+            .err()
+            .map(|e| (seed, e))
+    });
+    mutation::set(None);
+    let (seed, e) = caught.expect("the old trust rule must produce a violation in some schedule");
+    let msg = panic_message(&*e);
+    assert!(
+        msg.contains("second effect") || msg.contains("outside rules"),
+        "seed {seed} failed for another reason: {msg}"
+    );
+    eprintln!(
+        "old trust rule caught at seed {seed}: {}",
+        msg.lines().next().unwrap_or("")
+    );
+    run(slow_calls(false), 4, seed, 60);
 }
