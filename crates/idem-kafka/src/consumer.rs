@@ -83,7 +83,12 @@ impl KafkaTransport {
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
-            .set("partition.assignment.strategy", "range")
+            // Incremental (cooperative) rebalancing: a member joining or leaving moves only
+            // the partitions that change hands, and every other lane keeps consuming. With
+            // the eager `range` strategy every membership change stopped the whole group;
+            // the chaos soak, which kills a worker every few seconds, spent most of its
+            // time in such stops.
+            .set("partition.assignment.strategy", "cooperative-sticky")
             .set("topic.metadata.refresh.interval.ms", "5000")
             .set(
                 "fetch.wait.max.ms",

@@ -5,6 +5,7 @@
 //! fraction of the deliveries again, out of order. Then the independent checker compares
 //! the simulators' ledgers with idem's receipts.
 
+mod broker;
 mod fleet;
 mod postgres;
 mod replayer;
@@ -23,6 +24,7 @@ use serde::Serialize;
 use crate::checker::{self, Verdict};
 use crate::partners::{Knobs, Partners, EXAMPLE_CELL};
 use crate::workload;
+use broker::{Broker, MockBroker};
 use fleet::{Fleet, FleetStats, Spec};
 use postgres::OwnPostgres;
 
@@ -104,9 +106,14 @@ pub struct ChaosArgs {
     postgres_restart_cmd: Option<String>,
     #[arg(long)]
     no_postgres_restart: bool,
-    /// A Kafka broker to use instead of a tansu of the soak's own; needs
+    /// The soak's own broker: `tansu` (a process, killed with SIGKILL and restarted on its
+    /// sqlite file) or `mock` (librdkafka's mock cluster, three brokers served over TCP from
+    /// the harness; its restart takes every broker down and back, keeping the log).
+    #[arg(long, default_value = "tansu", value_parser = ["tansu", "mock"])]
+    broker: String,
+    /// A Kafka broker to use instead of one of the soak's own; needs
     /// --broker-restart-cmd or --no-broker-restart.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "broker")]
     bootstrap: Option<String>,
     /// Shell command that restarts that broker.
     #[arg(long)]
@@ -262,28 +269,39 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
     let store = Store::connect(&url, 8).await?;
     store.migrate().await?;
 
-    // The broker: a tansu of our own (sqlite storage, which survives SIGKILL) unless given.
-    let tansu_dir = dir.join("tansu");
-    let mut tansu = None;
-    let bootstrap = match &args.bootstrap {
-        Some(b) => b.clone(),
-        None if !kafka_path => "127.0.0.1:9".to_owned(), // unused
-        None => {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port();
-            let d = tansu_dir.clone();
-            let t = tokio::task::spawn_blocking(move || idem_kafka::tansu::start_in(&d, port))
-                .await?
-                .map_err(anyhow::Error::msg)?;
-            let b = t.bootstrap.clone();
-            tansu = Some(t);
-            b
-        }
-    };
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let topic = format!("idem.chaos.{run_id}");
     const PARTITIONS: i32 = 6;
+    // Where the relays publish receipts (the default results topic).
+    let results_topic = idem_kafka::KafkaConfig::new(String::new()).results_topic;
+    // The broker: one of our own (tansu's sqlite storage survives SIGKILL; the mock
+    // cluster lives in this process) unless given.
+    let broker: Option<Arc<Broker>> = if !kafka_path {
+        None
+    } else {
+        Some(Arc::new(match (&args.bootstrap, args.broker.as_str()) {
+            (Some(b), _) => Broker::Given {
+                bootstrap: b.clone(),
+                restart_cmd: args.broker_restart_cmd.clone(),
+            },
+            (None, "mock") => {
+                let (t, r) = (topic.clone(), results_topic.clone());
+                Broker::Mock(
+                    tokio::task::spawn_blocking(move || {
+                        MockBroker::start(3, &[&t, &r], PARTITIONS)
+                    })
+                    .await??,
+                )
+            }
+            (None, _) => {
+                let d = dir.join("tansu");
+                tokio::task::spawn_blocking(move || Broker::start_tansu(d)).await??
+            }
+        }))
+    };
+    let bootstrap = broker
+        .as_ref()
+        .map_or_else(|| "127.0.0.1:9".to_owned(), |b| b.bootstrap()); // unused without one
     let mut kafka = idem_kafka::KafkaConfig::new(&bootstrap);
     kafka.partitions = PARTITIONS;
     if kafka_path {
@@ -419,9 +437,7 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
     let broker_at = started + enqueue_span.mul_f64(0.65);
     let downtime = Duration::from_millis(args.downtime_ms);
     let mut pg_restart: Option<tokio::task::JoinHandle<Result<()>>> = None;
-    let mut broker_restart: Option<
-        tokio::task::JoinHandle<Result<Option<idem_kafka::tansu::Tansu>>>,
-    > = None;
+    let mut broker_restart: Option<tokio::task::JoinHandle<Result<()>>> = None;
     let (mut pg_done, mut broker_done) = (
         matches!(pg_plan, Restart::Skip),
         matches!(broker_plan, Restart::Skip),
@@ -489,36 +505,15 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
             log(&mut events, "PostgreSQL is back".into());
         }
         if !broker_done && broker_restart.is_none() && now >= broker_at {
+            let b = broker.clone().context("a broker to restart")?;
             log(
                 &mut events,
-                format!("broker: SIGKILL, down for {downtime:?}, start"),
+                format!("broker: {}, down for {downtime:?}, back", b.restart_kind()),
             );
-            let old = tansu.take();
-            let (dir, plan_cmd) = (
-                tansu_dir.clone(),
-                match &broker_plan {
-                    Restart::Command(c) => Some(c.clone()),
-                    _ => None,
-                },
-            );
-            let port: Option<u16> = old
-                .as_ref()
-                .and_then(|t| t.bootstrap.rsplit(':').next()?.parse().ok());
-            broker_restart = Some(tokio::task::spawn_blocking(move || {
-                if let Some(c) = plan_cmd {
-                    shell(&c)?;
-                    return Ok(None);
-                }
-                drop(old); // SIGKILL
-                std::thread::sleep(downtime);
-                let port = port.context("own broker's port")?;
-                Ok(Some(
-                    idem_kafka::tansu::start_in(&dir, port).map_err(anyhow::Error::msg)?,
-                ))
-            }));
+            broker_restart = Some(tokio::task::spawn_blocking(move || b.restart(downtime)));
         }
         if broker_restart.as_ref().is_some_and(|t| t.is_finished()) {
-            tansu = broker_restart.take().expect("checked").await??;
+            broker_restart.take().expect("checked").await??;
             broker_done = true;
             broker_restarts += 1;
             log(&mut events, "broker is back".into());
@@ -629,7 +624,7 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
     }
     store.pool().close().await;
     drop(own_pg);
-    drop(tansu);
+    drop(broker);
     if !args.keep && ok {
         let _ = std::fs::remove_dir_all(&dir);
     }
