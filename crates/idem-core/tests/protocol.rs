@@ -641,6 +641,32 @@ fn keyless_cell_without_lookup_hands_doubts_to_a_person() {
     );
 }
 
+/// Run schedules with `broken` switched on in the real code until one violates the
+/// guarantee; check that the violation is a second effect or a request outside the rules,
+/// and that the same schedule passes with the real rules. Returns the seed.
+fn caught_with(broken: Mutation, profile: impl Fn() -> CellProfile, lag: i64) -> u64 {
+    mutation::set(Some(broken));
+    let caught = (0..seed_count()).find_map(|seed| {
+        catch_unwind(AssertUnwindSafe(|| run(profile(), lag, seed, 60)))
+            .err()
+            .map(|e| (seed, e))
+    });
+    mutation::set(None);
+    let (seed, e) = caught.unwrap_or_else(|| panic!("{broken:?} must produce a violation"));
+    let msg = panic_message(&*e);
+    assert!(
+        msg.contains("second effect") || msg.contains("outside rules"),
+        "seed {seed} failed for another reason: {msg}"
+    );
+    eprintln!(
+        "{broken:?} caught at seed {seed}: {}",
+        msg.lines().next().unwrap_or("")
+    );
+    // The same schedule passes with the real rules.
+    run(profile(), lag, seed, 60);
+    seed
+}
+
 /// The check can fail: with rule (b) broken in the real guard (a lost answer counts as
 /// proven not to have happened), a lagging lookup's miss is trusted at once, a new key
 /// generation is sent, and some schedule leaves the partner with two effects.
@@ -654,25 +680,7 @@ fn a_broken_rule_is_caught() {
             true,
         )
     };
-    mutation::set(Some(Mutation::AmbiguousCountsAsProven));
-    let caught = (0..seed_count()).find_map(|seed| {
-        catch_unwind(AssertUnwindSafe(|| run(lagging(), 25, seed, 60)))
-            .err()
-            .map(|e| (seed, e))
-    });
-    mutation::set(None);
-    let (seed, e) = caught.expect("a broken rule (b) must produce a violation in some schedule");
-    let msg = panic_message(&*e);
-    assert!(
-        msg.contains("second effect") || msg.contains("outside rules"),
-        "seed {seed} failed for another reason: {msg}"
-    );
-    eprintln!(
-        "broken rule (b) caught at seed {seed}: {}",
-        msg.lines().next().unwrap_or("")
-    );
-    // The same schedule passes with the real rules.
-    run(lagging(), 25, seed, 60);
+    caught_with(Mutation::AmbiguousCountsAsProven, lagging, 25);
 }
 
 /// A call timeout longer than the settle time (the chaos soak's timings, scaled to this
@@ -700,22 +708,5 @@ fn call_timeout_longer_than_settle_time() {
 /// caught here too: the check found what it missed before it modelled slow requests.
 #[test]
 fn the_old_trust_rule_is_caught() {
-    mutation::set(Some(Mutation::TrustIgnoresCallTimeout));
-    let caught = (0..seed_count()).find_map(|seed| {
-        catch_unwind(AssertUnwindSafe(|| run(slow_calls(false), 4, seed, 60)))
-            .err()
-            .map(|e| (seed, e))
-    });
-    mutation::set(None);
-    let (seed, e) = caught.expect("the old trust rule must produce a violation in some schedule");
-    let msg = panic_message(&*e);
-    assert!(
-        msg.contains("second effect") || msg.contains("outside rules"),
-        "seed {seed} failed for another reason: {msg}"
-    );
-    eprintln!(
-        "old trust rule caught at seed {seed}: {}",
-        msg.lines().next().unwrap_or("")
-    );
-    run(slow_calls(false), 4, seed, 60);
+    caught_with(Mutation::TrustIgnoresCallTimeout, || slow_calls(false), 4);
 }
