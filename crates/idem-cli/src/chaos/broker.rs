@@ -175,3 +175,44 @@ impl Drop for MockBroker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::ClientConfig;
+
+    use super::{Command, MockBroker};
+
+    fn client(bootstrap: &str) -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .create()
+            .expect("client")
+    }
+
+    /// The topics are there before anyone asks (idem must not need CreateTopics), and the
+    /// restart really takes the brokers away: a new client gets no metadata while they are
+    /// down and does once they are back.
+    #[test]
+    fn mock_cluster_has_the_topics_and_goes_down_and_up() {
+        let m = MockBroker::start(3, &["idem.chaos.t", "idem.results"], 4).expect("start");
+        let md = client(&m.bootstrap)
+            .fetch_metadata(None, Duration::from_secs(10))
+            .expect("metadata");
+        for t in ["idem.chaos.t", "idem.results"] {
+            let topic = md.topics().iter().find(|x| x.name() == t).expect(t);
+            assert_eq!(topic.partitions().len(), 4, "{t}");
+        }
+        m.command(Command::Down).expect("down");
+        let c = client(&m.bootstrap);
+        assert!(
+            c.fetch_metadata(None, Duration::from_secs(2)).is_err(),
+            "metadata from a cluster that is down"
+        );
+        m.command(Command::Up).expect("up");
+        c.fetch_metadata(None, Duration::from_secs(15))
+            .expect("metadata once the brokers are back");
+    }
+}
