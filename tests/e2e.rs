@@ -47,6 +47,7 @@ fn worker(store: &Store, cells: Registry, id: &str) -> Worker {
             sweep_interval: Duration::from_millis(50),
             claim_outbox: true,
             approval_ttl: Duration::from_secs(3600),
+            stranded_after: None,
         },
     )
 }
@@ -905,4 +906,68 @@ async fn retention_purges_old_settled_actions_without_waiting_for_locked_rows() 
         .unwrap();
     assert_eq!(again.actions, 1);
     assert_eq!(left(ids[2]).await, 0);
+}
+
+/// A delivery the broker dropped (e.g. Kafka retention deleted the message before any
+/// worker read it): the action sits in `received` with no message left anywhere. Past
+/// `stranded_after` the sweeper starts it from its inbox row, once; a younger one is left
+/// to its delivery; a message that turns up afterwards is absorbed as a duplicate.
+#[tokio::test]
+async fn an_action_whose_delivery_was_lost_is_started_from_the_inbox_once() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let w = Worker::new(
+        db.store.clone(),
+        cell(&stripe.base_url(), |c| c),
+        WorkerConfig {
+            id: "w-stranded".into(),
+            stranded_after: Some(Duration::from_secs(600)),
+            ..WorkerConfig::default()
+        },
+    );
+    let old = NewAction::new(ActionId::random(), cell_name(), charge_args(700));
+    enqueue(db.store.pool(), &old).await.unwrap();
+    // The relay published it and deleted the row; the broker then lost the message.
+    let lost = take_delivery(&db.store).await;
+    sqlx::query(
+        "UPDATE idem.actions SET created_at = now() - interval '1 hour' WHERE action_id = $1",
+    )
+    .bind(old.action_id.as_uuid())
+    .execute(db.store.pool())
+    .await
+    .unwrap();
+    let young = NewAction::new(ActionId::random(), cell_name(), charge_args(701));
+    enqueue(db.store.pool(), &young).await.unwrap();
+    let _young_lost = take_delivery(&db.store).await;
+
+    w.sweep_once().await.unwrap();
+    let row = state(&db.store, old.action_id).await;
+    assert_eq!(row.state, State::Succeeded, "{row:?}");
+    assert_eq!(stripe.sim.effects_for(&old.action_id.to_string()), 1);
+    let reason: (Option<String>,) = sqlx::query_as(
+        "SELECT reason FROM idem.transitions WHERE action_id = $1 AND event = 'start'",
+    )
+    .bind(old.action_id.as_uuid())
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    assert!(
+        reason
+            .0
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("re-driven from the inbox"),
+        "{reason:?}"
+    );
+    assert_eq!(
+        state(&db.store, young.action_id).await.state,
+        State::Received,
+        "younger than stranded_after: left to its delivery"
+    );
+    assert_eq!(stripe.sim.effects_for(&young.action_id.to_string()), 0);
+
+    // The lost message turns up after all.
+    let report = w.deliver(&[lost]).await.unwrap();
+    assert_eq!((report.started, report.duplicates), (0, 1));
+    assert_eq!(stripe.sim.effects_for(&old.action_id.to_string()), 1);
 }

@@ -35,6 +35,7 @@ fn worker(store: &Store, cell: StripeCharge, approval_ttl: Duration) -> Worker {
             sweep_interval: Duration::from_millis(50),
             claim_outbox: true,
             approval_ttl,
+            stranded_after: None,
         },
     )
 }

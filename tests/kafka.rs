@@ -55,6 +55,7 @@ fn worker(store: &Store, base: &str) -> Worker {
             sweep_interval: Duration::from_millis(50),
             claim_outbox: false,
             approval_ttl: Duration::from_secs(3600),
+            stranded_after: None,
         },
     )
 }

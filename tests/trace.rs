@@ -106,6 +106,7 @@ async fn one_trace_from_the_enqueuing_span_to_the_partner_call() {
             sweep_interval: Duration::from_millis(50),
             claim_outbox: false,
             approval_ttl: Duration::from_secs(3600),
+            stranded_after: None,
         },
     );
     let transport = KafkaTransport::new(

@@ -185,6 +185,12 @@ struct WorkerArgs {
     /// Seconds an action may wait for approval before it is rejected as expired.
     #[arg(long, default_value_t = 86_400)]
     approval_ttl_secs: u64,
+    /// An action still `received` this long after enqueue (ms) is started by the sweeper
+    /// from its inbox row: its delivery was lost (e.g. a Kafka message dropped by retention
+    /// before any worker read it). Such starts give up per-key order, so keep this well
+    /// above the normal delivery lag. 0: never.
+    #[arg(long, default_value_t = 600_000)]
+    stranded_after_ms: u64,
 }
 
 /// Where Kafka is and which topics idem uses.
@@ -845,6 +851,8 @@ async fn build_worker(args: &WorkerArgs) -> Result<Worker> {
         config.id = id.clone();
     }
     config.approval_ttl = Duration::from_secs(args.approval_ttl_secs.max(1));
+    config.stranded_after =
+        (args.stranded_after_ms > 0).then(|| Duration::from_millis(args.stranded_after_ms));
     let registry = args.cells.registry().map_err(anyhow::Error::msg)?;
     args.cells.check(&registry).map_err(anyhow::Error::msg)?;
     // Window safety check: refuse to start rather than risk a replay outside a key window.

@@ -150,6 +150,36 @@ pub async fn receive(
         .collect())
 }
 
+/// Lock up to `limit` actions still `received` that were enqueued before `older_than`,
+/// oldest first, skipping rows another worker holds, and return them as the envelopes their
+/// messages carried. Their delivery never came (or is very late): the caller drives them
+/// from the inbox, and a message that does arrive later finds them no longer `received`.
+pub async fn take_stranded(
+    conn: &mut PgConnection,
+    limit: u32,
+    older_than: DateTime<Utc>,
+) -> Result<Vec<Envelope>, StoreError> {
+    let rows: Vec<(Uuid, String, serde_json::Value, String)> = sqlx::query_as(
+        "SELECT action_id, cell, args, ordering_key FROM idem.actions \
+         WHERE state = 'received' AND created_at < $2 \
+         ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit as i64)
+    .bind(older_than)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, cell, args, ordering_key)| Envelope {
+            v: idem_core::envelope::ENVELOPE_VERSION,
+            action_id: ActionId(id),
+            cell,
+            args,
+            ordering_key,
+        })
+        .collect())
+}
+
 /// Lock up to `limit` actions whose retry or doubt is due, oldest first, skipping rows
 /// another worker holds.
 pub async fn take_due(conn: &mut PgConnection, limit: u32) -> Result<Vec<ActionRow>, StoreError> {

@@ -97,6 +97,7 @@ impl Run {
                 sweep_interval: Duration::from_millis(50),
                 claim_outbox: true,
                 approval_ttl: Duration::from_secs(3600),
+                stranded_after: None,
             },
         )
     }

@@ -19,6 +19,10 @@ pub struct WorkerConfig {
     pub claim_outbox: bool,
     /// How long an action waits for approval before it is rejected as expired.
     pub approval_ttl: Duration,
+    /// An action still `received` this long after enqueue is started from its inbox row by
+    /// the sweeper (its delivery was lost, e.g. dropped by Kafka retention). `None`: never.
+    /// Keep it well above the normal delivery lag: these starts skip per-key ordering.
+    pub stranded_after: Option<Duration>,
 }
 
 impl Default for WorkerConfig {
@@ -31,6 +35,7 @@ impl Default for WorkerConfig {
             sweep_interval: Duration::from_secs(1),
             claim_outbox: true,
             approval_ttl: Duration::from_secs(24 * 3600),
+            stranded_after: Some(Duration::from_secs(600)),
         }
     }
 }

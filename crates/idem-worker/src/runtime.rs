@@ -153,6 +153,15 @@ impl Worker {
                         Err(e) => tracing::warn!(error = %e, "sweep failed; retrying"),
                     }
                 }
+                let free = sem.available_permits() as u32;
+                if free > 0 {
+                    match self.claim_stranded(free.min(self.config.batch)).await {
+                        Ok(work) => self.dispatch(work, &sem, &settle_tx, &mut tasks).await,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "stranded-action claim failed; retrying")
+                        }
+                    }
+                }
             }
             // Reap finished tasks so the set does not grow.
             while let Some(r) = tasks.try_join_next() {
@@ -311,9 +320,49 @@ impl Worker {
                 trace: TraceHeaders::from_json(&m.headers),
             })
             .collect();
-        let (started, report, applied) = self.receive_in(&mut tx, &deliveries).await?;
+        let (started, report, applied) = self.receive_in(&mut tx, &deliveries, None).await?;
         tx.commit().await?;
         counted(&applied, &report);
+        Ok(started.into_iter().map(Work::Execute).collect())
+    }
+
+    /// Start actions still `received` past `stranded_after` from their inbox rows: their
+    /// delivery never came (a Kafka message dropped by retention before anyone read it) or
+    /// is very late. The start is the same compare-and-set a delivery makes, so a message
+    /// that arrives afterwards is a duplicate; only the order among one ordering key's
+    /// actions is given up for these.
+    async fn claim_stranded(&self, limit: u32) -> Result<Vec<Work>, WorkerError> {
+        let Some(after) = self.config.stranded_after else {
+            return Ok(vec![]);
+        };
+        let older_than = Utc::now() - chrono::Duration::from_std(after).unwrap_or_default();
+        let mut tx = self.store.pool().begin().await?;
+        let envelopes = queue::take_stranded(&mut tx, limit, older_than).await?;
+        if envelopes.is_empty() {
+            tx.rollback().await?;
+            return Ok(vec![]);
+        }
+        let deliveries: Vec<Delivery> = envelopes
+            .iter()
+            .map(|e| Delivery {
+                payload: e.encode(),
+                source: serde_json::json!({ "transport": "inbox", "stranded_after_ms": after.as_millis() as u64 }),
+                trace: TraceHeaders::default(),
+            })
+            .collect();
+        let reason = format!(
+            "re-driven from the inbox: no delivery within {}s of enqueue",
+            after.as_secs()
+        );
+        let (started, report, applied) =
+            self.receive_in(&mut tx, &deliveries, Some(&reason)).await?;
+        tx.commit().await?;
+        counted(&applied, &report);
+        tracing::warn!(
+            count = deliveries.len(),
+            started = started.len(),
+            "actions stranded in received (no delivery came); driving them from the inbox"
+        );
         Ok(started.into_iter().map(Work::Execute).collect())
     }
 
@@ -321,7 +370,7 @@ impl Worker {
     /// call, classify, settle. For transports that hand over one batch at a time.
     pub async fn deliver(&self, deliveries: &[Delivery]) -> Result<ReceiveReport, WorkerError> {
         let mut tx = self.store.pool().begin().await?;
-        let (started, report, applied) = self.receive_in(&mut tx, deliveries).await?;
+        let (started, report, applied) = self.receive_in(&mut tx, deliveries, None).await?;
         tx.commit().await?;
         counted(&applied, &report);
         let mut set = JoinSet::new();
@@ -342,10 +391,12 @@ impl Worker {
     }
 
     /// Decode, match against the inbox, gate and write attempts ahead, inside `tx`.
+    /// `reason` goes on the audit row of every start (why it did not come from a delivery).
     async fn receive_in(
         &self,
         tx: &mut Transaction<'static, Postgres>,
         deliveries: &[Delivery],
+        reason: Option<&str>,
     ) -> Result<(Vec<Started>, ReceiveReport, inbox::Applied), WorkerError> {
         let mut report = ReceiveReport::default();
         let mut letters = vec![];
@@ -426,6 +477,10 @@ impl Worker {
                     if !d.trace.is_empty() {
                         s.row.trace = d.trace.clone();
                     }
+                    let change = match reason {
+                        Some(r) => change.reason(Some(r.to_owned())),
+                        None => change,
+                    };
                     changes.push(change);
                     new_attempts.push(attempt);
                     started.push(s);
@@ -446,7 +501,8 @@ impl Worker {
     /// retries and replays, reconcile due doubts, settle what was sent. Returns how many
     /// actions it moved on.
     pub async fn sweep_once(&self) -> Result<usize, WorkerError> {
-        let work = self.sweep(self.config.batch).await?;
+        let mut work = self.sweep(self.config.batch).await?;
+        work.extend(self.claim_stranded(self.config.batch).await?);
         let n = work.len();
         let mut executes = JoinSet::new();
         let mut reconciles = JoinSet::new();

@@ -120,6 +120,11 @@ pub struct ChaosArgs {
     broker_restart_cmd: Option<String>,
     #[arg(long)]
     no_broker_restart: bool,
+    /// Workers start an action still `received` this long after enqueue from its inbox row
+    /// (ms): a delivery the broker dropped (the mock cluster keeps 5 MB per partition, so a
+    /// long backlog loses its oldest messages, as Kafka's retention would).
+    #[arg(long, default_value_t = 120_000)]
+    stranded_after_ms: u64,
     /// Keep the run directory (every process's log, the soak's own PostgreSQL and tansu).
     #[arg(long)]
     keep: bool,
@@ -133,6 +138,8 @@ struct ChaosReport {
     enqueue_duplicates_suppressed: usize,
     enqueue_retries: usize,
     dead_letters: i64,
+    /// Actions the sweeper started from their inbox rows because no delivery came.
+    redriven_from_inbox: i64,
     fleet: FleetStats,
     postgres_restarts: usize,
     broker_restarts: usize,
@@ -375,6 +382,8 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
         &lag_bound,
         "--stripe-key-retention-ms",
         &key_retention.as_millis().to_string(),
+        "--stranded-after-ms",
+        &args.stranded_after_ms.to_string(),
     ]);
     worker_args.extend(partners.worker_flags());
     let spec = Spec {
@@ -597,6 +606,11 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
     let (dead_letters,): (i64,) = sqlx::query_as("SELECT count(*) FROM idem.dead_letters")
         .fetch_one(store.pool())
         .await?;
+    let (redriven_from_inbox,): (i64,) = sqlx::query_as(
+        "SELECT count(DISTINCT action_id) FROM idem.transitions WHERE reason LIKE 're-driven from the inbox%'",
+    )
+    .fetch_one(store.pool())
+    .await?;
     let agents = agents_result.unwrap_or_default();
     let report = ChaosReport {
         verdict,
@@ -604,6 +618,7 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
         enqueue_duplicates_suppressed: agents.suppressed,
         enqueue_retries: agents.retries,
         dead_letters,
+        redriven_from_inbox,
         fleet: fleet_stats,
         postgres_restarts,
         broker_restarts,
@@ -746,7 +761,7 @@ fn print_report(r: &ChaosReport) {
     }
     println!();
     println!(
-        "total: {} actions, {} effects, {} duplicates, {} lost, {} unsettled, {} needs_human, {} dead letters",
-        v.actions, v.effects, v.duplicates, v.lost, v.unsettled, v.needs_human, r.dead_letters
+        "total: {} actions, {} effects, {} duplicates, {} lost, {} unsettled, {} needs_human, {} dead letters; {} started from the inbox (no delivery came)",
+        v.actions, v.effects, v.duplicates, v.lost, v.unsettled, v.needs_human, r.dead_letters, r.redriven_from_inbox
     );
 }
