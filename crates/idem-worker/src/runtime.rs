@@ -320,7 +320,17 @@ impl Worker {
                 trace: TraceHeaders::from_json(&m.headers),
             })
             .collect();
-        let (started, report, applied) = self.receive_in(&mut tx, &deliveries, None).await?;
+        self.start_in(tx, &deliveries, None).await
+    }
+
+    /// Receive `deliveries` in `tx`, commit, count, and return what to execute.
+    async fn start_in(
+        &self,
+        mut tx: Transaction<'static, Postgres>,
+        deliveries: &[Delivery],
+        reason: Option<&str>,
+    ) -> Result<Vec<Work>, WorkerError> {
+        let (started, report, applied) = self.receive_in(&mut tx, deliveries, reason).await?;
         tx.commit().await?;
         counted(&applied, &report);
         Ok(started.into_iter().map(Work::Execute).collect())
@@ -354,16 +364,13 @@ impl Worker {
             "re-driven from the inbox: no delivery within {}s of enqueue",
             after.as_secs()
         );
-        let (started, report, applied) =
-            self.receive_in(&mut tx, &deliveries, Some(&reason)).await?;
-        tx.commit().await?;
-        counted(&applied, &report);
+        let started = self.start_in(tx, &deliveries, Some(&reason)).await?;
         tracing::warn!(
             count = deliveries.len(),
             started = started.len(),
             "actions stranded in received (no delivery came); driving them from the inbox"
         );
-        Ok(started.into_iter().map(Work::Execute).collect())
+        Ok(started)
     }
 
     /// Receive deliveries from any transport and run what they start to completion:
