@@ -874,7 +874,7 @@ async fn retention_purges_old_settled_actions_without_waiting_for_locked_rows() 
     let day = Duration::from_secs(24 * 3600);
     let purged = tokio::time::timeout(
         Duration::from_secs(10),
-        idem_store::retention::purge_settled(pool, day, 1, None),
+        idem_store::retention::purge_settled(pool, day, 1, None, Duration::ZERO),
     )
     .await
     .expect("purge waited for a locked row")
@@ -901,7 +901,7 @@ async fn retention_purges_old_settled_actions_without_waiting_for_locked_rows() 
     assert!(left(recent.action_id).await >= 1, "recent: kept");
     holder.rollback().await.unwrap();
     // Released, the held one goes on the next run.
-    let again = idem_store::retention::purge_settled(pool, day, 100, None)
+    let again = idem_store::retention::purge_settled(pool, day, 100, None, Duration::ZERO)
         .await
         .unwrap();
     assert_eq!(again.actions, 1);

@@ -256,6 +256,9 @@ struct PurgeArgs {
     /// Stop after this many batches (run again later to go on).
     #[arg(long)]
     max_batches: Option<u64>,
+    /// Pause between batches (ms), so the purge leaves the workers the machine.
+    #[arg(long, default_value_t = 0)]
+    pause_ms: u64,
 }
 
 #[derive(Args, Debug)]
@@ -527,6 +530,7 @@ async fn run(cli: Cli, metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>
                 retention,
                 args.batch.max(1),
                 args.max_batches,
+                Duration::from_millis(args.pause_ms),
             )
             .await?;
             println!(
