@@ -320,7 +320,8 @@ impl Worker {
                 trace: TraceHeaders::from_json(&m.headers),
             })
             .collect();
-        self.start_in(tx, &deliveries, None).await
+        let (started, _) = self.start_in(tx, &deliveries, None).await?;
+        Ok(started.into_iter().map(Work::Execute).collect())
     }
 
     /// Receive `deliveries` in `tx`, commit, count, and return what to execute.
@@ -329,11 +330,11 @@ impl Worker {
         mut tx: Transaction<'static, Postgres>,
         deliveries: &[Delivery],
         reason: Option<&str>,
-    ) -> Result<Vec<Work>, WorkerError> {
+    ) -> Result<(Vec<Started>, ReceiveReport), WorkerError> {
         let (started, report, applied) = self.receive_in(&mut tx, deliveries, reason).await?;
         tx.commit().await?;
         counted(&applied, &report);
-        Ok(started.into_iter().map(Work::Execute).collect())
+        Ok((started, report))
     }
 
     /// Start actions still `received` past `stranded_after` from their inbox rows: their
@@ -364,22 +365,20 @@ impl Worker {
             "re-driven from the inbox: no delivery within {}s of enqueue",
             after.as_secs()
         );
-        let started = self.start_in(tx, &deliveries, Some(&reason)).await?;
+        let (started, _) = self.start_in(tx, &deliveries, Some(&reason)).await?;
         tracing::warn!(
             count = deliveries.len(),
             started = started.len(),
             "actions stranded in received (no delivery came); driving them from the inbox"
         );
-        Ok(started)
+        Ok(started.into_iter().map(Work::Execute).collect())
     }
 
     /// Receive deliveries from any transport and run what they start to completion:
     /// call, classify, settle. For transports that hand over one batch at a time.
     pub async fn deliver(&self, deliveries: &[Delivery]) -> Result<ReceiveReport, WorkerError> {
-        let mut tx = self.store.pool().begin().await?;
-        let (started, report, applied) = self.receive_in(&mut tx, deliveries, None).await?;
-        tx.commit().await?;
-        counted(&applied, &report);
+        let tx = self.store.pool().begin().await?;
+        let (started, report) = self.start_in(tx, deliveries, None).await?;
         let mut set = JoinSet::new();
         for s in started {
             set.spawn(async move {
