@@ -1,58 +1,54 @@
 #!/usr/bin/env bash
-# Runs idem's whole test suite: unit, model, end-to-end, Kafka, API, MCP and browser tests
-# against a real PostgreSQL, a real Kafka-protocol broker and a headless Chromium. Uses DATABASE_URL and KAFKA_BOOTSTRAP if set;
-# otherwise the local PostgreSQL on 127.0.0.1:5432 (started if down) and a tansu broker
-# started here (installed first if missing); Chromium and chromedriver from Debian's packages
-# when missing.
+# Runs idem's whole test suite: unit, model, end-to-end, Kafka, API, MCP, browser tests and
+# the CI-sized fault campaign, against a real PostgreSQL, real Apache Kafka and a headless
+# Chromium. Uses DATABASE_URL and KAFKA_BOOTSTRAP if set; otherwise starts a PostgreSQL
+# cluster of its own (Debian's postgresql package, installed if missing) and a one-node
+# Apache Kafka (from Maven Central, resolved once into ~/.cache/idem) that every test binary
+# shares, and stops both on exit. The fault campaign starts its own three-node cluster.
+# Chromium and chromedriver come from Debian's packages when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/idem-target}"
 
-if [ -z "${DATABASE_URL:-}" ]; then
-  export DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres"
-  if command -v pg_isready >/dev/null && ! pg_isready -h 127.0.0.1 -p 5432 -q; then
-    echo "PostgreSQL is not answering on 127.0.0.1:5432; trying to start it" >&2
-    if command -v pg_ctlcluster >/dev/null; then
-      ver=$(ls /etc/postgresql 2>/dev/null | sort -n | tail -n 1)
-      pg_ctlcluster --skip-systemctl-redirect "${ver:-15}" main start || pg_ctlcluster "${ver:-15}" main start || true
-    fi
-    for _ in $(seq 1 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done
-  fi
-fi
-
-# Kafka-protocol broker: KAFKA_BOOTSTRAP if set; else tansu with sqlite storage, installed
-# from crates.io when missing (about 17 minutes on a cold machine) and stopped on exit.
-if [ -z "${KAFKA_BOOTSTRAP:-}" ]; then
-  export PATH="$HOME/.cargo/bin:$PATH"
-  if ! command -v tansu >/dev/null; then
-    echo "tansu not found; installing it (cargo install tansu --locked --features dynostore,libsql)" >&2
-    cargo install tansu --locked --features dynostore,libsql
-  fi
-  tansu_dir=$(mktemp -d /tmp/idem-tansu.XXXXXX)
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  # tansu resolves a sqlite URL's path against its working directory.
-  (cd "$tansu_dir" && exec tansu broker --storage-engine "sqlite://tansu.db" \
-    --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
-    >"$tansu_dir/tansu.log" 2>&1) &
-  tansu_pid=$!
-  trap 'kill $tansu_pid 2>/dev/null || true; rm -rf "$tansu_dir"' EXIT
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-    sleep 0.2
-  done
-  export KAFKA_BOOTSTRAP="127.0.0.1:$port"
-  echo "tansu broker on $KAFKA_BOOTSTRAP (log: $tansu_dir/tansu.log)" >&2
-fi
+sudo=""
+[ "$(id -u)" = 0 ] || sudo="sudo"
+apt_updated=""
+apt_install() {
+  [ -n "$apt_updated" ] || { $sudo apt-get update -q; apt_updated=1; }
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "$@"
+}
 
 # The approver console's browser test drives Debian's Chromium through chromedriver.
 if [ -z "${CHROMIUM:-}" ] && { ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; }; then
   echo "chromium/chromedriver not found; installing Debian's chromium and chromium-driver" >&2
-  sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q chromium chromium-driver
+  apt_install chromium chromium-driver
 fi
+
+# PostgreSQL and Apache Kafka of the suite's own, unless given.
+services_env=$(mktemp /tmp/idem-services-env.XXXXXX)
+rm -f "$services_env"
+services_pid=""
+cleanup() {
+  [ -z "$services_pid" ] || kill "$services_pid" 2>/dev/null || true
+  rm -f "$services_env"
+}
+trap cleanup EXIT
+want=()
+[ -n "${DATABASE_URL:-}" ] || want+=(--postgres)
+[ -n "${KAFKA_BOOTSTRAP:-}" ] || want+=(--kafka-nodes 1)
+if [ ${#want[@]} -gt 0 ]; then
+  cargo build -q -p idem-services
+  "$CARGO_TARGET_DIR/debug/idem-services" up "${want[@]}" --env-file "$services_env" --parent $$ &
+  services_pid=$!
+  while [ ! -s "$services_env" ]; do
+    kill -0 "$services_pid" 2>/dev/null || { echo "idem-services failed to start the services" >&2; exit 1; }
+    sleep 0.5
+  done
+  # shellcheck disable=SC1090
+  . "$services_env"
+fi
+echo "Kafka: $KAFKA_BOOTSTRAP (${IDEM_KAFKA_BROKER:-given}); PostgreSQL: ${services_pid:+own, }from DATABASE_URL" >&2
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"

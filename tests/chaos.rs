@@ -1,13 +1,14 @@
-//! The CI-sized fault campaign: the real `idem chaos` binary with its defaults scaled down.
-//! It starts its own PostgreSQL cluster (initdb, so it can crash it) and its own tansu broker
-//! (sqlite storage, so it can SIGKILL it), real `idem relay` and `idem worker` processes,
-//! and the partner simulators; the checker's figures come back as JSON.
+//! The CI-sized fault campaign: the real `idem chaos` binary with its defaults (2,000
+//! actions at 40/s, a relay or worker SIGKILLed every 4 s, one PostgreSQL crash, one broker
+//! crash). It starts its own PostgreSQL cluster (initdb, so it can crash it) and its own
+//! three-node Apache Kafka (so it can SIGKILL a node), real `idem relay` and `idem worker`
+//! processes, and the partner simulators; the checker's figures come back as JSON.
 
 use std::process::Command;
 
 #[test]
 fn chaos_soak_loses_nothing_and_duplicates_nothing() {
-    let actions = 1200;
+    let actions = 2000;
     let out = Command::new(env!("CARGO_BIN_EXE_idem"))
         .args([
             "chaos",
@@ -17,7 +18,7 @@ fn chaos_soak_loses_nothing_and_duplicates_nothing() {
             "--rate",
             "40",
             "--kill-every-ms",
-            "2500",
+            "4000",
             "--timeout-secs",
             "600",
         ])
@@ -53,6 +54,11 @@ fn chaos_soak_loses_nothing_and_duplicates_nothing() {
     assert!(fleet["workers_killed"].as_u64().unwrap() >= 1, "{context}");
     assert_eq!(n("postgres_restarts"), 1, "{context}");
     assert_eq!(n("broker_restarts"), 1, "{context}");
+    let broker = r["broker"].as_str().unwrap_or("");
+    assert!(
+        broker.starts_with("apache-kafka 4.") && broker.ends_with("3 nodes"),
+        "broker {broker:?}\n{context}"
+    );
     assert!(n("deliveries_published_again") > 0, "{context}");
 
     // Every cell ran, effects were made, and doubts were resolved by replay or lookup.

@@ -1,7 +1,8 @@
-//! The Kafka path over real PostgreSQL and a real Kafka-protocol broker (tansu with sqlite
-//! storage, from KAFKA_BOOTSTRAP or started by the test kit): relay, consumer-group
-//! worker transport, redelivery, poison messages, a relay killed between the Kafka ack and
-//! the outbox delete. Effects are counted in the Stripe simulator's ledger.
+//! The Kafka path over real PostgreSQL and Apache Kafka (from KAFKA_BOOTSTRAP or started by
+//! the test kit): relay, consumer-group worker transport, redelivery, poison messages, a
+//! relay killed between the Kafka ack and the outbox delete, a broker node SIGKILLed in a
+//! three-node cluster of the test's own. Effects are counted in the Stripe simulator's
+//! ledger.
 
 use std::time::Duration;
 
@@ -556,27 +557,26 @@ async fn per_key_processing_order_is_enqueue_commit_order() {
     assert_eq!(stripe.sim.ledger().len(), 30);
 }
 
+/// A three-node cluster of the test's own (so that crashing a node leaves the other tests
+/// alone), replication factor 3 and min.insync.replicas=2: with one node SIGKILLed the
+/// others take over its partitions, and it comes back on its own log directory.
 #[tokio::test]
-async fn broker_restart_mid_run_loses_nothing_and_doubles_nothing() {
-    // A broker of its own, so that killing it leaves the other tests alone.
-    let broker = tokio::task::spawn_blocking(idem_kafka::tansu::start)
+async fn broker_node_crash_mid_run_loses_nothing_and_doubles_nothing() {
+    let dir = idem_services::run_dir("kafka-crash-test").unwrap();
+    let broker = {
+        let d = dir.join("kafka");
+        tokio::task::spawn_blocking(move || {
+            idem_services::KafkaCluster::start(&d, &idem_services::KafkaOptions::nodes(3))
+        })
         .await
         .unwrap()
-        .expect("start tansu");
-    let (dir, port) = (
-        broker.dir.clone(),
-        broker
-            .bootstrap
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .parse::<u16>()
-            .unwrap(),
-    );
+        .expect("start a three-node Apache Kafka")
+    };
+    let broker = std::sync::Arc::new(broker);
     let db = TestDb::new().await;
     let stripe = StripeFixture::start(StripeSimConfig::default()).await;
     let topic = unique("idem.test");
-    let mut k = KafkaConfig::new(broker.bootstrap.clone());
+    let mut k = KafkaConfig::new(broker.bootstrap());
     k.routing = TopicRouting::Single(topic.clone());
     k.partitions = 3;
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -605,14 +605,16 @@ async fn broker_restart_mid_run_loses_nothing_and_doubles_nothing() {
 
     let first = enqueue_n(&db.store, 20, None).await;
     wait_settled(&db.store, &first, Duration::from_secs(60)).await;
-    // kill the broker, keep enqueueing while it is down, start it again on its data
-    drop(broker);
+    // SIGKILL a node, keep enqueueing while it is down, start it again on its log dir.
+    broker.kill(1).unwrap();
+    assert!(!broker.is_running(1));
     let second = enqueue_n(&db.store, 20, None).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let broker = tokio::task::spawn_blocking(move || idem_kafka::tansu::start_in(&dir, port))
+    wait_settled(&db.store, &second, Duration::from_secs(90)).await;
+    let b = broker.clone();
+    tokio::task::spawn_blocking(move || b.restart(1))
         .await
         .unwrap()
-        .expect("restart tansu");
+        .expect("restart node 1");
     let third = enqueue_n(&db.store, 20, None).await;
     let all: Vec<ActionId> = first.iter().chain(&second).chain(&third).copied().collect();
     wait_settled(&db.store, &all, Duration::from_secs(120)).await;
@@ -635,6 +637,7 @@ async fn broker_restart_mid_run_loses_nothing_and_doubles_nothing() {
     }
     assert_eq!(stripe.sim.ledger().len(), 60);
     drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 struct Proc(std::process::Child);
@@ -690,14 +693,11 @@ fn kafka_worker_process(
     )
 }
 
-/// Broker: librdkafka's mock cluster, not tansu. tansu 0.6 with sqlite storage does not
-/// hand a departed member's partitions to the survivors reliably (measured here: 3 of 3
-/// runs stalled with that member's actions unconsumed), so this group test runs against
-/// the mock cluster's group coordinator; the worker processes reach it over TCP.
+/// Three worker processes in one group on Apache Kafka; one SIGKILLed mid-batch, its
+/// partitions handed to the survivors by the group coordinator.
 #[tokio::test]
 async fn three_worker_processes_one_killed_mid_batch_every_action_once() {
-    let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
-    let bootstrap = cluster.bootstrap_servers();
+    let bootstrap = kafka_bootstrap();
     let db = TestDb::new().await;
     // A slow partner, so the killed worker has calls in flight.
     let stripe = StripeFixture::start(StripeSimConfig {
@@ -714,9 +714,9 @@ async fn three_worker_processes_one_killed_mid_batch_every_action_once() {
     let mut k = KafkaConfig::new(bootstrap.clone());
     k.routing = TopicRouting::Single(topic.clone());
     k.partitions = 6;
-    cluster
-        .create_topic(&topic, 6, 1)
-        .expect("create topic on the mock cluster");
+    idem_kafka::topics::ensure(&k, std::slice::from_ref(&topic))
+        .await
+        .expect("create the topic");
     let cell = CellName::new("stripe.charge").unwrap();
     let mut ids = vec![];
     for i in 0..90 {
@@ -770,11 +770,10 @@ async fn three_worker_processes_one_killed_mid_batch_every_action_once() {
     drop(workers);
 }
 
-/// Broker: the mock cluster (a group handoff; see the three-worker test for why).
+/// A group handoff on Apache Kafka: the first member leaves on SIGTERM.
 #[tokio::test]
 async fn sigterm_finishes_in_flight_work_and_hands_the_rest_to_the_group() {
-    let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
-    let bootstrap = cluster.bootstrap_servers();
+    let bootstrap = kafka_bootstrap();
     let db = TestDb::new().await;
     let stripe = StripeFixture::start(StripeSimConfig {
         faults: idem_sim::FaultRates {
@@ -787,10 +786,12 @@ async fn sigterm_finishes_in_flight_work_and_hands_the_rest_to_the_group() {
     .await;
     let topic = unique("idem.test");
     let group = unique("group");
-    cluster.create_topic(&topic, 2, 1).expect("topic");
     let mut k = KafkaConfig::new(bootstrap.clone());
     k.routing = TopicRouting::Single(topic.clone());
     k.partitions = 2;
+    idem_kafka::topics::ensure(&k, std::slice::from_ref(&topic))
+        .await
+        .expect("create the topic");
     let ids = enqueue_n(&db.store, 20, Some("one-session")).await;
     relay(&db, &k).drain_once().await.unwrap();
     let mut first = kafka_worker_process(

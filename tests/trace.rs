@@ -1,5 +1,5 @@
 //! Trace context: one trace id from the agent's enqueuing span to the partner call, through
-//! the outbox, the relay, Kafka (tansu, from KAFKA_BOOTSTRAP or started by the test kit) and
+//! the outbox, the relay, Kafka (Apache Kafka, from KAFKA_BOOTSTRAP or started by the test kit) and
 //! the worker, and on through a replay the sweeper starts after a lost response. Spans are
 //! read back from an in-memory OpenTelemetry exporter; the partner side from the
 //! `traceparent` each request carried into the Stripe simulator.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use idem_sim::FaultRates;
-use idem_store::{enqueue, NewAction, Store, DEFAULT_DATABASE_URL};
+use idem_store::{enqueue, NewAction, Store};
 use idem_worker::{Worker, WorkerConfig};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -19,9 +19,10 @@ use crate::workload;
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// PostgreSQL server; the demo (re)creates its own database `idem_demo` there.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
-    database_url: String,
+    /// PostgreSQL server; the demo (re)creates its own database `idem_demo` there. Without
+    /// it the demo starts a PostgreSQL cluster of its own (and stops it at the end).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// The database the demo (re)creates on that server ([a-z0-9_] only).
     #[arg(long, default_value = "idem_demo", value_parser = database_name)]
     database_name: String,
@@ -58,7 +59,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "postgres", value_parser = ["postgres", "kafka"])]
     transport: String,
     /// Kafka bootstrap servers for `--transport kafka`; without it (and without
-    /// KAFKA_BOOTSTRAP) the demo starts tansu itself if it is on PATH.
+    /// KAFKA_BOOTSTRAP) the demo starts a one-node Apache Kafka of its own.
     #[arg(long, env = "KAFKA_BOOTSTRAP")]
     bootstrap: Option<String>,
     /// Do not kill a worker mid-flight (partner faults stay on). Counters are per process:
@@ -74,21 +75,19 @@ pub(crate) enum Transport {
         config: idem_kafka::KafkaConfig,
         topic: String,
         group: String,
-        _tansu: Option<Box<idem_kafka::tansu::Tansu>>,
+        kafka: Box<crate::services::Kafka>,
     },
 }
 
 impl Transport {
     /// `kind` is `postgres` or `kafka`; on Kafka, a fresh topic and group named after
-    /// `label` on `bootstrap` (or on a tansu started here).
+    /// `label` on `bootstrap` (or on a one-node Apache Kafka started here).
     pub(crate) async fn new(kind: &str, bootstrap: Option<String>, label: &str) -> Result<Self> {
         if kind != "kafka" {
             return Ok(Self::Postgres);
         }
-        let (bootstrap, tansu) = idem_kafka::tansu::given_or_started(bootstrap)
-            .await
-            .map_err(anyhow::Error::msg)?;
-        let tansu = tansu.map(Box::new);
+        let kafka = crate::services::Kafka::given_or_started(bootstrap, 1, None).await?;
+        let bootstrap = kafka.bootstrap().to_owned();
         // Fresh topic and group per run: the broker may keep earlier runs' messages.
         let run = uuid::Uuid::new_v4().simple().to_string();
         let topic = format!("idem.{label}.{run}");
@@ -100,7 +99,7 @@ impl Transport {
             config,
             topic,
             group: format!("idem-{label}-{run}"),
-            _tansu: tansu,
+            kafka: Box::new(kafka),
         })
     }
 
@@ -134,6 +133,14 @@ impl Transport {
         }
     }
 
+    /// The broker, for reports (`None` on the Postgres transport).
+    pub(crate) fn broker(&self) -> Option<String> {
+        match self {
+            Transport::Postgres => None,
+            Transport::Kafka { kafka, .. } => Some(kafka.broker().to_owned()),
+        }
+    }
+
     pub(crate) fn relay(
         &self,
         store: &Store,
@@ -162,6 +169,9 @@ impl Transport {
 #[derive(Debug, Serialize)]
 struct Report {
     transport: String,
+    /// The Kafka broker the run used (`apache-kafka 4.4.0, 1 node`); absent on Postgres.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    broker: Option<String>,
     #[serde(flatten)]
     verdict: Verdict,
     enqueue_calls: usize,
@@ -192,7 +202,7 @@ pub(crate) async fn fresh_database(server_url: &str, name: &str) -> Result<Strin
     let admin: sqlx::postgres::PgConnectOptions = server_url.parse().context("DATABASE_URL")?;
     let mut conn = admin.connect().await.map_err(|e| {
         anyhow::anyhow!(
-            "cannot reach PostgreSQL at {}:{} ({e}). Start it (e.g. `pg_ctlcluster 15 main start`) or set DATABASE_URL",
+            "cannot reach PostgreSQL at {}:{} ({e}). Start it, or unset DATABASE_URL to let the command start one of its own",
             admin.get_host(),
             admin.get_port()
         )
@@ -210,7 +220,9 @@ pub(crate) async fn fresh_database(server_url: &str, name: &str) -> Result<Strin
 
 pub async fn run(args: DemoArgs, metrics: &idem_telemetry::metrics::Metrics) -> Result<bool> {
     let started = Instant::now();
-    let url = fresh_database(&args.database_url, &args.database_name).await?;
+    let pg =
+        crate::services::Postgres::given_or_started(args.database_url.clone(), "idem demo").await?;
+    let url = fresh_database(pg.url(), &args.database_name).await?;
     let store = Store::connect(&url, 24).await?;
     store.migrate().await?;
 
@@ -341,6 +353,7 @@ pub async fn run(args: DemoArgs, metrics: &idem_telemetry::metrics::Metrics) -> 
     let verdict = checker::check(&store, &partners.ledger(), &read_only, ids.len()).await?;
     let mut report = Report {
         transport: args.transport.clone(),
+        broker: transport.broker(),
         verdict,
         enqueue_calls: calls,
         enqueue_duplicates_suppressed: suppressed,

@@ -7,6 +7,7 @@ mod checker;
 mod decide;
 mod demo;
 mod partners;
+mod services;
 mod workload;
 
 use std::net::SocketAddr;

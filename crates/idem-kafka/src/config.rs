@@ -43,7 +43,8 @@ impl KafkaConfig {
             bootstrap: bootstrap.into(),
             routing: TopicRouting::Single("idem.actions".into()),
             partitions: 6,
-            replication: 1,
+            // The broker's default.replication.factor (3 on a three-node cluster).
+            replication: -1,
             results_topic: "idem.results".into(),
         }
     }

@@ -4,7 +4,6 @@
 pub mod config;
 pub mod consumer;
 pub mod headers;
-pub mod tansu;
 pub mod topics;
 
 pub use config::{KafkaConfig, TopicRouting};

@@ -1,4 +1,4 @@
-//! Creating idem's topics. Brokers in production (and tansu) do not auto-create topics, so
+//! Creating idem's topics. Brokers in production do not auto-create topics, so
 //! idem creates what it publishes to, idempotently.
 
 use std::time::Duration;

@@ -24,27 +24,67 @@ pub struct TestDb {
     admin: PgConnectOptions,
 }
 
-const HOW_TO: &str = "idem's tests need PostgreSQL: set DATABASE_URL (e.g. \
-     DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres; start a local server with \
-     `pg_ctlcluster 15 main start`), or run a Docker engine so testcontainers can start one";
+const HOW_TO: &str = "idem's tests need PostgreSQL: set DATABASE_URL \
+     (e.g. postgres://postgres@127.0.0.1:5432/postgres), let the test kit start one of its own \
+     (it needs Debian's postgresql package, or root to install it), or run a Docker engine so \
+     testcontainers can start one";
 
 fn docker_available() -> bool {
     std::env::var_os("DOCKER_HOST").is_some()
         || std::path::Path::new("/var/run/docker.sock").exists()
 }
 
-/// The server every test database is created on.
-fn admin_url() -> String {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        if let Ok(url) = std::env::var("DATABASE_URL") {
-            return url;
-        }
-        if docker_available() {
-            return start_postgres_container();
-        }
-        panic!("{HOW_TO}");
+/// Services this test process started itself; never dropped (statics are not), stopped by
+/// idem-services' watchdog when the process ends.
+#[derive(Debug, Default)]
+#[allow(dead_code)] // held, never read: holding them is the point
+struct Own {
+    postgres: Option<idem_services::LocalPostgres>,
+    kafka: Option<idem_services::KafkaCluster>,
+}
+
+/// The directory this process's own services live in, removed once the process is gone.
+fn own_dir() -> Result<std::path::PathBuf, String> {
+    static DIR: OnceLock<Result<std::path::PathBuf, String>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = idem_services::run_dir("testkit").map_err(|e| e.to_string())?;
+        idem_services::remove_when_process_exits(&d);
+        Ok(d)
     })
+    .clone()
+}
+
+/// The server every test database is created on: `DATABASE_URL`, else a PostgreSQL of
+/// this process's own, else testcontainers where a Docker engine exists.
+fn admin_url() -> String {
+    static URL: OnceLock<(String, Own)> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Some(url) = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
+            return (url, Own::default());
+        }
+        let opts = idem_services::PostgresOptions {
+            fast_unsafe: true,
+            ..Default::default()
+        };
+        let own = own_dir().and_then(|d| {
+            idem_services::LocalPostgres::start(&d.join("pg"), &opts).map_err(|e| e.to_string())
+        });
+        match own {
+            Ok(pg) => (
+                pg.url(),
+                Own {
+                    postgres: Some(pg),
+                    ..Own::default()
+                },
+            ),
+            Err(e) if docker_available() => {
+                eprintln!("idem-testkit: own PostgreSQL failed ({e}); trying testcontainers");
+                (start_postgres_container(), Own::default())
+            }
+            Err(e) => panic!("{HOW_TO} (starting one here failed: {e})"),
+        }
+    })
+    .0
     .clone()
 }
 
@@ -240,56 +280,50 @@ impl RunningWorker {
     }
 }
 
-/// The Kafka-protocol broker for tests: `KAFKA_BOOTSTRAP` first; else Apache Kafka from
-/// testcontainers where a Docker engine exists; else `tansu` (sqlite storage in a
-/// temporary directory) started once per test process if it is on PATH; else a panic that
-/// says what to start.
+/// The broker for tests: `KAFKA_BOOTSTRAP` first; else Apache Kafka (one node, from Maven
+/// Central through idem-services) started once per test process; else Apache Kafka from
+/// testcontainers where a Docker engine exists; else a panic that says what to start.
 pub fn kafka_bootstrap() -> String {
-    static BOOTSTRAP: OnceLock<String> = OnceLock::new();
+    static BOOTSTRAP: OnceLock<(String, Own)> = OnceLock::new();
     BOOTSTRAP
         .get_or_init(|| {
-            if let Ok(b) = std::env::var("KAFKA_BOOTSTRAP") {
-                return b;
+            if let Some(b) = std::env::var("KAFKA_BOOTSTRAP")
+                .ok()
+                .filter(|b| !b.is_empty())
+            {
+                return (b, Own::default());
             }
-            let mut why = vec![];
-            if docker_available() {
-                match start_kafka_container() {
-                    Ok(b) => return b,
-                    Err(e) => why.push(format!("testcontainers: {e}")),
-                }
-            }
-            match start_tansu() {
-                Ok(b) => b,
-                Err(e) => {
-                    why.push(format!("tansu: {e}"));
-                    panic!(
-                        "idem's Kafka tests need a Kafka-protocol broker: set KAFKA_BOOTSTRAP=host:port, \
-                         run a Docker engine so testcontainers can start Apache Kafka, or put tansu on \
-                         PATH (`cargo install tansu --locked --features dynostore,libsql`) so the test \
-                         kit can start it ({})",
-                        why.join("; ")
+            let own = own_dir().and_then(|d| {
+                idem_services::KafkaCluster::start(
+                    &d.join("kafka"),
+                    &idem_services::KafkaOptions::nodes(1),
+                )
+                .map_err(|e| e.to_string())
+            });
+            let why = match own {
+                Ok(k) => {
+                    return (
+                        k.bootstrap(),
+                        Own {
+                            kafka: Some(k),
+                            ..Own::default()
+                        },
                     )
                 }
+                Err(e) => e,
+            };
+            if docker_available() {
+                match start_kafka_container() {
+                    Ok(b) => return (b, Own::default()),
+                    Err(e) => panic!("{KAFKA_HOW_TO} (own broker: {why}; testcontainers: {e})"),
+                }
             }
+            panic!("{KAFKA_HOW_TO} (starting one here failed: {why})")
         })
+        .0
         .clone()
 }
 
-/// Start tansu once for this test process; it lives until the process exits.
-fn start_tansu() -> Result<String, String> {
-    let tansu = idem_kafka::tansu::start()?;
-    let bootstrap = tansu.bootstrap.clone();
-    // A watchdog shell stops the broker once this process is gone (statics are never
-    // dropped, so nothing else would).
-    let watchdog = format!(
-        "while kill -0 {} 2>/dev/null; do sleep 1; done; kill {} 2>/dev/null",
-        std::process::id(),
-        tansu.pid()
-    );
-    let _ = std::process::Command::new("sh")
-        .args(["-c", &watchdog])
-        .spawn();
-    // Never dropped: the broker serves every test in this process.
-    std::mem::forget(tansu);
-    Ok(bootstrap)
-}
+const KAFKA_HOW_TO: &str = "idem's Kafka tests need Apache Kafka: set KAFKA_BOOTSTRAP=host:port, \
+     let the test kit start one (it needs Java 17+ and Maven to fetch Kafka from Maven \
+     Central: scripts/kafka-classpath.sh), or run a Docker engine so testcontainers can start one";

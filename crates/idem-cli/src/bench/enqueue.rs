@@ -6,15 +6,15 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use clap::Args;
 use idem_core::CellName;
-use idem_store::{enqueue, NewAction, Store, DEFAULT_DATABASE_URL};
+use idem_store::{enqueue, NewAction, Store};
 
 use super::Figure;
 
 #[derive(Args, Debug)]
 pub struct EnqueueBenchArgs {
     /// PostgreSQL server; the benchmark (re)creates its own database `idem_bench` there.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
-    database_url: String,
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// Application transactions per round (each writes one order and one action).
     #[arg(long, default_value_t = 5_000)]
     transactions: usize,
@@ -93,7 +93,9 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 pub async fn enqueue_bench(args: EnqueueBenchArgs) -> Result<Vec<Figure>> {
-    let url = crate::demo::fresh_database(&args.database_url, "idem_bench").await?;
+    let pg = crate::services::Postgres::given_or_started(args.database_url.clone(), "idem bench")
+        .await?;
+    let url = crate::demo::fresh_database(pg.url(), "idem_bench").await?;
     let store = Store::connect(&url, (args.concurrency + 2) as u32).await?;
     store.migrate().await?;
     sqlx::query("CREATE TABLE bench_orders (id uuid PRIMARY KEY, amount int NOT NULL, created_at timestamptz NOT NULL DEFAULT now())")

@@ -6,17 +6,17 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
-use idem_store::{Store, DEFAULT_DATABASE_URL};
+use idem_store::Store;
 use serde::Serialize;
 
 use super::Figure;
 
 #[derive(Args, Debug)]
 pub struct InboxScaleArgs {
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
-    database_url: String,
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// Settled actions to generate.
     #[arg(long, default_value_t = 10_000_000)]
     rows: i64,
@@ -231,7 +231,9 @@ pub async fn inbox_scale(args: InboxScaleArgs) -> Result<Vec<Figure>> {
     if args.reuse {
         return reuse(args).await;
     }
-    let url = crate::demo::fresh_database(&args.database_url, "idem_scale").await?;
+    let pg = crate::services::Postgres::given_or_started(args.database_url.clone(), "idem bench")
+        .await?;
+    let url = crate::demo::fresh_database(pg.url(), "idem_scale").await?;
     let store = Store::connect(&url, 16).await?;
     store.migrate().await?;
     sqlx::query("CREATE EXTENSION IF NOT EXISTS tsm_system_rows")
@@ -316,7 +318,10 @@ fn spawn_purge(
 /// Probe the inbox an earlier run filled, alone and beside a purge; no baseline.
 async fn reuse(args: InboxScaleArgs) -> Result<Vec<Figure>> {
     use sqlx::ConnectOptions;
-    let opts: sqlx::postgres::PgConnectOptions = args.database_url.parse()?;
+    let server = args.database_url.as_deref().context(
+        "--reuse probes the inbox an earlier run filled: give its server's --database-url",
+    )?;
+    let opts: sqlx::postgres::PgConnectOptions = server.parse()?;
     let url = opts.database("idem_scale").to_url_lossy().to_string();
     let store = Store::connect(&url, 16).await?;
     let (settled,): (i64,) =

@@ -12,7 +12,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use idem_cells::{noop::Noop, Registry};
 use idem_core::{ActionId, CellName};
-use idem_store::{enqueue, NewAction, Store, DEFAULT_DATABASE_URL};
+use idem_store::{enqueue, NewAction, Store};
 use idem_worker::{Worker, WorkerConfig};
 use serde_json::json;
 use tokio::task::JoinSet;
@@ -22,9 +22,9 @@ use crate::demo::Transport;
 
 #[derive(Args, Debug)]
 pub struct LatencyArgs {
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
-    database_url: String,
-    /// Kafka bootstrap for `--transport kafka`; without it tansu is started if on PATH.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Kafka bootstrap for `--transport kafka`; without it a one-node Apache Kafka is started.
     #[arg(long, env = "KAFKA_BOOTSTRAP")]
     bootstrap: Option<String>,
     #[arg(long, default_value = "postgres", value_parser = ["postgres", "kafka"])]
@@ -47,20 +47,21 @@ struct Point {
 
 pub async fn latency(args: LatencyArgs) -> Result<Vec<Figure>> {
     // One broker for all points.
-    let (bootstrap, _tansu) = if args.transport == "kafka" {
-        let (b, t) = idem_kafka::tansu::given_or_started(args.bootstrap.clone())
-            .await
-            .map_err(anyhow::Error::msg)?;
-        (Some(b), t)
+    // One PostgreSQL and one broker for all points.
+    let pg = crate::services::Postgres::given_or_started(args.database_url.clone(), "idem bench")
+        .await?;
+    let kafka = if args.transport == "kafka" {
+        Some(crate::services::Kafka::given_or_started(args.bootstrap.clone(), 1, None).await?)
     } else {
-        (None, None)
+        None
     };
+    let bootstrap = kafka.as_ref().map(|k| k.bootstrap().to_owned());
     let mut figures = vec![];
     for &rate in &args.rates {
         if rate == 0 {
             bail!("--rates: an offered load must be at least 1 action/s");
         }
-        let p = point(&args, bootstrap.clone(), rate).await?;
+        let p = point(&args, pg.url(), bootstrap.clone(), rate).await?;
         let label = format!(
             "{} transport at {} actions/s offered",
             args.transport, p.offered
@@ -86,8 +87,13 @@ pub async fn latency(args: LatencyArgs) -> Result<Vec<Figure>> {
     Ok(figures)
 }
 
-async fn point(args: &LatencyArgs, bootstrap: Option<String>, rate: u32) -> Result<Point> {
-    let url = crate::demo::fresh_database(&args.database_url, "idem_bench").await?;
+async fn point(
+    args: &LatencyArgs,
+    server_url: &str,
+    bootstrap: Option<String>,
+    rate: u32,
+) -> Result<Point> {
+    let url = crate::demo::fresh_database(server_url, "idem_bench").await?;
     let store = Store::connect(&url, 24).await?;
     store.migrate().await?;
     let transport = Transport::new(&args.transport, bootstrap, "bench.latency").await?;

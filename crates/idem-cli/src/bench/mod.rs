@@ -18,16 +18,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Args;
-use idem_store::{Store, DEFAULT_DATABASE_URL};
+use idem_store::Store;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// PostgreSQL server; the benchmark (re)creates its own database `idem_bench` there.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
-    database_url: String,
-    /// Kafka bootstrap; without it the benchmark starts tansu if it is on PATH.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Kafka bootstrap; without it the benchmark starts a one-node Apache Kafka of its own.
     #[arg(long, env = "KAFKA_BOOTSTRAP")]
     bootstrap: Option<String>,
     /// Outbox rows to drain.
@@ -95,12 +95,13 @@ fn rate(rows: i64, d: Duration) -> f64 {
 }
 
 pub async fn relay(args: BenchArgs) -> Result<Vec<Figure>> {
-    let url = crate::demo::fresh_database(&args.database_url, "idem_bench").await?;
+    let pg = crate::services::Postgres::given_or_started(args.database_url.clone(), "idem bench")
+        .await?;
+    let url = crate::demo::fresh_database(pg.url(), "idem_bench").await?;
     let store = Store::connect(&url, 8).await?;
     store.migrate().await?;
-    let (bootstrap, _tansu) = idem_kafka::tansu::given_or_started(args.bootstrap.clone())
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let broker = crate::services::Kafka::given_or_started(args.bootstrap.clone(), 1, None).await?;
+    let bootstrap = broker.bootstrap().to_owned();
     let run = uuid::Uuid::new_v4().simple().to_string();
     let mut kafka = idem_kafka::KafkaConfig::new(&bootstrap);
 
@@ -192,8 +193,8 @@ pub async fn relay(args: BenchArgs) -> Result<Vec<Figure>> {
 
 #[derive(Args, Debug)]
 pub struct WorkerBenchArgs {
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
-    database_url: String,
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     #[arg(long, env = "KAFKA_BOOTSTRAP")]
     bootstrap: Option<String>,
     /// Actions (messages) to process.
@@ -210,12 +211,13 @@ pub async fn kafka_worker(args: WorkerBenchArgs) -> Result<Vec<Figure>> {
     use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
     use rdkafka::Message;
 
-    let url = crate::demo::fresh_database(&args.database_url, "idem_bench").await?;
+    let pg = crate::services::Postgres::given_or_started(args.database_url.clone(), "idem bench")
+        .await?;
+    let url = crate::demo::fresh_database(pg.url(), "idem_bench").await?;
     let store = Store::connect(&url, 16).await?;
     store.migrate().await?;
-    let (bootstrap, _tansu) = idem_kafka::tansu::given_or_started(args.bootstrap.clone())
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let broker = crate::services::Kafka::given_or_started(args.bootstrap.clone(), 1, None).await?;
+    let bootstrap = broker.bootstrap().to_owned();
     let run = uuid::Uuid::new_v4().simple().to_string();
     let topic = format!("idem.bench.worker.{run}");
     let mut kafka = idem_kafka::KafkaConfig::new(&bootstrap);

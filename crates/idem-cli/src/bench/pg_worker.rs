@@ -6,14 +6,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Args;
-use idem_store::{Store, DEFAULT_DATABASE_URL};
+use idem_store::Store;
 
 use super::{rate, Figure};
 
 #[derive(Args, Debug)]
 pub struct PgWorkerBenchArgs {
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
-    database_url: String,
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// Actions (jobs) to process.
     #[arg(long, default_value_t = 20_000)]
     actions: i64,
@@ -23,7 +23,9 @@ pub struct PgWorkerBenchArgs {
 }
 
 pub async fn pg_worker(args: PgWorkerBenchArgs) -> Result<Vec<Figure>> {
-    let url = crate::demo::fresh_database(&args.database_url, "idem_bench").await?;
+    let pg = crate::services::Postgres::given_or_started(args.database_url.clone(), "idem bench")
+        .await?;
+    let url = crate::demo::fresh_database(pg.url(), "idem_bench").await?;
     let store = Store::connect(&url, 16).await?;
     store.migrate().await?;
 

@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use idem_sim::{FaultRates, SimServer, StripeSim, StripeSimConfig};
-use idem_store::{Store, DEFAULT_DATABASE_URL};
+use idem_store::Store;
 
 use super::{rate, Figure};
 
 #[derive(Args, Debug)]
 pub struct ScalingArgs {
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
-    database_url: String,
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// Worker process counts, one round each.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     processes: Vec<usize>,
@@ -31,7 +31,9 @@ pub struct ScalingArgs {
 }
 
 pub async fn scaling(args: ScalingArgs) -> Result<Vec<Figure>> {
-    let url = crate::demo::fresh_database(&args.database_url, "idem_bench").await?;
+    let pg = crate::services::Postgres::given_or_started(args.database_url.clone(), "idem bench")
+        .await?;
+    let url = crate::demo::fresh_database(pg.url(), "idem_bench").await?;
     let store = Store::connect(&url, 8).await?;
     store.migrate().await?;
     // Every request is held for partner_ms, then succeeds.

@@ -16,8 +16,11 @@ pub struct SuiteArgs {
     /// Also write the figures as a Markdown table, with the machine they ran on.
     #[arg(long)]
     pub markdown: Option<PathBuf>,
-    /// Kafka bootstrap; without it each Kafka benchmark starts a fresh tansu of its own
-    /// (one sqlite broker holding every run's topics slows down as its file grows).
+    /// PostgreSQL server for every benchmark; without it the suite starts one of its own.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Kafka bootstrap; without it the suite starts a one-node Apache Kafka of its own that
+    /// every Kafka benchmark shares (each on fresh topics).
     #[arg(long, env = "KAFKA_BOOTSTRAP")]
     pub bootstrap: Option<String>,
     /// Also run `idem bench inbox-scale --rows N` (10,000,000 takes tens of minutes).
@@ -39,6 +42,9 @@ const RUNS: &[&[&str]] = &[
 
 pub async fn suite(args: SuiteArgs) -> Result<Vec<serde_json::Value>> {
     let exe = std::env::current_exe().context("where is the idem binary")?;
+    let pg = crate::services::Postgres::given_or_started(args.database_url.clone(), "idem bench")
+        .await?;
+    let kafka = crate::services::Kafka::given_or_started(args.bootstrap.clone(), 1, None).await?;
     let mut figures = vec![];
     let mut failed = vec![];
     let inbox = args
@@ -52,10 +58,9 @@ pub async fn suite(args: SuiteArgs) -> Result<Vec<serde_json::Value>> {
         eprintln!("idem bench {}", run.join(" "));
         let mut cmd = tokio::process::Command::new(&exe);
         cmd.arg("bench").args(&run);
-        match &args.bootstrap {
-            Some(b) => cmd.env("KAFKA_BOOTSTRAP", b),
-            None => cmd.env_remove("KAFKA_BOOTSTRAP"),
-        };
+        cmd.env("DATABASE_URL", pg.url())
+            .env("KAFKA_BOOTSTRAP", kafka.bootstrap())
+            .env("IDEM_KAFKA_BROKER", kafka.broker());
         let out = cmd.stderr(std::process::Stdio::inherit()).output().await?;
         if !out.status.success() {
             // Keep the other figures; fail at the end.
@@ -70,7 +75,7 @@ pub async fn suite(args: SuiteArgs) -> Result<Vec<serde_json::Value>> {
         }
     }
     if let Some(path) = &args.markdown {
-        std::fs::write(path, markdown(&figures))
+        std::fs::write(path, markdown(&figures, kafka.broker()))
             .with_context(|| format!("write {}", path.display()))?;
     }
     if !failed.is_empty() {
@@ -109,15 +114,14 @@ fn num(v: &serde_json::Value) -> String {
     }
 }
 
-fn markdown(figures: &[serde_json::Value]) -> String {
+fn markdown(figures: &[serde_json::Value], broker: &str) -> String {
     let mut s = String::from("# Benchmarks\n\n");
     let _ = writeln!(
         s,
         "Produced by `cargo run --release --bin idem -- bench --json --markdown BENCHMARKS.md` \
          (each row's own command is in the last column; every ratio is against a baseline \
          measured in the same run, because these machines are noisy).\n\nMachine: {}.\n\
-         PostgreSQL and the Kafka-protocol broker (tansu, sqlite storage, unless \
-         KAFKA_BOOTSTRAP named another) ran on the same machine.\n",
+         PostgreSQL and the Kafka broker ({broker}) ran on the same machine.\n",
         machine()
     );
     s.push_str("| figure | value | unit | baseline | baseline value | ratio | command |\n");

@@ -1,90 +1,149 @@
-//! The soak's Kafka-protocol broker and its one restart: a tansu process of the soak's own
-//! (killed with SIGKILL and started again on the same sqlite file), librdkafka's mock
-//! cluster served over TCP from this process (all brokers taken down and brought back:
-//! connections cut, log kept), or a broker the user gives with a restart command.
+//! The soak's Kafka cluster and its crashes: Apache Kafka of the soak's own (three nodes by
+//! default; a crash SIGKILLs one node, the leader of a partition in use or the group's
+//! coordinator, and starts it again on its own log directory), a cluster the user gives
+//! with a restart command, or librdkafka's mock cluster served over TCP from this process
+//! (all brokers taken down and brought back: connections cut, log kept).
 //!
-//! The mock cluster exists because tansu 0.6 wedged in long soaks (group sessions timed
-//! out, idempotent producers got no id); it speaks the same protocol to the same relay and
-//! worker processes, but its restart is an outage, not a process crash.
+//! The mock cluster stays for one use: a quick soak with no JVM (`--broker mock`); its
+//! restart is an outage, not a process crash, so it proves less than the default.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use idem_kafka::tansu::{self, Tansu};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
+
+use crate::services::Kafka;
 
 /// Which broker a soak runs against.
 pub enum Broker {
-    /// A tansu process of the soak's own, its files in `dir`.
-    Tansu {
-        dir: std::path::PathBuf,
-        port: u16,
-        process: Mutex<Option<Tansu>>,
+    /// Apache Kafka: the soak's own (nodes crashed and restarted) or the user's (restarted
+    /// by `restart_cmd`, if any).
+    Kafka {
+        kafka: Kafka,
+        restart_cmd: Option<String>,
+        /// The actions topic and the workers' group: whose leader and coordinator to crash.
+        topic: String,
+        group: String,
+        crashes: AtomicUsize,
     },
     /// librdkafka's mock cluster, on a thread of this process.
     Mock(MockBroker),
-    /// The user's broker; restarted by a shell command, or not at all.
-    Given {
-        bootstrap: String,
-        restart_cmd: Option<String>,
-    },
 }
 
 impl Broker {
-    pub fn start_tansu(dir: std::path::PathBuf) -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let t = tansu::start_in(&dir, port).map_err(anyhow::Error::msg)?;
-        Ok(Broker::Tansu {
-            dir,
-            port,
-            process: Mutex::new(Some(t)),
-        })
-    }
-
     pub fn bootstrap(&self) -> String {
         match self {
-            Broker::Tansu { port, .. } => format!("127.0.0.1:{port}"),
+            Broker::Kafka { kafka, .. } => kafka.bootstrap().to_owned(),
             Broker::Mock(m) => m.bootstrap.clone(),
-            Broker::Given { bootstrap, .. } => bootstrap.clone(),
         }
     }
 
-    /// What a restart does, for the event log.
-    pub fn restart_kind(&self) -> &'static str {
+    /// For the report: `apache-kafka 4.4.0, 3 nodes`.
+    pub fn describe(&self) -> String {
         match self {
-            Broker::Tansu { .. } => "SIGKILL tansu",
-            Broker::Mock(_) => "mock cluster: every broker down (connections cut, log kept)",
-            Broker::Given { .. } => "restart command",
+            Broker::Kafka { kafka, .. } => kafka.broker().to_owned(),
+            Broker::Mock(_) => "librdkafka mock cluster, 3 brokers".into(),
         }
     }
 
-    /// Take the broker down for `downtime` and bring it back (blocking).
-    pub fn restart(&self, downtime: Duration) -> Result<()> {
+    /// Crash the broker (or take it down) for `downtime` and bring it back (blocking);
+    /// says what it did.
+    pub fn restart(&self, downtime: Duration) -> Result<String> {
         match self {
-            Broker::Tansu { dir, port, process } => {
-                let old = process.lock().map_err(|_| anyhow!("poisoned"))?.take();
-                drop(old); // SIGKILL
-                std::thread::sleep(downtime);
-                let t = tansu::start_in(dir, *port).map_err(anyhow::Error::msg)?;
-                *process.lock().map_err(|_| anyhow!("poisoned"))? = Some(t);
-                Ok(())
+            Broker::Kafka {
+                kafka,
+                restart_cmd,
+                topic,
+                group,
+                crashes,
+            } => {
+                if let Some(cluster) = kafka.own() {
+                    // Alternate: the leader of a partition in use, then the coordinator.
+                    let n = crashes.fetch_add(1, Ordering::Relaxed);
+                    let (node, why) = victim(kafka.bootstrap(), topic, group, n % 2 == 1)?;
+                    let id = cluster
+                        .node_with_port(node.1)
+                        .with_context(|| format!("no node of ours listens on {}", node.0))?;
+                    cluster.kill(id)?;
+                    std::thread::sleep(downtime);
+                    cluster.restart(id)?;
+                    return Ok(format!(
+                        "SIGKILL node {id} ({why}), down {downtime:?}, restarted"
+                    ));
+                }
+                match restart_cmd {
+                    Some(c) => super::shell(c).map(|()| format!("ran {c:?}")),
+                    None => bail!("no restart command for the given broker"),
+                }
             }
             Broker::Mock(m) => {
                 m.command(Command::Down)?;
                 std::thread::sleep(downtime);
-                m.command(Command::Up)
+                m.command(Command::Up)?;
+                Ok(format!(
+                    "mock cluster: every broker down {downtime:?} (connections cut, log kept), back"
+                ))
             }
-            Broker::Given {
-                restart_cmd: Some(c),
-                ..
-            } => super::shell(c),
-            Broker::Given { .. } => bail!("no restart command for the given broker"),
         }
     }
+}
+
+/// The broker (`host:port`, port) leading partition 0 of `topic`, or coordinating `group`
+/// (the leader of its `__consumer_offsets` partition), and why it was chosen.
+fn victim(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    coordinator: bool,
+) -> Result<((String, u16), String)> {
+    let client: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .context("a metadata client")?;
+    let md = client
+        .fetch_metadata(None, Duration::from_secs(10))
+        .context("cluster metadata")?;
+    let (t, p, why) = if coordinator {
+        let offsets = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == "__consumer_offsets")
+            .context("no __consumer_offsets topic yet")?;
+        let p = coordinator_partition(group, offsets.partitions().len() as i32);
+        (
+            "__consumer_offsets",
+            p,
+            format!("coordinator of group {group}"),
+        )
+    } else {
+        (topic, 0, format!("leader of {topic} partition 0"))
+    };
+    let leader = md
+        .topics()
+        .iter()
+        .find(|x| x.name() == t)
+        .and_then(|x| x.partitions().iter().find(|x| x.id() == p))
+        .map(|x| x.leader())
+        .with_context(|| format!("no leader for {t} partition {p}"))?;
+    let b = md
+        .brokers()
+        .iter()
+        .find(|b| b.id() == leader)
+        .with_context(|| format!("broker {leader} not in the metadata"))?;
+    Ok(((format!("{}:{}", b.host(), b.port()), b.port() as u16), why))
+}
+
+/// The `__consumer_offsets` partition that holds `group`: Kafka's
+/// `Utils.abs(group.hashCode()) % partitions`, with Java's `String.hashCode`.
+fn coordinator_partition(group: &str, partitions: i32) -> i32 {
+    let h = group
+        .encode_utf16()
+        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)));
+    (h & 0x7fff_ffff) % partitions.max(1)
 }
 
 enum Command {
@@ -183,7 +242,15 @@ mod tests {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::ClientConfig;
 
-    use super::{Command, MockBroker};
+    use super::{coordinator_partition, Command, MockBroker};
+
+    /// Java's `"idem-chaos".hashCode()` is -249127882; `& 0x7fffffff` makes it 1898355766,
+    /// which is 16 modulo 50 (and `"".hashCode()` is 0).
+    #[test]
+    fn coordinator_partition_follows_kafka() {
+        assert_eq!(coordinator_partition("idem-chaos", 50), 16);
+        assert_eq!(coordinator_partition("", 12), 0);
+    }
 
     fn client(bootstrap: &str) -> BaseConsumer {
         ClientConfig::new()

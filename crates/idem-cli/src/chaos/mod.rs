@@ -7,7 +7,6 @@
 
 mod broker;
 mod fleet;
-mod postgres;
 mod replayer;
 
 use std::sync::atomic::Ordering;
@@ -23,10 +22,10 @@ use serde::Serialize;
 
 use crate::checker::{self, Verdict};
 use crate::partners::{Knobs, Partners, EXAMPLE_CELL};
+use crate::services::Kafka;
 use crate::workload;
 use broker::{Broker, MockBroker};
 use fleet::{Fleet, FleetStats, Spec};
-use postgres::OwnPostgres;
 
 #[derive(Args, Debug)]
 pub struct ChaosArgs {
@@ -51,8 +50,8 @@ pub struct ChaosArgs {
     #[arg(long, default_value = "kafka", value_parser = ["kafka", "postgres"])]
     transport: String,
     /// Kill relays on their own schedule instead (ms; 0: never), and only workers every
-    /// --kill-every-ms. tansu wedged in long soaks when relays (new idempotent producers)
-    /// were killed every few seconds.
+    /// --kill-every-ms (a relay killed every few seconds is a new idempotent producer each
+    /// time, which stand-in brokers handled badly).
     #[arg(long)]
     relay_kill_every_ms: Option<u64>,
     /// A killed process is started again after this long (ms).
@@ -106,11 +105,20 @@ pub struct ChaosArgs {
     postgres_restart_cmd: Option<String>,
     #[arg(long)]
     no_postgres_restart: bool,
-    /// The soak's own broker: `tansu` (a process, killed with SIGKILL and restarted on its
-    /// sqlite file) or `mock` (librdkafka's mock cluster, three brokers served over TCP from
-    /// the harness; its restart takes every broker down and back, keeping the log).
-    #[arg(long, default_value = "tansu", value_parser = ["tansu", "mock"])]
+    /// The soak's own broker: `apache` (Apache Kafka from Maven Central, --kafka-nodes
+    /// combined broker+controller processes; a crash SIGKILLs one and restarts it on its
+    /// log directory) or `mock` (librdkafka's mock cluster, three brokers served over TCP
+    /// from the harness, no JVM; its restart takes every broker down and back).
+    #[arg(long, default_value = "apache", value_parser = ["apache", "mock"])]
     broker: String,
+    /// Nodes of the soak's own Apache Kafka (replication factor 3 and
+    /// min.insync.replicas=2 from three nodes on).
+    #[arg(long, default_value_t = 3)]
+    kafka_nodes: usize,
+    /// Broker crashes during the enqueueing (alternately the leader of a partition in use
+    /// and the group coordinator).
+    #[arg(long, default_value_t = 1)]
+    broker_crashes: usize,
     /// A Kafka broker to use instead of one of the soak's own; needs
     /// --broker-restart-cmd or --no-broker-restart.
     #[arg(long, conflicts_with = "broker")]
@@ -125,13 +133,17 @@ pub struct ChaosArgs {
     /// long backlog loses its oldest messages, as Kafka's retention would).
     #[arg(long, default_value_t = 120_000)]
     stranded_after_ms: u64,
-    /// Keep the run directory (every process's log, the soak's own PostgreSQL and tansu).
+    /// Keep the run directory (every process's log, the soak's own PostgreSQL and Kafka).
     #[arg(long)]
     keep: bool,
 }
 
 #[derive(Debug, Serialize)]
 struct ChaosReport {
+    /// The Kafka cluster the soak ran on (`apache-kafka 4.4.0, 3 nodes`); absent on the
+    /// Postgres transport.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    broker: Option<String>,
     #[serde(flatten)]
     verdict: Verdict,
     enqueue_calls: usize,
@@ -258,12 +270,16 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
     } else {
         Restart::Skip
     };
+    // The soak's own cluster lives in the run directory (kept with --keep).
     let own_pg = match &args.database_url {
         Some(_) => None,
         None => {
-            let d = dir.clone();
+            let d = dir.join("pg");
             Some(Arc::new(
-                tokio::task::spawn_blocking(move || OwnPostgres::start(&d)).await??,
+                tokio::task::spawn_blocking(move || {
+                    idem_services::LocalPostgres::start(&d, &Default::default())
+                })
+                .await??,
             ))
         }
     };
@@ -281,29 +297,26 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
     const PARTITIONS: i32 = 6;
     // Where the relays publish receipts (the default results topic).
     let results_topic = idem_kafka::KafkaConfig::new(String::new()).results_topic;
-    // The broker: one of our own (tansu's sqlite storage survives SIGKILL; the mock
-    // cluster lives in this process) unless given.
+    let group = format!("idem-chaos-{run_id}");
+    // The broker: one of our own (Apache Kafka, or the mock cluster in this process) unless
+    // given.
     let broker: Option<Arc<Broker>> = if !kafka_path {
         None
+    } else if args.bootstrap.is_none() && args.broker == "mock" {
+        let (t, r) = (topic.clone(), results_topic.clone());
+        Some(Arc::new(Broker::Mock(
+            tokio::task::spawn_blocking(move || MockBroker::start(3, &[&t, &r], PARTITIONS))
+                .await??,
+        )))
     } else {
-        Some(Arc::new(match (&args.bootstrap, args.broker.as_str()) {
-            (Some(b), _) => Broker::Given {
-                bootstrap: b.clone(),
-                restart_cmd: args.broker_restart_cmd.clone(),
-            },
-            (None, "mock") => {
-                let (t, r) = (topic.clone(), results_topic.clone());
-                Broker::Mock(
-                    tokio::task::spawn_blocking(move || {
-                        MockBroker::start(3, &[&t, &r], PARTITIONS)
-                    })
-                    .await??,
-                )
-            }
-            (None, _) => {
-                let d = dir.join("tansu");
-                tokio::task::spawn_blocking(move || Broker::start_tansu(d)).await??
-            }
+        let kafka =
+            Kafka::given_or_started(args.bootstrap.clone(), args.kafka_nodes, Some(&dir)).await?;
+        Some(Arc::new(Broker::Kafka {
+            kafka,
+            restart_cmd: args.broker_restart_cmd.clone(),
+            topic: topic.clone(),
+            group: group.clone(),
+            crashes: Default::default(),
         }))
     };
     let bootstrap = broker
@@ -359,7 +372,7 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
         "--transport",
         &args.transport,
         "--group",
-        &format!("idem-chaos-{run_id}"),
+        &group,
         "--concurrency",
         "16",
         "--batch",
@@ -440,16 +453,20 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
         committed.clone(),
     ));
 
-    // The schedule: PostgreSQL at a third of the enqueueing, the broker at two thirds.
+    // The schedule: PostgreSQL at a third of the enqueueing, the broker crashes spread over
+    // the middle of it (one: at 55 %).
     let enqueue_span = Duration::from_secs_f64(args.actions as f64 / args.rate.max(0.1));
     let pg_at = started + enqueue_span.mul_f64(0.35);
-    let broker_at = started + enqueue_span.mul_f64(0.65);
+    let crashes = args.broker_crashes;
+    let broker_at = |k: usize| {
+        started + enqueue_span.mul_f64(0.2 + 0.7 * (k as f64 + 0.5) / crashes.max(1) as f64)
+    };
     let downtime = Duration::from_millis(args.downtime_ms);
     let mut pg_restart: Option<tokio::task::JoinHandle<Result<()>>> = None;
-    let mut broker_restart: Option<tokio::task::JoinHandle<Result<()>>> = None;
+    let mut broker_restart: Option<tokio::task::JoinHandle<Result<String>>> = None;
     let (mut pg_done, mut broker_done) = (
         matches!(pg_plan, Restart::Skip),
-        matches!(broker_plan, Restart::Skip),
+        matches!(broker_plan, Restart::Skip) || crashes == 0,
     );
     let (mut postgres_restarts, mut broker_restarts) = (0, 0);
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed ^ 0xc4a05);
@@ -498,7 +515,7 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
             let (plan, pg) = (&pg_plan, own_pg.clone());
             pg_restart = Some(match plan {
                 Restart::Own => tokio::task::spawn_blocking(move || {
-                    pg.expect("own cluster").crash_and_restart(downtime)
+                    Ok(pg.expect("own cluster").crash_and_restart(downtime)?)
                 }),
                 Restart::Command(c) => {
                     let c = c.clone();
@@ -513,19 +530,16 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
             postgres_restarts += 1;
             log(&mut events, "PostgreSQL is back".into());
         }
-        if !broker_done && broker_restart.is_none() && now >= broker_at {
+        if !broker_done && broker_restart.is_none() && now >= broker_at(broker_restarts) {
             let b = broker.clone().context("a broker to restart")?;
-            log(
-                &mut events,
-                format!("broker: {}, down for {downtime:?}, back", b.restart_kind()),
-            );
+            log(&mut events, format!("broker crash {}", broker_restarts + 1));
             broker_restart = Some(tokio::task::spawn_blocking(move || b.restart(downtime)));
         }
         if broker_restart.as_ref().is_some_and(|t| t.is_finished()) {
-            broker_restart.take().expect("checked").await??;
-            broker_done = true;
+            let what = broker_restart.take().expect("checked").await??;
             broker_restarts += 1;
-            log(&mut events, "broker is back".into());
+            broker_done = broker_restarts >= crashes;
+            log(&mut events, format!("broker: {what}; back"));
         }
         if enqueuer.as_ref().is_some_and(|t| t.is_finished()) {
             let r = enqueuer.take().expect("checked").await??;
@@ -613,6 +627,7 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
     .await?;
     let agents = agents_result.unwrap_or_default();
     let report = ChaosReport {
+        broker: broker.as_ref().map(|b| b.describe()),
         verdict,
         enqueue_calls: agents.calls,
         enqueue_duplicates_suppressed: agents.suppressed,
