@@ -141,7 +141,9 @@ async fn bad_input_gets_a_clear_error_and_writes_nothing() {
     let id = uuid::Uuid::new_v4().to_string();
     let cases = [
         ("{not json".to_owned(), 400, "bad request body"),
-        (json!({"cell": "stripe.charge", "args": {"amount": 5, "currency": "usd"}}).to_string(), 422, "action_id or intent_scope"),
+        (json!({"cell": "stripe.charge", "args": {"amount": 5, "currency": "usd"}}).to_string(), 422, "is required"),
+        (json!({"cell": "stripe.charge", "intent_scope": "s1", "args": {"amount": 5, "currency": "usd"}}).to_string(), 422, "intent is required"),
+        (json!({"cell": "stripe.charge", "intent": "pay", "args": {"amount": 5, "currency": "usd"}}).to_string(), 422, "intent_scope"),
         (json!({"cell": "fax.send", "action_id": id, "args": {}}).to_string(), 422, "unknown cell"),
         (json!({"cell": "Stripe Charge", "action_id": id, "args": {}}).to_string(), 422, "cell"),
         (json!({"cell": "stripe.charge", "action_id": "42", "args": {}}).to_string(), 422, "UUID"),
@@ -188,6 +190,29 @@ async fn bad_input_gets_a_clear_error_and_writes_nothing() {
         assert_eq!(s, 422, "{b}");
         assert_eq!(b["field"], field, "{b}");
         assert!(b["error"].as_str().unwrap().contains(says), "{says}: {b}");
+    }
+    // Text PostgreSQL cannot store is a 422 naming the field, never a 503 inviting a retry.
+    for (body, field) in [
+        (
+            json!({"cell": "stripe.charge", "action_id": id,
+                   "args": {"amount": 5, "currency": "usd", "description": "a\0b"}}),
+            "/args/description",
+        ),
+        (
+            json!({"cell": "stripe.charge", "action_id": id, "ordering_key": "k\0",
+                   "args": {"amount": 5, "currency": "usd"}}),
+            "/ordering_key",
+        ),
+        (
+            json!({"cell": "stripe.charge", "intent_scope": "s\0", "intent": "pay",
+                   "args": {"amount": 5, "currency": "usd"}}),
+            "/intent_scope",
+        ),
+    ] {
+        let (s, b) = api.post(Some(&t), body.to_string()).await;
+        assert_eq!(s, 422, "{b}");
+        assert_eq!(b["field"], field, "{b}");
+        assert!(b["error"].as_str().unwrap().contains("NUL"), "{b}");
     }
     // Not JSON at all, by content type.
     let r = api
@@ -496,4 +521,49 @@ async fn a_submitted_traceparent_is_the_trace_the_action_carries() {
         .unwrap()
         .unwrap();
     assert_eq!(row.trace.to_json()["traceparent"], parent);
+}
+
+/// An agent re-plans "pay invoice 42" with another amount under the same named intent:
+/// a 409 naming the first action, and the partner's ledger keeps one effect.
+#[tokio::test]
+async fn the_same_intent_with_another_amount_is_a_conflict_and_one_effect() {
+    let api = Api::start().await;
+    let t = api.token(&[Scope::Submit, Scope::Read]).await;
+    let submit = |amount: i64, description: &str| {
+        json!({"cell": "stripe.charge", "intent_scope": "conversation-7", "intent": "invoice-42-payment",
+               "args": {"amount": amount, "currency": "usd", "description": description}})
+        .to_string()
+    };
+    let (s, first) = api.post(Some(&t), submit(4200, "Invoice 42")).await;
+    assert_eq!(s, 201, "{first}");
+    let id = first["action_id"].as_str().unwrap().to_owned();
+    let expected = idem_core::ActionId::from_intent("conversation-7", "invoice-42-payment");
+    assert_eq!(id, expected.to_string());
+    // The same call retried: the same action.
+    let (s, again) = api.post(Some(&t), submit(4200, "Invoice 42")).await;
+    assert_eq!((s, again["action_id"].as_str()), (200, Some(id.as_str())));
+    // Re-planned with another amount or a reworded description: a conflict.
+    for (amount, description) in [(4300, "Invoice 42"), (4200, "Pay invoice #42")] {
+        let (s, b) = api.post(Some(&t), submit(amount, description)).await;
+        assert_eq!(s, 409, "{b}");
+        assert_eq!(b["action_id"], id.as_str(), "{b}");
+        assert!(
+            b["error"].as_str().unwrap().contains("invoice-42-payment"),
+            "{b}"
+        );
+    }
+    let worker = RunningWorker::start(&api.db.store, cells(&api.stripe));
+    let (s, b) = api.get(&t, &format!("/v1/actions/{id}?wait=20s")).await;
+    assert_eq!((s, b["state"].as_str()), (200, Some("succeeded")), "{b}");
+    worker.stop().await;
+    assert_eq!(api.stripe.sim.ledger().len(), 1, "one effect in the ledger");
+    assert_eq!(api.stripe.sim.effects_for(&id), 1);
+    let (scope, intent): (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT intent_scope, intent FROM idem.actions WHERE action_id = $1::uuid")
+            .bind(&id)
+            .fetch_one(api.db.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(scope.as_deref(), Some("conversation-7"));
+    assert_eq!(intent.as_deref(), Some("invoice-42-payment"));
 }

@@ -136,13 +136,13 @@ async fn enqueue_rolled_back_leaves_nothing() {
 #[tokio::test]
 async fn enqueue_is_idempotent_and_conflicts_on_other_arguments() {
     let db = TestDb::new().await;
-    let action = NewAction::from_intent("session-1", cell_name(), charge_args(500));
+    let action = NewAction::from_arguments("session-1", cell_name(), charge_args(500));
     assert!(enqueue(db.store.pool(), &action).await.unwrap().created);
     let again = enqueue(db.store.pool(), &action).await.unwrap();
     assert!(!again.created);
     assert_eq!(again.state, State::Received);
-    // Re-planned from the same intent: same id, no second action.
-    let replanned = NewAction::from_intent(
+    // Re-planned with the same arguments in another key order: same id, no second action.
+    let replanned = NewAction::from_arguments(
         "session-1",
         cell_name(),
         json!({"customer": "cus_test", "currency": "usd", "amount": 500}),
@@ -970,4 +970,70 @@ async fn an_action_whose_delivery_was_lost_is_started_from_the_inbox_once() {
     let report = w.deliver(&[lost]).await.unwrap();
     assert_eq!((report.started, report.duplicates), (0, 1));
     assert_eq!(stripe.sim.effects_for(&old.action_id.to_string()), 1);
+}
+
+/// SQL derives the same ids as Rust (and as every client): `testdata/intent_ids.json`.
+#[tokio::test]
+async fn sql_intent_ids_match_the_shared_vectors() {
+    let db = TestDb::new().await;
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/intent_ids.json"
+    ))
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let vectors = v["intent_ids"]["vectors"].as_array().unwrap();
+    assert!(vectors.len() >= 5);
+    for t in vectors {
+        let (id,): (uuid::Uuid,) = sqlx::query_as("SELECT idem.intent_id($1, $2)")
+            .bind(t["scope"].as_str().unwrap())
+            .bind(t["intent"].as_str().unwrap())
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+        assert_eq!(id.to_string(), t["id"].as_str().unwrap(), "{}", t["note"]);
+    }
+}
+
+/// From SQL, the same (scope, intent) is one action; with other arguments it is SQLSTATE
+/// IDM01 naming the existing action; an empty intent is IDM02.
+#[tokio::test]
+async fn sql_enqueue_intent_is_one_action_and_conflicts_on_other_arguments() {
+    let db = TestDb::new().await;
+    let call = |amount: i64| {
+        sqlx::query_as::<_, (uuid::Uuid, String, bool)>(
+            "SELECT action_id, state, created FROM idem.enqueue_intent('session-42', 'invoice-42-payment', \
+             'stripe.charge', jsonb_build_object('amount', $1::int, 'currency', 'usd'))",
+        )
+        .bind(amount as i32)
+        .fetch_one(db.store.pool())
+    };
+    let (id, state, created) = call(500).await.unwrap();
+    assert!(created);
+    assert_eq!(state, "received");
+    assert_eq!(
+        id,
+        ActionId::from_intent("session-42", "invoice-42-payment").as_uuid()
+    );
+    let (again, _, created) = call(500).await.unwrap();
+    assert_eq!((again, created), (id, false));
+    match call(501).await {
+        Err(sqlx::Error::Database(e)) => {
+            assert_eq!(e.code().as_deref(), Some("IDM01"));
+            assert!(e.message().contains(&id.to_string()), "{}", e.message());
+        }
+        other => panic!("expected IDM01, got {other:?}"),
+    }
+    let empty = sqlx::query("SELECT * FROM idem.enqueue_intent('s', ' ', 'stripe.charge', '{}')")
+        .execute(db.store.pool())
+        .await;
+    match empty {
+        Err(sqlx::Error::Database(e)) => assert_eq!(e.code().as_deref(), Some("IDM02")),
+        other => panic!("expected IDM02, got {other:?}"),
+    }
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM idem.actions")
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
 }

@@ -59,7 +59,7 @@ async fn http_tool_called_twice_with_one_intent_is_one_effect_and_one_receipt() 
     let schema = &tools[0].input_schema;
     assert_eq!(schema["properties"]["amount"]["type"], "integer");
     assert!(schema["properties"]["intent"].is_object());
-    assert_eq!(schema["required"], json!(["amount", "currency"]));
+    assert_eq!(schema["required"], json!(["amount", "currency", "intent"]));
 
     let args = json!({"amount": 4200, "currency": "usd", "intent": "charge order 1"});
     let first = client

@@ -18,15 +18,17 @@ use tracing::Instrument as _;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::authorize;
-use crate::problem::{bad_body, invalid_field, problem, unavailable, Problem};
+use crate::problem::{bad_body, conflict, invalid_field, problem, unavailable, Problem};
 use crate::ApiState;
 
 /// Longest `?wait=` honoured.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
-/// An action to run. Name it with `action_id` (yours, a UUID) or `intent_scope` (idem
-/// derives the id from the scope, cell and arguments, so a re-planned call with the same
-/// arguments in the same scope names the same action).
+/// An action to run. Name it with `intent_scope` + `intent` (the effect you mean, inside a
+/// session or conversation: the same pair is the same action, and with other arguments a
+/// 409), or with `action_id` (yours, a UUID, reused on retry). `intent_scope` with
+/// `id_from_arguments: true` derives the id from the arguments instead: a re-planned call
+/// whose arguments differ at all then acts again.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Submit {
@@ -35,7 +37,13 @@ pub struct Submit {
     /// The cell's arguments; `GET /v1/cells` gives each cell's JSON Schema.
     pub args: Value,
     pub action_id: Option<uuid::Uuid>,
+    /// The scope a named intent lives in: a session, a conversation, a tenant.
     pub intent_scope: Option<String>,
+    /// The effect this action means, e.g. `invoice-42-payment` (at most 200 characters).
+    pub intent: Option<String>,
+    /// With `intent_scope` and no `intent`: derive the id from the cell and arguments.
+    #[serde(default)]
+    pub id_from_arguments: bool,
     /// Actions with the same ordering key run one at a time, in order.
     pub ordering_key: Option<String>,
 }
@@ -93,20 +101,56 @@ pub(crate) fn new_action(state: &ApiState, s: Submit) -> Result<NewAction, Respo
             return Err(invalid_field(format!("/args{field}"), message))
         }
     }
-    let action = match (s.action_id, &s.intent_scope) {
-        (Some(_), Some(_)) => {
-            return Err(problem(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "give action_id or intent_scope, not both",
-            ))
-        }
-        (Some(id), None) => NewAction::new(ActionId::from(id), cell, s.args),
-        (None, Some(scope)) => NewAction::from_intent(scope, cell, s.args),
-        (None, None) => return Err(problem(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "action_id or intent_scope is required: a retried request must name the same action",
-        )),
-    };
+    let action =
+        match (s.action_id, s.intent_scope, s.intent, s.id_from_arguments) {
+            (Some(_), Some(_), _, _) | (Some(_), _, Some(_), _) => {
+                return Err(invalid_field(
+                    "/action_id".into(),
+                    "give action_id or intent_scope + intent, not both".into(),
+                ))
+            }
+            (Some(id), None, None, _) => NewAction::new(ActionId::from(id), cell, s.args),
+            (None, Some(_), Some(_), true) => {
+                return Err(invalid_field(
+                    "/id_from_arguments".into(),
+                    "id_from_arguments goes with intent_scope alone, not with an intent".into(),
+                ))
+            }
+            (None, Some(scope), Some(intent), false) => {
+                for (field, v) in [("intent_scope", &scope), ("intent", &intent)] {
+                    idem_core::check_intent_part(field, v)
+                        .map_err(|e| invalid_field(format!("/{field}"), e.to_string()))?;
+                }
+                NewAction::from_intent(scope, intent, cell, s.args)
+            }
+            (None, Some(scope), None, true) => {
+                idem_core::check_intent_part("intent_scope", &scope)
+                    .map_err(|e| invalid_field("/intent_scope".into(), e.to_string()))?;
+                NewAction::from_arguments(&scope, cell, s.args)
+            }
+            (None, Some(_), None, false) => {
+                return Err(invalid_field(
+                    "/intent".into(),
+                    "intent is required with intent_scope: name the effect you mean \
+                 (\"invoice-42-payment\"), so that a re-planned call with other arguments is a \
+                 conflict instead of a second action; or set id_from_arguments: true to derive \
+                 the id from the arguments (a changed argument then acts again)"
+                        .into(),
+                ))
+            }
+            (None, None, Some(_), _) => {
+                return Err(invalid_field(
+                    "/intent_scope".into(),
+                    "an intent needs its intent_scope (a session, a conversation, a tenant)".into(),
+                ))
+            }
+            (None, None, None, _) => return Err(invalid_field(
+                "/intent".into(),
+                "intent_scope + intent (or action_id) is required: a retried request must name \
+                 the same action"
+                    .into(),
+            )),
+        };
     Ok(match s.ordering_key {
         Some(k) => action.with_ordering_key(k),
         None => action,
@@ -120,7 +164,10 @@ pub(crate) async fn submit_action(
 ) -> Result<(bool, Submitted), Response> {
     match enqueue(state.store.pool(), action).await {
         Ok(e) => {
-            let row = inbox::get(state.store.pool(), e.action_id).await.ok().flatten();
+            let row = inbox::get(state.store.pool(), e.action_id)
+                .await
+                .ok()
+                .flatten();
             let current = row.map(|r| r.state).unwrap_or(e.state);
             Ok((
                 e.created,
@@ -130,11 +177,26 @@ pub(crate) async fn submit_action(
                 },
             ))
         }
-        Err(EnqueueError::Conflict { action_id }) => Err(problem(
-            StatusCode::CONFLICT,
-            format!("action {action_id} already exists with other arguments: an action id names one request forever"),
+        Err(EnqueueError::Conflict { action_id }) => Err(conflict(
+            action_id.as_uuid(),
+            match &action.intent {
+                Some(i) => format!(
+                    "intent {:?} in scope {:?} already names action {action_id} with other \
+                     arguments: the same intent is the same action. Read that action \
+                     (GET /v1/actions/{action_id}); if this is a different action, give it \
+                     another intent",
+                    i.intent, i.scope
+                ),
+                None => format!(
+                    "action {action_id} already exists with other arguments: an action id \
+                     names one request forever"
+                ),
+            },
         )),
-        Err(EnqueueError::Invalid(m)) => Err(problem(StatusCode::UNPROCESSABLE_ENTITY, m)),
+        Err(EnqueueError::Invalid { field, message }) => Err(match field {
+            Some(f) => invalid_field(f, message),
+            None => problem(StatusCode::UNPROCESSABLE_ENTITY, message),
+        }),
         Err(EnqueueError::Db(e)) => Err(unavailable("enqueue", e)),
     }
 }
@@ -149,7 +211,7 @@ pub(crate) async fn submit_action(
         (status = 400, description = "Malformed JSON", body = Problem),
         (status = 401, description = "Missing or invalid token", body = Problem),
         (status = 403, description = "Token lacks the submit scope", body = Problem),
-        (status = 409, description = "The action id exists with other arguments", body = Problem),
+        (status = 409, description = "The action id or named intent exists with other arguments; `action_id` names it", body = Problem),
         (status = 413, description = "Body over 64 KiB", body = Problem),
         (status = 415, description = "Not application/json", body = Problem),
         (status = 422, description = "Unknown cell or arguments outside the cell's schema; `field` says which", body = Problem),

@@ -14,6 +14,9 @@ pub struct Problem {
     /// JSON pointer into the arguments (`/amount`) when one field is at fault.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// The existing action a conflict is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action_id: Option<uuid::Uuid>,
 }
 
 pub(crate) fn problem(status: StatusCode, message: impl Into<String>) -> Response {
@@ -22,6 +25,7 @@ pub(crate) fn problem(status: StatusCode, message: impl Into<String>) -> Respons
         Json(Problem {
             error: message.into(),
             field: None,
+            action_id: None,
         }),
     )
         .into_response()
@@ -34,6 +38,7 @@ pub(crate) fn invalid_field(field: String, message: String) -> Response {
         Json(Problem {
             error: message,
             field: Some(field),
+            action_id: None,
         }),
     )
         .into_response()
@@ -49,4 +54,17 @@ pub(crate) fn unavailable(what: &str, e: impl std::fmt::Display) -> Response {
 /// field) as a [`Problem`] with the extractor's status.
 pub(crate) fn bad_body(e: axum::extract::rejection::JsonRejection) -> Response {
     problem(e.status(), format!("bad request body: {}", e.body_text()))
+}
+
+/// 409: the request names an action that exists with other arguments.
+pub(crate) fn conflict(action_id: uuid::Uuid, message: String) -> Response {
+    (
+        StatusCode::CONFLICT,
+        Json(Problem {
+            error: message,
+            field: None,
+            action_id: Some(action_id),
+        }),
+    )
+        .into_response()
 }

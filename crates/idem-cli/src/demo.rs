@@ -275,8 +275,12 @@ pub async fn run(args: DemoArgs, metrics: &idem_telemetry::metrics::Metrics) -> 
         let mut tx = store.pool().begin().await?;
         for &i in chunk {
             let (cell, args_json) = workload::action(i, &mut rng, &partners)?;
-            let action =
-                NewAction::from_intent(&format!("agent-turn-{i}"), cell.clone(), args_json.clone());
+            let action = NewAction::from_intent(
+                "demo-agents",
+                format!("turn-{i}"),
+                cell.clone(),
+                args_json.clone(),
+            );
             calls += 1;
             if !enqueue(&mut *tx, &action).await?.created {
                 suppressed += 1;
@@ -291,8 +295,12 @@ pub async fn run(args: DemoArgs, metrics: &idem_telemetry::metrics::Metrics) -> 
             }
             if rng.gen_bool(0.10) {
                 // The model re-plans the same charge in the same turn: same intent, same id.
-                let replanned =
-                    NewAction::from_intent(&format!("agent-turn-{i}"), cell.clone(), args_json);
+                let replanned = NewAction::from_intent(
+                    "demo-agents",
+                    format!("turn-{i}"),
+                    cell.clone(),
+                    args_json,
+                );
                 calls += 1;
                 if !enqueue(&mut *tx, &replanned).await?.created {
                     suppressed += 1;

@@ -10,6 +10,33 @@ mod partners;
 mod services;
 mod workload;
 
+/// Exit codes a script can branch on (`idem enqueue`, `idem status --wait`).
+mod exit {
+    use idem_core::State;
+
+    /// `status --wait`: the action did not settle in time (still open).
+    pub const UNSETTLED: i32 = 2;
+    /// `enqueue`: the id or named intent already names an action with other arguments.
+    pub const CONFLICT: i32 = 3;
+    /// `enqueue`: never valid (a field PostgreSQL cannot store, a bad intent).
+    pub const INVALID: i32 = 4;
+    /// `status --wait`: settled without the effect (failed, rejected, dead).
+    pub const FAILED: i32 = 5;
+    /// `status --wait`: settled in needs_human, a person must decide.
+    pub const NEEDS_HUMAN: i32 = 6;
+    /// `status`: no such action.
+    pub const NOT_FOUND: i32 = 7;
+
+    pub fn for_state(s: State) -> i32 {
+        match s {
+            State::Succeeded => 0,
+            State::Failed | State::Rejected | State::Dead => FAILED,
+            State::NeedsHuman => NEEDS_HUMAN,
+            _ => UNSETTLED,
+        }
+    }
+}
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -57,7 +84,9 @@ enum Command {
         #[command(flatten)]
         db: Db,
         action_id: ActionId,
-        /// Wait up to this many seconds for the action to settle first.
+        /// Wait up to this many seconds for the action to settle first. With a wait the
+        /// exit code says how it ended: 0 succeeded, 2 not settled in time (or waiting for
+        /// approval), 5 failed, rejected or dead, 6 needs_human; 7 no such action.
         #[arg(long, default_value_t = 0)]
         wait: u64,
     },
@@ -288,12 +317,21 @@ struct EnqueueArgs {
     /// Arguments as a JSON object.
     #[arg(long)]
     args: String,
-    /// Action id (reuse it on retry). Without it, the id is derived from --intent-scope.
+    /// Action id (reuse it on retry). Without it, the id comes from --intent-scope and
+    /// --intent.
     #[arg(long, conflicts_with = "intent_scope")]
     id: Option<ActionId>,
-    /// Derive the id from (scope, cell, arguments): a re-planned call gets the same id.
-    #[arg(long)]
+    /// The scope a named intent lives in (a session, a conversation, a tenant).
+    #[arg(long, requires = "intent_or_arguments")]
     intent_scope: Option<String>,
+    /// The effect this action means ("invoice-42-payment"): the same scope and intent is
+    /// the same action, and with other arguments a conflict (exit code 3).
+    #[arg(long, group = "intent_or_arguments")]
+    intent: Option<String>,
+    /// Derive the id from (scope, cell, arguments) instead of a named intent. Risk: a
+    /// re-planned call with other arguments gets a second action.
+    #[arg(long, group = "intent_or_arguments", requires = "intent_scope")]
+    id_from_arguments: bool,
     #[arg(long)]
     ordering_key: Option<String>,
     /// Declarative cell definitions to validate against (as given to the workers).
@@ -562,16 +600,34 @@ async fn run(cli: Cli, metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>
                 );
             };
             cell.validate(&args)?;
-            let mut action = match (a.id, a.intent_scope) {
-                (Some(id), _) => NewAction::new(id, a.cell, args),
-                (None, Some(scope)) => NewAction::from_intent(&scope, a.cell, args),
-                (None, None) => bail!("give --id (reused on retry) or --intent-scope"),
+            let mut action = match (a.id, a.intent_scope, a.intent) {
+                (Some(id), _, _) => NewAction::new(id, a.cell, args),
+                (None, Some(scope), Some(intent)) => {
+                    NewAction::from_intent(scope, intent, a.cell, args)
+                }
+                (None, Some(scope), None) => NewAction::from_arguments(&scope, a.cell, args),
+                (None, None, _) => {
+                    bail!("give --id (reused on retry) or --intent-scope with --intent")
+                }
             };
             if let Some(k) = a.ordering_key {
                 action = action.with_ordering_key(k);
             }
-            let done = enqueue(store.pool(), &action).await?;
-            println!("{}", serde_json::to_string_pretty(&done)?);
+            match enqueue(store.pool(), &action).await {
+                Ok(done) => println!("{}", serde_json::to_string_pretty(&done)?),
+                Err(e @ idem_store::EnqueueError::Conflict { .. }) => {
+                    eprintln!("idem enqueue: {e}");
+                    std::process::exit(exit::CONFLICT);
+                }
+                Err(idem_store::EnqueueError::Invalid { field, message }) => {
+                    eprintln!(
+                        "idem enqueue: {}{message}",
+                        field.map(|f| format!("{f}: ")).unwrap_or_default()
+                    );
+                    std::process::exit(exit::INVALID);
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         Command::Status {
             db,
@@ -585,15 +641,30 @@ async fn run(cli: Cli, metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>
             } else {
                 idem_store::inbox::get(store.pool(), action_id).await?
             };
-            let Some(row) = row else {
-                bail!("no action {action_id}");
+            let row = match row {
+                Some(r) => r,
+                // await_settled gives None when the wait ended first: read it as it stands.
+                None => match idem_store::inbox::get(store.pool(), action_id).await? {
+                    Some(r) => r,
+                    None => {
+                        eprintln!("idem status: no action {action_id}");
+                        std::process::exit(exit::NOT_FOUND);
+                    }
+                },
             };
             let attempts = idem_store::attempts::load(store.pool(), &[action_id.as_uuid()]).await?;
+            let state = row.state;
             let out = serde_json::json!({
                 "action": row,
                 "attempts": attempts.get(&action_id).cloned().unwrap_or_default(),
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
+            if wait > 0 {
+                let code = exit::for_state(state);
+                if code != 0 {
+                    std::process::exit(code);
+                }
+            }
         }
         Command::Approvals { what } => decide::approvals(what).await?,
         Command::NeedsHuman { db, json } => decide::needs_human(db, json).await?,

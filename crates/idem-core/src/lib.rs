@@ -13,7 +13,7 @@ pub mod profile;
 pub mod state;
 pub mod transition;
 
-pub use action::{ActionId, CellName, InvalidCellName};
+pub use action::{check_intent_part, ActionId, CellName, InvalidCellName, InvalidIntent};
 pub use backoff::RetryPolicy;
 pub use envelope::{DecodeError, Envelope};
 pub use guard::{check_send, AttemptRecord, AttemptResult, SendRule, SendViolation};

@@ -16,7 +16,7 @@ pub const STATUS_TOOL: &str = "idem_status";
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// Longest intent accepted (it names an action; it is not a payload).
-const MAX_INTENT: usize = 200;
+const MAX_INTENT: usize = idem_core::action::MAX_INTENT_CHARS;
 
 /// A cell's tool name: dots become underscores (`stripe.charge` → `stripe_charge`), the
 /// characters every MCP client accepts in a tool name.
@@ -38,11 +38,17 @@ pub(crate) fn list(cells: &Registry) -> Vec<Tool> {
                     "intent".into(),
                     json!({
                         "type": "string", "minLength": 1, "maxLength": MAX_INTENT,
-                        "description": "A short stable name for this action in your plan (e.g. \"refund order 1234\"). \
+                        "description": "A short stable name for the effect you mean (e.g. \"refund order 1234\"). \
                                         The same intent in this session always means the same action: calling again \
-                                        returns its receipt and never acts twice. Without it, identical arguments do."
+                                        returns its receipt and never acts twice, even with other arguments (that is \
+                                        refused as intent_conflict). A different action needs a different intent."
                     }),
                 );
+            }
+            // Required: without a name, a re-planned call with other arguments would act twice.
+            match schema["required"].as_array_mut() {
+                Some(r) => r.push(json!("intent")),
+                None => schema["required"] = json!(["intent"]),
             }
             let object: JsonObject = match schema {
                 Value::Object(o) => o,
@@ -114,19 +120,7 @@ pub(crate) async fn call(
         ));
     };
     let cell: CellName = cell.name().clone();
-    let intent = match args.remove("intent") {
-        None => None,
-        Some(Value::String(s)) if !s.trim().is_empty() && s.chars().count() <= MAX_INTENT => {
-            Some(s)
-        }
-        Some(_) => {
-            return Ok(refused(
-                "invalid_arguments",
-                format!("intent: a non-empty string of at most {MAX_INTENT} characters"),
-                json!({"field": "/intent"}),
-            ))
-        }
-    };
+    let given_intent = args.remove("intent");
     let args = Value::Object(args);
     match cells.check(cell.as_str(), &args) {
         Ok(()) => {}
@@ -141,26 +135,42 @@ pub(crate) async fn call(
             return Ok(refused("unknown_cell", e.to_string(), json!({})))
         }
     }
-    // The same intent (or, without one, the same arguments) in this scope is one action.
-    let id = match &intent {
-        Some(i) => ActionId::from_intent(&format!("{scope}:intent:{i}"), &cell, &Value::Null),
-        None => ActionId::from_intent(scope, &cell, &args),
+    let intent = match given_intent {
+        Some(Value::String(s)) if idem_core::check_intent_part("intent", &s).is_ok() => s,
+        _ => {
+            return Ok(refused(
+                "invalid_arguments",
+                format!(
+                    "intent: required, a non-empty string of at most {MAX_INTENT} characters \
+                     without NUL, naming the effect you mean (e.g. \"refund order 1234\")"
+                ),
+                json!({"field": "/intent"}),
+            ))
+        }
     };
-    let action = NewAction::new(id, cell, args);
+    // The same (scope, intent) is one action on every surface (HTTP, SQL, Rust, MCP).
+    let action = NewAction::from_intent(scope, intent.clone(), cell, args);
+    let id = action.action_id;
     let created = match enqueue(store.pool(), &action).await {
         Ok(e) => e.created,
         Err(EnqueueError::Conflict { action_id }) => {
             return Ok(refused(
                 "intent_conflict",
                 format!(
-                    "intent {:?} already names action {action_id} with other arguments; \
-                     if this is a different action, give it a different intent",
-                    intent.unwrap_or_default()
+                    "intent {intent:?} already names action {action_id} with other arguments; \
+                     if this is a different action, give it a different intent"
                 ),
                 json!({"action_id": action_id}),
             ))
         }
-        Err(EnqueueError::Invalid(m)) => return Ok(refused("invalid_arguments", m, json!({}))),
+        Err(EnqueueError::Invalid { field, message }) => {
+            let field = field.map(|f| f.strip_prefix("/args").map(str::to_owned).unwrap_or(f));
+            return Ok(refused(
+                "invalid_arguments",
+                message,
+                json!({ "field": field }),
+            ));
+        }
         Err(EnqueueError::Db(e)) => return Err(store_error(e)),
     };
     let row = settle(store, id, wait).await?;

@@ -19,10 +19,16 @@ pub enum StoreError {
 /// Why an enqueue was refused. Nothing was written in any of these cases.
 #[derive(Debug, thiserror::Error)]
 pub enum EnqueueError {
-    #[error("action {action_id} already exists with other arguments: an action id names one request forever")]
+    /// The id (or the named intent it came from) already names an action with other
+    /// arguments: `action_id` is that existing action.
+    #[error("action {action_id} already exists with other arguments: an action id (and a named intent) names one request forever")]
     Conflict { action_id: ActionId },
-    #[error("invalid action: {0}")]
-    Invalid(String),
+    /// Never valid, whatever the retry: `field` is a JSON pointer when one is at fault.
+    #[error("invalid action: {message}")]
+    Invalid {
+        field: Option<String>,
+        message: String,
+    },
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
 }

@@ -20,7 +20,7 @@ use sqlx::PgPool;
 
 pub use attempts::{AttemptOutcome, AttemptRow, NewAttempt};
 pub use decisions::{DecisionError, Resolution};
-pub use enqueue::{enqueue, Enqueued, NewAction};
+pub use enqueue::{enqueue, Enqueued, Intent, NewAction};
 pub use error::{EnqueueError, StoreError};
 pub use inbox::{await_settled, ActionRow, Change};
 pub use queue::{DeadLetter, OutboxMessage, Received};

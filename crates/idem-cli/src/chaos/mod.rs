@@ -692,8 +692,12 @@ async fn agents(
         let mut calls = vec![];
         for &i in chunk {
             let (cell, args) = workload::action(i, &mut rng, &partners)?;
-            let action =
-                NewAction::from_intent(&format!("agent-turn-{i}"), cell.clone(), args.clone());
+            let action = NewAction::from_intent(
+                "chaos-agents",
+                format!("turn-{i}"),
+                cell.clone(),
+                args.clone(),
+            );
             out.ids.push(action.action_id);
             calls.push(action.clone());
             if rng.gen_bool(0.10) {
@@ -701,7 +705,8 @@ async fn agents(
             }
             if rng.gen_bool(0.10) {
                 calls.push(NewAction::from_intent(
-                    &format!("agent-turn-{i}"),
+                    "chaos-agents",
+                    format!("turn-{i}"),
                     cell,
                     args,
                 ));
