@@ -466,18 +466,26 @@ async fn openapi_document_matches_the_routes() {
             "GET /v1/cells",
             "GET /v1/doubts",
             "GET /v1/health",
+            "GET /v1/policy",
             "POST /v1/actions",
             "POST /v1/approvals/{id}/approve",
             "POST /v1/approvals/{id}/reject",
             "POST /v1/doubts/{id}/resolve",
+            "PUT /v1/policy/{cell}",
         ]
     );
     let some_id = uuid::Uuid::new_v4();
     for op in &ops {
         let (method, path) = op.split_once(' ').unwrap();
-        let url = format!("{}{}", api.base, path.replace("{id}", &some_id.to_string()));
+        let url = format!(
+            "{}{}",
+            api.base,
+            path.replace("{id}", &some_id.to_string())
+                .replace("{cell}", "stripe.charge")
+        );
         let rb = match method {
             "GET" => api.http.get(url),
+            "PUT" => api.http.put(url).json(&json!({})),
             _ => api.http.post(url).json(&json!({})),
         };
         let status = rb.send().await.unwrap().status().as_u16();
@@ -566,4 +574,61 @@ async fn the_same_intent_with_another_amount_is_a_conflict_and_one_effect() {
             .unwrap();
     assert_eq!(scope.as_deref(), Some("conversation-7"));
     assert_eq!(intent.as_deref(), Some("invoice-42-payment"));
+}
+
+/// The fleet's policy over HTTP: an approve-scope token changes a rule (audited with the
+/// token's name), a read-scope token reads it, and bad rules name the field.
+#[tokio::test]
+async fn policy_is_set_over_http_with_the_approve_scope_and_audited() {
+    let api = Api::start().await;
+    let reader = api.token(&[Scope::Read]).await;
+    let approver = api.token(&[Scope::Approve, Scope::Read]).await;
+    let put = |token: String, cell: &'static str, body: Value| {
+        let http = api.http.clone();
+        let url = format!("{}/v1/policy/{cell}", api.base);
+        async move {
+            let r = http
+                .put(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let s = r.status().as_u16();
+            (s, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let body = json!({"rule": "amount>=100000", "reason": "quarter-end review"});
+    let (s, _) = put(reader.clone(), "stripe.charge", body.clone()).await;
+    assert_eq!(s, 403);
+    let (s, b) = put(approver.clone(), "stripe.charge", body).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["rule"], "amount>=100000");
+    assert_eq!(b["changed_by"], "human:api:test");
+    for (cell, body, field) in [
+        (
+            "stripe.charge",
+            json!({"rule": "amount>lots", "reason": "x"}),
+            "/rule",
+        ),
+        (
+            "fax.send",
+            json!({"rule": "always", "reason": "x"}),
+            "/cell",
+        ),
+        (
+            "stripe.charge",
+            json!({"rule": "always", "reason": " "}),
+            "/reason",
+        ),
+    ] {
+        let (s, b) = put(approver.clone(), cell, body).await;
+        assert_eq!(s, 422, "{b}");
+        assert_eq!(b["field"], field, "{b}");
+    }
+    let (s, b) = api.get(&reader, "/v1/policy").await;
+    assert_eq!(s, 200);
+    assert_eq!(b.as_array().unwrap().len(), 1, "{b}");
+    assert_eq!(b[0]["cell"], "stripe.charge");
+    assert_eq!(b[0]["rule"], "amount>=100000");
 }

@@ -570,3 +570,106 @@ async fn api_tokens_are_shown_once_stored_hashed_and_revocable() {
     let (ok, _, err) = idem(&db, &["tokens", "revoke", &id]).await;
     assert!(!ok && err.contains("no live token"), "{err}");
 }
+
+/// Policy lives in PostgreSQL for the whole fleet: two workers, one started with no
+/// approval rule at all, and `amount>=50000` set in the database — a 60,000 charge is held
+/// whichever worker receives it; a change takes effect without restarts; and the trigger
+/// refuses to start a held action that no one approved, whatever process asks.
+#[tokio::test]
+async fn the_fleet_policy_holds_for_a_worker_started_without_flags() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let plain = || StripeCharge::new(stripe.base_url(), TEST_SECRET);
+    let (ok, out, err) = idem(
+        &db,
+        &[
+            "policy",
+            "set",
+            "stripe.charge",
+            "amount>=50000",
+            "--as",
+            "alice",
+            "--reason",
+            "large charges need a person",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("amount>=50000"), "{out}");
+    let w1 = worker(&db.store, plain(), Duration::from_secs(3600));
+    let w2 = worker(&db.store, plain(), Duration::from_secs(3600));
+    let (a, b) = (
+        enqueue_charge(&db.store, 60_000).await,
+        enqueue_charge(&db.store, 70_000).await,
+    );
+    let small = enqueue_charge(&db.store, 100).await;
+    // Each worker takes part of the outbox: both must hold.
+    let mut tx = db.store.pool().begin().await.unwrap();
+    let msgs = idem_store::queue::take_outbox(&mut tx, 100).await.unwrap();
+    tx.commit().await.unwrap();
+    let ds: Vec<Delivery> = msgs
+        .into_iter()
+        .map(|m| Delivery {
+            payload: m.payload,
+            source: json!({"outbox_seq": m.seq}),
+            trace: TraceHeaders::default(),
+        })
+        .collect();
+    w1.deliver(&ds[..1]).await.unwrap();
+    w2.deliver(&ds[1..]).await.unwrap();
+    for id in [a, b] {
+        let row = state(&db.store, id).await;
+        assert_eq!(row.state, State::AwaitingApproval, "{row:?}");
+        assert!(row.reason.unwrap().contains("amount>=50000"));
+    }
+    assert_eq!(state(&db.store, small).await.state, State::Succeeded);
+    assert_eq!(
+        stripe.sim.ledger().len(),
+        1,
+        "only the small charge was sent"
+    );
+
+    // No process can start a held action that no one approved: the database refuses.
+    let held = enqueue_charge(&db.store, 90_000).await;
+    let forced = sqlx::query(
+        "UPDATE idem.actions SET state = 'executing', attempts = 1 WHERE action_id = $1",
+    )
+    .bind(held.as_uuid())
+    .execute(db.store.pool())
+    .await;
+    match forced {
+        Err(sqlx::Error::Database(e)) => assert_eq!(e.code().as_deref(), Some("IDM04"), "{e}"),
+        other => panic!("expected IDM04, got {other:?}"),
+    }
+
+    // A change holds at once, without restarting anyone: now nothing is held.
+    idem_store::policy::set(
+        db.store.pool(),
+        "stripe.charge",
+        &ApprovalPolicy::Never,
+        "bob",
+        "trial",
+    )
+    .await
+    .unwrap();
+    deliver_all(&db.store, &w1).await;
+    assert_eq!(state(&db.store, held).await.state, State::Succeeded);
+    let (ok, out, _) = idem(&db, &["policy", "history", "--json"]).await;
+    assert!(ok);
+    let h: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(h[0]["new_rule"], "never");
+    assert_eq!(h[0]["changed_by"], "bob");
+    assert_eq!(h[1]["new_rule"], "amount>=50000");
+    assert_eq!(h[1]["changed_by"], "human:cli:alice");
+    assert_eq!(h[1]["reason"], "large charges need a person");
+
+    // A worker's own rule only seeds a cell that has none: the database's rule wins.
+    let seeding = worker(
+        &db.store,
+        plain().with_profile(|p| p.approval = ApprovalPolicy::Always),
+        Duration::from_secs(3600),
+    );
+    seeding.seed_policy().await.unwrap();
+    let rules = idem_store::policy::list(db.store.pool()).await.unwrap();
+    assert_eq!(rules[0].rule, "never");
+}

@@ -18,6 +18,7 @@ mod console;
 mod decisions;
 pub mod mcp;
 pub mod metrics;
+mod policy;
 mod problem;
 
 use std::sync::Arc;
@@ -37,6 +38,7 @@ pub use actions::{ActionView, Submit, Submitted};
 pub use auth::RateLimit;
 pub use cells::CellView;
 pub use decisions::{Decided, Decision, Resolve};
+pub use policy::{PolicyView, SetPolicy};
 pub use problem::Problem;
 
 /// Largest request body accepted (bytes).
@@ -147,6 +149,8 @@ fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(decisions::reject))
         .routes(routes!(decisions::doubts))
         .routes(routes!(decisions::resolve))
+        .routes(routes!(policy::list))
+        .routes(routes!(policy::set))
         .routes(routes!(metrics::metrics))
         .split_for_parts()
 }

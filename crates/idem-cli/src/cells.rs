@@ -133,8 +133,10 @@ pub struct CellArgs {
     pub amadeus_token: String,
     #[command(flatten)]
     pub timings: TimingArgs,
-    /// Approval policy for a cell: `CELL=never|always|ARGUMENT>=THRESHOLD` (repeatable),
-    /// e.g. `--approval stripe.charge=amount>=50000`.
+    /// Seed the fleet's approval policy for a cell that has no rule in the database yet:
+    /// `CELL=never|always|ARGUMENT>=THRESHOLD` (repeatable), e.g.
+    /// `--approval stripe.charge=amount>=50000`. The database's rule always wins; change it
+    /// with `idem policy set`.
     #[arg(long = "approval", value_parser = parse_approval)]
     pub approvals: Vec<(String, ApprovalPolicy)>,
     /// A declarative `http.idempotent` cell definition (TOML; repeatable), e.g.

@@ -7,6 +7,7 @@ mod checker;
 mod decide;
 mod demo;
 mod partners;
+mod policy;
 mod services;
 mod workload;
 
@@ -104,6 +105,11 @@ enum Command {
     Approvals {
         #[command(subcommand)]
         what: decide::ApprovalsCommand,
+    },
+    /// The fleet's approval policy in PostgreSQL: list, set (audited), history.
+    Policy {
+        #[command(subcommand)]
+        what: policy::PolicyCommand,
     },
     /// Actions idem could not settle alone (`needs_human`), oldest first.
     NeedsHuman {
@@ -534,6 +540,7 @@ impl Command {
             Command::Demo(_) => "demo",
             Command::Chaos(_) => "chaos",
             Command::Approvals { .. } => "approvals",
+            Command::Policy { .. } => "policy",
             Command::NeedsHuman { .. } => "needs-human",
             Command::Serve { .. } => "serve",
             Command::Mcp { .. } => "mcp",
@@ -667,6 +674,7 @@ async fn run(cli: Cli, metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>
             }
         }
         Command::Approvals { what } => decide::approvals(what).await?,
+        Command::Policy { what } => policy::run(what).await?,
         Command::NeedsHuman { db, json } => decide::needs_human(db, json).await?,
         Command::Resolve(args) => decide::resolve(args).await?,
         Command::Tokens { what } => decide::tokens(what).await?,

@@ -7,6 +7,7 @@ pub mod decisions;
 pub mod enqueue;
 pub mod error;
 pub mod inbox;
+pub mod policy;
 pub mod queue;
 pub mod retention;
 pub mod stats;

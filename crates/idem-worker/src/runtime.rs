@@ -7,7 +7,7 @@ use chrono::Utc;
 use idem_cells::Registry;
 use idem_core::plan::{plan_in_doubt, InDoubtPlan};
 use idem_core::profile::ApprovalPolicy;
-use idem_core::{Envelope, Event, ExecOutcome, State, Verdict};
+use idem_core::{ActionId, Envelope, Event, ExecOutcome, State, Verdict};
 use idem_store::queue::{self, DeadLetter};
 use idem_store::{attempts, inbox, Change, NewAttempt, Store, StoreError};
 use idem_telemetry::{metrics, TraceHeaders};
@@ -55,6 +55,8 @@ pub struct Worker {
     store: Store,
     cells: Arc<Registry>,
     config: Arc<WorkerConfig>,
+    /// Set once this process seeded the fleet's policy from its cells' profiles.
+    seeded: Arc<tokio::sync::OnceCell<()>>,
 }
 
 enum Work {
@@ -78,6 +80,7 @@ impl Worker {
             store,
             cells: Arc::new(cells),
             config: Arc::new(config),
+            seeded: Arc::default(),
         }
     }
 
@@ -101,6 +104,33 @@ impl Worker {
     /// Run until `shutdown` turns true, then stop claiming, finish in-flight calls and
     /// settle them. Dropping (aborting) this future abandons in-flight calls instead: their
     /// leases expire and the sweeper of any worker drives them on.
+    /// Write each cell's own approval rule (its profile: a cell default or a worker's
+    /// `--approval` flag) into the fleet's policy where that cell has no rule yet. The
+    /// database's rule always wins: a worker never loosens or overrides it.
+    pub async fn seed_policy(&self) -> Result<(), WorkerError> {
+        self.seeded
+            .get_or_try_init(|| self.seed_policy_now())
+            .await
+            .map(|_| ())
+    }
+
+    async fn seed_policy_now(&self) -> Result<(), WorkerError> {
+        for cell in self.cells.iter() {
+            let rule = &cell.profile().approval;
+            if *rule == ApprovalPolicy::Never {
+                continue;
+            }
+            let by = format!("worker {} (cell profile or --approval)", self.config.id);
+            if idem_store::policy::seed(self.store.pool(), cell.name().as_str(), rule, &by)
+                .await
+                .map_err(StoreError::from)?
+            {
+                tracing::info!(cell = %cell.name(), ?rule, "seeded the approval policy");
+            }
+        }
+        Ok(())
+    }
+
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
         let sem = Arc::new(Semaphore::new(self.config.concurrency));
         let (settle_tx, settle_rx) = mpsc::channel::<Settlement>(self.config.concurrency * 2);
@@ -122,6 +152,7 @@ impl Worker {
                 None
             }
         };
+        self.seed_policy().await?;
         let mut last_sweep = Instant::now() - self.config.sweep_interval;
         loop {
             if *shutdown.borrow() {
@@ -331,6 +362,8 @@ impl Worker {
         deliveries: &[Delivery],
         reason: Option<&str>,
     ) -> Result<(Vec<Started>, ReceiveReport), WorkerError> {
+        // Once per process, before the first action is received (on another connection).
+        self.seed_policy().await?;
         let (started, report, applied) = self.receive_in(&mut tx, deliveries, reason).await?;
         tx.commit().await?;
         counted(&applied, &report);
@@ -426,6 +459,13 @@ impl Worker {
         )
         .await?;
         let now = Utc::now();
+        // The fleet's approval policy, read in this transaction: what it holds now.
+        let fresh: Vec<ActionId> = received
+            .iter()
+            .filter(|r| r.row.state == State::Received)
+            .map(|r| r.row.action_id)
+            .collect();
+        let held = idem_store::policy::held(tx, &fresh).await?;
         let mut changes: Vec<Change> = vec![];
         let mut new_attempts: Vec<NewAttempt> = vec![];
         let mut started = vec![];
@@ -465,14 +505,17 @@ impl Worker {
                 report.dead += 1;
                 continue;
             }
-            if needs_approval(&cell.profile().approval, &row.args) {
+            if let Some(rule) = held.get(&row.action_id) {
                 let expires = now
                     + chrono::Duration::from_std(self.config.approval_ttl)
                         .unwrap_or(chrono::Duration::MAX);
                 changes.push(
                     Change::new(row, Event::RequireApproval, now)
                         .expect("received accepts approval")
-                        .reason(Some("the cell's approval policy wants a person".into()))
+                        .reason(Some(format!(
+                            "the approval policy for {} ({rule}) holds it for a person",
+                            row.cell
+                        )))
                         .due(Some(expires)),
                 );
                 report.awaiting_approval += 1;
@@ -748,17 +791,6 @@ async fn hold(
     .execute(conn)
     .await?;
     Ok(())
-}
-
-fn needs_approval(policy: &ApprovalPolicy, args: &serde_json::Value) -> bool {
-    match policy {
-        ApprovalPolicy::Never => false,
-        ApprovalPolicy::Always => true,
-        ApprovalPolicy::Above {
-            argument,
-            threshold,
-        } => args[argument].as_i64().is_some_and(|v| v >= *threshold),
-    }
 }
 
 /// Call the partner, bounded by the cell's timeout (cells time out themselves; this is a
