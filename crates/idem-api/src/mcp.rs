@@ -32,6 +32,18 @@ async fn require_submit(State(state): State<ApiState>, mut req: Request, next: N
     }
 }
 
+/// A session's DELETE ends it: answer 204 No Content, as MCP clients expect (the Python
+/// SDK logs "Session termination failed: 202" on the transport's 202 Accepted).
+async fn deleted_is_no_content(req: Request, next: Next) -> Response {
+    let delete = req.method() == axum::http::Method::DELETE;
+    let mut res = next.run(req).await;
+    if delete && res.status() == axum::http::StatusCode::ACCEPTED {
+        *res.status_mut() = axum::http::StatusCode::NO_CONTENT;
+        *res.body_mut() = axum::body::Body::empty();
+    }
+    res
+}
+
 /// `/mcp`, authenticated. `hosts` are the Host values accepted besides loopback (DNS
 /// rebinding protection: a public deployment lists its own names).
 pub fn routes(state: &ApiState) -> Router {
@@ -47,6 +59,7 @@ pub fn routes(state: &ApiState) -> Router {
     );
     Router::new()
         .nest_service("/mcp", service)
+        .layer(middleware::from_fn(deleted_is_no_content))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             require_submit,

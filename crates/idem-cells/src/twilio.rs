@@ -157,15 +157,17 @@ impl Cell for TwilioSms {
     fn input_schema(&self) -> serde_json::Value {
         json!({
             "type": "object",
-            "description": "Send one SMS (POST /Messages.json). Give from or messaging_service_sid, not both.",
+            "description": "Send one SMS (POST /Messages.json). Give exactly one of from and messaging_service_sid (checked when the action is submitted).",
             "properties": {
                 "to": {"type": "string", "pattern": "^\\+[0-9]{7,15}$", "description": "E.164 number, e.g. +15551234567."},
                 "from": {"type": "string", "pattern": "^\\+[0-9]{7,15}$"},
                 "messaging_service_sid": {"type": "string", "pattern": "^MG.{32}$"},
                 "body": {"type": "string", "minLength": 1, "maxLength": 1600}
             },
+            // "Exactly one of from and messaging_service_sid" is not in the schema: a
+            // top-level oneOf makes the Anthropic and OpenAI APIs reject the whole tool list.
+            // `validate` (run at submission and by the worker) enforces it.
             "required": ["to", "body"],
-            "oneOf": [{"required": ["from"]}, {"required": ["messaging_service_sid"]}],
             "additionalProperties": false
         })
     }

@@ -8,6 +8,7 @@
 //! over streamable HTTP, the caller's token, narrowed by the `Idem-Session` header when the
 //! client sends one (e.g. the agent's conversation id).
 
+pub mod schema;
 mod tools;
 
 use std::sync::Arc;

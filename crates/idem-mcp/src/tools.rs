@@ -28,7 +28,7 @@ pub(crate) fn list(cells: &Registry) -> Vec<Tool> {
     let mut tools: Vec<Tool> = cells
         .iter()
         .map(|c| {
-            let mut schema = c.input_schema();
+            let mut schema = crate::schema::for_model(&c.input_schema());
             let what = schema["description"]
                 .as_str()
                 .unwrap_or("Run the cell")
@@ -37,8 +37,8 @@ pub(crate) fn list(cells: &Registry) -> Vec<Tool> {
                 props.insert(
                     "intent".into(),
                     json!({
-                        "type": "string", "minLength": 1, "maxLength": MAX_INTENT,
-                        "description": "A short stable name for the effect you mean (e.g. \"refund order 1234\"). \
+                        "type": "string",
+                        "description": "A short stable name (1 to 200 characters) for the effect you mean (e.g. \"refund order 1234\"). \
                                         The same intent in this session always means the same action: calling again \
                                         returns its receipt and never acts twice, even with other arguments (that is \
                                         refused as intent_conflict). A different action needs a different intent."
@@ -78,7 +78,7 @@ pub(crate) fn list(cells: &Registry) -> Vec<Tool> {
         "required": ["action_id"],
         "additionalProperties": false
     });
-    if let Value::Object(o) = status_schema {
+    if let Value::Object(o) = crate::schema::for_model(&status_schema) {
         tools.push(
             Tool::new(
                 STATUS_TOOL,
@@ -121,7 +121,11 @@ pub(crate) async fn call(
     };
     let cell: CellName = cell.name().clone();
     let given_intent = args.remove("intent");
-    let args = Value::Object(args);
+    let mut args = Value::Object(args);
+    // A strict model sends null for an optional argument it leaves out.
+    if let Some(c) = cells.get(cell.as_str()) {
+        crate::schema::strip_nulls(&c.input_schema(), &mut args);
+    }
     match cells.check(cell.as_str(), &args) {
         Ok(()) => {}
         Err(ArgError::Invalid { field, message, .. }) => {
