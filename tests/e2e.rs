@@ -29,6 +29,7 @@ fn cell(base: &str, f: impl FnOnce(StripeCharge) -> StripeCharge) -> Registry {
             base: Duration::from_millis(50),
             max: Duration::from_millis(400),
             max_attempts: 8,
+            outage_budget: idem_core::backoff::DEFAULT_OUTAGE_BUDGET,
             jitter: 0.0,
         };
     });
@@ -489,6 +490,22 @@ async fn malformed_actions_go_dead_and_the_worker_keeps_running() {
         .bind(uuid::Uuid::new_v4())
         .bind(b"{not json".to_vec())
         .execute(pool)
+        .await
+        .unwrap();
+    // Enqueue refuses a cell no worker ever registered, in SQL too (IDM03)...
+    let refused = sqlx::query("SELECT * FROM idem.enqueue($1, 'nosuch.cell', '{\"x\":1}'::jsonb)")
+        .bind(uuid::Uuid::new_v4())
+        .execute(pool)
+        .await;
+    match refused {
+        Err(sqlx::Error::Database(e)) => {
+            assert_eq!(e.code().as_deref(), Some("IDM03"));
+            assert!(e.message().contains("known: "), "{}", e.message());
+        }
+        other => panic!("expected IDM03, got {other:?}"),
+    }
+    // ...but a cell the fleet once ran and this worker does not still goes dead.
+    idem_store::cells::register(pool, &["nosuch.cell".into()], "an older worker")
         .await
         .unwrap();
     let unknown = uuid::Uuid::new_v4();
@@ -1036,4 +1053,58 @@ async fn sql_enqueue_intent_is_one_action_and_conflicts_on_other_arguments() {
         .await
         .unwrap();
     assert_eq!(n, 1);
+}
+
+/// What an operator sees when the database is not ready: an unmigrated database says to
+/// run `idem migrate`, a missing database is not "the server is down", and a server that
+/// is down is reported within 5 s.
+#[tokio::test]
+async fn store_errors_say_what_is_wrong_and_come_fast() {
+    let db = TestDb::new().await;
+    // A database of the same server, never migrated.
+    let opts: sqlx::postgres::PgConnectOptions = db.url.parse().unwrap();
+    let bare = format!("idem_bare_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {bare}"))
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+    use sqlx::ConnectOptions;
+    let bare_url = opts.clone().database(&bare).to_url_lossy().to_string();
+    let e = Store::connect_migrated(&bare_url, 1).await.unwrap_err();
+    assert!(e.to_string().contains("run `idem migrate`"), "{e}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_idem"))
+        .args(["status", &uuid::Uuid::new_v4().to_string()])
+        .env("DATABASE_URL", &bare_url)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("idem migrate"));
+    sqlx::query(&format!("DROP DATABASE {bare} WITH (FORCE)"))
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+    // A database that does not exist.
+    let missing = opts
+        .clone()
+        .database("idem_no_such_db")
+        .to_url_lossy()
+        .to_string();
+    let e = Store::connect(&missing, 1).await.unwrap_err();
+    assert!(
+        matches!(e, idem_store::StoreError::NoDatabase { .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("createdb"), "{e}");
+    // A server that is not there: refused fast, within 5 s.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let t = std::time::Instant::now();
+    let e = Store::connect(&format!("postgres://postgres@127.0.0.1:{port}/postgres"), 1)
+        .await
+        .unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(e.to_string().contains("cannot reach PostgreSQL"), "{e}");
 }

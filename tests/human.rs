@@ -21,6 +21,7 @@ fn worker(store: &Store, cell: StripeCharge, approval_ttl: Duration) -> Worker {
             base: Duration::from_millis(50),
             max: Duration::from_millis(200),
             max_attempts: 8,
+            outage_budget: idem_core::backoff::DEFAULT_OUTAGE_BUDGET,
             jitter: 0.0,
         };
     });

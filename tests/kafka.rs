@@ -39,6 +39,7 @@ fn cells(base: &str) -> Registry {
             base: Duration::from_millis(50),
             max: Duration::from_millis(400),
             max_attempts: 8,
+            outage_budget: idem_core::backoff::DEFAULT_OUTAGE_BUDGET,
             jitter: 0.0,
         };
     }))

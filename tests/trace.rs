@@ -91,6 +91,7 @@ async fn one_trace_from_the_enqueuing_span_to_the_partner_call() {
                 base: Duration::from_millis(50),
                 max: Duration::from_millis(200),
                 max_attempts: 8,
+                outage_budget: idem_core::backoff::DEFAULT_OUTAGE_BUDGET,
                 jitter: 0.0,
             };
         }),

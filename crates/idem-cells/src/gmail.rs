@@ -381,8 +381,12 @@ impl Cell for GmailSend {
         } else {
             Verdict::Unknowable {
                 reason: format!(
-                    "{}; an email is never resent automatically: a person decides",
-                    notes.join("; ")
+                    "checked at {}: {}. Absence is not proof: Gmail's history and search can lag \
+                     behind a message that was sent. Look in the mailbox's Sent folder for \
+                     Message-ID <{}> before deciding; an email is never resent automatically",
+                    Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),
+                    notes.join("; "),
+                    self.message_id(action)
                 ),
             }
         }

@@ -68,7 +68,7 @@ pub struct ResolveArgs {
 }
 
 async fn connect(db: &Db) -> Result<Store> {
-    Ok(Store::connect(&db.database_url, 2).await?)
+    Ok(Store::connect_migrated(&db.database_url, 2).await?)
 }
 
 fn print_waiting(items: &[decisions::Waiting], json: bool) -> Result<()> {

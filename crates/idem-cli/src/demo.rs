@@ -225,6 +225,9 @@ pub async fn run(args: DemoArgs, metrics: &idem_telemetry::metrics::Metrics) -> 
     let url = fresh_database(pg.url(), &args.database_name).await?;
     let store = Store::connect(&url, 24).await?;
     store.migrate().await?;
+    // The example declarative cell is not built in: register it before the agents start
+    // (enqueue refuses unknown cells; the workers register it too, but may start later).
+    idem_store::cells::register(store.pool(), &["acme.payout".to_owned()], "idem demo").await?;
 
     let faults = FaultRates {
         drop_after_effect: args.drop_after_effect,

@@ -556,7 +556,7 @@ impl Command {
 async fn run(cli: Cli, metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>) -> Result<()> {
     match cli.command {
         Command::Migrate(db) => {
-            let store = connect(&db).await?;
+            let store = Store::connect(&db.database_url, 8).await?;
             store.migrate().await?;
             println!("migrated");
         }
@@ -914,12 +914,13 @@ async fn run(cli: Cli, metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>
     Ok(())
 }
 
+/// Every command but `migrate`: the schema must be this idem's.
 async fn connect(db: &Db) -> Result<Store> {
-    Ok(Store::connect(&db.database_url, 8).await?)
+    Ok(Store::connect_migrated(&db.database_url, 8).await?)
 }
 
 async fn build_worker(args: &WorkerArgs) -> Result<Worker> {
-    let store = Store::connect(
+    let store = Store::connect_migrated(
         &args.db.database_url,
         (args.concurrency as u32 / 4).clamp(4, 32),
     )
@@ -1011,7 +1012,7 @@ async fn run_worker(
 }
 
 async fn run_relay(args: RelayArgs) -> Result<()> {
-    let store = Store::connect(&args.db.database_url, 4).await?;
+    let store = Store::connect_migrated(&args.db.database_url, 4).await?;
     let config = idem_relay::RelayConfig {
         batch: args.batch.max(1),
         linger: Duration::from_millis(args.linger_ms),

@@ -195,6 +195,7 @@ pub(crate) fn fast_timings(p: &mut CellProfile) {
         base: Duration::from_millis(100),
         max: Duration::from_secs(2),
         max_attempts: 8,
+        outage_budget: idem_core::backoff::DEFAULT_OUTAGE_BUDGET,
         jitter: 0.5,
     };
 }

@@ -14,10 +14,24 @@ pub struct RetryPolicy {
     /// Upper bound of any one delay.
     #[serde(with = "crate::profile::millis")]
     pub max: Duration,
-    /// Partner requests (first attempt, retries and replays) before idem stops sending.
+    /// Same-key replays of a request in doubt before idem stops replaying (it reconciles
+    /// or asks a person then).
     pub max_attempts: u32,
+    /// How long a partner that refuses connections or answers 5xx-before-effect (a
+    /// request proven not processed) is retried, counted from the first attempt: an
+    /// outage is not a failure. Past it the action ends `failed`, and a person can send it
+    /// again (`idem resolve --retry`).
+    #[serde(with = "crate::profile::millis", default = "default_outage_budget")]
+    pub outage_budget: Duration,
     /// Fraction of the delay that is randomised, in [0, 1].
     pub jitter: f64,
+}
+
+/// Six hours: a partner's outage, not a bad request.
+pub const DEFAULT_OUTAGE_BUDGET: Duration = Duration::from_secs(6 * 3600);
+
+fn default_outage_budget() -> Duration {
+    DEFAULT_OUTAGE_BUDGET
 }
 
 impl Default for RetryPolicy {
@@ -26,6 +40,7 @@ impl Default for RetryPolicy {
             base: Duration::from_millis(200),
             max: Duration::from_secs(60),
             max_attempts: 8,
+            outage_budget: DEFAULT_OUTAGE_BUDGET,
             jitter: 0.5,
         }
     }
@@ -53,6 +68,7 @@ mod tests {
             base: Duration::from_millis(100),
             max: Duration::from_secs(1),
             max_attempts: 10,
+            outage_budget: DEFAULT_OUTAGE_BUDGET,
             jitter: 0.0,
         };
         assert_eq!(p.delay(1, 0.3), Duration::from_millis(100));

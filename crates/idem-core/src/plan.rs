@@ -75,9 +75,16 @@ pub fn after_outcome(
             reason,
             retry_after,
         } => {
-            if attempt >= profile.retry.max_attempts {
+            // An outage is retried on a time budget, not a count.
+            let first = history.iter().map(|a| a.started_at).min().unwrap_or(now);
+            let spent = (now - first).to_std().unwrap_or_default();
+            if spent >= profile.retry.outage_budget {
                 return Next::settle(Event::Failed).with_reason(format!(
-                    "not processed after {attempt} attempts (last: {reason})"
+                    "not processed for {}s over {attempt} attempts, past the cell's outage \
+                     budget of {}s (last: {reason}); nothing reached the partner: a person \
+                     can send it again",
+                    spent.as_secs(),
+                    profile.retry.outage_budget.as_secs()
                 ));
             }
             let delay = profile
@@ -273,5 +280,61 @@ mod trust_tests {
         let late = after_verdict(&p, &Verdict::NotHappened, &history, 0, 0, at(2000), 0.5);
         assert_eq!(late.event, Event::ReconciledNotHappened);
         assert!(late.bump_generation);
+    }
+
+    /// An outage (connection refused, 5xx before the effect) is retried on the cell's time
+    /// budget: 20 refusals within it are still retried; past it the action fails, saying
+    /// nothing reached the partner.
+    #[test]
+    fn an_outage_is_retried_on_a_time_budget_not_a_count() {
+        let mut p = crate::CellProfile {
+            key: None,
+            replay: crate::profile::ReplayModel::FrozenResponse,
+            lookup: Lookup::None,
+            settle_time: Duration::from_millis(500),
+            doubt_horizon: Duration::from_secs(3600),
+            call_timeout: Duration::from_millis(1000),
+            retry: crate::RetryPolicy::default(),
+            approval: crate::profile::ApprovalPolicy::Never,
+            rate_limit_per_sec: None,
+            strategy: String::new(),
+        };
+        p.retry.outage_budget = Duration::from_secs(600);
+        let t0 = Utc.with_ymd_and_hms(2026, 11, 29, 0, 0, 0).unwrap();
+        let history: Vec<AttemptRecord> = (1..=20)
+            .map(|n| AttemptRecord {
+                number: n,
+                key_generation: n - 1,
+                key: None,
+                request_fingerprint: "fp".into(),
+                started_at: t0 + chrono::Duration::seconds(i64::from(n) * 10),
+                result: Some(AttemptResult::NotProcessed),
+            })
+            .collect();
+        let refused = ExecOutcome::NotProcessed {
+            reason: "connection refused: the request never left".into(),
+            retry_after: None,
+        };
+        let within = after_outcome(
+            &p,
+            &refused,
+            20,
+            &history,
+            19,
+            t0 + chrono::Duration::seconds(200),
+            0.5,
+        );
+        assert_eq!(within.event, Event::NotProcessed);
+        let past = after_outcome(
+            &p,
+            &refused,
+            20,
+            &history,
+            19,
+            t0 + chrono::Duration::seconds(611),
+            0.5,
+        );
+        assert_eq!(past.event, Event::Failed);
+        assert!(past.reason.unwrap().contains("nothing reached the partner"));
     }
 }

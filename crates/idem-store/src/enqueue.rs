@@ -155,6 +155,12 @@ pub async fn enqueue<'e, E: PgExecutor<'e>>(
                 action_id: action.action_id,
             })
         }
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("IDM03") => {
+            Err(EnqueueError::Invalid {
+                field: Some("/cell".into()),
+                message: db.message().trim_start_matches("idem.enqueue: ").to_owned(),
+            })
+        }
         Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("IDM02") => {
             Err(EnqueueError::Invalid {
                 field: None,

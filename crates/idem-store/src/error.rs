@@ -4,8 +4,14 @@ use idem_core::ActionId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot reach PostgreSQL at {target}: {source}. Start it (e.g. `pg_ctlcluster 15 main start`) or set DATABASE_URL")]
+    #[error("cannot reach PostgreSQL at {target}: {source}. Start it, or set DATABASE_URL to a server that runs")]
     Unreachable { target: String, source: sqlx::Error },
+    #[error("PostgreSQL at {server} answers, but has no database {database:?}: create it (`createdb {database}`) or fix DATABASE_URL")]
+    NoDatabase { server: String, database: String },
+    #[error("PostgreSQL at {server} refused the credentials in DATABASE_URL: {source}")]
+    Auth { server: String, source: sqlx::Error },
+    #[error("the database is not migrated for this idem (schema version {have}, this binary needs {want}): run `idem migrate`")]
+    NotMigrated { have: i64, want: i64 },
     #[error("invalid database configuration: {0}")]
     Config(String),
     #[error("migration failed: {0}")]

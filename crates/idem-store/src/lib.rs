@@ -3,6 +3,7 @@
 //! number), applied in batches so that claim and settle cost one round trip per batch.
 
 pub mod attempts;
+pub mod cells;
 pub mod decisions;
 pub mod enqueue;
 pub mod error;
@@ -39,24 +40,21 @@ pub struct Store {
 }
 
 impl Store {
-    /// Connect, retrying briefly so that a database still starting up is not an error.
-    /// The error names the server that could not be reached (without its password).
+    /// Connect, retrying briefly so that a database still starting up is not an error, and
+    /// giving up within about 5 s. The error says which of "server down", "no such
+    /// database" and "bad credentials" it is, naming the server (never the password).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let opts: PgConnectOptions = url
             .parse()
             .map_err(|e: sqlx::Error| StoreError::Config(e.to_string()))?;
-        let target = format!(
-            "{}:{}/{}",
-            opts.get_host(),
-            opts.get_port(),
-            opts.get_database().unwrap_or("postgres")
-        );
+        let server = format!("{}:{}", opts.get_host(), opts.get_port());
+        let database = opts.get_database().unwrap_or("postgres").to_owned();
         let connect = || {
             let opts = opts.clone();
             async move {
                 PgPoolOptions::new()
                     .max_connections(max_connections)
-                    .acquire_timeout(Duration::from_secs(10))
+                    .acquire_timeout(Duration::from_millis(1200))
                     .connect_with(opts)
                     .await
             }
@@ -64,12 +62,53 @@ impl Store {
         let pool = connect
             .retry(
                 ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(100))
-                    .with_max_times(4),
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_times(2),
             )
+            // Only a server that may still be starting is worth waiting for.
+            .when(|e| sql_state(e).is_none())
             .await
-            .map_err(|e| StoreError::Unreachable { target, source: e })?;
+            .map_err(|e| match sql_state(&e).as_deref() {
+                Some("3D000") => StoreError::NoDatabase { server, database },
+                Some("28P01") | Some("28000") => StoreError::Auth { server, source: e },
+                _ => StoreError::Unreachable {
+                    target: format!("{server}/{database}"),
+                    source: e,
+                },
+            })?;
         Ok(Self { pool })
+    }
+
+    /// Connect and check the schema is this idem's: a database not migrated (or migrated
+    /// by an older idem) is an error saying to run `idem migrate`, not a loop of warnings.
+    pub async fn connect_migrated(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let store = Self::connect(url, max_connections).await?;
+        store.check_migrated().await?;
+        Ok(store)
+    }
+
+    /// `Err(NotMigrated)` unless every migration this binary carries has been applied.
+    pub async fn check_migrated(&self) -> Result<(), StoreError> {
+        let want = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        let table: (Option<String>,) =
+            sqlx::query_as("SELECT to_regclass('public._sqlx_migrations')::text")
+                .fetch_one(&self.pool)
+                .await?;
+        let have: i64 = if table.0.is_some() {
+            sqlx::query_as::<_, (Option<i64>,)>(
+                "SELECT max(version) FROM _sqlx_migrations WHERE success",
+            )
+            .fetch_one(&self.pool)
+            .await?
+            .0
+            .unwrap_or(0)
+        } else {
+            0
+        };
+        if have < want {
+            return Err(StoreError::NotMigrated { have, want });
+        }
+        Ok(())
     }
 
     pub fn from_pool(pool: PgPool) -> Self {
@@ -84,5 +123,13 @@ impl Store {
     pub async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.pool).await?;
         Ok(())
+    }
+}
+
+/// The SQLSTATE of a database error, if the server answered with one.
+fn sql_state(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(d) => d.code().map(|c| c.into_owned()),
+        _ => None,
     }
 }

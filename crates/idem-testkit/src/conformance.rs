@@ -65,6 +65,7 @@ pub fn test_timings(p: &mut CellProfile) {
         base: Duration::from_millis(50),
         max: Duration::from_millis(400),
         max_attempts: 8,
+        outage_budget: idem_core::backoff::DEFAULT_OUTAGE_BUDGET,
         jitter: 0.0,
     };
 }
@@ -76,13 +77,22 @@ struct Run {
 
 impl Run {
     async fn new(s: &dyn Subject, profile: &dyn Fn(&mut CellProfile)) -> Self {
-        Self {
+        let run = Self {
             db: TestDb::new().await,
             cell: s.cell(&|p| {
                 test_timings(p);
                 profile(p);
             }),
-        }
+        };
+        // Enqueue accepts the cells a worker registered; the scenarios enqueue first.
+        idem_store::cells::register(
+            run.db.store.pool(),
+            &[run.cell.name().to_string()],
+            "conformance",
+        )
+        .await
+        .expect("register the cell");
+        run
     }
 
     fn worker(&self, id: &str) -> Worker {

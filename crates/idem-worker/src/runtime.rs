@@ -104,9 +104,11 @@ impl Worker {
     /// Run until `shutdown` turns true, then stop claiming, finish in-flight calls and
     /// settle them. Dropping (aborting) this future abandons in-flight calls instead: their
     /// leases expire and the sweeper of any worker drives them on.
-    /// Write each cell's own approval rule (its profile: a cell default or a worker's
-    /// `--approval` flag) into the fleet's policy where that cell has no rule yet. The
-    /// database's rule always wins: a worker never loosens or overrides it.
+    /// Register this worker's cells (enqueue refuses others) and write each cell's own
+    /// approval rule (its profile: a cell default or a worker's `--approval` flag) into the
+    /// fleet's policy where that cell has no rule yet. The database's rule always wins: a
+    /// worker never loosens or overrides it. Runs once per process, before the first
+    /// action is received.
     pub async fn seed_policy(&self) -> Result<(), WorkerError> {
         self.seeded
             .get_or_try_init(|| self.seed_policy_now())
@@ -115,6 +117,11 @@ impl Worker {
     }
 
     async fn seed_policy_now(&self) -> Result<(), WorkerError> {
+        // Enqueue accepts only cells some worker runs: say which ones this one does.
+        let names: Vec<String> = self.cells.iter().map(|c| c.name().to_string()).collect();
+        idem_store::cells::register(self.store.pool(), &names, &self.config.id)
+            .await
+            .map_err(StoreError::from)?;
         for cell in self.cells.iter() {
             let rule = &cell.profile().approval;
             if *rule == ApprovalPolicy::Never {

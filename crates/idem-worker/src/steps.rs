@@ -142,6 +142,17 @@ pub fn settle(
         now,
         sample,
     );
+    // Every attempt that did not succeed says so once, where an operator looks.
+    if !matches!(outcome, ExecOutcome::Succeeded(_)) {
+        tracing::warn!(
+            cell = %started.row.cell,
+            action_id = %started.row.action_id,
+            attempt = started.attempt.number,
+            next = ?next.event,
+            reason = next.reason.as_deref().unwrap_or(""),
+            "partner attempt did not succeed"
+        );
+    }
     let (reason, receipt) = match outcome {
         ExecOutcome::Succeeded(r) => (None, Some(receipt_json(r))),
         ExecOutcome::Failed { reason }

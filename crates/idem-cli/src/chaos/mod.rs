@@ -291,6 +291,9 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
     let url = crate::demo::fresh_database(&server_url, "idem_chaos").await?;
     let store = Store::connect(&url, 8).await?;
     store.migrate().await?;
+    // The example declarative cell is not built in: register it before the agents start
+    // (enqueue refuses unknown cells; the workers register it too, but may start later).
+    idem_store::cells::register(store.pool(), &["acme.payout".to_owned()], "idem chaos").await?;
 
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let topic = format!("idem.chaos.{run_id}");

@@ -28,6 +28,7 @@ pub fn profile(lookup: Lookup, key: bool, doubt_horizon: Duration) -> CellProfil
             base: Duration::from_secs(1),
             max: Duration::from_secs(8),
             max_attempts: 6,
+            outage_budget: idem_core::backoff::DEFAULT_OUTAGE_BUDGET,
             jitter: 0.5,
         },
         approval: ApprovalPolicy::Never,
