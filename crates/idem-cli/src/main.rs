@@ -214,6 +214,16 @@ struct WorkerArgs {
     /// Consumer group (Kafka transport).
     #[arg(long, default_value = "idem-workers")]
     group: String,
+    /// Consumer group protocol: `consumer` (KIP-848, Kafka 4: the broker assigns, members
+    /// come and go without stopping the others) or `classic` (cooperative-sticky; older
+    /// brokers and librdkafka's mock cluster).
+    #[arg(long, default_value = "consumer")]
+    group_protocol: idem_kafka::GroupProtocol,
+    /// Static group membership for the classic protocol (`group.instance.id`): a worker
+    /// restarted under the same id gets its partitions back without a rebalance. Unique
+    /// per live worker (a supervisor slot, a pod name).
+    #[arg(long)]
+    instance_id: Option<String>,
     /// How long settled actions are kept in the inbox, if a retention job deletes them
     /// (hours). The worker refuses to start if this is shorter than a cell's key window.
     #[arg(long)]
@@ -998,11 +1008,12 @@ async fn run_worker(
     args.poll_interval_ms = args.poll_interval_ms.max(1);
     worker = worker.without_outbox_claims();
     let topics = args.kafka.topics(worker.cells());
-    let transport = idem_kafka::KafkaTransport::new(
-        worker.clone(),
-        args.kafka.config(),
-        idem_kafka::TransportConfig::new(&args.group, topics),
-    );
+    let transport = idem_kafka::KafkaTransport::new(worker.clone(), args.kafka.config(), {
+        let mut t = idem_kafka::TransportConfig::new(&args.group, topics);
+        t.protocol = args.group_protocol;
+        t.instance_id = args.instance_id.clone();
+        t
+    });
     let sweeper = worker.clone();
     let sweep_rx = rx.clone();
     let sweeping = tokio::spawn(async move { sweeper.run(sweep_rx).await });

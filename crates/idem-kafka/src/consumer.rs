@@ -42,6 +42,35 @@ pub struct TransportConfig {
     /// whole wait, so the default (librdkafka's 500 ms) added ~400 ms to every action's
     /// latency there. 50 ms costs a few idle fetches a second.
     pub fetch_wait_max: Duration,
+    /// Which consumer group protocol to speak.
+    pub protocol: GroupProtocol,
+    /// Static membership (`group.instance.id`, classic protocol): a worker restarted under
+    /// the same instance id gets its partitions back without a rebalance. Must be unique
+    /// per live worker (e.g. a supervisor's slot, a pod name).
+    pub instance_id: Option<String>,
+}
+
+/// The consumer group protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupProtocol {
+    /// KIP-848 (`group.protocol=consumer`, Kafka 4): the broker assigns partitions and a
+    /// member joining or leaving never stops the others; timeouts are the broker's
+    /// (`group.consumer.session.timeout.ms`, `group.consumer.heartbeat.interval.ms`).
+    Consumer,
+    /// The classic protocol with cooperative-sticky assignment, for brokers without
+    /// KIP-848 (before Kafka 4, librdkafka's mock cluster).
+    Classic,
+}
+
+impl std::str::FromStr for GroupProtocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "consumer" => Ok(Self::Consumer),
+            "classic" => Ok(Self::Classic),
+            other => Err(format!("group protocol {other:?}: consumer or classic")),
+        }
+    }
 }
 
 impl TransportConfig {
@@ -52,6 +81,8 @@ impl TransportConfig {
             per_partition_batch: 1,
             lane_capacity: 64,
             fetch_wait_max: Duration::from_millis(50),
+            protocol: GroupProtocol::Consumer,
+            instance_id: None,
         }
     }
 }
@@ -74,22 +105,33 @@ impl KafkaTransport {
     }
 
     fn consumer(&self) -> Result<StreamConsumer<LagContext>, KafkaError> {
-        self.kafka
-            .client()
-            .set("group.id", &self.config.group)
+        let mut c = self.kafka.client();
+        c.set("group.id", &self.config.group)
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "200")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
-            // Incremental (cooperative) rebalancing: a member joining or leaving moves only
-            // the partitions that change hands, and every other lane keeps consuming. With
-            // the eager `range` strategy every membership change stopped the whole group;
-            // the chaos soak, which kills a worker every few seconds, spent most of its
-            // time in such stops.
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("topic.metadata.refresh.interval.ms", "5000")
+            .set("auto.offset.reset", "earliest");
+        match self.config.protocol {
+            GroupProtocol::Consumer => {
+                c.set("group.protocol", "consumer");
+                if let Some(id) = &self.config.instance_id {
+                    c.set("group.instance.id", id);
+                }
+            }
+            GroupProtocol::Classic => {
+                // Incremental (cooperative) rebalancing: a member joining or leaving moves
+                // only the partitions that change hands. With the eager `range` strategy
+                // every membership change stopped the whole group.
+                c.set("group.protocol", "classic")
+                    .set("session.timeout.ms", "10000")
+                    .set("heartbeat.interval.ms", "1000")
+                    .set("partition.assignment.strategy", "cooperative-sticky");
+                if let Some(id) = &self.config.instance_id {
+                    c.set("group.instance.id", id);
+                }
+            }
+        }
+        c.set("topic.metadata.refresh.interval.ms", "5000")
             .set(
                 "fetch.wait.max.ms",
                 self.config.fetch_wait_max.as_millis().to_string(),

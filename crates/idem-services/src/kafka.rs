@@ -257,6 +257,12 @@ impl KafkaCluster {
                 ("share.coordinator.state.topic.min.isr", min_isr.to_string()),
                 ("group.initial.rebalance.delay.ms", "0".into()),
                 ("unclean.leader.election.enable", "false".into()),
+                // KIP-848 groups: notice a dead member in seconds, not 45 s (a worker
+                // killed mid-batch holds its partitions until then).
+                ("group.consumer.min.session.timeout.ms", "6000".into()),
+                ("group.consumer.session.timeout.ms", "10000".into()),
+                ("group.consumer.min.heartbeat.interval.ms", "500".into()),
+                ("group.consumer.heartbeat.interval.ms", "1000".into()),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))

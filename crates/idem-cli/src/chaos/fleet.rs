@@ -108,7 +108,8 @@ impl Fleet {
             Role::Worker => cmd
                 .arg("worker")
                 .args(&self.spec.worker_args)
-                .args(["--id", &format!("chaos-worker-{slot}.{generation}")]),
+                .args(["--id", &format!("chaos-worker-{slot}.{generation}")])
+                .args(["--instance-id", &format!("chaos-worker-{slot}")]),
         };
         // Only what the spec says: not the harness's own DATABASE_URL, broker or exporter.
         for var in [

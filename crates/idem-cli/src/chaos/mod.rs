@@ -115,6 +115,10 @@ pub struct ChaosArgs {
     /// min.insync.replicas=2 from three nodes on).
     #[arg(long, default_value_t = 3)]
     kafka_nodes: usize,
+    /// The workers' consumer group protocol: `consumer` (KIP-848) or `classic` (static
+    /// membership by slot, cooperative-sticky). The mock cluster always gets `classic`.
+    #[arg(long, default_value = "consumer", value_parser = ["consumer", "classic"])]
+    group_protocol: String,
     /// Broker crashes during the enqueueing (alternately the leader of a partition in use
     /// and the group coordinator).
     #[arg(long, default_value_t = 1)]
@@ -376,6 +380,12 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
         &args.transport,
         "--group",
         &group,
+        "--group-protocol",
+        if args.broker == "mock" && args.bootstrap.is_none() {
+            "classic"
+        } else {
+            &args.group_protocol
+        },
         "--concurrency",
         "16",
         "--batch",
