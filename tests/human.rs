@@ -51,18 +51,22 @@ async fn enqueue_charge(store: &Store, amount: i64) -> ActionId {
     a.action_id
 }
 
-async fn deliver_all(store: &Store, w: &Worker) {
+/// Everything in the outbox, as a transport would hand it over.
+async fn take_deliveries(store: &Store) -> Vec<Delivery> {
     let mut tx = store.pool().begin().await.unwrap();
     let msgs = idem_store::queue::take_outbox(&mut tx, 100).await.unwrap();
     tx.commit().await.unwrap();
-    let ds: Vec<Delivery> = msgs
-        .into_iter()
+    msgs.into_iter()
         .map(|m| Delivery {
             payload: m.payload,
             source: json!({"outbox_seq": m.seq}),
             trace: TraceHeaders::default(),
         })
-        .collect();
+        .collect()
+}
+
+async fn deliver_all(store: &Store, w: &Worker) {
+    let ds = take_deliveries(store).await;
     w.deliver(&ds).await.unwrap();
 }
 
@@ -605,17 +609,7 @@ async fn the_fleet_policy_holds_for_a_worker_started_without_flags() {
     );
     let small = enqueue_charge(&db.store, 100).await;
     // Each worker takes part of the outbox: both must hold.
-    let mut tx = db.store.pool().begin().await.unwrap();
-    let msgs = idem_store::queue::take_outbox(&mut tx, 100).await.unwrap();
-    tx.commit().await.unwrap();
-    let ds: Vec<Delivery> = msgs
-        .into_iter()
-        .map(|m| Delivery {
-            payload: m.payload,
-            source: json!({"outbox_seq": m.seq}),
-            trace: TraceHeaders::default(),
-        })
-        .collect();
+    let ds = take_deliveries(&db.store).await;
     w1.deliver(&ds[..1]).await.unwrap();
     w2.deliver(&ds[1..]).await.unwrap();
     for id in [a, b] {

@@ -25,13 +25,11 @@ fn body(r: &CallToolResult) -> Value {
     r.structured_content.clone().expect("structured result")
 }
 
-#[tokio::test]
-async fn http_tool_called_twice_with_one_intent_is_one_effect_and_one_receipt() {
-    let db = TestDb::new().await;
-    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+/// `idem serve`'s router on a free port, and a submit-scope token for it.
+async fn serve(db: &TestDb, stripe: &StripeFixture) -> (SimServer, String) {
     let app = router(ApiState::new(
         db.store.clone(),
-        Arc::new(stripe_cells(&stripe, None)),
+        Arc::new(stripe_cells(stripe, None)),
     ));
     let server = SimServer::start(app, ([127, 0, 0, 1], 0).into())
         .await
@@ -40,6 +38,14 @@ async fn http_tool_called_twice_with_one_intent_is_one_effect_and_one_receipt() 
         .await
         .unwrap()
         .1;
+    (server, token)
+}
+
+#[tokio::test]
+async fn http_tool_called_twice_with_one_intent_is_one_effect_and_one_receipt() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let (server, token) = serve(&db, &stripe).await;
     let worker = RunningWorker::start(&db.store, stripe_cells(&stripe, None));
 
     let url = format!("{}/mcp", server.base_url());
@@ -255,17 +261,7 @@ async fn every_listed_tool_schema_passes_the_model_api_rules() {
 async fn strict_nulls_are_absent_and_deleting_a_session_is_no_content() {
     let db = TestDb::new().await;
     let stripe = StripeFixture::start(StripeSimConfig::default()).await;
-    let app = router(ApiState::new(
-        db.store.clone(),
-        Arc::new(stripe_cells(&stripe, None)),
-    ));
-    let server = SimServer::start(app, ([127, 0, 0, 1], 0).into())
-        .await
-        .unwrap();
-    let token = tokens::create(db.store.pool(), "agent", &[Scope::Submit])
-        .await
-        .unwrap()
-        .1;
+    let (server, token) = serve(&db, &stripe).await;
     let worker = RunningWorker::start(&db.store, stripe_cells(&stripe, None));
     let url = format!("{}/mcp", server.base_url());
     let transport = StreamableHttpClientTransport::from_config(

@@ -238,17 +238,12 @@ mod trust_tests {
 
     use super::*;
 
-    /// The chaos soak's timings: 500 ms settle time, 1 s call timeout, a lookup that may lag
-    /// 1 s behind the partner. A request can land at the partner until the call timeout and
-    /// show up in the lookup a lag bound later, so a miss before 2 s is no proof.
-    #[test]
-    fn a_miss_is_not_trusted_before_call_timeout_plus_lag() {
-        let p = crate::CellProfile {
+    /// The soak's timings: 500 ms settle time, 1 s call timeout.
+    fn profile(lookup: Lookup) -> crate::CellProfile {
+        crate::CellProfile {
             key: None,
             replay: crate::profile::ReplayModel::FrozenResponse,
-            lookup: Lookup::Eventual {
-                lag_bound: Duration::from_millis(1000),
-            },
+            lookup,
             settle_time: Duration::from_millis(500),
             doubt_horizon: Duration::from_secs(3600),
             call_timeout: Duration::from_millis(1000),
@@ -256,7 +251,17 @@ mod trust_tests {
             approval: crate::profile::ApprovalPolicy::Never,
             rate_limit_per_sec: None,
             strategy: String::new(),
-        };
+        }
+    }
+
+    /// The chaos soak's timings: 500 ms settle time, 1 s call timeout, a lookup that may lag
+    /// 1 s behind the partner. A request can land at the partner until the call timeout and
+    /// show up in the lookup a lag bound later, so a miss before 2 s is no proof.
+    #[test]
+    fn a_miss_is_not_trusted_before_call_timeout_plus_lag() {
+        let p = profile(Lookup::Eventual {
+            lag_bound: Duration::from_millis(1000),
+        });
         assert_eq!(p.trust_after(), Duration::from_millis(2000));
         let t0 = Utc.with_ymd_and_hms(2026, 11, 29, 0, 0, 0).unwrap();
         let history = [AttemptRecord {
@@ -287,18 +292,7 @@ mod trust_tests {
     /// nothing reached the partner.
     #[test]
     fn an_outage_is_retried_on_a_time_budget_not_a_count() {
-        let mut p = crate::CellProfile {
-            key: None,
-            replay: crate::profile::ReplayModel::FrozenResponse,
-            lookup: Lookup::None,
-            settle_time: Duration::from_millis(500),
-            doubt_horizon: Duration::from_secs(3600),
-            call_timeout: Duration::from_millis(1000),
-            retry: crate::RetryPolicy::default(),
-            approval: crate::profile::ApprovalPolicy::Never,
-            rate_limit_per_sec: None,
-            strategy: String::new(),
-        };
+        let mut p = profile(Lookup::None);
         p.retry.outage_budget = Duration::from_secs(600);
         let t0 = Utc.with_ymd_and_hms(2026, 11, 29, 0, 0, 0).unwrap();
         let history: Vec<AttemptRecord> = (1..=20)
