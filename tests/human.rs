@@ -664,7 +664,7 @@ async fn the_fleet_policy_holds_for_a_worker_started_without_flags() {
         plain().with_profile(|p| p.approval = ApprovalPolicy::Always),
         Duration::from_secs(3600),
     );
-    seeding.seed_policy().await.unwrap();
+    seeding.register_with_fleet().await.unwrap();
     let rules = idem_store::policy::list(db.store.pool()).await.unwrap();
     assert_eq!(rules[0].rule, "never");
 }

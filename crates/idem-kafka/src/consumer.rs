@@ -149,7 +149,7 @@ impl KafkaTransport {
     /// commit offsets, and leave the group.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), KafkaError> {
         crate::topics::ensure(&self.kafka, &self.config.topics).await?;
-        self.worker.seed_policy().await?;
+        self.worker.register_with_fleet().await?;
         let consumer = Arc::new(self.consumer()?);
         let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
         consumer

@@ -55,8 +55,8 @@ pub struct Worker {
     store: Store,
     cells: Arc<Registry>,
     config: Arc<WorkerConfig>,
-    /// Set once this process seeded the fleet's policy from its cells' profiles.
-    seeded: Arc<tokio::sync::OnceCell<()>>,
+    /// Set once this process registered its cells and seeded the fleet's policy.
+    registered: Arc<tokio::sync::OnceCell<()>>,
 }
 
 enum Work {
@@ -80,7 +80,7 @@ impl Worker {
             store,
             cells: Arc::new(cells),
             config: Arc::new(config),
-            seeded: Arc::default(),
+            registered: Arc::default(),
         }
     }
 
@@ -109,14 +109,14 @@ impl Worker {
     /// fleet's policy where that cell has no rule yet. The database's rule always wins: a
     /// worker never loosens or overrides it. Runs once per process, before the first
     /// action is received.
-    pub async fn seed_policy(&self) -> Result<(), WorkerError> {
-        self.seeded
-            .get_or_try_init(|| self.seed_policy_now())
+    pub async fn register_with_fleet(&self) -> Result<(), WorkerError> {
+        self.registered
+            .get_or_try_init(|| self.register_now())
             .await
             .map(|_| ())
     }
 
-    async fn seed_policy_now(&self) -> Result<(), WorkerError> {
+    async fn register_now(&self) -> Result<(), WorkerError> {
         // Enqueue accepts only cells some worker runs: say which ones this one does.
         let names: Vec<String> = self.cells.iter().map(|c| c.name().to_string()).collect();
         idem_store::cells::register(self.store.pool(), &names, &self.config.id)
@@ -159,7 +159,7 @@ impl Worker {
                 None
             }
         };
-        self.seed_policy().await?;
+        self.register_with_fleet().await?;
         let mut last_sweep = Instant::now() - self.config.sweep_interval;
         loop {
             if *shutdown.borrow() {
@@ -370,7 +370,7 @@ impl Worker {
         reason: Option<&str>,
     ) -> Result<(Vec<Started>, ReceiveReport), WorkerError> {
         // Once per process, before the first action is received (on another connection).
-        self.seed_policy().await?;
+        self.register_with_fleet().await?;
         let (started, report, applied) = self.receive_in(&mut tx, deliveries, reason).await?;
         tx.commit().await?;
         counted(&applied, &report);
