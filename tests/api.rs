@@ -395,6 +395,81 @@ async fn approvals_and_doubts_over_http_are_audited_with_the_token_name() {
         )
         .await;
     assert_eq!(s, 409, "{b}");
+    // Checking the partner again, or sending again, applies only to needs_human / failed.
+    let (s, b) = api
+        .post_json(
+            &approver,
+            &format!("/v1/doubts/{big}/resolve"),
+            json!({"outcome": "recheck", "reason": "look again"}),
+        )
+        .await;
+    assert_eq!(s, 409, "{b}");
+    let (s, b) = api
+        .post_json(
+            &approver,
+            &format!("/v1/actions/{other}/resend"),
+            json!({"reason": "try it"}),
+        )
+        .await;
+    assert_eq!(s, 409, "a rejected action is not sent again: {b}");
+    assert_eq!(api.stripe.sim.effects_for(&other), 0);
+
+    // A declined card fails (no effect); a person sends it again over HTTP, audited, under
+    // a fresh key; Stripe declines again and nothing was charged.
+    let declined = uuid::Uuid::new_v4().to_string();
+    let body = json!({"cell": "stripe.charge", "action_id": declined,
+                      "args": {"amount": 900, "currency": "usd", "payment_method": "pm_card_chargeDeclined"}});
+    assert_eq!(api.post(Some(&submit), body.to_string()).await.0, 201);
+    let (_, b) = api
+        .get(&submit, &format!("/v1/actions/{declined}?wait=20"))
+        .await;
+    assert_eq!(b["state"], "failed", "{b}");
+    let (s, b) = api
+        .post_json(
+            &approver,
+            &format!("/v1/actions/{declined}/resend"),
+            json!({"reason": ""}),
+        )
+        .await;
+    assert_eq!(s, 422, "a reason is required: {b}");
+    let (s, b) = api
+        .post_json(
+            &submit,
+            &format!("/v1/actions/{declined}/resend"),
+            json!({"reason": "customer updated the card"}),
+        )
+        .await;
+    assert_eq!(s, 403, "approve scope needed: {b}");
+    let (s, b) = api
+        .post_json(
+            &approver,
+            &format!("/v1/actions/{declined}/resend"),
+            json!({"reason": "customer updated the card"}),
+        )
+        .await;
+    assert_eq!(
+        (s, b["decision"].as_str(), b["by"].as_str()),
+        (200, Some("retry_scheduled"), Some("token:ops-alice")),
+        "{b}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let keys: Vec<(i32, Option<String>)> = loop {
+        let keys: Vec<(i32, Option<String>)> = sqlx::query_as(
+            "SELECT t.key_generation, t.idem_key FROM idem.attempts t JOIN idem.actions a USING (action_id) \
+             WHERE action_id = $1 AND a.state = 'failed' ORDER BY number",
+        )
+        .bind(uuid::Uuid::parse_str(&declined).unwrap())
+        .fetch_all(api.db.store.pool())
+        .await
+        .unwrap();
+        if keys.len() == 2 {
+            break keys;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{keys:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(keys[0].1, keys[1].1, "a fresh key: {keys:?}");
+    assert_eq!(api.stripe.sim.effects_for(&declined), 0, "nothing charged");
     let (s, b) = api.get(&submit, "/v1/cells").await;
     assert_eq!(s, 200);
     assert_eq!(b[0]["name"], "stripe.charge");
@@ -468,6 +543,7 @@ async fn openapi_document_matches_the_routes() {
             "GET /v1/health",
             "GET /v1/policy",
             "POST /v1/actions",
+            "POST /v1/actions/{id}/resend",
             "POST /v1/approvals/{id}/approve",
             "POST /v1/approvals/{id}/reject",
             "POST /v1/doubts/{id}/resolve",

@@ -113,6 +113,22 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
             .unwrap();
         assert_eq!(r.status().as_u16(), 201);
     }
+    // And one whose card is declined: it fails, with no effect.
+    let declined = uuid::Uuid::new_v4();
+    let r = http
+        .post(format!("{base}/v1/actions"))
+        .bearer_auth(&submit)
+        .json(&json!({"cell": "stripe.charge", "action_id": declined,
+                      "args": {"amount": 900, "currency": "usd", "payment_method": "pm_card_chargeDeclined"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let failed = idem_store::await_settled(pool, declined.into(), Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("settled");
+    assert_eq!(failed.state, idem_core::State::Failed);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while idem_store::decisions::waiting(pool, idem_core::State::AwaitingApproval, 10)
         .await
@@ -268,8 +284,53 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
         0,
         "no pending item drawn"
     );
+    // The declined charge is listed as failed; a person sends it again with a reason.
+    let form = browser
+        .find(Locator::Css(&format!(
+            "#action-{declined} form[action$='/resend']"
+        )))
+        .await
+        .expect("a failed action offers Send again");
+    form.find(Locator::Css("input[name=reason]"))
+        .await
+        .unwrap()
+        .send_keys("customer updated the card")
+        .await
+        .unwrap();
+    form.find(Locator::Css("button.resend"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let flash = browser
+        .wait()
+        .for_element(Locator::Id("flash"))
+        .await
+        .unwrap();
+    assert!(flash.text().await.unwrap().contains("sent again"));
     browser.close().await.unwrap();
     std::fs::remove_dir_all(&profile).ok();
+    let who = idem_store::decisions::history(pool, declined.into())
+        .await
+        .unwrap();
+    assert_eq!(
+        (who[0].0.as_str(), who[0].1.as_str()),
+        ("resend", "human:console:ops-alice")
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let row = idem_store::inbox::get(pool, declined.into())
+            .await
+            .unwrap()
+            .unwrap();
+        if row.state == idem_core::State::Failed && row.attempts == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{row:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stripe.sim.effects_for(&declined.to_string()), 0);
 
     // The approved charge ran once; the rejected one never reached Stripe.
     let settled = idem_store::await_settled(
@@ -288,7 +349,8 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
     assert_eq!(rejected.state, idem_core::State::Rejected);
     assert_eq!(stripe.sim.effects_for(&keep.to_string()), 1);
     assert_eq!(stripe.sim.effects_for(&drop_.to_string()), 0);
-    assert_eq!(stripe.sim.requests().len(), 1);
+    // The approved charge, and the declined one twice (before and after the resend).
+    assert_eq!(stripe.sim.requests().len(), 3);
     // Audited with the person's token name, through the console.
     let who = idem_store::decisions::history(pool, idem_core::ActionId::from(keep))
         .await

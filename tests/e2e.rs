@@ -514,6 +514,19 @@ async fn malformed_actions_go_dead_and_the_worker_keeps_running() {
         .execute(pool)
         .await
         .unwrap();
+    // A delivery naming a cell no one ever registered (another producer's bug, a separate
+    // inbox database) goes dead too, rather than failing the worker's batch.
+    let stray = uuid::Uuid::new_v4();
+    sqlx::query("INSERT INTO idem.outbox (action_id, ordering_key, payload) VALUES ($1, 'k', $2)")
+        .bind(stray)
+        .bind(
+            json!({"v": 1, "action_id": stray, "cell": "never.registered", "args": {}, "ordering_key": "k"})
+                .to_string()
+                .into_bytes(),
+        )
+        .execute(pool)
+        .await
+        .unwrap();
     let invalid = NewAction::new(ActionId::random(), cell_name(), json!({"currency": "usd"}));
     enqueue(pool, &invalid).await.unwrap();
     let good = NewAction::new(ActionId::random(), cell_name(), charge_args(700));
@@ -537,6 +550,8 @@ async fn malformed_actions_go_dead_and_the_worker_keeps_running() {
             .unwrap();
     assert_eq!(raw, b"{not json");
     assert!(reason.contains("not a JSON envelope"), "{reason}");
+    let st = state(&db.store, ActionId(stray)).await;
+    assert_eq!(st.state, State::Dead, "{st:?}");
     let u = state(&db.store, ActionId(unknown)).await;
     assert_eq!(u.state, State::Dead);
     assert!(u.reason.unwrap().contains("unknown cell"));
@@ -547,6 +562,90 @@ async fn malformed_actions_go_dead_and_the_worker_keeps_running() {
         "reason names the field"
     );
     assert_eq!(stripe.sim.ledger().len(), 1);
+}
+
+/// Once a worker has registered a cell's input schema, enqueue checks the arguments' top
+/// level in SQL (for every language), SQLSTATE IDM05 with the field in DETAIL; the Rust
+/// surface maps it to an invalid-arguments error naming the field. Nothing is stored.
+#[tokio::test]
+async fn sql_enqueue_checks_arguments_against_the_registered_schema() {
+    let db = TestDb::new().await;
+    let pool = db.store.pool();
+    let w = worker(&db.store, cell("http://127.0.0.1:9", |c| c), "schema-w");
+    w.register_with_fleet().await.unwrap();
+    let cases = [
+        (r#"{"currency": "usd"}"#, "/args/amount", "required"),
+        (
+            r#"{"amount": 0, "currency": "usd"}"#,
+            "/args/amount",
+            "at least 1",
+        ),
+        (
+            r#"{"amount": 12.5, "currency": "usd"}"#,
+            "/args/amount",
+            "type integer",
+        ),
+        (
+            r#"{"amount": "12", "currency": "usd"}"#,
+            "/args/amount",
+            "type integer",
+        ),
+        (
+            r#"{"amount": 100, "currency": "USD"}"#,
+            "/args/currency",
+            "must match",
+        ),
+        (
+            r#"{"amount": 100, "currency": "usd", "tip": 5}"#,
+            "/args/tip",
+            "unknown field",
+        ),
+        (
+            r#"{"amount": 100, "currency": "usd", "customer": 7}"#,
+            "/args/customer",
+            "type string",
+        ),
+    ];
+    for (args, field, says) in cases {
+        let r = sqlx::query("SELECT * FROM idem.enqueue($1, 'stripe.charge', $2::jsonb)")
+            .bind(uuid::Uuid::new_v4())
+            .bind(args)
+            .execute(pool)
+            .await;
+        match r {
+            Err(sqlx::Error::Database(e)) => {
+                assert_eq!(e.code().as_deref(), Some("IDM05"), "{args}: {e}");
+                let pg = e.downcast_ref::<sqlx::postgres::PgDatabaseError>();
+                assert_eq!(pg.detail(), Some(field), "{args}");
+                assert!(e.message().contains(says), "{args}: {}", e.message());
+            }
+            other => panic!("{args}: expected IDM05, got {other:?}"),
+        }
+    }
+    let ok = sqlx::query("SELECT * FROM idem.enqueue($1, 'stripe.charge', $2::jsonb)")
+        .bind(uuid::Uuid::new_v4())
+        .bind(r#"{"amount": 100, "currency": "usd", "description": "Plan — Größe M"}"#)
+        .execute(pool)
+        .await;
+    assert!(ok.is_ok(), "{ok:?}");
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM idem.actions")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "only the valid action was stored");
+    // Rust callers get the same refusal, typed, naming the field.
+    let bad = NewAction::new(
+        ActionId::random(),
+        cell_name(),
+        json!({"amount": -3, "currency": "usd"}),
+    );
+    match enqueue(pool, &bad).await {
+        Err(idem_store::EnqueueError::Invalid { field, message }) => {
+            assert_eq!(field.as_deref(), Some("/args/amount"));
+            assert!(message.contains("at least 1"), "{message}");
+        }
+        other => panic!("expected Invalid, got {other:?}"),
+    }
 }
 
 // ---------------------------------------------------------------- processes

@@ -21,7 +21,8 @@ fn worker(store: &Store, cell: StripeCharge, approval_ttl: Duration) -> Worker {
             base: Duration::from_millis(50),
             max: Duration::from_millis(200),
             max_attempts: 8,
-            outage_budget: idem_core::backoff::DEFAULT_OUTAGE_BUDGET,
+            // A test that shortens the outage budget keeps it.
+            outage_budget: p.retry.outage_budget,
             jitter: 0.0,
         };
     });
@@ -98,7 +99,7 @@ async fn sweep_until(w: &Worker, store: &Store, id: ActionId, want: State, limit
         if row.state == want {
             return;
         }
-        if tokio::time::Instant::now() >= deadline || row.state.is_final() {
+        if tokio::time::Instant::now() >= deadline || row.state.is_settled() {
             let t: Vec<(String, String, Option<String>)> = sqlx::query_as(
                 "SELECT event, to_state, to_char(at, 'HH24:MI:SS.MS') || ' ' || actor FROM idem.transitions WHERE action_id = $1 ORDER BY id",
             )
@@ -667,4 +668,237 @@ async fn the_fleet_policy_holds_for_a_worker_started_without_flags() {
     seeding.register_with_fleet().await.unwrap();
     let rules = idem_store::policy::list(db.store.pool()).await.unwrap();
     assert_eq!(rules[0].rule, "never");
+}
+
+/// An outage longer than the cell's budget ends `failed` ("nothing reached the partner");
+/// a person sends it again with an audited decision and it goes out once, under a fresh
+/// key, with the same action id. Only a failed action can be sent again.
+#[tokio::test]
+async fn a_failed_action_is_sent_again_by_an_audited_decision() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let cell = StripeCharge::new(stripe.base_url(), TEST_SECRET)
+        .with_profile(|p| p.retry.outage_budget = Duration::from_millis(1500));
+    let w = worker(&db.store, cell, Duration::from_secs(3600));
+    // Stripe answers every request 429 (Retry-After: 1): not processed, never an effect.
+    stripe.sim.set_faults(idem_sim::FaultRates {
+        rate_limit: 1.0,
+        ..Default::default()
+    });
+    let id = enqueue_charge(&db.store, 4_200).await;
+    deliver_all(&db.store, &w).await;
+    sweep_until(&w, &db.store, id, State::Failed, Duration::from_secs(20)).await;
+    let row = state(&db.store, id).await;
+    assert!(
+        row.reason
+            .as_deref()
+            .unwrap()
+            .contains("a person can send it again"),
+        "{row:?}"
+    );
+    let refused = stripe.sim.requests().len();
+    assert!(
+        refused >= 2,
+        "retried within the budget: {refused} requests"
+    );
+    assert_eq!(stripe.sim.ledger().len(), 0);
+
+    // Stripe is back. Without a reason nothing is recorded.
+    stripe.sim.set_faults(idem_sim::FaultRates::default());
+    let sid = id.to_string();
+    let (ok, _, err) = idem(&db, &["resend", &sid, "--as", "dana", "--reason", " "]).await;
+    assert!(!ok && err.contains("--reason"), "{err}");
+    assert_eq!(state(&db.store, id).await.state, State::Failed);
+    let (ok, out, err) = idem(
+        &db,
+        &[
+            "resend",
+            &sid,
+            "--as",
+            "dana",
+            "--reason",
+            "Stripe is back up",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("retry_scheduled"), "{out}");
+    sweep_until(&w, &db.store, id, State::Succeeded, Duration::from_secs(15)).await;
+    assert_eq!(
+        stripe.sim.effects_for(&sid),
+        1,
+        "sent once after the resend"
+    );
+    assert_eq!(stripe.sim.ledger().len(), 1);
+
+    // The audit: who sent it again and why, and a fresh key for the new request.
+    let history = idem_store::decisions::history(db.store.pool(), id)
+        .await
+        .unwrap();
+    let last = history.last().unwrap();
+    assert_eq!(
+        (last.0.as_str(), last.1.as_str(), last.2.as_deref()),
+        ("resend", "human:dana", Some("Stripe is back up"))
+    );
+    let keys: Vec<(i32, Option<String>)> = sqlx::query_as(
+        "SELECT key_generation, idem_key FROM idem.attempts WHERE action_id = $1 ORDER BY number",
+    )
+    .bind(id.as_uuid())
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap();
+    let (first, last) = (keys.first().unwrap(), keys.last().unwrap());
+    assert_eq!((first.0, last.0), (0, 1), "{keys:?}");
+    assert_ne!(first.1, last.1, "a fresh partner key: {keys:?}");
+
+    // A succeeded action cannot be sent again.
+    let (ok, _, err) = idem(
+        &db,
+        &["resend", &sid, "--as", "dana", "--reason", "once more"],
+    )
+    .await;
+    assert!(!ok && err.contains("not failed"), "{err}");
+    assert_eq!(stripe.sim.ledger().len(), 1);
+}
+
+/// A gmail.send whose lookup lagged behind the partner goes to a person; "check the
+/// partner again" finds the email once the index has caught up, and nothing is resent.
+#[tokio::test]
+async fn check_the_partner_again_finds_an_email_the_lookup_missed() {
+    use idem_cells::GmailSend;
+    use idem_sim::{GmailConfig, GmailSim, SimServer};
+    let db = TestDb::new().await;
+    // Search lags 3 s behind a send, longer than the cell's 500 ms lag bound; history is
+    // not kept, so search is the only lookup.
+    let sim = GmailSim::new(
+        1,
+        Default::default(),
+        GmailConfig {
+            keep_message_id: true,
+            search_lag: Duration::from_secs(3),
+            history_retention: Duration::ZERO,
+        },
+    );
+    let server = SimServer::start(sim.router(), ([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let cell = GmailSend::new(server.base_url(), "ya29.human-test").with_profile(|p| {
+        p.call_timeout = Duration::from_millis(1000);
+        p.settle_time = Duration::from_millis(200);
+        p.doubt_horizon = Duration::from_secs(30);
+        p.lookup = idem_core::profile::Lookup::Eventual {
+            lag_bound: Duration::from_millis(500),
+        };
+    });
+    let w = Worker::new(
+        db.store.clone(),
+        Registry::new().with(cell),
+        WorkerConfig {
+            id: "gmail-recheck-test".into(),
+            poll_interval: Duration::from_millis(50),
+            sweep_interval: Duration::from_millis(50),
+            ..WorkerConfig::default()
+        },
+    );
+    w.register_with_fleet().await.unwrap();
+    let a = NewAction::new(
+        ActionId::random(),
+        CellName::new("gmail.send").unwrap(),
+        json!({"to": "customer@example.com", "subject": "Receipt", "text": "Paid."}),
+    );
+    enqueue(db.store.pool(), &a).await.unwrap();
+    sim.core.script([Fault::FailAfter]);
+    deliver_all(&db.store, &w).await;
+    sweep_until(
+        &w,
+        &db.store,
+        a.action_id,
+        State::NeedsHuman,
+        Duration::from_secs(15),
+    )
+    .await;
+    let id = a.action_id.to_string();
+    let reason = state(&db.store, a.action_id).await.reason.unwrap();
+    assert!(
+        reason.contains("checked at") && reason.contains("Absence is not proof"),
+        "{reason}"
+    );
+
+    // Without --reason clap refuses; with it the case goes back to the partner.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (ok, out, err) = idem(
+        &db,
+        &[
+            "resolve",
+            &id,
+            "--recheck",
+            "--as",
+            "dana",
+            "--reason",
+            "search may have caught up",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("in_doubt"), "{out}");
+    sweep_until(
+        &w,
+        &db.store,
+        a.action_id,
+        State::Succeeded,
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(sim.core.effects_for(&id), 1);
+    assert_eq!(sim.send_requests(), 1, "found, never resent");
+    let row = state(&db.store, a.action_id).await;
+    assert!(row.receipt.is_some(), "{row:?}");
+    let kinds: Vec<String> = idem_store::decisions::history(db.store.pool(), a.action_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.0)
+        .collect();
+    assert_eq!(kinds, ["recheck"]);
+}
+
+/// "Check the partner again" is refused, recording nothing, for a cell whose partner has
+/// no lookup: there is nothing to ask, and a person must decide.
+#[tokio::test]
+async fn a_recheck_is_refused_where_the_partner_has_no_lookup() {
+    let db = TestDb::new().await;
+    let pool = db.store.pool();
+    idem_store::cells::register_cells(
+        pool,
+        &[idem_store::cells::CellFacts {
+            name: "acme.book".into(),
+            input_schema: json!({"type": "object"}),
+            lookup: "none",
+        }],
+        "test",
+    )
+    .await
+    .unwrap();
+    let a = NewAction::new(
+        ActionId::random(),
+        CellName::new("acme.book").unwrap(),
+        json!({"seat": "12A"}),
+    );
+    enqueue(pool, &a).await.unwrap();
+    // As the reconciler leaves it when nothing can tell.
+    sqlx::query("UPDATE idem.actions SET state = 'needs_human' WHERE action_id = $1")
+        .bind(a.action_id.as_uuid())
+        .execute(pool)
+        .await
+        .unwrap();
+    let r = idem_store::decisions::recheck(pool, a.action_id, "dana", "look again").await;
+    assert!(
+        matches!(r, Err(idem_store::decisions::DecisionError::NoLookup { ref cell }) if cell == "acme.book"),
+        "{r:?}"
+    );
+    assert_eq!(state(&db.store, a.action_id).await.state, State::NeedsHuman);
+    assert!(idem_store::decisions::history(pool, a.action_id)
+        .await
+        .unwrap()
+        .is_empty());
 }

@@ -141,6 +141,41 @@ async fn http_tool_called_twice_with_one_intent_is_one_effect_and_one_receipt() 
     assert_eq!(body(&status)["state"], "succeeded");
     assert_eq!(stripe.sim.effects_for(&id2), 1);
     assert_eq!(stripe.sim.requests().len(), 2);
+    // The fleet's policy in the database holds a tool call too (no process was started
+    // with a flag), and the answer tells the model which rule and what to do.
+    idem_store::policy::set(
+        db.store.pool(),
+        "stripe.charge",
+        &idem_core::profile::ApprovalPolicy::Above {
+            argument: "amount".into(),
+            threshold: 50_000,
+        },
+        "ops",
+        "large charges need a person",
+    )
+    .await
+    .unwrap();
+    let held = client
+        .call_tool(call(
+            "stripe_charge",
+            json!({"amount": 60_000, "currency": "usd", "intent": "annual plan"}),
+        ))
+        .await
+        .unwrap();
+    let h = body(&held);
+    assert_eq!(h["state"], "awaiting_approval", "{h}");
+    assert!(
+        h["reason"].as_str().unwrap().contains("amount>=50000"),
+        "{h}"
+    );
+    assert!(
+        h["next"]
+            .as_str()
+            .unwrap()
+            .contains("do not call the tool again"),
+        "{h}"
+    );
+    assert_eq!(stripe.sim.requests().len(), 2, "nothing sent");
     client.cancel().await.unwrap();
     worker.stop().await;
 }

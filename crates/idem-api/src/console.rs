@@ -19,7 +19,7 @@ use idem_store::tokens::{Scope, TokenInfo};
 use serde::Deserialize;
 
 use crate::auth::authorize_secret;
-use crate::decisions::{record_decision, resolve_case, Decision, Resolve};
+use crate::decisions::{record_decision, resend_action, resolve_case, Decision, Resolve};
 use crate::ApiState;
 
 const COOKIE: &str = "idem_console";
@@ -35,6 +35,15 @@ pub(crate) fn routes() -> Router<ApiState> {
         .route("/console/actions/{id}/approve", post(approve))
         .route("/console/actions/{id}/reject", post(reject))
         .route("/console/actions/{id}/resolve", post(resolve))
+        .route("/console/actions/{id}/resend", post(resend))
+}
+
+/// Which list an item is in: what it waits for, and so which forms it gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Approval,
+    Doubt,
+    Failed,
 }
 
 /// Text made safe for HTML element content and quoted attribute values.
@@ -83,7 +92,7 @@ async fn signed_in(state: &ApiState, headers: &HeaderMap) -> Result<TokenInfo, R
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem;color:#222}\
 h1{font-size:1.4rem}h2{font-size:1.15rem;margin-top:2rem}\
 .item{border:1px solid #999;border-radius:6px;padding:1rem;margin:1rem 0}\
-.approval{background:#ffd600}.doubt{background:#ff8a65}\
+.approval{background:#ffd600}.doubt{background:#ff8a65}.failed{background:#e0e0e0}\
 pre{background:#fff;border:1px solid #ccc;padding:.5rem;white-space:pre-wrap;overflow-wrap:anywhere}\
 table{border-collapse:collapse;background:#fff}td,th{border:1px solid #ccc;padding:.2rem .4rem;font-size:.85rem;text-align:left}\
 form{display:inline-block;margin:.3rem 1rem .3rem 0}input[type=text]{width:16rem}\
@@ -153,9 +162,10 @@ async fn page(
         Err(r) => return r,
     };
     let pool = state.store.pool();
-    let (approvals, doubts) = match tokio::try_join!(
+    let (approvals, doubts, failed) = match tokio::try_join!(
         decisions::waiting(pool, idem_core::State::AwaitingApproval, PAGE),
         decisions::waiting(pool, idem_core::State::NeedsHuman, PAGE),
+        decisions::failed_recently(pool, PAGE),
     ) {
         Ok(v) => v,
         Err(e) => {
@@ -181,21 +191,35 @@ async fn page(
         html.push_str("<p class=none id=no-approvals>Nothing awaits approval.</p>");
     }
     for w in &approvals {
-        item(&state, &mut html, w, true).await;
+        item(&state, &mut html, w, Kind::Approval).await;
     }
     let _ = write!(html, "<h2>Needs a person ({})</h2>", doubts.len());
     if doubts.is_empty() {
         html.push_str("<p class=none id=no-doubts>No open cases.</p>");
     }
     for w in &doubts {
-        item(&state, &mut html, w, false).await;
+        item(&state, &mut html, w, Kind::Doubt).await;
+    }
+    let _ = write!(
+        html,
+        "<h2>Failed in the last {} days ({})</h2>\
+         <p>The partner confirmed no effect (a refusal, or an outage longer than the cell's \
+         budget). Sending again uses a fresh partner key.</p>",
+        decisions::FAILED_WINDOW_DAYS,
+        failed.len()
+    );
+    if failed.is_empty() {
+        html.push_str("<p class=none id=no-failed>Nothing failed.</p>");
+    }
+    for w in &failed {
+        item(&state, &mut html, w, Kind::Failed).await;
     }
     html.push_str("</body></html>");
     Html(html).into_response()
 }
 
 /// One waiting action: what it is, what the cell is, what happened so far, and the forms.
-async fn item(state: &ApiState, html: &mut String, w: &Waiting, approval: bool) {
+async fn item(state: &ApiState, html: &mut String, w: &Waiting, kind: Kind) {
     let r = &w.row;
     let id = r.action_id.to_string();
     let pool = state.store.pool();
@@ -221,7 +245,11 @@ async fn item(state: &ApiState, html: &mut String, w: &Waiting, approval: bool) 
          <h4>Arguments</h4><pre class=args>{}</pre>\
          <p>fingerprint <code>{}</code></p>\
          <h4>The cell</h4><pre class=card>{}</pre>",
-        if approval { "approval" } else { "doubt" },
+        match kind {
+            Kind::Approval => "approval",
+            Kind::Doubt => "doubt",
+            Kind::Failed => "failed",
+        },
         esc(r.state.as_str()),
         esc(&r.cell),
         r.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
@@ -282,7 +310,18 @@ async fn item(state: &ApiState, html: &mut String, w: &Waiting, approval: bool) 
         html.push_str("</ul>");
     }
     let fp = esc(&w.fingerprint);
-    if approval {
+    let has_lookup = state
+        .cells
+        .get(&r.cell)
+        .is_some_and(|c| c.profile().lookup != idem_core::Lookup::None);
+    if kind == Kind::Failed {
+        let _ = write!(
+            html,
+            "<form method=post action=\"/console/actions/{id}/resend\">\
+             <input type=text name=reason placeholder=\"why send it again\" required>\
+             <button type=submit class=resend>Send again</button></form>"
+        );
+    } else if kind == Kind::Approval {
         let _ = write!(
             html,
             "<form method=post action=\"/console/actions/{id}/approve\">\
@@ -295,6 +334,15 @@ async fn item(state: &ApiState, html: &mut String, w: &Waiting, approval: bool) 
              <button type=submit class=reject>Reject</button></form>"
         );
     } else {
+        if has_lookup {
+            let _ = write!(
+                html,
+                "<form method=post action=\"/console/actions/{id}/resolve\">\
+                 <input type=hidden name=outcome value=recheck>\
+                 <input type=text name=reason placeholder=\"why look again\" required>\
+                 <button type=submit class=recheck>Check the partner again</button></form><br>"
+            );
+        }
         let _ = write!(
             html,
             "<form method=post action=\"/console/actions/{id}/resolve\">\
@@ -424,6 +472,7 @@ async fn resolve(
         },
         "not_happened" => Resolve::NotHappened { reason: f.reason },
         "retry" => Resolve::Retry { reason: f.reason },
+        "recheck" => Resolve::Recheck { reason: f.reason },
         other => {
             return (
                 StatusCode::BAD_REQUEST,
@@ -436,6 +485,28 @@ async fn resolve(
         resolve_case(&state, &who, id, r)
             .await
             .map(|to| format!("{id} resolved: {to}")),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct ResendForm {
+    reason: String,
+}
+
+async fn resend(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<ResendForm>,
+) -> Response {
+    let (who, id) = match form_request(&state, &headers, &id).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    after(
+        resend_action(&state, &who, id, f.reason)
+            .await
+            .map(|to| format!("{id} sent again: {to}")),
     )
 }
 

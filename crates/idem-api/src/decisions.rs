@@ -79,9 +79,9 @@ pub struct Decided {
 fn decision_error(e: DecisionError) -> Response {
     match e {
         DecisionError::NotFound(_) => problem(StatusCode::NOT_FOUND, e.to_string()),
-        DecisionError::WrongState { .. } | DecisionError::FingerprintMismatch { .. } => {
-            problem(StatusCode::CONFLICT, e.to_string())
-        }
+        DecisionError::WrongState { .. }
+        | DecisionError::FingerprintMismatch { .. }
+        | DecisionError::NoLookup { .. } => problem(StatusCode::CONFLICT, e.to_string()),
         DecisionError::NoActor => problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
         DecisionError::Store(e) => unavailable("decision", e),
     }
@@ -193,6 +193,10 @@ pub enum Resolve {
     NotHappened { reason: String },
     /// Send again under a new key generation (the person vouches that no effect happened).
     Retry { reason: String },
+    /// Ask the partner again before deciding (a lagging lookup may find the effect now):
+    /// back to in_doubt and reconciled at once; it returns to needs_human, with what was
+    /// checked and when, if the partner still cannot tell. Cells without a lookup refuse it.
+    Recheck { reason: String },
 }
 
 /// Resolve a needs_human case; the decision is recorded with the token's name and reason.
@@ -202,7 +206,8 @@ pub enum Resolve {
     responses(
         (status = 200, body = Decided),
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem), (status = 409, description = "Not in needs_human", body = Problem),
+        (status = 404, body = Problem),
+        (status = 409, description = "Not in needs_human, or a recheck for a cell with no lookup", body = Problem),
         (status = 422, description = "Missing reason or partner_ref", body = Problem),
         (status = 429, body = Problem),
     ))]
@@ -247,15 +252,94 @@ pub(crate) async fn resolve_case(
         }
         Resolve::NotHappened { reason } => (Resolution::NotHappened, reason),
         Resolve::Retry { reason } => (Resolution::Retry, reason),
+        Resolve::Recheck { reason } => {
+            let reason = required_reason(reason)?;
+            return recheck_case(state, who, id, &reason).await;
+        }
     };
+    let reason = required_reason(reason)?;
+    match decisions::resolve(state.store.pool(), id, &resolution, who, &reason).await {
+        Ok(to) => Ok(to.as_str().to_owned()),
+        Err(e) => Err(decision_error(e)),
+    }
+}
+
+fn required_reason(reason: String) -> Result<String, Response> {
     if reason.trim().is_empty() {
         return Err(problem(
             StatusCode::UNPROCESSABLE_ENTITY,
             "reason: say why (the audit trail is the point)",
         ));
     }
-    match decisions::resolve(state.store.pool(), id, &resolution, who, &reason).await {
-        Ok(to) => Ok(to.as_str().to_owned()),
+    Ok(reason)
+}
+
+/// Send a needs_human case back to the partner's lookup; refused for a cell without one.
+async fn recheck_case(
+    state: &ApiState,
+    who: &str,
+    id: ActionId,
+    reason: &str,
+) -> Result<String, Response> {
+    match decisions::recheck(state.store.pool(), id, who, reason).await {
+        Ok(()) => Ok(idem_core::State::InDoubt.as_str().to_owned()),
+        Err(e) => Err(decision_error(e)),
+    }
+}
+
+/// Why a failed action is sent again.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resend {
+    pub reason: String,
+}
+
+/// Send a `failed` action again. A failed action had no effect (the partner refused it, or
+/// it was not processed for longer than the cell's outage budget), so it goes out under a
+/// fresh partner key with a fresh outage budget; the action id, and so the agent's intent,
+/// stay the same.
+#[utoipa::path(post, path = "/v1/actions/{id}/resend", tag = "decisions",
+    params(("id" = uuid::Uuid, Path)), request_body = Resend,
+    security(("bearer" = ["approve"])),
+    responses(
+        (status = 200, body = Decided),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem),
+        (status = 409, description = "Not failed", body = Problem),
+        (status = 422, description = "Missing reason", body = Problem),
+        (status = 429, body = Problem),
+    ))]
+pub(crate) async fn resend(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<Resend>, JsonRejection>,
+) -> Response {
+    let (who, id, r) = match decision_request(&state, &headers, &id, body).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    match resend_action(&state, &who, id, r.reason).await {
+        Ok(to) => Json(Decided {
+            action_id: id.as_uuid(),
+            decision: to,
+            by: who,
+        })
+        .into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Record a resend (shared by the API and the console); returns the new state.
+pub(crate) async fn resend_action(
+    state: &ApiState,
+    who: &str,
+    id: ActionId,
+    reason: String,
+) -> Result<String, Response> {
+    let reason = required_reason(reason)?;
+    match decisions::resend(state.store.pool(), id, who, &reason).await {
+        Ok(()) => Ok(idem_core::State::RetryScheduled.as_str().to_owned()),
         Err(e) => Err(decision_error(e)),
     }
 }

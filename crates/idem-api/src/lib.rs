@@ -37,7 +37,7 @@ use utoipa_axum::routes;
 pub use actions::{ActionView, Submit, Submitted};
 pub use auth::RateLimit;
 pub use cells::CellView;
-pub use decisions::{Decided, Decision, Resolve};
+pub use decisions::{Decided, Decision, Resend, Resolve};
 pub use policy::{PolicyView, SetPolicy};
 pub use problem::Problem;
 
@@ -149,6 +149,7 @@ fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(decisions::reject))
         .routes(routes!(decisions::doubts))
         .routes(routes!(decisions::resolve))
+        .routes(routes!(decisions::resend))
         .routes(routes!(policy::list))
         .routes(routes!(policy::set))
         .routes(routes!(metrics::metrics))

@@ -46,11 +46,15 @@ pub struct Decide {
 }
 
 #[derive(Args, Debug)]
-#[command(group(clap::ArgGroup::new("outcome").required(true).args(["happened", "not_happened", "retry"])))]
+#[command(group(clap::ArgGroup::new("outcome").required(true).args(["recheck", "happened", "not_happened", "retry"])))]
 pub struct ResolveArgs {
     #[command(flatten)]
     db: Db,
     action_id: ActionId,
+    /// Ask the partner again first (a lookup that lagged may find the effect now): back to
+    /// in_doubt; it returns here, saying what was checked, if the partner still cannot tell.
+    #[arg(long)]
+    recheck: bool,
     /// The effect happened; give the partner's reference (e.g. the PaymentIntent id).
     #[arg(long, value_name = "PARTNER_REF")]
     happened: Option<String>,
@@ -136,21 +140,58 @@ pub async fn needs_human(db: Db, json: bool) -> Result<()> {
 }
 
 pub async fn resolve(a: ResolveArgs) -> Result<()> {
+    if a.reason.trim().is_empty() {
+        bail!("--reason must say why");
+    }
+    if a.recheck {
+        let store = connect(&a.db).await?;
+        decisions::recheck(store.pool(), a.action_id, &a.actor, &a.reason).await?;
+        println!(
+            "{} is in_doubt again; a worker asks the partner now (`idem status {} --wait 60s`)",
+            a.action_id, a.action_id
+        );
+        return Ok(());
+    }
     let resolution = match (a.happened, a.not_happened, a.retry) {
         (Some(partner_ref), false, false) if !partner_ref.trim().is_empty() => {
             Resolution::Happened { partner_ref }
         }
         (None, true, false) => Resolution::NotHappened,
         (None, false, true) => Resolution::Retry,
-        _ => bail!("give exactly one of --happened PARTNER_REF, --not-happened, --retry"),
+        _ => {
+            bail!("give exactly one of --recheck, --happened PARTNER_REF, --not-happened, --retry")
+        }
     };
-    if a.reason.trim().is_empty() {
-        bail!("--reason must say why");
-    }
     let store = connect(&a.db).await?;
     let to =
         decisions::resolve(store.pool(), a.action_id, &resolution, &a.actor, &a.reason).await?;
     println!("{} is now {to}", a.action_id);
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct ResendArgs {
+    #[command(flatten)]
+    db: Db,
+    /// A `failed` action.
+    action_id: ActionId,
+    #[arg(long = "as", env = "IDEM_ACTOR")]
+    actor: String,
+    /// Why it is right to send it again (required: the audit trail is the point).
+    #[arg(long)]
+    reason: String,
+}
+
+pub async fn resend(a: ResendArgs) -> Result<()> {
+    if a.reason.trim().is_empty() {
+        bail!("--reason must say why");
+    }
+    let store = connect(&a.db).await?;
+    decisions::resend(store.pool(), a.action_id, &a.actor, &a.reason).await?;
+    println!(
+        "{} is retry_scheduled under a fresh partner key; a worker sends it now",
+        a.action_id
+    );
     Ok(())
 }
 

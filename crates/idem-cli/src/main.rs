@@ -162,8 +162,12 @@ enum Command {
         #[command(subcommand)]
         what: decide::TokensCommand,
     },
-    /// Resolve a `needs_human` case: --happened REF, --not-happened or --retry, with --reason.
+    /// Resolve a `needs_human` case: --recheck (ask the partner again), --happened REF,
+    /// --not-happened or --retry, with --reason.
     Resolve(decide::ResolveArgs),
+    /// Send a `failed` action again (it had no effect): a fresh partner key, a fresh outage
+    /// budget, the same action id; audited with --as and --reason.
+    Resend(decide::ResendArgs),
     /// List every cell this binary runs: the three questions (key? lookup? human?), the
     /// strategy and where its card is.
     Cells {
@@ -557,6 +561,7 @@ impl Command {
             Command::Openapi => "openapi",
             Command::Tokens { .. } => "tokens",
             Command::Resolve(_) => "resolve",
+            Command::Resend(_) => "resend",
             Command::Cells { .. } => "cells",
             Command::Bench { .. } => "bench",
         }
@@ -687,6 +692,7 @@ async fn run(cli: Cli, metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>
         Command::Policy { what } => policy::run(what).await?,
         Command::NeedsHuman { db, json } => decide::needs_human(db, json).await?,
         Command::Resolve(args) => decide::resolve(args).await?,
+        Command::Resend(args) => decide::resend(args).await?,
         Command::Tokens { what } => decide::tokens(what).await?,
         Command::Serve {
             db,

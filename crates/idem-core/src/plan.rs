@@ -75,8 +75,14 @@ pub fn after_outcome(
             reason,
             retry_after,
         } => {
-            // An outage is retried on a time budget, not a count.
-            let first = history.iter().map(|a| a.started_at).min().unwrap_or(now);
+            // An outage is retried on a time budget, not a count. The budget runs from the
+            // first attempt of this key generation: a person's resend starts a new one.
+            let first = history
+                .iter()
+                .filter(|a| a.key_generation == key_generation)
+                .map(|a| a.started_at)
+                .min()
+                .unwrap_or(now);
             let spent = (now - first).to_std().unwrap_or_default();
             if spent >= profile.retry.outage_budget {
                 return Next::settle(Event::Failed).with_reason(format!(
@@ -298,7 +304,7 @@ mod trust_tests {
         let history: Vec<AttemptRecord> = (1..=20)
             .map(|n| AttemptRecord {
                 number: n,
-                key_generation: n - 1,
+                key_generation: 0,
                 key: None,
                 request_fingerprint: "fp".into(),
                 started_at: t0 + chrono::Duration::seconds(i64::from(n) * 10),
@@ -314,7 +320,7 @@ mod trust_tests {
             &refused,
             20,
             &history,
-            19,
+            0,
             t0 + chrono::Duration::seconds(200),
             0.5,
         );
@@ -324,11 +330,31 @@ mod trust_tests {
             &refused,
             20,
             &history,
-            19,
+            0,
             t0 + chrono::Duration::seconds(611),
             0.5,
         );
         assert_eq!(past.event, Event::Failed);
         assert!(past.reason.unwrap().contains("nothing reached the partner"));
+        // A person sent it again (generation 1): the budget runs from that attempt.
+        let mut resent = history.clone();
+        resent.push(AttemptRecord {
+            number: 21,
+            key_generation: 1,
+            key: None,
+            request_fingerprint: "fp".into(),
+            started_at: t0 + chrono::Duration::seconds(900),
+            result: Some(AttemptResult::NotProcessed),
+        });
+        let again = after_outcome(
+            &p,
+            &refused,
+            21,
+            &resent,
+            1,
+            t0 + chrono::Duration::seconds(901),
+            0.5,
+        );
+        assert_eq!(again.event, Event::NotProcessed, "a fresh budget");
     }
 }

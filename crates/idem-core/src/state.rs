@@ -60,9 +60,10 @@ impl State {
         )
     }
 
-    /// Final: no transition leaves this state at all.
+    /// Final: no transition leaves this state at all. (`failed` is settled but not final:
+    /// a person may send it again, since it had no effect.)
     pub fn is_final(self) -> bool {
-        matches!(self, State::Succeeded | State::Failed | State::Rejected)
+        matches!(self, State::Succeeded | State::Rejected)
     }
 }
 

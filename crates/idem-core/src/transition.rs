@@ -48,6 +48,12 @@ pub enum Event {
     HumanRetry,
     /// A person or program replays a dead action after fixing it.
     Revive,
+    /// A person sends a `failed` action again. `failed` means the partner confirmed no
+    /// effect, so the next request goes out under a new key generation (rule b).
+    Resend,
+    /// A person asks for the partner to be checked again before deciding a `needs_human`
+    /// case (a lookup that lagged may find the effect now).
+    Recheck,
 }
 
 /// The event does not apply in that state; the caller must not write anything.
@@ -82,7 +88,9 @@ pub fn transition(from: State, event: Event) -> Result<State, TransitionError> {
         (S::NeedsHuman, E::HumanSucceeded) => S::Succeeded,
         (S::NeedsHuman, E::HumanFailed) => S::Failed,
         (S::NeedsHuman, E::HumanRetry) => S::RetryScheduled,
+        (S::NeedsHuman, E::Recheck) => S::InDoubt,
         (S::Dead, E::Revive) => S::Received,
+        (S::Failed, E::Resend) => S::RetryScheduled,
         _ => return Err(TransitionError { from, event }),
     };
     Ok(to)
@@ -92,7 +100,7 @@ pub fn transition(from: State, event: Event) -> Result<State, TransitionError> {
 mod tests {
     use super::*;
 
-    const EVENTS: [Event; 21] = [
+    const EVENTS: [Event; 23] = [
         Event::Start,
         Event::RequireApproval,
         Event::Approve,
@@ -114,6 +122,8 @@ mod tests {
         Event::HumanFailed,
         Event::HumanRetry,
         Event::Revive,
+        Event::Resend,
+        Event::Recheck,
     ];
 
     /// design.md's table, written out independently of `transition`: the "leaves to" column.
@@ -132,8 +142,11 @@ mod tests {
                 NeedsHuman,
                 Executing,
             ],
-            Succeeded | Failed | Rejected => &[],
-            NeedsHuman => &[Succeeded, Failed, RetryScheduled],
+            Succeeded | Rejected => &[],
+            // idem's addition to design.md's table: a person may send a failed action
+            // again (it had no effect) or have a needs_human case checked again.
+            Failed => &[RetryScheduled],
+            NeedsHuman => &[Succeeded, Failed, RetryScheduled, InDoubt],
             Dead => &[Received],
         }
     }
@@ -159,7 +172,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(edges, 21);
+        assert_eq!(edges, 23);
     }
 
     #[test]
@@ -167,6 +180,26 @@ mod tests {
         for s in State::ALL.into_iter().filter(|s| s.is_final()) {
             for e in EVENTS {
                 assert!(transition(s, e).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn people_reopen_only_through_their_own_events() {
+        // Nothing a worker reports moves an action out of failed or needs_human.
+        for e in EVENTS {
+            let by_person = matches!(
+                e,
+                Event::Resend
+                    | Event::Recheck
+                    | Event::HumanSucceeded
+                    | Event::HumanFailed
+                    | Event::HumanRetry
+            );
+            for s in [State::Failed, State::NeedsHuman] {
+                if transition(s, e).is_ok() {
+                    assert!(by_person, "{s} --{e:?}--> is not a person's decision");
+                }
             }
         }
     }

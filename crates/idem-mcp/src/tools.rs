@@ -238,7 +238,8 @@ fn answer(row: Option<inbox::ActionRow>, repeated: Option<bool>) -> CallToolResu
         State::Succeeded => "done: the receipt is the partner's record of the effect",
         State::AwaitingApproval => "a person must approve it first; call idem_status later with this action_id — do not call the tool again under a new intent",
         State::NeedsHuman => "idem could not tell whether the partner acted; a person will decide — do not retry under a new intent",
-        State::Failed | State::Rejected | State::Dead => "it did not happen and will not; see reason",
+        State::Failed => "it did not happen: the partner confirmed no effect (see reason); idem will not send it again on its own, a person can; calling again with this intent returns this answer, and a different action needs a different intent",
+        State::Rejected | State::Dead => "it did not happen and will not; see reason",
         _ => "still in progress; call idem_status with this action_id (optionally wait_seconds)",
     };
     let mut body = json!({

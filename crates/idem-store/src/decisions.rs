@@ -34,6 +34,8 @@ pub enum DecisionError {
     },
     #[error("a decision needs the deciding person's name")]
     NoActor,
+    #[error("{cell}: the partner has no lookup, so there is nothing to check again; decide happened, not_happened or retry")]
+    NoLookup { cell: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -85,6 +87,33 @@ pub async fn waiting(pool: &PgPool, state: State, limit: i64) -> Result<Vec<Wait
          ORDER BY a.updated_at LIMIT $2",
     )
     .bind(state.as_str())
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::with_capacity(ids.len());
+    for (id, fp) in ids {
+        if let Some(row) = inbox::get(pool, ActionId(id)).await? {
+            out.push(Waiting {
+                row,
+                fingerprint: hex::encode(fp),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// How far back [`failed_recently`] looks.
+pub const FAILED_WINDOW_DAYS: i64 = 7;
+
+/// Actions that failed in the last [`FAILED_WINDOW_DAYS`] days, newest first: what a person
+/// may send again.
+pub async fn failed_recently(pool: &PgPool, limit: i64) -> Result<Vec<Waiting>, StoreError> {
+    let ids: Vec<(uuid::Uuid, Vec<u8>)> = sqlx::query_as(
+        "SELECT action_id, fingerprint FROM idem.actions WHERE state = 'failed' \
+         AND updated_at > now() - make_interval(days => $1::int) \
+         ORDER BY updated_at DESC LIMIT $2",
+    )
+    .bind(FAILED_WINDOW_DAYS)
     .bind(limit)
     .fetch_all(pool)
     .await?;
@@ -282,6 +311,72 @@ pub async fn resolve(
     tx.commit().await?;
     applied.record();
     Ok(to)
+}
+
+/// Send a `failed` action again. `failed` means the partner confirmed no effect (a
+/// refusal, a decline, an outage past the cell's budget), so the next request goes out
+/// under a new key generation — a fresh partner key, so the partner does not replay its
+/// stored refusal — with a fresh outage budget. Audited like every decision.
+pub async fn resend(
+    pool: &PgPool,
+    id: ActionId,
+    actor: &str,
+    reason: &str,
+) -> Result<(), DecisionError> {
+    let who = person(actor)?;
+    let now = Utc::now();
+    let mut tx = pool.begin().await?;
+    let (row, fp) = locked(&mut tx, id, State::Failed, None).await?;
+    record(&mut tx, id, "resend", &fp, &who, Some(reason), None).await?;
+    let mut change = Change::new(&row, Event::Resend, now)
+        .map_err(|e| StoreError::Config(e.to_string()))?
+        .reason(Some(format!("sent again by {}: {reason}", actor.trim())))
+        .due(Some(now));
+    change.key_generation = row.key_generation + 1;
+    let applied = inbox::apply(&mut tx, &[change], &who).await?;
+    // Wake workers: the action is due now.
+    sqlx::query("SELECT pg_notify('idem_outbox', '')")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    applied.record();
+    Ok(())
+}
+
+/// Have the partner checked again for a `needs_human` case: the action goes back to
+/// `in_doubt` with a fresh doubt horizon and is reconciled at once. A check that finds the
+/// effect settles it `succeeded`; one that proves it absent past the settle time lets it be
+/// sent again (rule b); one that still cannot tell returns it to `needs_human` with what
+/// was checked and when. Refused for a cell whose partner has no lookup.
+pub async fn recheck(
+    pool: &PgPool,
+    id: ActionId,
+    actor: &str,
+    reason: &str,
+) -> Result<(), DecisionError> {
+    let who = person(actor)?;
+    let now = Utc::now();
+    let mut tx = pool.begin().await?;
+    let (row, fp) = locked(&mut tx, id, State::NeedsHuman, None).await?;
+    if crate::cells::lookup(pool, &row.cell).await?.as_deref() == Some("none") {
+        return Err(DecisionError::NoLookup { cell: row.cell });
+    }
+    record(&mut tx, id, "recheck", &fp, &who, Some(reason), None).await?;
+    let mut change = Change::new(&row, Event::Recheck, now)
+        .map_err(|e| StoreError::Config(e.to_string()))?
+        .reason(Some(format!(
+            "check again asked by {}: {reason}",
+            actor.trim()
+        )))
+        .due(Some(now));
+    change.reconcile_rounds = 0;
+    let applied = inbox::apply(&mut tx, &[change], &who).await?;
+    sqlx::query("SELECT pg_notify('idem_outbox', '')")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    applied.record();
+    Ok(())
 }
 
 /// Decisions recorded for an action, oldest first: (kind, actor, reason, partner_ref, at).

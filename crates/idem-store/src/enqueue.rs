@@ -161,6 +161,15 @@ pub async fn enqueue<'e, E: PgExecutor<'e>>(
                 message: db.message().trim_start_matches("idem.enqueue: ").to_owned(),
             })
         }
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("IDM05") => {
+            let field = db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .and_then(|pg| pg.detail().map(str::to_owned));
+            Err(EnqueueError::Invalid {
+                field,
+                message: db.message().trim_start_matches("idem.enqueue: ").to_owned(),
+            })
+        }
         Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("IDM02") => {
             Err(EnqueueError::Invalid {
                 field: None,

@@ -397,10 +397,13 @@ pub async fn key_expiry(s: &dyn Subject) {
     );
 }
 
-/// Malformed arguments: dead with a reason, and no request at all.
+/// Malformed arguments: refused at enqueue where SQL's check of the registered schema sees
+/// it; and whatever reaches a worker anyway (another producer, an older schema) goes dead
+/// with a reason. No request at all.
 pub async fn malformed_arguments(s: &dyn Subject) {
     let run = Run::new(s, &no_change).await;
     let w = run.worker("conformance");
+    w.register_with_fleet().await.expect("register");
     let before = s.effect_requests();
     let registry = Registry::new().with_arc(run.cell.clone());
     for args in s.malformed() {
@@ -409,8 +412,28 @@ pub async fn malformed_arguments(s: &dyn Subject) {
             "{}: {args} passes the published schema but the worker refuses it",
             run.cell.name()
         );
-        let id = run.enqueue(args.clone()).await;
-        let d = run.take().await;
+        let a = NewAction::new(ActionId::random(), run.cell.name().clone(), args.clone());
+        let id = a.action_id;
+        let d = match enqueue(run.db.store.pool(), &a).await {
+            Ok(_) => run.take().await,
+            Err(idem_store::EnqueueError::Invalid { field, .. }) => {
+                assert!(
+                    field.is_some(),
+                    "{}: {args}: names the field",
+                    run.cell.name()
+                );
+                // As another producer would have written it.
+                Delivery {
+                    payload: serde_json::json!({"v": 1, "action_id": id, "cell": run.cell.name(),
+                                                "args": args, "ordering_key": id.to_string()})
+                    .to_string()
+                    .into_bytes(),
+                    source: serde_json::json!({"test": "malformed"}),
+                    trace: TraceHeaders::default(),
+                }
+            }
+            Err(e) => panic!("{}: {args}: {e}", run.cell.name()),
+        };
         let report = w.deliver(&[d]).await.expect("deliver");
         assert_eq!(report.dead, 1, "{}: {args} refused", run.cell.name());
         let row = run.row(id).await;

@@ -118,8 +118,17 @@ impl Worker {
 
     async fn register_now(&self) -> Result<(), WorkerError> {
         // Enqueue accepts only cells some worker runs: say which ones this one does.
-        let names: Vec<String> = self.cells.iter().map(|c| c.name().to_string()).collect();
-        idem_store::cells::register(self.store.pool(), &names, &self.config.id)
+        // (and what the database can check for them at enqueue).
+        let facts: Vec<idem_store::cells::CellFacts> = self
+            .cells
+            .iter()
+            .map(|c| idem_store::cells::CellFacts {
+                name: c.name().to_string(),
+                input_schema: c.input_schema(),
+                lookup: idem_store::cells::lookup_kind(&c.profile().lookup),
+            })
+            .collect();
+        idem_store::cells::register_cells(self.store.pool(), &facts, &self.config.id)
             .await
             .map_err(StoreError::from)?;
         for cell in self.cells.iter() {
