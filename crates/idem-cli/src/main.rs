@@ -321,7 +321,7 @@ struct RelayArgs {
     #[arg(long, default_value_t = 500)]
     batch: i64,
     /// Producer linger (ms).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = idem_relay::RelayConfig::default().linger.as_millis() as u64)]
     linger_ms: u64,
     #[arg(long, default_value_t = 500)]
     poll_interval_ms: u64,

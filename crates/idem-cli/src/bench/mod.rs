@@ -135,7 +135,14 @@ pub async fn relay(args: BenchArgs) -> Result<Vec<Figure>> {
         .client()
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "5")
+        // The relay's own linger, so the ratio compares like with like.
+        .set(
+            "linger.ms",
+            idem_relay::RelayConfig::default()
+                .linger
+                .as_millis()
+                .to_string(),
+        )
         .create()?;
     let t = Instant::now();
     for chunk in payloads.chunks(args.batch as usize) {
