@@ -149,10 +149,32 @@ impl KafkaTransport {
     }
 
     /// Consume until `shutdown`; then let every lane finish the batch in hand, store and
-    /// commit offsets, and leave the group.
+    /// commit offsets, and leave the group. A consumer that librdkafka declares fatally
+    /// failed (e.g. `UnreleasedInstanceId`: a restarted static member whose crashed
+    /// predecessor the broker has not timed out yet) is unusable, so it is replaced by a
+    /// new one after its lanes finish, instead of being polled forever.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), KafkaError> {
         crate::topics::ensure(&self.kafka, &self.config.topics).await?;
         self.worker.register_with_fleet().await?;
+        let mut pause = Duration::from_millis(500);
+        loop {
+            match self.session(&mut shutdown).await? {
+                Ended::Shutdown => return Ok(()),
+                Ended::Fatal(e) => {
+                    tracing::error!(error = %e, ?pause, "the Kafka consumer failed fatally; starting a new one");
+                    tokio::select! {
+                        _ = shutdown.changed() => return Ok(()),
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// One consumer's life: subscribe, hand messages to the lanes, end at shutdown or at a
+    /// fatal error.
+    async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> Result<Ended, KafkaError> {
         let consumer = Arc::new(self.consumer()?);
         let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
         consumer
@@ -163,13 +185,16 @@ impl KafkaTransport {
             })?;
         let mut lanes: HashMap<(String, i32), mpsc::Sender<OwnedMessage>> = HashMap::new();
         let mut tasks = JoinSet::new();
-        loop {
+        let ended = loop {
             let msg = tokio::select! {
-                _ = shutdown.changed() => break,
+                _ = shutdown.changed() => break Ended::Shutdown,
                 m = consumer.recv() => m,
             };
             let msg = match msg {
                 Ok(m) => m.detach(),
+                Err(e @ rdkafka::error::KafkaError::MessageConsumptionFatal(_)) => {
+                    break Ended::Fatal(e.to_string());
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "Kafka consume error; continuing");
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -188,15 +213,25 @@ impl KafkaTransport {
             if lane.send(msg).await.is_err() {
                 tracing::error!("a partition lane stopped; its messages will be redelivered");
             }
-        }
+        };
         drop(lanes);
         while tasks.join_next().await.is_some() {}
-        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-            tracing::debug!(error = %e, "final commit (nothing stored is fine)");
+        if ended == Ended::Shutdown {
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                tracing::debug!(error = %e, "final commit (nothing stored is fine)");
+            }
+            consumer.unsubscribe();
         }
-        consumer.unsubscribe();
-        Ok(())
+        Ok(ended)
     }
+}
+
+/// Why a consumer session ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    Shutdown,
+    /// librdkafka's fatal error: the consumer cannot be used again.
+    Fatal(String),
 }
 
 /// One partition's messages, in order. On shutdown it finishes the batch in hand and hands
