@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs idem's whole test suite: unit, model, end-to-end, Kafka, API, MCP, browser tests and
-# the CI-sized fault campaign, against a real PostgreSQL, real Apache Kafka and a headless
-# Chromium. Uses DATABASE_URL and KAFKA_BOOTSTRAP if set; otherwise starts a PostgreSQL
+# Runs idem's whole test suite: unit, model, end-to-end, Kafka, API, MCP, browser tests,
+# the CI-sized fault campaign and the Python and TypeScript clients' suites, against a real
+# PostgreSQL, real Apache Kafka and a headless Chromium. Uses DATABASE_URL and KAFKA_BOOTSTRAP if set; otherwise starts a PostgreSQL
 # cluster of its own (Debian's postgresql package, installed if missing) and a one-node
 # Apache Kafka (from Maven Central, resolved once into ~/.cache/idem) that every test binary
 # shares, and stops both on exit. The fault campaign starts its own three-node cluster.
@@ -50,9 +50,22 @@ if [ ${#want[@]} -gt 0 ]; then
 fi
 echo "Kafka: $KAFKA_BOOTSTRAP (${IDEM_KAFKA_BROKER:-given}); PostgreSQL: ${services_pid:+own, }from DATABASE_URL" >&2
 
+failed=()
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast "$@"
+  cargo nextest run --workspace --no-fail-fast "$@" || failed+=(rust)
 else
   echo "cargo-nextest not found; using cargo test" >&2
-  cargo test --workspace --no-fail-fast "$@"
+  cargo test --workspace --no-fail-fast "$@" || failed+=(rust)
+fi
+
+# The Python and TypeScript clients, with the real framework packages, against the real
+# idem binary (simulators, a worker they kill, `idem serve`) on the same PostgreSQL.
+cargo build -q --bin idem
+export IDEM_BIN="$CARGO_TARGET_DIR/debug/idem"
+./clients/python/run-tests.sh || failed+=(python)
+./clients/typescript/run-tests.sh || failed+=(typescript)
+
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "failed suites: ${failed[*]}" >&2
+  exit 1
 fi

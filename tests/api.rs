@@ -542,11 +542,13 @@ async fn openapi_document_matches_the_routes() {
             "GET /v1/doubts",
             "GET /v1/health",
             "GET /v1/policy",
+            "GET /v1/tools",
             "POST /v1/actions",
             "POST /v1/actions/{id}/resend",
             "POST /v1/approvals/{id}/approve",
             "POST /v1/approvals/{id}/reject",
             "POST /v1/doubts/{id}/resolve",
+            "POST /v1/tools/{name}",
             "PUT /v1/policy/{cell}",
         ]
     );
@@ -558,6 +560,7 @@ async fn openapi_document_matches_the_routes() {
             api.base,
             path.replace("{id}", &some_id.to_string())
                 .replace("{cell}", "stripe.charge")
+                .replace("{name}", "stripe_charge")
         );
         let rb = match method {
             "GET" => api.http.get(url),

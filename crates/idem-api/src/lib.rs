@@ -20,6 +20,7 @@ pub mod mcp;
 pub mod metrics;
 mod policy;
 mod problem;
+mod tools;
 
 use std::sync::Arc;
 
@@ -40,6 +41,7 @@ pub use cells::CellView;
 pub use decisions::{Decided, Decision, Resend, Resolve};
 pub use policy::{PolicyView, SetPolicy};
 pub use problem::Problem;
+pub use tools::{ToolAnswer, ToolCall, ToolView};
 
 /// Largest request body accepted (bytes).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -104,6 +106,7 @@ impl ApiState {
     tags(
         (name = "actions", description = "Submit actions and read receipts"),
         (name = "cells", description = "The cell grid"),
+        (name = "tools", description = "The cells as model tools (the MCP tools over HTTP), for agent-framework adapters"),
         (name = "decisions", description = "Approvals and needs_human cases"),
         (name = "operations", description = "Metrics for operators"),
     )
@@ -144,6 +147,8 @@ fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(actions::submit))
         .routes(routes!(actions::read))
         .routes(routes!(cells::cells))
+        .routes(routes!(tools::list))
+        .routes(routes!(tools::call))
         .routes(routes!(decisions::approvals))
         .routes(routes!(decisions::approve))
         .routes(routes!(decisions::reject))

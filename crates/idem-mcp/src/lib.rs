@@ -25,6 +25,30 @@ use rmcp::{ErrorData, ServerHandler, ServiceExt};
 
 pub use tools::{tool_name, STATUS_TOOL};
 
+/// Every cell as a tool, and [`STATUS_TOOL`]: the list MCP clients get, also served as
+/// `GET /v1/tools` for the framework adapters, so there is one list.
+pub fn tool_list(cells: &Registry) -> Vec<Tool> {
+    tools::list(cells)
+}
+
+/// One tool call in `scope` (a cell's tool, or [`STATUS_TOOL`]), answered as MCP answers
+/// it: the receipt, or what a model should do next. `wait` bounds how long it waits for
+/// the action to settle. HTTP's `POST /v1/tools/{name}` uses it too.
+pub async fn call_tool(
+    store: &Store,
+    cells: &Registry,
+    scope: &str,
+    name: &str,
+    args: rmcp::model::JsonObject,
+    wait: Duration,
+) -> Result<rmcp::model::CallToolResult, ErrorData> {
+    if name == STATUS_TOOL {
+        tools::status(store, args, wait).await
+    } else {
+        tools::call(store, cells, scope, name, args, wait).await
+    }
+}
+
 /// Who called, as the HTTP layer authenticated them (an `http::request::Parts` extension):
 /// sessions are scoped to the caller so two tokens never share action ids.
 #[derive(Debug, Clone)]
@@ -139,19 +163,15 @@ impl ServerHandler for IdemMcp {
     ) -> Result<CallToolResponse, ErrorData> {
         let scope = self.scope(&context);
         let args = request.arguments.unwrap_or_default();
-        let result = if request.name == STATUS_TOOL {
-            tools::status(&self.store, args, self.wait).await?
-        } else {
-            tools::call(
-                &self.store,
-                &self.cells,
-                &scope,
-                &request.name,
-                args,
-                self.wait,
-            )
-            .await?
-        };
+        let result = call_tool(
+            &self.store,
+            &self.cells,
+            &scope,
+            &request.name,
+            args,
+            self.wait,
+        )
+        .await?;
         Ok(result.into())
     }
 }
