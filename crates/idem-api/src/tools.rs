@@ -160,16 +160,7 @@ pub(crate) async fn call(
         .map(Duration::from_secs)
         .unwrap_or(state.tool_wait)
         .min(MAX_WAIT);
-    match idem_mcp::call_tool(
-        &state.store,
-        &state.cells,
-        &scope,
-        &name,
-        c.arguments,
-        wait,
-    )
-    .await
-    {
+    match idem_mcp::call_tool(&state.store, &state.cells, &scope, &name, c.arguments, wait).await {
         Ok(r) => Json(ToolAnswer {
             is_error: r.is_error.unwrap_or(false),
             result: r.structured_content.unwrap_or(Value::Null),
