@@ -711,3 +711,75 @@ async fn policy_is_set_over_http_with_the_approve_scope_and_audited() {
     assert_eq!(b[0]["cell"], "stripe.charge");
     assert_eq!(b[0]["rule"], "amount>=100000");
 }
+
+#[tokio::test]
+async fn tools_over_http_answer_as_mcp_and_refuse_what_is_malformed() {
+    let api = Api::start().await;
+    let t = api.token(&[Scope::Submit]).await;
+    let (status, tools) = api.get(&t, "/v1/tools").await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = tools
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["stripe_charge", "idem_status"]);
+    assert_eq!(tools[0]["cell"], "stripe.charge");
+    assert_eq!(tools[0]["effectful"], true);
+    assert!(tools[0]["input_schema"]["required"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("intent")));
+
+    // The request itself wrong: a 4xx naming the field; an unknown tool: 404.
+    let args = json!({"amount": 1200, "currency": "usd", "intent": "pay 1"});
+    let (s, b) = api
+        .post_json(&t, "/v1/tools/stripe_charge", json!({"arguments": args}))
+        .await;
+    assert_eq!((s, b["field"].as_str()), (422, Some("/scope")));
+    let (s, _) = api
+        .post_json(
+            &t,
+            "/v1/tools/stripe_teleport",
+            json!({"scope": "s", "arguments": args}),
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (s, _) = api
+        .post_json(
+            &t,
+            "/v1/tools/stripe_charge",
+            json!({"scope": "s", "arguments": args, "extra": 1}),
+        )
+        .await;
+    assert_eq!(s, 422);
+
+    // What the model should read is a 200 with is_error, as MCP answers it; nothing is
+    // enqueued for bad arguments.
+    let (s, b) = api
+        .post_json(
+            &t,
+            "/v1/tools/stripe_charge",
+            json!({"scope": "s", "arguments": {"amount": "lots", "currency": "usd", "intent": "x"},
+                   "wait_seconds": 0}),
+        )
+        .await;
+    assert_eq!((s, b["is_error"].as_bool()), (200, Some(true)));
+    assert_eq!(b["result"]["error"], "invalid_arguments");
+    let (s, b) = api
+        .post_json(
+            &t,
+            "/v1/tools/stripe_charge",
+            json!({"scope": "s", "arguments": args, "wait_seconds": 0}),
+        )
+        .await;
+    assert_eq!((s, b["is_error"].as_bool()), (200, Some(false)));
+    let id = b["result"]["action_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        id,
+        idem_core::ActionId::from_intent("s", "pay 1").to_string(),
+        "the scope given is the scope of the id, as on every surface"
+    );
+    assert_eq!(api.stripe.sim.ledger().len(), 0, "no worker runs here");
+}

@@ -16,6 +16,7 @@ import uuid
 
 import psycopg
 from langchain_core.messages import AIMessage
+from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode
 
 from idem_client import IdemHttp, await_receipt, enqueue
@@ -41,7 +42,11 @@ print("outbox charge:", receipt.state, receipt.receipt)
 
 # 2. The same charge as an agent tool (the idem-specific lines are the two below).
 tools = idem_tools(IdemHttp(url, token), cells=["stripe.charge"])
-node = ToolNode(tools)
+g = StateGraph(MessagesState)
+g.add_node("tools", ToolNode(tools))  # in an agent, the model node routes here
+g.add_edge(START, "tools")
+g.add_edge("tools", END)
+graph = g.compile()
 args = {
     "amount": 1500,
     "currency": "usd",
@@ -52,6 +57,6 @@ args = {
 }
 for call_id in ["call_1", "call_2"]:  # the model re-plans the step under a new call id
     msg = AIMessage(content="", tool_calls=[{"name": "stripe_charge", "args": args, "id": call_id}])
-    out = node.invoke({"messages": [msg]}, config={"configurable": {"thread_id": thread}})
+    out = graph.invoke({"messages": [msg]}, config={"configurable": {"thread_id": thread}})
     answer = json.loads(out["messages"][-1].content)
     print(call_id, answer["state"], answer["action_id"], "repeated:", answer["repeated_call"])

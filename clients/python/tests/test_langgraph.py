@@ -9,6 +9,7 @@ import time
 
 import pytest
 from langchain_core.messages import AIMessage, ToolMessage
+from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode
 
 from idem_client import IdemHttp, InvalidArguments
@@ -28,8 +29,19 @@ def node(stack):
     # The idem-specific code a LangGraph app needs (2 lines, counted in the issue note):
     client = IdemHttp(stack.api, stack.agent_token)
     tools = idem_tools(client, cells=["stripe.charge"])
-    yield ToolNode(tools)
+    yield graph_of(tools)
     client.close()
+
+
+def graph_of(tools):
+    """The smallest graph that runs tools: the model's message in, the ToolNode, out."""
+    g = StateGraph(MessagesState)
+    g.add_node("tools", ToolNode(tools))
+    g.add_edge(START, "tools")
+    g.add_edge("tools", END)
+    compiled = g.compile()
+    compiled.tools_by_name = {t.name: t for t in tools}  # for the schema test
+    return compiled
 
 
 def call(node, thread, tool_call_id, args, name="stripe_charge"):

@@ -111,22 +111,13 @@ def test_replanned_call_and_conflict_in_one_run(stack, scope):
 
 
 def test_a_call_the_sdk_timed_out_and_the_model_retried_is_one_effect(stack, scope):
+    """The SDK's own tool timeout cuts the call while the charge is at a slow partner; the
+    turn is run again (a retried step) with the same intent."""
     stack.script([{"delay": 3000}])
     pay = {**ARGS, "intent": "pay order 10"}
-    outs = run(
-        stack,
-        scope,
-        [[("c1", "stripe_charge", pay)], [("c2", "stripe_charge", pay)]],
-        timeout_seconds=1,
-    )
-    timed_out, retried = outs
+    (timed_out,) = run(stack, scope, [[("c1", "stripe_charge", pay)]], timeout_seconds=1)
     assert isinstance(timed_out, str) and "timed out" in timed_out.lower(), timed_out
-    if retried["state"] != "succeeded":
-        retried = run(
-            stack,
-            scope,
-            [[("c3", "idem_status", {"action_id": retried["action_id"], "wait_seconds": 30})]],
-        )[0]
+    (retried,) = run(stack, scope, [[("c2", "stripe_charge", pay)]])
     assert retried["state"] == "succeeded", retried
     assert len(stack.effects(retried["action_id"])) == 1
 

@@ -73,17 +73,17 @@ test("a re-planned call is one effect; the same intent with other arguments a co
 });
 
 test("a call the SDK timed out and the model retried is one effect", async () => {
+  // The SDK's own tool timeout cuts the call while the charge is at a slow partner; the
+  // turn is run again (a retried step) with the same intent.
   const s = scope();
   await stack.script([{ delay: 3000 }]);
   const pay = { ...ARGS, intent: "pay order 10" };
-  const [timedOut, retried] = await runAgent(s, [[["c1", "stripe_charge", pay]], [["c2", "stripe_charge", pay]]], 1000);
+  const [timedOut] = await runAgent(s, [[["c1", "stripe_charge", pay]]], 1000);
   assert.equal(typeof timedOut, "string");
   assert.match(String(timedOut), /timed out|timeout/i);
-  let r = retried as Record<string, unknown>;
-  if (r.state !== "succeeded")
-    r = (await runAgent(s, [[["c3", "idem_status", { action_id: r.action_id, wait_seconds: 30 }]]]))[0] as Record<string, unknown>;
-  assert.equal(r.state, "succeeded", JSON.stringify(r));
-  assert.equal((await stack.effects(String(r.action_id))).length, 1);
+  const [retried] = (await runAgent(s, [[["c2", "stripe_charge", pay]]])) as Record<string, unknown>[];
+  assert.equal(retried!.state, "succeeded", JSON.stringify(retried));
+  assert.equal((await stack.effects(String(retried!.action_id))).length, 1);
 });
 
 test("an approval hold is reported, then followed up with idem_status", async () => {

@@ -177,7 +177,7 @@ pub(crate) async fn call(
         }
         Err(EnqueueError::Db(e)) => return Err(store_error(e)),
     };
-    let row = settle(store, id, wait).await?;
+    let row = settle(store, id, wait, true).await?;
     Ok(answer(row, Some(!created)))
 }
 
@@ -204,23 +204,27 @@ pub(crate) async fn status(
         .map(Duration::from_secs)
         .unwrap_or(default_wait)
         .min(MAX_WAIT);
-    let row = settle(store, ActionId::from(id), wait).await?;
+    // A status call waits through a hold: after an approval the action stays
+    // awaiting_approval until a worker takes it, and the caller asked to wait for the end.
+    let row = settle(store, ActionId::from(id), wait, false).await?;
     Ok(answer(row, None))
 }
 
-/// The action once it settles or waits for a person, or as it stands when `wait` ends.
+/// The action once it settles (or, with `stop_on_hold`, waits for a person), or as it
+/// stands when `wait` ends.
 async fn settle(
     store: &Store,
     id: ActionId,
     wait: Duration,
+    stop_on_hold: bool,
 ) -> Result<Option<inbox::ActionRow>, ErrorData> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut pause = Duration::from_millis(20);
     loop {
         let row = inbox::get(store.pool(), id).await.map_err(store_error)?;
-        let done = row
-            .as_ref()
-            .is_none_or(|r| r.state.is_settled() || r.state == State::AwaitingApproval);
+        let done = row.as_ref().is_none_or(|r| {
+            r.state.is_settled() || (stop_on_hold && r.state == State::AwaitingApproval)
+        });
         if done || tokio::time::Instant::now() >= deadline {
             return Ok(row);
         }
