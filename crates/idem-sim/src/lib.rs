@@ -1,5 +1,5 @@
 //! HTTP simulators of idem's partners. Each reproduces the documented semantics of
-//! `shared/partners.md` (status codes, error bodies, idempotency and lookup behaviour),
+//! `docs/partners.md` (status codes, error bodies, idempotency and lookup behaviour),
 //! keeps an **effect ledger** of every real effect it performed, and injects faults
 //! deterministically from a seed. Tests count effects here, from the partner's side.
 
