@@ -359,3 +359,113 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
     assert_eq!(who[0].2.as_deref(), Some("known customer"));
     worker.stop().await;
 }
+
+/// The value of the hidden `name` input in the form posting to `action`.
+fn form_field(html: &str, action: &str, name: &str) -> String {
+    let form = &html[html
+        .find(&format!("action=\"{action}\""))
+        .expect("the form")..];
+    let form = &form[..form.find("</form>").unwrap()];
+    let at = form
+        .find(&format!("name={name} value=\""))
+        .expect("the field")
+        + format!("name={name} value=\"").len();
+    form[at..at + form[at..].find('"').unwrap()].to_owned()
+}
+
+#[tokio::test]
+async fn a_decision_without_its_forms_token_is_refused() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let app = router(ApiState::new(
+        db.store.clone(),
+        Arc::new(stripe_cells(&stripe, Some(50_000))),
+    ));
+    let server = SimServer::start(app, ([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let base = server.base_url();
+    let pool = db.store.pool();
+    let submit = tokens::create(pool, "agent", &[Scope::Submit])
+        .await
+        .unwrap()
+        .1;
+    let approver = tokens::create(pool, "ops-bob", &[Scope::Approve])
+        .await
+        .unwrap()
+        .1;
+    let _worker = RunningWorker::start(&db.store, stripe_cells(&stripe, Some(50_000)));
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let id = uuid::Uuid::new_v4();
+    let r = http
+        .post(format!("{base}/v1/actions"))
+        .bearer_auth(&submit)
+        .json(&json!({"cell": "stripe.charge", "action_id": id,
+                      "args": {"amount": 80_000, "currency": "usd"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while idem_store::decisions::waiting(pool, idem_core::State::AwaitingApproval, 10)
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "it waits for approval"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cookie = format!("idem_console={approver}");
+    let page = http
+        .get(format!("{base}/console"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let approve = format!("/console/actions/{id}/approve");
+    let reject = format!("/console/actions/{id}/reject");
+    let fingerprint = form_field(&page, &approve, "fingerprint");
+    let approve_token = form_field(&page, &approve, "csrf");
+    let reject_token = form_field(&page, &reject, "csrf");
+    assert_ne!(approve_token, reject_token, "one token per form");
+    assert!(!page.contains(&approver), "the page never shows the secret");
+
+    let post = |token: String| {
+        http.post(format!("{base}{approve}"))
+            .header("cookie", &cookie)
+            .form(&[
+                ("fingerprint", fingerprint.as_str()),
+                ("csrf", token.as_str()),
+            ])
+            .send()
+    };
+    // A forged post (no way to know the token) and a token lifted from another form: 403.
+    for forged in ["0".repeat(64), reject_token] {
+        assert_eq!(post(forged).await.unwrap().status().as_u16(), 403);
+    }
+    let still = idem_store::inbox::get(pool, id.into())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        still.state,
+        idem_core::State::AwaitingApproval,
+        "nothing decided"
+    );
+    // The page's own form: decided.
+    assert_eq!(post(approve_token).await.unwrap().status().as_u16(), 303);
+    let done = idem_store::await_settled(pool, id.into(), Duration::from_secs(20))
+        .await
+        .unwrap()
+        .expect("settled");
+    assert_eq!(done.state, idem_core::State::Succeeded);
+}

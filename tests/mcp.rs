@@ -362,3 +362,26 @@ async fn strict_nulls_are_absent_and_deleting_a_session_is_no_content() {
         .unwrap();
     assert_eq!(del.status().as_u16(), 204);
 }
+
+#[tokio::test]
+async fn mcp_bodies_over_64_kib_are_refused_before_they_are_read() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let (server, token) = serve(&db, &stripe).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/mcp", server.base_url());
+    let huge = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                      "params": {"padding": "x".repeat(idem_api::MAX_BODY + 1)}});
+    let r = http
+        .post(&url)
+        .bearer_auth(&token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    // Without a token the answer is 401 whatever the size: authentication comes first.
+    let r = http.post(&url).json(&huge).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+}

@@ -13,7 +13,9 @@ use idem_store::tokens::{self, Scope, TokenInfo};
 use crate::problem::{problem, unavailable};
 use crate::ApiState;
 
-/// Requests per second each token may make, with a burst allowance.
+/// Requests per second each token may make, with a burst allowance. Kept in this process's
+/// memory: N `serve` replicas allow N× (a shared limiter in PostgreSQL would write on every
+/// request); a fleet-wide cap belongs at the load balancer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
     pub per_second: NonZeroU32,

@@ -4,7 +4,9 @@
 //! same code as the API and are audited as `console:<token name>`.
 //!
 //! Sign-in takes an API token once and keeps it in an HttpOnly, SameSite=Strict cookie
-//! scoped to `/console`, so another site cannot make the browser post a decision.
+//! scoped to `/console`, so another site cannot make the browser post a decision; every
+//! decision form also carries a token bound to the signed-in secret and to that form's
+//! action ([`csrf_token`]), so a browser without SameSite support is covered too.
 
 use std::fmt::Write as _;
 
@@ -161,6 +163,7 @@ async fn page(
         Ok(t) => t,
         Err(r) => return r,
     };
+    let secret = cookie_secret(&headers).unwrap_or_default();
     let pool = state.store.pool();
     let (approvals, doubts, failed) = match tokio::try_join!(
         decisions::waiting(pool, idem_core::State::AwaitingApproval, PAGE),
@@ -191,14 +194,14 @@ async fn page(
         html.push_str("<p class=none id=no-approvals>Nothing awaits approval.</p>");
     }
     for w in &approvals {
-        item(&state, &mut html, w, Kind::Approval).await;
+        item(&state, secret, &mut html, w, Kind::Approval).await;
     }
     let _ = write!(html, "<h2>Needs a person ({})</h2>", doubts.len());
     if doubts.is_empty() {
         html.push_str("<p class=none id=no-doubts>No open cases.</p>");
     }
     for w in &doubts {
-        item(&state, &mut html, w, Kind::Doubt).await;
+        item(&state, secret, &mut html, w, Kind::Doubt).await;
     }
     let _ = write!(
         html,
@@ -212,14 +215,14 @@ async fn page(
         html.push_str("<p class=none id=no-failed>Nothing failed.</p>");
     }
     for w in &failed {
-        item(&state, &mut html, w, Kind::Failed).await;
+        item(&state, secret, &mut html, w, Kind::Failed).await;
     }
     html.push_str("</body></html>");
     Html(html).into_response()
 }
 
 /// One waiting action: what it is, what the cell is, what happened so far, and the forms.
-async fn item(state: &ApiState, html: &mut String, w: &Waiting, kind: Kind) {
+async fn item(state: &ApiState, secret: &str, html: &mut String, w: &Waiting, kind: Kind) {
     let r = &w.row;
     let id = r.action_id.to_string();
     let pool = state.store.pool();
@@ -310,6 +313,9 @@ async fn item(state: &ApiState, html: &mut String, w: &Waiting, kind: Kind) {
         html.push_str("</ul>");
     }
     let fp = esc(&w.fingerprint);
+    let [csrf_resend, csrf_approve, csrf_reject, csrf_resolve] =
+        ["resend", "approve", "reject", "resolve"]
+            .map(|verb| csrf_token(secret, &format!("/console/actions/{id}/{verb}")));
     let has_lookup = state
         .cells
         .get(&r.cell)
@@ -317,18 +323,18 @@ async fn item(state: &ApiState, html: &mut String, w: &Waiting, kind: Kind) {
     if kind == Kind::Failed {
         let _ = write!(
             html,
-            "<form method=post action=\"/console/actions/{id}/resend\">\
+            "<form method=post action=\"/console/actions/{id}/resend\"><input type=hidden name=csrf value=\"{csrf_resend}\">\
              <input type=text name=reason placeholder=\"why send it again\" required>\
              <button type=submit class=resend>Send again</button></form>"
         );
     } else if kind == Kind::Approval {
         let _ = write!(
             html,
-            "<form method=post action=\"/console/actions/{id}/approve\">\
+            "<form method=post action=\"/console/actions/{id}/approve\"><input type=hidden name=csrf value=\"{csrf_approve}\">\
              <input type=hidden name=fingerprint value=\"{fp}\">\
              <input type=text name=reason placeholder=\"reason (optional)\">\
              <button type=submit class=approve>Approve</button></form>\
-             <form method=post action=\"/console/actions/{id}/reject\">\
+             <form method=post action=\"/console/actions/{id}/reject\"><input type=hidden name=csrf value=\"{csrf_reject}\">\
              <input type=hidden name=fingerprint value=\"{fp}\">\
              <input type=text name=reason placeholder=\"reason (optional)\">\
              <button type=submit class=reject>Reject</button></form>"
@@ -337,7 +343,7 @@ async fn item(state: &ApiState, html: &mut String, w: &Waiting, kind: Kind) {
         if has_lookup {
             let _ = write!(
                 html,
-                "<form method=post action=\"/console/actions/{id}/resolve\">\
+                "<form method=post action=\"/console/actions/{id}/resolve\"><input type=hidden name=csrf value=\"{csrf_resolve}\">\
                  <input type=hidden name=outcome value=recheck>\
                  <input type=text name=reason placeholder=\"why look again\" required>\
                  <button type=submit class=recheck>Check the partner again</button></form><br>"
@@ -345,16 +351,16 @@ async fn item(state: &ApiState, html: &mut String, w: &Waiting, kind: Kind) {
         }
         let _ = write!(
             html,
-            "<form method=post action=\"/console/actions/{id}/resolve\">\
+            "<form method=post action=\"/console/actions/{id}/resolve\"><input type=hidden name=csrf value=\"{csrf_resolve}\">\
              <input type=hidden name=outcome value=happened>\
              <input type=text name=partner_ref placeholder=\"partner reference\" required>\
              <input type=text name=reason placeholder=\"how you know\" required>\
              <button type=submit class=happened>It happened</button></form>\
-             <form method=post action=\"/console/actions/{id}/resolve\">\
+             <form method=post action=\"/console/actions/{id}/resolve\"><input type=hidden name=csrf value=\"{csrf_resolve}\">\
              <input type=hidden name=outcome value=not_happened>\
              <input type=text name=reason placeholder=\"how you know\" required>\
              <button type=submit class=not-happened>It did not happen</button></form>\
-             <form method=post action=\"/console/actions/{id}/resolve\">\
+             <form method=post action=\"/console/actions/{id}/resolve\"><input type=hidden name=csrf value=\"{csrf_resolve}\">\
              <input type=hidden name=outcome value=retry>\
              <input type=text name=reason placeholder=\"why it is safe to send again\" required>\
              <button type=submit class=retry>Send again</button></form>"
@@ -363,13 +369,42 @@ async fn item(state: &ApiState, html: &mut String, w: &Waiting, kind: Kind) {
     html.push_str("</section>");
 }
 
-/// The signed-in person (as the audit names them) and the action a form is about.
+/// The form token for `action` (a form's path) in the session of `secret`: SHA-256 of both,
+/// so it cannot be made without the HttpOnly cookie and does not fit another form.
+fn csrf_token(secret: &str, action: &str) -> String {
+    idem_core::canonical::sha256_hex(format!("idem.console.csrf.v1\0{secret}\0{action}").as_bytes())
+}
+
+/// Equal without an early exit, so timing does not tell how much of a guess was right.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// The signed-in person (as the audit names them) and the action a form is about, once
+/// the form's token matches this session and this form (`verb`).
 async fn form_request(
     state: &ApiState,
     headers: &HeaderMap,
     id: &str,
+    verb: &str,
+    csrf: &str,
 ) -> Result<(String, ActionId), Response> {
     let token = signed_in(state, headers).await?;
+    let want = csrf_token(
+        cookie_secret(headers).unwrap_or_default(),
+        &format!("/console/actions/{id}/{verb}"),
+    );
+    if !same(csrf, &want) {
+        return Err((
+            StatusCode::FORBIDDEN,
+            Html("this form's token does not match your session: reload the console and decide again".to_owned()),
+        )
+            .into_response());
+    }
     let id = id.parse::<uuid::Uuid>().map(ActionId::from).map_err(|_| {
         (
             StatusCode::BAD_REQUEST,
@@ -403,6 +438,7 @@ fn url_escape(s: &str) -> String {
 
 #[derive(Debug, Deserialize)]
 struct DecisionForm {
+    csrf: String,
     fingerprint: String,
     reason: Option<String>,
 }
@@ -414,7 +450,8 @@ async fn decide(
     approve: bool,
     f: DecisionForm,
 ) -> Response {
-    let (who, id) = match form_request(&state, &headers, &id).await {
+    let form = if approve { "approve" } else { "reject" };
+    let (who, id) = match form_request(&state, &headers, &id, form, &f.csrf).await {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -450,6 +487,7 @@ async fn reject(
 
 #[derive(Debug, Deserialize)]
 struct ResolveForm {
+    csrf: String,
     outcome: String,
     partner_ref: Option<String>,
     reason: String,
@@ -461,7 +499,7 @@ async fn resolve(
     Path(id): Path<String>,
     Form(f): Form<ResolveForm>,
 ) -> Response {
-    let (who, id) = match form_request(&state, &headers, &id).await {
+    let (who, id) = match form_request(&state, &headers, &id, "resolve", &f.csrf).await {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -490,6 +528,7 @@ async fn resolve(
 
 #[derive(Debug, Deserialize)]
 struct ResendForm {
+    csrf: String,
     reason: String,
 }
 
@@ -499,7 +538,7 @@ async fn resend(
     Path(id): Path<String>,
     Form(f): Form<ResendForm>,
 ) -> Response {
-    let (who, id) = match form_request(&state, &headers, &id).await {
+    let (who, id) = match form_request(&state, &headers, &id, "resend", &f.csrf).await {
         Ok(r) => r,
         Err(r) => return r,
     };

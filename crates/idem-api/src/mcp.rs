@@ -12,6 +12,7 @@ use idem_mcp::{Caller, IdemMcp};
 use idem_store::tokens::Scope;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::auth::authorize;
 use crate::ApiState;
@@ -59,6 +60,9 @@ pub fn routes(state: &ApiState) -> Router {
     );
     Router::new()
         .nest_service("/mcp", service)
+        // The MCP service reads bodies itself, past axum's DefaultBodyLimit: the same
+        // 64 KiB cap as every other route (413), checked before the body is read.
+        .layer(RequestBodyLimitLayer::new(crate::MAX_BODY))
         .layer(middleware::from_fn(deleted_is_no_content))
         .layer(middleware::from_fn_with_state(
             state.clone(),
