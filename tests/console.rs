@@ -76,28 +76,55 @@ impl Driver {
     }
 }
 
+/// `idem serve`'s router with charges of 500.00 and more held for a person, a worker, and
+/// a submit token and an approve token (named `approver`).
+struct Console {
+    db: TestDb,
+    stripe: StripeFixture,
+    _server: SimServer,
+    worker: RunningWorker,
+    base: String,
+    submit: String,
+    approver: String,
+}
+
+impl Console {
+    async fn start(approver: &str) -> Self {
+        let db = TestDb::new().await;
+        let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+        let app = router(ApiState::new(
+            db.store.clone(),
+            Arc::new(stripe_cells(&stripe, Some(50_000))),
+        ));
+        let server = SimServer::start(app, ([127, 0, 0, 1], 0).into())
+            .await
+            .unwrap();
+        let pool = db.store.pool();
+        let submit = tokens::create(pool, "agent", &[Scope::Submit])
+            .await
+            .unwrap()
+            .1;
+        let approver = tokens::create(pool, approver, &[Scope::Approve])
+            .await
+            .unwrap()
+            .1;
+        let worker = RunningWorker::start(&db.store, stripe_cells(&stripe, Some(50_000)));
+        Self {
+            base: server.base_url(),
+            _server: server,
+            worker,
+            db,
+            stripe,
+            submit,
+            approver,
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
-    let db = TestDb::new().await;
-    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
-    let app = router(ApiState::new(
-        db.store.clone(),
-        Arc::new(stripe_cells(&stripe, Some(50_000))),
-    ));
-    let server = SimServer::start(app, ([127, 0, 0, 1], 0).into())
-        .await
-        .unwrap();
-    let base = server.base_url();
-    let pool = db.store.pool();
-    let submit = tokens::create(pool, "agent", &[Scope::Submit])
-        .await
-        .unwrap()
-        .1;
-    let approver = tokens::create(pool, "ops-alice", &[Scope::Approve])
-        .await
-        .unwrap()
-        .1;
-    let worker = RunningWorker::start(&db.store, stripe_cells(&stripe, Some(50_000)));
+    let c = Console::start("ops-alice").await;
+    let (base, pool, submit, approver) = (&c.base, c.db.store.pool(), &c.submit, &c.approver);
 
     // Two big charges, submitted with curl's equivalent; both wait for a person.
     let http = reqwest::Client::new();
@@ -105,7 +132,7 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
     for (id, amount) in [(keep, 60_000), (drop_, 75_000)] {
         let r = http
             .post(format!("{base}/v1/actions"))
-            .bearer_auth(&submit)
+            .bearer_auth(submit)
             .json(&json!({"cell": "stripe.charge", "action_id": id,
                           "args": {"amount": amount, "currency": "usd", "description": "console test"}}))
             .send()
@@ -117,7 +144,7 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
     let declined = uuid::Uuid::new_v4();
     let r = http
         .post(format!("{base}/v1/actions"))
-        .bearer_auth(&submit)
+        .bearer_auth(submit)
         .json(&json!({"cell": "stripe.charge", "action_id": declined,
                       "args": {"amount": 900, "currency": "usd", "payment_method": "pm_card_chargeDeclined"}}))
         .send()
@@ -166,7 +193,7 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
         .find(Locator::Id("token"))
         .await
         .unwrap()
-        .send_keys(&submit)
+        .send_keys(submit)
         .await
         .unwrap();
     browser
@@ -187,7 +214,7 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
         .find(Locator::Id("token"))
         .await
         .unwrap()
-        .send_keys(&approver)
+        .send_keys(approver)
         .await
         .unwrap();
     browser
@@ -330,7 +357,7 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
         assert!(tokio::time::Instant::now() < deadline, "{row:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(stripe.sim.effects_for(&declined.to_string()), 0);
+    assert_eq!(c.stripe.sim.effects_for(&declined.to_string()), 0);
 
     // The approved charge ran once; the rejected one never reached Stripe.
     let settled = idem_store::await_settled(
@@ -347,17 +374,17 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
         .unwrap()
         .unwrap();
     assert_eq!(rejected.state, idem_core::State::Rejected);
-    assert_eq!(stripe.sim.effects_for(&keep.to_string()), 1);
-    assert_eq!(stripe.sim.effects_for(&drop_.to_string()), 0);
+    assert_eq!(c.stripe.sim.effects_for(&keep.to_string()), 1);
+    assert_eq!(c.stripe.sim.effects_for(&drop_.to_string()), 0);
     // The approved charge, and the declined one twice (before and after the resend).
-    assert_eq!(stripe.sim.requests().len(), 3);
+    assert_eq!(c.stripe.sim.requests().len(), 3);
     // Audited with the person's token name, through the console.
     let who = idem_store::decisions::history(pool, idem_core::ActionId::from(keep))
         .await
         .unwrap();
     assert_eq!(who[0].1, "human:console:ops-alice");
     assert_eq!(who[0].2.as_deref(), Some("known customer"));
-    worker.stop().await;
+    c.worker.stop().await;
 }
 
 /// The value of the hidden `name` input in the form posting to `action`.
@@ -375,26 +402,8 @@ fn form_field(html: &str, action: &str, name: &str) -> String {
 
 #[tokio::test]
 async fn a_decision_without_its_forms_token_is_refused() {
-    let db = TestDb::new().await;
-    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
-    let app = router(ApiState::new(
-        db.store.clone(),
-        Arc::new(stripe_cells(&stripe, Some(50_000))),
-    ));
-    let server = SimServer::start(app, ([127, 0, 0, 1], 0).into())
-        .await
-        .unwrap();
-    let base = server.base_url();
-    let pool = db.store.pool();
-    let submit = tokens::create(pool, "agent", &[Scope::Submit])
-        .await
-        .unwrap()
-        .1;
-    let approver = tokens::create(pool, "ops-bob", &[Scope::Approve])
-        .await
-        .unwrap()
-        .1;
-    let _worker = RunningWorker::start(&db.store, stripe_cells(&stripe, Some(50_000)));
+    let c = Console::start("ops-bob").await;
+    let (base, pool, submit, approver) = (&c.base, c.db.store.pool(), &c.submit, &c.approver);
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -402,7 +411,7 @@ async fn a_decision_without_its_forms_token_is_refused() {
     let id = uuid::Uuid::new_v4();
     let r = http
         .post(format!("{base}/v1/actions"))
-        .bearer_auth(&submit)
+        .bearer_auth(submit)
         .json(&json!({"cell": "stripe.charge", "action_id": id,
                       "args": {"amount": 80_000, "currency": "usd"}}))
         .send()
@@ -437,7 +446,10 @@ async fn a_decision_without_its_forms_token_is_refused() {
     let approve_token = form_field(&page, &approve, "csrf");
     let reject_token = form_field(&page, &reject, "csrf");
     assert_ne!(approve_token, reject_token, "one token per form");
-    assert!(!page.contains(&approver), "the page never shows the secret");
+    assert!(
+        !page.contains(approver.as_str()),
+        "the page never shows the secret"
+    );
 
     let post = |token: String| {
         http.post(format!("{base}{approve}"))

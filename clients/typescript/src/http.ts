@@ -3,7 +3,7 @@
  * endpoints the framework adapters use (`/v1/tools`: the same tools and answers as MCP).
  */
 import { Conflict, InvalidArguments, NotFound, Unauthorized, Unavailable, Unsettled } from "./errors.js";
-import { SETTLED_STATES, type ActionName, type ActionStatus, type EnqueueOptions, type Enqueued } from "./status.js";
+import { statusFrom, type ActionName, type ActionStatus, type EnqueueOptions, type Enqueued } from "./status.js";
 
 /** The longest wait the server grants one long poll (seconds). */
 export const MAX_POLL_SECONDS = 60;
@@ -27,21 +27,6 @@ interface Problem {
   error?: string;
   field?: string;
   action_id?: string;
-}
-
-function toStatus(b: Record<string, unknown>): ActionStatus {
-  const state = String(b.state);
-  return {
-    actionId: String(b.action_id),
-    cell: String(b.cell),
-    state,
-    settled: SETTLED_STATES.has(state),
-    attempts: Number(b.attempts ?? 0),
-    reason: (b.reason as string | null) ?? null,
-    receipt: (b.receipt as Record<string, unknown> | null) ?? null,
-    createdAt: typeof b.created_at === "string" ? new Date(b.created_at) : null,
-    settledAt: typeof b.settled_at === "string" ? new Date(b.settled_at) : null,
-  };
 }
 
 /** A client of `idem serve`; the token needs `submit` (and `read` to read actions). */
@@ -109,7 +94,7 @@ export class IdemHttp {
     const r = (await this.#send("GET", `/v1/actions/${encodeURIComponent(actionId)}?wait=${w}`, undefined, w * 1000, actionId)) as {
       body: Record<string, unknown>;
     };
-    return toStatus(r.body);
+    return statusFrom(r.body);
   }
 
   /** Long-poll until the action settles; Unsettled after `timeoutMs`. */

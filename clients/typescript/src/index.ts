@@ -7,4 +7,4 @@ export { Conflict, IdemError, InvalidArguments, NotFound, Unauthorized, Unavaila
 export { IdemHttp, MAX_POLL_SECONDS, type ToolResult, type ToolSpec } from "./http.js";
 export { checkIntentPart, intentId, MAX_INTENT_CHARS } from "./ids.js";
 export { awaitReceipt, enqueue, SETTLED_CHANNEL, status, type Queryable } from "./sql.js";
-export { SETTLED_STATES, type ActionName, type ActionStatus, type EnqueueOptions, type Enqueued } from "./status.js";
+export { SETTLED_STATES, statusFrom, type ActionName, type ActionStatus, type EnqueueOptions, type Enqueued } from "./status.js";

@@ -10,7 +10,7 @@ import pg from "pg";
 
 import { Conflict, IdemError, InvalidArguments, NotFound, Unavailable, Unsettled } from "./errors.js";
 import { checkIntentPart, intentId } from "./ids.js";
-import { SETTLED_STATES, type ActionName, type ActionStatus, type EnqueueOptions, type Enqueued } from "./status.js";
+import { statusFrom, type ActionName, type ActionStatus, type EnqueueOptions, type Enqueued } from "./status.js";
 
 /** The channel an action's id is sent on when it settles. */
 export const SETTLED_CHANNEL = "idem_settled";
@@ -106,18 +106,7 @@ export async function enqueue(
 
 function toStatus(row: Record<string, unknown> | undefined, id: string): ActionStatus {
   if (row === undefined) throw new NotFound(id);
-  const state = String(row.state);
-  return {
-    actionId: String(row.action_id),
-    cell: String(row.cell),
-    state,
-    settled: SETTLED_STATES.has(state),
-    attempts: Number(row.attempts),
-    reason: (row.reason as string | null) ?? null,
-    receipt: (row.receipt as Record<string, unknown> | null) ?? null,
-    createdAt: (row.created_at as Date | null) ?? null,
-    settledAt: (row.settled_at as Date | null) ?? null,
-  };
+  return statusFrom(row);
 }
 
 /** The action as it stands now. */

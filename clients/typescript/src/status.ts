@@ -36,3 +36,21 @@ export interface EnqueueOptions {
   /** Actions with the same ordering key run one at a time, in order. */
   orderingKey?: string;
 }
+
+const when = (v: unknown): Date | null => (v instanceof Date ? v : typeof v === "string" ? new Date(v) : null);
+
+/** An action status from a row of `idem.action_status` or the HTTP API's JSON (same names). */
+export function statusFrom(b: Record<string, unknown>): ActionStatus {
+  const state = String(b.state);
+  return {
+    actionId: String(b.action_id),
+    cell: String(b.cell),
+    state,
+    settled: SETTLED_STATES.has(state),
+    attempts: Number(b.attempts ?? 0),
+    reason: (b.reason as string | null) ?? null,
+    receipt: (b.receipt as Record<string, unknown> | null) ?? null,
+    createdAt: when(b.created_at),
+    settledAt: when(b.settled_at),
+  };
+}
