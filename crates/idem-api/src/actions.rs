@@ -263,7 +263,17 @@ pub(crate) async fn submit(
 #[into_params(parameter_in = Query)]
 pub(crate) struct ReadQuery {
     /// Seconds to wait for the action to settle (`30` or `30s`, at most 60).
+    #[param(pattern = r"^[0-9]+s?$")]
     wait: Option<String>,
+}
+
+/// `30` or `30s` (exactly the documented pattern `^[0-9]+s?$`), as seconds.
+fn wait_seconds(w: &str) -> Option<u64> {
+    let digits = w.strip_suffix('s').unwrap_or(w);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// An action's state and receipt; with `?wait=` it long-polls until settled.
@@ -290,14 +300,10 @@ pub(crate) async fn read(
         return problem(StatusCode::BAD_REQUEST, "action id must be a UUID");
     };
     let id = ActionId::from(id);
-    let wait = match q
-        .wait
-        .as_deref()
-        .map(|w| w.trim_end_matches('s').parse::<u64>())
-    {
+    let wait = match q.wait.as_deref().map(wait_seconds) {
         None => None,
-        Some(Ok(s)) => Some(Duration::from_secs(s).min(MAX_WAIT)),
-        Some(Err(_)) => return problem(StatusCode::BAD_REQUEST, "wait: seconds, e.g. 30 or 30s"),
+        Some(Some(s)) => Some(Duration::from_secs(s).min(MAX_WAIT)),
+        Some(None) => return problem(StatusCode::BAD_REQUEST, "wait: seconds, e.g. 30 or 30s"),
     };
     let row = match wait {
         Some(w) if !w.is_zero() => match inbox::await_settled(state.store.pool(), id, w).await {

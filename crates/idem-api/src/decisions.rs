@@ -154,6 +154,9 @@ async fn decide(
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem),
         (status = 409, description = "Not awaiting approval, or the fingerprint does not match", body = Problem),
+        (status = 413, description = "Body over 64 KiB", body = Problem),
+        (status = 415, description = "Not application/json", body = Problem),
+        (status = 422, description = "Missing fingerprint, or a field the body does not have", body = Problem),
         (status = 429, body = Problem),
     ))]
 pub(crate) async fn approve(
@@ -172,7 +175,11 @@ pub(crate) async fn approve(
     responses(
         (status = 200, body = Decided),
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem), (status = 409, body = Problem), (status = 429, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem),
+        (status = 413, description = "Body over 64 KiB", body = Problem),
+        (status = 415, description = "Not application/json", body = Problem),
+        (status = 422, description = "Missing fingerprint, or a field the body does not have", body = Problem),
+        (status = 429, body = Problem),
     ))]
 pub(crate) async fn reject(
     State(state): State<ApiState>,
@@ -208,7 +215,9 @@ pub enum Resolve {
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem),
         (status = 409, description = "Not in needs_human, or a recheck for a cell with no lookup", body = Problem),
-        (status = 422, description = "Missing reason or partner_ref", body = Problem),
+        (status = 413, description = "Body over 64 KiB", body = Problem),
+        (status = 415, description = "Not application/json", body = Problem),
+        (status = 422, description = "Missing reason or partner_ref, or a field the outcome does not have", body = Problem),
         (status = 429, body = Problem),
     ))]
 pub(crate) async fn resolve(
@@ -306,6 +315,8 @@ pub struct Resend {
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem),
         (status = 409, description = "Not failed", body = Problem),
+        (status = 413, description = "Body over 64 KiB", body = Problem),
+        (status = 415, description = "Not application/json", body = Problem),
         (status = 422, description = "Missing reason", body = Problem),
         (status = 429, body = Problem),
     ))]
