@@ -1207,3 +1207,104 @@ async fn store_errors_say_what_is_wrong_and_come_fast() {
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     assert!(e.to_string().contains("cannot reach PostgreSQL"), "{e}");
 }
+
+// ---------------------------------------------------------------- partner stack
+
+/// The cell's documented rate holds at the partner: 20 Slack posts to one channel under a
+/// limit of 5/s per channel arrive spread over ≥ 3.4 s with never more than 6 (the burst
+/// of 1 plus 5) in any second, while another channel is counted apart; each post lands
+/// once, including those the limiter held past their budget and the state machine retried.
+#[tokio::test]
+async fn the_cells_rate_limit_holds_per_channel_at_the_partner() {
+    use idem_cells::SlackPost;
+    use idem_core::RateLimit;
+    use idem_sim::{FaultRates, SimServer, SlackSim};
+
+    let db = TestDb::new().await;
+    let sim = SlackSim::new(1, FaultRates::default(), Duration::ZERO);
+    let server = SimServer::start(sim.router(), ([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let slack = SlackPost::new(server.base_url(), "xoxb-rate-test").with_profile(|p| {
+        p.rate_limit = Some(RateLimit::per_second(5).with_burst(1).per("channel"));
+        p.call_timeout = Duration::from_secs(4);
+        p.retry.base = Duration::from_millis(50);
+        p.retry.max = Duration::from_millis(200);
+    });
+    let w = worker(&db.store, Registry::new().with(slack), "w-rate");
+    w.register_with_fleet().await.unwrap();
+    let slack_cell = CellName::new("slack.post").unwrap();
+    let mut ids = vec![];
+    for (channel, n) in [("C0BUSY", 20), ("C0QUIET", 5)] {
+        for i in 0..n {
+            let a = NewAction::new(
+                ActionId::random(),
+                slack_cell.clone(),
+                json!({"channel": channel, "text": format!("post {i}")}),
+            );
+            enqueue(db.store.pool(), &a).await.unwrap();
+            ids.push(a.action_id);
+        }
+    }
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn({
+        let w = w.clone();
+        async move { w.run(shutdown).await }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    for id in &ids {
+        loop {
+            let row = state(&db.store, *id).await;
+            if row.state.is_settled() {
+                assert_eq!(row.state, State::Succeeded, "{row:?}");
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not settled: {row:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+
+    for id in &ids {
+        assert_eq!(
+            sim.core.effects_for(&id.to_string()),
+            1,
+            "one post per action"
+        );
+    }
+    let timed = sim.core.ledger_timed();
+    assert_eq!(timed.len(), ids.len());
+    for (channel, n) in [("C0BUSY", 20usize), ("C0QUIET", 5)] {
+        let mut at: Vec<_> = timed
+            .iter()
+            .filter(|(e, _)| e.id.starts_with(&format!("{channel}/")))
+            .map(|(_, t)| *t)
+            .collect();
+        at.sort();
+        assert_eq!(at.len(), n);
+        let ms: Vec<u128> = at.iter().map(|t| (*t - at[0]).as_millis()).collect();
+        let most_in_a_second = (0..at.len())
+            .map(|i| {
+                at[i..]
+                    .iter()
+                    .take_while(|t| **t - at[i] < Duration::from_secs(1))
+                    .count()
+            })
+            .max()
+            .unwrap();
+        assert!(
+            most_in_a_second <= 6,
+            "{channel}: {most_in_a_second} posts within one second (limit 5/s, burst 1): {ms:?} ms"
+        );
+        let span = at[n - 1] - at[0];
+        let least = Duration::from_millis(200 * (n as u64 - 1)).mul_f64(0.85);
+        assert!(
+            span >= least,
+            "{channel}: {n} posts in {span:?}, expected ≥ {least:?}: {ms:?} ms"
+        );
+    }
+}

@@ -95,7 +95,7 @@ fn base_profile(strategy: &str) -> CellProfile {
         call_timeout: Duration::from_secs(30),
         retry: RetryPolicy::default(),
         approval: ApprovalPolicy::Never,
-        rate_limit_per_sec: Some(10),
+        rate_limit: Some(idem_core::profile::RateLimit::per_second(10)),
         strategy: strategy.into(),
     }
 }

@@ -288,7 +288,7 @@ impl DeclarativeCell {
             call_timeout: Duration::from_millis(config.call_timeout_ms),
             retry: RetryPolicy::default(),
             approval,
-            rate_limit_per_sec: None,
+            rate_limit: None,
             strategy: format!(
                 "declarative (IETF Idempotency-Key draft): {} under {}; same-key replay inside \
                  the key window{}",

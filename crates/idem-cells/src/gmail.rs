@@ -102,7 +102,7 @@ impl GmailSend {
             call_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
             approval: ApprovalPolicy::Never,
-            rate_limit_per_sec: None,
+            rate_limit: None,
             strategy: "pre-set Message-ID and X-Idem-Key, record historyId; on doubt read \
                        history (SENT) then search rfc822msgid; not found in the window → a \
                        person, never an automatic resend"

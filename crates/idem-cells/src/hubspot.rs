@@ -87,7 +87,7 @@ impl HubSpotUpsert {
             call_timeout: Duration::from_secs(20),
             retry: RetryPolicy::default(),
             approval: ApprovalPolicy::Never,
-            rate_limit_per_sec: Some(10),
+            rate_limit: Some(idem_core::profile::RateLimit::per_second(10)),
             strategy: "natural idempotency: upsert by a unique property; the identical payload \
                        is resent freely; read by the property to reconcile"
                 .into(),

@@ -33,7 +33,7 @@ impl Default for Noop {
                 call_timeout: Duration::from_secs(5),
                 retry: RetryPolicy::default(),
                 approval: ApprovalPolicy::Never,
-                rate_limit_per_sec: None,
+                rate_limit: None,
                 strategy: "benchmark cell: no partner".into(),
             },
         }

@@ -85,7 +85,7 @@ impl SlackPost {
             call_timeout: Duration::from_secs(15),
             retry: RetryPolicy::default(),
             approval: ApprovalPolicy::Never,
-            rate_limit_per_sec: Some(1),
+            rate_limit: Some(idem_core::profile::RateLimit::per_second(1).per("channel")),
             strategy: "query-then-act: post with metadata carrying the action id; on doubt \
                        read conversations.history with metadata; post again only after a \
                        trusted miss"

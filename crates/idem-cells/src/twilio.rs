@@ -99,7 +99,7 @@ impl TwilioSms {
             call_timeout: Duration::from_secs(15),
             retry: RetryPolicy::default(),
             approval: ApprovalPolicy::Never,
-            rate_limit_per_sec: None,
+            rate_limit: None,
             strategy: "at-most-once: no key; on doubt list Messages by To/From/DateSent and \
                        match body and time; not found → a person decides, never a resend"
                 .into(),

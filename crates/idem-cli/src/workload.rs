@@ -53,10 +53,11 @@ pub(crate) fn action(
             }),
         )
     } else if i % 10 == 1 {
-        // A notification: Slack has no key; the history decides doubts.
+        // A notification to one of 100 channels: Slack has no key (the history decides
+        // doubts) and allows about one post a second per channel, which the worker holds.
         (
             "slack.post",
-            serde_json::json!({"channel": "C0DEMO", "text": format!("order {i} charged")}),
+            serde_json::json!({"channel": format!("C0DEMO{:02}", (i / 10) % 100), "text": format!("order {i} charged")}),
         )
     } else if i % 10 == 2 {
         // A payout through the declarative http.idempotent cell.

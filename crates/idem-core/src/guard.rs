@@ -99,10 +99,12 @@ impl AttemptRecord {
 
 /// Deliberately broken rules, switched on per thread by the protocol check
 /// (`crates/idem-core/tests/protocol.rs`) to show that the check catches a broken guarantee
-/// in the real code rather than in a copy of it. Nothing else sets them; off, they cost one
-/// thread-local read.
+/// in the real code rather than in a copy of it. Only with the test-only `mutations`
+/// feature (idem-core's own dev-dependency turns it on); without it `active` is `false`
+/// and there is no way to set one.
 #[doc(hidden)]
 pub mod mutation {
+    #[cfg(feature = "mutations")]
     use std::cell::Cell;
 
     /// A broken rule.
@@ -117,17 +119,25 @@ pub mod mutation {
         TrustIgnoresCallTimeout,
     }
 
+    #[cfg(feature = "mutations")]
     thread_local! {
         static ACTIVE: Cell<Option<Mutation>> = const { Cell::new(None) };
     }
 
     /// Break `m` on this thread (`None` restores the real rules).
+    #[cfg(feature = "mutations")]
     pub fn set(m: Option<Mutation>) {
         ACTIVE.with(|a| a.set(m));
     }
 
+    #[cfg(feature = "mutations")]
     pub(crate) fn active(m: Mutation) -> bool {
         ACTIVE.with(|a| a.get() == Some(m))
+    }
+
+    #[cfg(not(feature = "mutations"))]
+    pub(crate) fn active(_: Mutation) -> bool {
+        false
     }
 }
 

@@ -19,6 +19,6 @@ pub use envelope::{DecodeError, Envelope};
 pub use guard::{check_send, AttemptRecord, AttemptResult, SendRule, SendViolation};
 pub use outcome::{ExecOutcome, Receipt, Verdict};
 pub use plan::{after_outcome, after_verdict, plan_in_doubt, InDoubtPlan, Next};
-pub use profile::{CellProfile, KeySupport, Lookup, ReplayModel};
+pub use profile::{CellProfile, KeySupport, Lookup, RateLimit, ReplayModel};
 pub use state::State;
 pub use transition::{transition, Event, TransitionError};

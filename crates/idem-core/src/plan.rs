@@ -255,7 +255,7 @@ mod trust_tests {
             call_timeout: Duration::from_millis(1000),
             retry: crate::RetryPolicy::default(),
             approval: crate::profile::ApprovalPolicy::Never,
-            rate_limit_per_sec: None,
+            rate_limit: None,
             strategy: String::new(),
         }
     }

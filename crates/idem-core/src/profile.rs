@@ -2,6 +2,7 @@
 //! human?), plus the timings the planner needs. Profiles are data so that `idem cells` can
 //! print them and the planner can be tested against any of them.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -69,6 +70,41 @@ pub enum ApprovalPolicy {
     },
 }
 
+/// A partner's request rate: `per_sec` steady, `burst` at once, counted over the whole cell
+/// or per value of one argument (Slack limits posts per channel, not per workspace).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub per_sec: NonZeroU32,
+    pub burst: NonZeroU32,
+    /// Count per value of this top-level argument (e.g. `channel`); `None`: the whole cell.
+    #[serde(default)]
+    pub per_argument: Option<String>,
+}
+
+impl RateLimit {
+    /// `per_sec` requests a second, no burst beyond one second's worth, over the whole cell.
+    pub fn per_second(per_sec: u32) -> Self {
+        let n = NonZeroU32::new(per_sec.max(1)).expect("at least 1");
+        Self {
+            per_sec: n,
+            burst: n,
+            per_argument: None,
+        }
+    }
+
+    /// The same rate counted per value of `argument`.
+    pub fn per(mut self, argument: &str) -> Self {
+        self.per_argument = Some(argument.to_owned());
+        self
+    }
+
+    /// Allow `burst` requests at once.
+    pub fn with_burst(mut self, burst: u32) -> Self {
+        self.burst = NonZeroU32::new(burst.max(1)).expect("at least 1");
+        self
+    }
+}
+
 /// Everything the planner needs to know about one cell.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CellProfile {
@@ -87,8 +123,10 @@ pub struct CellProfile {
     pub call_timeout: Duration,
     pub retry: RetryPolicy,
     pub approval: ApprovalPolicy,
-    /// Partner-imposed rate limit, requests per second, if documented.
-    pub rate_limit_per_sec: Option<u32>,
+    /// The partner's documented rate for this cell's effect requests, if it has one. The
+    /// worker holds it before a request leaves (see `idem_worker::partner`).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
     /// One line for `idem cells`: the cell's strategy.
     pub strategy: String,
 }
@@ -217,7 +255,7 @@ mod tests {
             call_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
             approval: ApprovalPolicy::Never,
-            rate_limit_per_sec: None,
+            rate_limit: None,
             strategy: String::new(),
         }
     }

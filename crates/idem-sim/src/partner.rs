@@ -42,6 +42,8 @@ struct Core {
     anon: u64,
     requests: Vec<Request>,
     ledger: Vec<Effect>,
+    /// When each ledger entry was made (for rate checks).
+    ledger_at: Vec<std::time::Instant>,
 }
 
 /// Faults, requests and ledger of one simulated partner. Cheap to clone.
@@ -92,7 +94,9 @@ impl PartnerCore {
     }
 
     pub fn record(&self, e: Effect) {
-        self.lock().ledger.push(e);
+        let mut c = self.lock();
+        c.ledger.push(e);
+        c.ledger_at.push(std::time::Instant::now());
     }
 
     pub fn script(&self, faults: impl IntoIterator<Item = Fault>) {
@@ -105,6 +109,17 @@ impl PartnerCore {
 
     pub fn ledger(&self) -> Vec<Effect> {
         self.lock().ledger.clone()
+    }
+
+    /// The ledger with the moment each effect was made: what a test of a partner's rate
+    /// limit counts.
+    pub fn ledger_timed(&self) -> Vec<(Effect, std::time::Instant)> {
+        let c = self.lock();
+        c.ledger
+            .iter()
+            .cloned()
+            .zip(c.ledger_at.iter().copied())
+            .collect()
     }
 
     pub fn requests(&self) -> Vec<Request> {

@@ -16,7 +16,7 @@
 
 use std::sync::{Mutex, OnceLock};
 
-use opentelemetry::metrics::{Counter, Meter, MeterProvider as _};
+use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _};
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 
@@ -35,6 +35,9 @@ struct Instruments {
     doubt_entered: Counter<u64>,
     doubt_resolved: Counter<u64>,
     verdicts: Counter<u64>,
+    partner_calls: Counter<u64>,
+    partner_seconds: Histogram<f64>,
+    rate_limited: Counter<u64>,
 }
 
 static INSTRUMENTS: OnceLock<Instruments> = OnceLock::new();
@@ -175,6 +178,19 @@ fn instruments(meter: &Meter) -> Instruments {
         verdicts: meter
             .u64_counter("idem.reconcile.verdicts")
             .with_description("Reconciliation verdicts, by cell and verdict (happened, not_happened, unknown)")
+            .build(),
+        partner_calls: meter
+            .u64_counter("idem.partner.calls")
+            .with_description("Partner calls, by cell, operation (execute, reconcile) and result class")
+            .build(),
+        partner_seconds: meter
+            .f64_histogram("idem.partner.duration")
+            .with_unit("s")
+            .with_description("Time one partner call took, by cell and operation")
+            .build(),
+        rate_limited: meter
+            .u64_counter("idem.partner.rate_limited")
+            .with_description("Requests idem held back to keep a cell's documented rate: not sent, retried after")
             .build(),
     }
 }
@@ -325,6 +341,26 @@ pub fn transition(cell: &str, from: &str, to: &str, event: &str) {
             i.verdicts
                 .add(1, &[cell_kv, KeyValue::new("verdict", verdict.to_owned())]);
         }
+    });
+}
+
+/// One partner call finished: `op` is `execute` or `reconcile`, `class` its outcome class.
+pub fn partner_call(cell: &str, op: &'static str, class: &'static str, seconds: f64) {
+    with(|i| {
+        let cell = KeyValue::new("cell", cell.to_owned());
+        let op = KeyValue::new("op", op);
+        i.partner_seconds
+            .record(seconds, &[cell.clone(), op.clone()]);
+        i.partner_calls
+            .add(1, &[cell, op, KeyValue::new("class", class)]);
+    });
+}
+
+/// A request was held back by the cell's rate limit and not sent.
+pub fn rate_limited(cell: &str) {
+    with(|i| {
+        i.rate_limited
+            .add(1, &[KeyValue::new("cell", cell.to_owned())])
     });
 }
 

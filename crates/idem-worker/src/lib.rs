@@ -6,9 +6,10 @@
 //! transaction per batch, not per action.
 
 pub mod config;
+pub mod partner;
 pub mod runtime;
 pub mod steps;
 
 pub use config::WorkerConfig;
 pub use idem_telemetry::TraceHeaders;
-pub use runtime::{Delivery, ReceiveReport, Worker, WorkerError};
+pub use runtime::{Delivery, ReceiveReport, Worker, WorkerBuilder, WorkerError};

@@ -7,7 +7,7 @@ use chrono::Utc;
 use idem_cells::Registry;
 use idem_core::plan::{plan_in_doubt, InDoubtPlan};
 use idem_core::profile::ApprovalPolicy;
-use idem_core::{ActionId, Envelope, Event, ExecOutcome, State, Verdict};
+use idem_core::{ActionId, Envelope, Event, ExecOutcome, State};
 use idem_store::queue::{self, DeadLetter};
 use idem_store::{attempts, inbox, Change, NewAttempt, Store, StoreError};
 use idem_telemetry::{metrics, TraceHeaders};
@@ -16,10 +16,11 @@ use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, Postgres, Transaction};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tracing::Instrument;
 
+use crate::partner::{Op, PartnerAnswer, PartnerCall, PartnerService};
 use crate::steps::{self, ReconcileJob, Started};
 use crate::WorkerConfig;
+use tower::ServiceExt;
 
 /// A message from any transport: the raw bytes and where they came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +58,60 @@ pub struct Worker {
     config: Arc<WorkerConfig>,
     /// Set once this process registered its cells and seeded the fleet's policy.
     registered: Arc<tokio::sync::OnceCell<()>>,
+    /// Every partner call goes through this (tower layers around the cell).
+    partner: PartnerService,
+}
+
+/// Builds a [`Worker`]: `Worker::builder(store, cells).config(c).partner_layer(l).build()`.
+#[derive(Debug)]
+pub struct WorkerBuilder {
+    store: Store,
+    cells: Registry,
+    config: WorkerConfig,
+    partner: Option<PartnerService>,
+}
+
+impl WorkerBuilder {
+    pub fn config(mut self, config: WorkerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Replace the partner stack (tests compose their own from [`crate::partner`]'s
+    /// layers, e.g. to count calls).
+    pub fn partner_stack(mut self, stack: PartnerService) -> Self {
+        self.partner = Some(stack);
+        self
+    }
+
+    /// Wrap the partner stack in one more layer, outermost.
+    pub fn partner_layer<L>(mut self, layer: L) -> Self
+    where
+        L: tower::Layer<PartnerService>,
+        L::Service: tower::Service<PartnerCall, Response = PartnerAnswer, Error = std::convert::Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as tower::Service<PartnerCall>>::Future: Send + 'static,
+    {
+        let inner = self
+            .partner
+            .take()
+            .unwrap_or_else(crate::partner::default_stack);
+        self.partner = Some(PartnerService::new(layer.layer(inner)));
+        self
+    }
+
+    pub fn build(self) -> Worker {
+        Worker {
+            store: self.store,
+            cells: Arc::new(self.cells),
+            config: Arc::new(self.config),
+            registered: Arc::default(),
+            partner: self.partner.unwrap_or_else(crate::partner::default_stack),
+        }
+    }
 }
 
 enum Work {
@@ -75,12 +130,18 @@ fn sample() -> f64 {
 }
 
 impl Worker {
+    /// A worker with the default partner stack ([`crate::partner::default_stack`]).
     pub fn new(store: Store, cells: Registry, config: WorkerConfig) -> Self {
-        Self {
+        Self::builder(store, cells).config(config).build()
+    }
+
+    /// Build a worker: its configuration and partner stack.
+    pub fn builder(store: Store, cells: Registry) -> WorkerBuilder {
+        WorkerBuilder {
             store,
-            cells: Arc::new(cells),
-            config: Arc::new(config),
-            registered: Arc::default(),
+            cells,
+            config: WorkerConfig::default(),
+            partner: None,
         }
     }
 
@@ -91,6 +152,26 @@ impl Worker {
         c.claim_outbox = false;
         self.config = Arc::new(c);
         self
+    }
+
+    /// Send a written-ahead attempt through the partner stack (tracing, rate limit,
+    /// metrics, timeout; see [`crate::partner`]). The future owns what it needs.
+    fn execute(
+        &self,
+        s: &Started,
+    ) -> impl std::future::Future<Output = ExecOutcome> + Send + 'static {
+        let call = PartnerCall {
+            cell: s.cell.clone(),
+            action: s.row.action_id,
+            args: s.row.args.clone(),
+            trace: s.row.trace.clone(),
+            op: Op::Execute(s.attempt.clone()),
+        };
+        let svc = self.partner.clone();
+        async move {
+            let Ok(answer) = svc.oneshot(call).await;
+            answer.outcome()
+        }
     }
 
     pub fn id(&self) -> &str {
@@ -268,8 +349,9 @@ impl Worker {
             match w {
                 Work::Execute(started) => {
                     let tx = settle_tx.clone();
+                    let call = self.execute(&started);
                     tasks.spawn(async move {
-                        let outcome = execute(&started).await;
+                        let outcome = call.await;
                         let _ = tx
                             .send(Settlement {
                                 started,
@@ -430,10 +512,8 @@ impl Worker {
         let (started, report) = self.start_in(tx, deliveries, None).await?;
         let mut set = JoinSet::new();
         for s in started {
-            set.spawn(async move {
-                let o = execute(&s).await;
-                (s, o)
-            });
+            let call = self.execute(&s);
+            set.spawn(async move { (s, call.await) });
         }
         let mut items = vec![];
         while let Some(r) = set.join_next().await {
@@ -574,10 +654,8 @@ impl Worker {
         for w in work {
             match w {
                 Work::Execute(s) => {
-                    executes.spawn(async move {
-                        let o = execute(&s).await;
-                        (s, o)
-                    });
+                    let call = self.execute(&s);
+                    executes.spawn(async move { (s, call.await) });
                 }
                 Work::Reconcile(job) => {
                     let me = self.clone();
@@ -736,32 +814,18 @@ impl Worker {
         Ok(())
     }
 
-    /// Ask the partner and apply the verdict with a compare-and-set.
+    /// Ask the partner (through the partner stack) and apply the verdict with a
+    /// compare-and-set.
     async fn reconcile(&self, job: ReconcileJob) {
-        let span = tracing::info_span!(
-            "idem.reconcile",
-            action_id = %job.row.action_id,
-            cell = %job.row.cell,
-        );
-        job.row.trace.adopt_into(&span);
-        self.reconcile_in_span(job).instrument(span).await
-    }
-
-    async fn reconcile_in_span(&self, job: ReconcileJob) {
-        let attempts = steps::cell_attempts(&job.attempts);
-        let timeout = job.cell.profile().call_timeout * 2;
-        let verdict = match tokio::time::timeout(
-            timeout,
-            job.cell
-                .reconcile(job.row.action_id, &job.row.args, &attempts),
-        )
-        .await
-        {
-            Ok(v) => v,
-            Err(_) => Verdict::Unknown {
-                reason: "reconciliation timed out".into(),
-            },
+        let call = PartnerCall {
+            cell: job.cell.clone(),
+            action: job.row.action_id,
+            args: job.row.args.clone(),
+            trace: job.row.trace.clone(),
+            op: Op::Reconcile(steps::cell_attempts(&job.attempts)),
         };
+        let Ok(answer) = self.partner.clone().oneshot(call).await;
+        let verdict = answer.verdict();
         tracing::debug!(action = %job.row.action_id, verdict = verdict.class(), "reconciled");
         let change = steps::verdict_change(&job, &verdict, Utc::now(), sample());
         let result = async {
@@ -807,33 +871,6 @@ async fn hold(
     .execute(conn)
     .await?;
     Ok(())
-}
-
-/// Call the partner, bounded by the cell's timeout (cells time out themselves; this is a
-/// second fence against a cell that hangs).
-async fn execute(s: &Started) -> ExecOutcome {
-    let limit = s.cell.profile().call_timeout + Duration::from_secs(1);
-    let span = tracing::info_span!(
-        "idem.execute",
-        action_id = %s.row.action_id,
-        cell = %s.row.cell,
-        attempt = s.attempt.number,
-    );
-    s.row.trace.adopt_into(&span);
-    match tokio::time::timeout(
-        limit,
-        s.cell
-            .execute(s.row.action_id, &s.row.args, &s.attempt)
-            .instrument(span),
-    )
-    .await
-    {
-        Ok(o) => o,
-        Err(_) => ExecOutcome::Ambiguous {
-            reason: "call exceeded the cell's timeout".into(),
-            replayed_error: false,
-        },
-    }
 }
 
 impl From<idem_core::TransitionError> for WorkerError {

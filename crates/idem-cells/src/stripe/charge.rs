@@ -75,7 +75,7 @@ impl StripeCharge {
             call_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
             approval: ApprovalPolicy::Never,
-            rate_limit_per_sec: Some(100),
+            rate_limit: Some(idem_core::profile::RateLimit::per_second(100)),
             strategy: "key + reconcile-after: same-key replay inside the key window; past it or \
                        after a replayed error, list PaymentIntents by created[gte] and match \
                        metadata[idem_action_id]"

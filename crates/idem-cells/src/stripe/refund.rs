@@ -60,7 +60,7 @@ impl StripeRefund {
             call_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
             approval: ApprovalPolicy::Never,
-            rate_limit_per_sec: Some(100),
+            rate_limit: Some(idem_core::profile::RateLimit::per_second(100)),
             strategy: "key + reconcile-after: same-key replay inside the key window; past it, \
                        list the payment intent's refunds (refunds are not searchable) and \
                        match metadata[idem_action_id]; over-refund is a definitive failure"

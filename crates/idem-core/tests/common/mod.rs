@@ -32,7 +32,7 @@ pub fn profile(lookup: Lookup, key: bool, doubt_horizon: Duration) -> CellProfil
             jitter: 0.5,
         },
         approval: ApprovalPolicy::Never,
-        rate_limit_per_sec: None,
+        rate_limit: None,
         strategy: "test".into(),
     }
 }
