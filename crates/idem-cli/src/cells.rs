@@ -11,24 +11,16 @@ use idem_core::profile::ApprovalPolicy;
 use idem_core::CellProfile;
 use serde::Serialize;
 
-#[derive(Args, Debug, Clone)]
+/// Where each partner is and its credential: a flag (or its environment variable) wins over
+/// `[partners.<name>]` in the configuration, which holds the defaults (the simulators).
+#[derive(Args, Debug, Clone, Default)]
 pub struct CellArgs {
     /// Stripe API base (Stripe itself, or `idem sim stripe`).
-    #[arg(
-        long,
-        env = "IDEM_STRIPE_BASE",
-        default_value = "http://127.0.0.1:12111"
-    )]
-    pub stripe_base: String,
+    #[arg(long, env = "IDEM_STRIPE_BASE")]
+    pub stripe_base: Option<String>,
     /// Stripe secret key; sent only in the Authorization header, never logged.
-    #[arg(
-        long,
-        env = "STRIPE_SECRET_KEY",
-        default_value = "sk_test_idem_simulator",
-        hide_env_values = true,
-        hide_default_value = true
-    )]
-    pub stripe_secret: String,
+    #[arg(long, env = "STRIPE_SECRET_KEY", hide_env_values = true)]
+    pub stripe_secret: Option<String>,
     /// Override the cell's call timeout (ms); the lease is derived from it.
     #[arg(long)]
     pub stripe_call_timeout_ms: Option<u64>,
@@ -39,98 +31,40 @@ pub struct CellArgs {
     #[arg(long)]
     pub stripe_key_retention_ms: Option<u64>,
     /// HubSpot API base (HubSpot itself, or `idem sim hubspot`).
-    #[arg(
-        long,
-        env = "IDEM_HUBSPOT_BASE",
-        default_value = "http://127.0.0.1:12112"
-    )]
-    pub hubspot_base: String,
+    #[arg(long, env = "IDEM_HUBSPOT_BASE")]
+    pub hubspot_base: Option<String>,
     /// HubSpot private-app access token; sent only in the Authorization header.
-    #[arg(
-        long,
-        env = "HUBSPOT_ACCESS_TOKEN",
-        default_value = "pat-idem-simulator",
-        hide_env_values = true,
-        hide_default_value = true
-    )]
-    pub hubspot_token: String,
+    #[arg(long, env = "HUBSPOT_ACCESS_TOKEN", hide_env_values = true)]
+    pub hubspot_token: Option<String>,
     /// Slack Web API base (Slack itself, or `idem sim slack`).
-    #[arg(
-        long,
-        env = "IDEM_SLACK_BASE",
-        default_value = "http://127.0.0.1:12114"
-    )]
-    pub slack_base: String,
+    #[arg(long, env = "IDEM_SLACK_BASE")]
+    pub slack_base: Option<String>,
     /// Slack bot token (xoxb-…); sent only in the Authorization header.
-    #[arg(
-        long,
-        env = "SLACK_BOT_TOKEN",
-        default_value = "xoxb-idem-simulator",
-        hide_env_values = true,
-        hide_default_value = true
-    )]
-    pub slack_token: String,
+    #[arg(long, env = "SLACK_BOT_TOKEN", hide_env_values = true)]
+    pub slack_token: Option<String>,
     /// Twilio API base (Twilio itself, or `idem sim twilio`).
-    #[arg(
-        long,
-        env = "IDEM_TWILIO_BASE",
-        default_value = "http://127.0.0.1:12115"
-    )]
-    pub twilio_base: String,
-    #[arg(
-        long,
-        env = "TWILIO_ACCOUNT_SID",
-        default_value = "AC00000000000000000000000000000001"
-    )]
-    pub twilio_account_sid: String,
+    #[arg(long, env = "IDEM_TWILIO_BASE")]
+    pub twilio_base: Option<String>,
+    #[arg(long, env = "TWILIO_ACCOUNT_SID")]
+    pub twilio_account_sid: Option<String>,
     /// Twilio auth token; sent only in the Authorization header.
-    #[arg(
-        long,
-        env = "TWILIO_AUTH_TOKEN",
-        default_value = "twilio-idem-simulator",
-        hide_env_values = true,
-        hide_default_value = true
-    )]
-    pub twilio_auth_token: String,
+    #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
+    pub twilio_auth_token: Option<String>,
     /// Where Twilio posts status callbacks (the cell appends `idem=<action id>`).
-    #[arg(
-        long,
-        env = "IDEM_TWILIO_STATUS_CALLBACK",
-        default_value = "https://hooks.invalid/twilio/status"
-    )]
-    pub twilio_status_callback: String,
+    #[arg(long, env = "IDEM_TWILIO_STATUS_CALLBACK")]
+    pub twilio_status_callback: Option<String>,
     /// Gmail API base (Google itself, or `idem sim gmail`).
-    #[arg(
-        long,
-        env = "IDEM_GMAIL_BASE",
-        default_value = "http://127.0.0.1:12116"
-    )]
-    pub gmail_base: String,
+    #[arg(long, env = "IDEM_GMAIL_BASE")]
+    pub gmail_base: Option<String>,
     /// OAuth access token for the sending mailbox; sent only in the Authorization header.
-    #[arg(
-        long,
-        env = "GMAIL_ACCESS_TOKEN",
-        default_value = "ya29.idem-simulator",
-        hide_env_values = true,
-        hide_default_value = true
-    )]
-    pub gmail_token: String,
+    #[arg(long, env = "GMAIL_ACCESS_TOKEN", hide_env_values = true)]
+    pub gmail_token: Option<String>,
     /// Amadeus Self-Service API base (Amadeus itself, or `idem sim amadeus`).
-    #[arg(
-        long,
-        env = "IDEM_AMADEUS_BASE",
-        default_value = "http://127.0.0.1:12117"
-    )]
-    pub amadeus_base: String,
+    #[arg(long, env = "IDEM_AMADEUS_BASE")]
+    pub amadeus_base: Option<String>,
     /// Amadeus OAuth access token; sent only in the Authorization header.
-    #[arg(
-        long,
-        env = "AMADEUS_ACCESS_TOKEN",
-        default_value = "amadeus-idem-simulator",
-        hide_env_values = true,
-        hide_default_value = true
-    )]
-    pub amadeus_token: String,
+    #[arg(long, env = "AMADEUS_ACCESS_TOKEN", hide_env_values = true)]
+    pub amadeus_token: Option<String>,
     #[command(flatten)]
     pub timings: TimingArgs,
     /// Seed the fleet's approval policy for a cell that has no rule in the database yet:
@@ -199,33 +133,6 @@ fn parse_approval(s: &str) -> Result<(String, ApprovalPolicy), String> {
     Ok((cell.trim().to_owned(), ApprovalPolicy::parse(policy)?))
 }
 
-impl Default for CellArgs {
-    fn default() -> Self {
-        Self {
-            stripe_base: "http://127.0.0.1:12111".into(),
-            stripe_secret: "sk_test_idem_simulator".into(),
-            stripe_call_timeout_ms: None,
-            stripe_settle_ms: None,
-            stripe_key_retention_ms: None,
-            hubspot_base: "http://127.0.0.1:12112".into(),
-            hubspot_token: "pat-idem-simulator".into(),
-            slack_base: "http://127.0.0.1:12114".into(),
-            slack_token: "xoxb-idem-simulator".into(),
-            twilio_base: "http://127.0.0.1:12115".into(),
-            twilio_account_sid: "AC00000000000000000000000000000001".into(),
-            twilio_auth_token: "twilio-idem-simulator".into(),
-            twilio_status_callback: "https://hooks.invalid/twilio/status".into(),
-            gmail_base: "http://127.0.0.1:12116".into(),
-            gmail_token: "ya29.idem-simulator".into(),
-            amadeus_base: "http://127.0.0.1:12117".into(),
-            amadeus_token: "amadeus-idem-simulator".into(),
-            timings: TimingArgs::default(),
-            approvals: vec![],
-            cell_configs: vec![],
-        }
-    }
-}
-
 impl CellArgs {
     /// The `--stripe-*` overrides, applied to both Stripe cells.
     fn stripe_profile(&self, p: &mut CellProfile) {
@@ -241,18 +148,64 @@ impl CellArgs {
         }
     }
 
-    /// The timing overrides, then the configured approval policy of `cell`, if any.
+    /// The configuration's overrides of `cell` (its partner's, then its own), the timing
+    /// flags, then its approval rule (the configuration's, then a flag's).
     fn overrides(&self, cell: &str, p: &mut CellProfile) {
-        self.timings.apply(p);
-        if let Some((_, policy)) = self.approvals.iter().rev().find(|(c, _)| c == cell) {
-            p.approval = policy.clone();
+        let cfg = crate::config::get();
+        if let Some(partner) = cfg.partners.of(cell) {
+            partner.profile.apply(p);
         }
+        if let Some(o) = cfg.profiles.get(cell) {
+            o.apply(p);
+        }
+        self.timings.apply(p);
+        if let Some(policy) = self
+            .approval_rules()
+            .into_iter()
+            .rev()
+            .find(|(c, _)| c == cell)
+        {
+            p.approval = policy.1;
+        }
+    }
+
+    /// The configuration's `[approvals]`, then `--approval` flags (later wins).
+    fn approval_rules(&self) -> Vec<(String, ApprovalPolicy)> {
+        let mut rules: Vec<(String, ApprovalPolicy)> = crate::config::get()
+            .approvals
+            .iter()
+            .filter_map(|(c, r)| ApprovalPolicy::parse(r).ok().map(|r| (c.clone(), r)))
+            .collect();
+        rules.extend(self.approvals.iter().cloned());
+        rules
+    }
+
+    /// Where `partner` is and its credential: flag, else configuration, else the
+    /// simulator's placeholder.
+    fn partner(
+        &self,
+        base: &Option<String>,
+        credential: &Option<String>,
+        partner: &crate::config::Partner,
+        placeholder: &str,
+    ) -> (String, String) {
+        (
+            base.clone().unwrap_or_else(|| partner.base.clone()),
+            credential
+                .clone()
+                .or_else(|| partner.credential())
+                .unwrap_or_else(|| placeholder.to_owned()),
+        )
     }
 
     /// Every cell: the built-in ones and those defined in `--cell-config` files.
     pub fn registry(&self) -> Result<Registry, String> {
+        let cfg = crate::config::get();
+        for (cell, rule) in &cfg.approvals {
+            ApprovalPolicy::parse(rule).map_err(|e| format!("[approvals] {cell:?}: {e}"))?;
+        }
         let mut r = self.builtin();
-        for path in &self.cell_configs {
+        for path in cfg.cells.iter().chain(&self.cell_configs) {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("--cell-config {}: {e}", path.display()))?;
             let cell = idem_cells::DeclarativeCell::from_toml(&text)
@@ -270,60 +223,98 @@ impl CellArgs {
     }
 
     fn builtin(&self) -> Registry {
+        let p = &crate::config::get().partners;
+        let (stripe, stripe_key) = self.partner(
+            &self.stripe_base,
+            &self.stripe_secret,
+            &p.stripe,
+            "sk_test_idem_simulator",
+        );
+        let (hubspot, hubspot_token) = self.partner(
+            &self.hubspot_base,
+            &self.hubspot_token,
+            &p.hubspot,
+            "pat-idem-simulator",
+        );
+        let (slack, slack_token) = self.partner(
+            &self.slack_base,
+            &self.slack_token,
+            &p.slack,
+            "xoxb-idem-simulator",
+        );
+        let (twilio, twilio_token) = self.partner(
+            &self.twilio_base,
+            &self.twilio_auth_token,
+            &p.twilio,
+            "twilio-idem-simulator",
+        );
+        let twilio_sid = self
+            .twilio_account_sid
+            .clone()
+            .or_else(|| p.twilio.account_sid.clone())
+            .unwrap_or_else(|| "AC00000000000000000000000000000001".into());
+        let twilio_callback = self
+            .twilio_status_callback
+            .clone()
+            .or_else(|| p.twilio.status_callback.clone())
+            .unwrap_or_else(|| "https://hooks.invalid/twilio/status".into());
+        let (gmail, gmail_token) = self.partner(
+            &self.gmail_base,
+            &self.gmail_token,
+            &p.gmail,
+            "ya29.idem-simulator",
+        );
+        let (amadeus, amadeus_token) = self.partner(
+            &self.amadeus_base,
+            &self.amadeus_token,
+            &p.amadeus,
+            "amadeus-idem-simulator",
+        );
         Registry::new()
+            .with(StripeCharge::new(&stripe, &stripe_key).with_profile(|p| {
+                self.overrides("stripe.charge", p);
+                self.stripe_profile(p);
+            }))
+            .with(StripeRefund::new(&stripe, &stripe_key).with_profile(|p| {
+                self.overrides("stripe.refund", p);
+                self.stripe_profile(p);
+            }))
             .with(
-                StripeCharge::new(&self.stripe_base, &self.stripe_secret).with_profile(|p| {
-                    self.overrides("stripe.charge", p);
-                    self.stripe_profile(p);
-                }),
-            )
-            .with(
-                StripeRefund::new(&self.stripe_base, &self.stripe_secret).with_profile(|p| {
-                    self.overrides("stripe.refund", p);
-                    self.stripe_profile(p);
-                }),
-            )
-            .with(
-                HubSpotUpsert::new(&self.hubspot_base, &self.hubspot_token)
+                HubSpotUpsert::new(&hubspot, &hubspot_token)
                     .with_profile(|p| self.overrides("hubspot.upsert", p)),
             )
             .with(
-                SlackPost::new(&self.slack_base, &self.slack_token)
+                SlackPost::new(&slack, &slack_token)
                     .with_profile(|p| self.overrides("slack.post", p)),
             )
             .with(
-                TwilioSms::new(
-                    &self.twilio_base,
-                    &self.twilio_account_sid,
-                    &self.twilio_auth_token,
-                    &self.twilio_status_callback,
-                )
-                .with_profile(|p| self.overrides("twilio.sms.send", p)),
+                TwilioSms::new(&twilio, &twilio_sid, &twilio_token, &twilio_callback)
+                    .with_profile(|p| self.overrides("twilio.sms.send", p)),
             )
             .with(
-                GmailSend::new(&self.gmail_base, &self.gmail_token)
+                GmailSend::new(&gmail, &gmail_token)
                     .with_profile(|p| self.overrides("gmail.send", p)),
             )
             .with(
-                AmadeusPrice::new(&self.amadeus_base, &self.amadeus_token)
+                AmadeusPrice::new(&amadeus, &amadeus_token)
                     .with_profile(|p| self.overrides("amadeus.price", p)),
             )
             .with(
-                AmadeusBook::new(&self.amadeus_base, &self.amadeus_token)
+                AmadeusBook::new(&amadeus, &amadeus_token)
                     .with_profile(|p| self.overrides("amadeus.book", p)),
             )
             .with(
-                AmadeusCancel::new(&self.amadeus_base, &self.amadeus_token)
+                AmadeusCancel::new(&amadeus, &amadeus_token)
                     .with_profile(|p| self.overrides("amadeus.cancel", p)),
             )
     }
 
     /// Refuse policies for cells this binary does not run (a typo would silently approve).
     pub fn check(&self, r: &Registry) -> Result<(), String> {
-        for (cell, _) in &self.approvals {
+        for (cell, _) in &self.approval_rules() {
             if r.get(cell).is_none() {
                 return Err(format!(
-                    "--approval names {cell:?}, which is not a cell here ({})",
+                    "--approval or [approvals] names {cell:?}, which is not a cell here ({})",
                     names(r)
                 ));
             }

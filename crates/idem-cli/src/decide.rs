@@ -8,12 +8,7 @@ use idem_core::{ActionId, State};
 use idem_store::decisions::{self, Resolution};
 use idem_store::Store;
 
-#[derive(Args, Debug, Clone)]
-pub struct Db {
-    /// PostgreSQL URL (defaults to the local server).
-    #[arg(long, env = "DATABASE_URL", default_value = idem_store::DEFAULT_DATABASE_URL, hide_env_values = true)]
-    pub database_url: String,
-}
+pub use crate::config::Db;
 
 #[derive(Subcommand, Debug)]
 pub enum ApprovalsCommand {
@@ -72,7 +67,7 @@ pub struct ResolveArgs {
 }
 
 async fn connect(db: &Db) -> Result<Store> {
-    Ok(Store::connect_migrated(&db.database_url, 2).await?)
+    Ok(Store::connect_migrated(&db.database_url(), 2).await?)
 }
 
 fn print_waiting(items: &[decisions::Waiting], json: bool) -> Result<()> {

@@ -4,6 +4,7 @@ mod bench;
 mod cells;
 mod chaos;
 mod checker;
+mod config;
 mod decide;
 mod demo;
 mod partners;
@@ -44,7 +45,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use idem_core::{ActionId, CellName};
-use idem_store::{enqueue, NewAction, Store, DEFAULT_DATABASE_URL};
+use idem_store::{enqueue, NewAction, Store};
 use idem_worker::{Worker, WorkerConfig};
 
 #[derive(Parser, Debug)]
@@ -54,16 +55,16 @@ use idem_worker::{Worker, WorkerConfig};
     about = "The exactly-once layer under AI agents"
 )]
 struct Cli {
+    /// Configuration file (`idem.toml`, e.g. `examples/idem.toml`); the environment
+    /// overlay `IDEM__SECTION__KEY` and a command's flags go on top. `idem config` shows
+    /// the result.
+    #[arg(long, global = true, env = "IDEM_CONFIG")]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Args, Debug, Clone)]
-struct Db {
-    /// PostgreSQL URL (defaults to the local server).
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
-    database_url: String,
-}
+use config::Db;
 
 #[derive(Subcommand, Debug)]
 enum Command {
@@ -114,7 +115,7 @@ enum Command {
     /// Actions idem could not settle alone (`needs_human`), oldest first.
     NeedsHuman {
         #[command(flatten)]
-        db: decide::Db,
+        db: Db,
         #[arg(long)]
         json: bool,
     },
@@ -155,6 +156,13 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
+    /// Print the effective configuration (defaults ← --config file ← IDEM__… environment)
+    /// as TOML, secrets redacted.
+    Config {
+        /// JSON instead of TOML (secrets redacted too).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the HTTP API's OpenAPI document (the same JSON `serve` gives at /openapi.json).
     Openapi,
     /// API tokens for the HTTP surface: create (secret shown once), list, revoke.
@@ -187,22 +195,26 @@ enum Command {
     },
 }
 
+/// A worker's flags: each overrides its `[worker]` key in the configuration, where the
+/// defaults are.
 #[derive(Args, Debug, Clone)]
 struct WorkerArgs {
     #[command(flatten)]
     db: Db,
     #[command(flatten)]
     cells: cells::CellArgs,
-    /// Partner calls in flight at once.
-    #[arg(long, default_value_t = 32)]
-    concurrency: usize,
-    /// Actions claimed or settled per transaction.
-    #[arg(long, default_value_t = 64)]
-    batch: u32,
-    #[arg(long, default_value_t = 500)]
-    poll_interval_ms: u64,
-    #[arg(long, default_value_t = 1000)]
-    sweep_interval_ms: u64,
+    /// Partner calls in flight at once (`worker.concurrency`, default 32).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Actions claimed or settled per transaction (`worker.batch`, default 64).
+    #[arg(long)]
+    batch: Option<u32>,
+    /// `worker.poll_interval` in ms.
+    #[arg(long)]
+    poll_interval_ms: Option<u64>,
+    /// `worker.sweep_interval` in ms.
+    #[arg(long)]
+    sweep_interval_ms: Option<u64>,
     /// Worker name in leases and audit rows.
     #[arg(long)]
     id: Option<String>,
@@ -210,19 +222,20 @@ struct WorkerArgs {
     /// token with the read scope). OTLP export needs only OTEL_EXPORTER_OTLP_ENDPOINT.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
-    /// Where actions come from: the outbox directly, or a Kafka consumer group.
-    #[arg(long, default_value = "postgres", value_parser = ["postgres", "kafka"])]
-    transport: String,
+    /// Where actions come from: the outbox directly, or a Kafka consumer group
+    /// (`worker.transport`, default postgres).
+    #[arg(long, value_enum)]
+    transport: Option<config::Transport>,
     #[command(flatten)]
     kafka: KafkaArgs,
-    /// Consumer group (Kafka transport).
-    #[arg(long, default_value = "idem-workers")]
-    group: String,
+    /// Consumer group (Kafka transport; `worker.group`, default idem-workers).
+    #[arg(long)]
+    group: Option<String>,
     /// Consumer group protocol: `consumer` (KIP-848, Kafka 4: the broker assigns, members
     /// come and go without stopping the others) or `classic` (cooperative-sticky; older
     /// brokers and librdkafka's mock cluster).
-    #[arg(long, default_value = "consumer")]
-    group_protocol: idem_kafka::GroupProtocol,
+    #[arg(long, value_enum)]
+    group_protocol: Option<config::GroupProtocol>,
     /// Static group membership for the classic protocol (`group.instance.id`): a worker
     /// restarted under the same id gets its partitions back without a rebalance. Unique
     /// per live worker (a supervisor slot, a pod name).
@@ -232,61 +245,104 @@ struct WorkerArgs {
     /// (hours). The worker refuses to start if this is shorter than a cell's key window.
     #[arg(long)]
     inbox_retention_hours: Option<u64>,
-    /// Seconds an action may wait for approval before it is rejected as expired.
-    #[arg(long, default_value_t = 86_400)]
-    approval_ttl_secs: u64,
+    /// Seconds an action may wait for approval before it is rejected as expired
+    /// (`worker.approval_ttl`, default 24h).
+    #[arg(long)]
+    approval_ttl_secs: Option<u64>,
     /// An action still `received` this long after enqueue (ms) is started by the sweeper
     /// from its inbox row: its delivery was lost (e.g. a Kafka message dropped by retention
     /// before any worker read it). Such starts give up per-key order, so keep this well
-    /// above the normal delivery lag. 0: never.
-    #[arg(long, default_value_t = 600_000)]
-    stranded_after_ms: u64,
+    /// above the normal delivery lag. 0: never (`worker.stranded_after`, default 10m).
+    #[arg(long)]
+    stranded_after_ms: Option<u64>,
 }
 
-/// Where Kafka is and which topics idem uses.
+impl WorkerArgs {
+    /// The `[worker]` section with this command's flags on top.
+    fn effective(&self) -> config::WorkerSection {
+        let mut w = config::get().worker.clone();
+        let ms = Duration::from_millis;
+        macro_rules! set {
+            ($flag:expr, $field:expr) => {
+                if let Some(v) = $flag.clone() {
+                    $field = v;
+                }
+            };
+        }
+        set!(self.concurrency, w.concurrency);
+        set!(self.batch, w.batch);
+        set!(self.poll_interval_ms.map(ms), w.poll_interval);
+        set!(self.sweep_interval_ms.map(ms), w.sweep_interval);
+        set!(
+            self.approval_ttl_secs.map(Duration::from_secs),
+            w.approval_ttl
+        );
+        set!(self.stranded_after_ms.map(ms), w.stranded_after);
+        set!(self.transport, w.transport);
+        set!(self.group, w.group);
+        set!(self.group_protocol, w.group_protocol);
+        if self.id.is_some() {
+            w.id = self.id.clone();
+        }
+        if self.instance_id.is_some() {
+            w.instance_id = self.instance_id.clone();
+        }
+        if self.metrics_listen.is_some() {
+            w.metrics_listen = self.metrics_listen;
+        }
+        if let Some(h) = self.inbox_retention_hours {
+            w.inbox_retention = Some(Duration::from_secs(h.saturating_mul(3600)));
+        }
+        w
+    }
+}
+
+/// Where Kafka is and which topics idem uses: flags over the `[kafka]` section.
 #[derive(Args, Debug, Clone)]
 struct KafkaArgs {
-    /// Kafka bootstrap servers.
-    #[arg(
-        long = "bootstrap",
-        env = "KAFKA_BOOTSTRAP",
-        default_value = "127.0.0.1:9092"
-    )]
-    bootstrap: String,
+    /// Kafka bootstrap servers (`kafka.bootstrap`, default 127.0.0.1:9092).
+    #[arg(long = "bootstrap", env = "KAFKA_BOOTSTRAP")]
+    bootstrap: Option<String>,
     /// Topic routing: one topic for every action, or `per-cell` / `per-integration` with
     /// --topic as the prefix.
-    #[arg(long, default_value = "single", value_parser = ["single", "per-cell", "per-integration"])]
-    routing: String,
-    /// The topic (single) or topic prefix.
-    #[arg(long, default_value = "idem.actions")]
-    topic: String,
-    /// Partitions of topics idem creates.
-    #[arg(long, default_value_t = 6)]
-    partitions: i32,
+    #[arg(long, value_enum)]
+    routing: Option<config::Routing>,
+    /// The topic (single) or topic prefix (`kafka.topic`, default idem.actions).
+    #[arg(long)]
+    topic: Option<String>,
+    /// Partitions of topics idem creates (`kafka.partitions`, default 6).
+    #[arg(long)]
+    partitions: Option<i32>,
 }
 
 impl KafkaArgs {
-    fn config(&self) -> idem_kafka::KafkaConfig {
-        let mut c = idem_kafka::KafkaConfig::new(&self.bootstrap);
-        c.routing = match self.routing.as_str() {
-            "per-cell" => idem_kafka::TopicRouting::PerCell(self.topic.clone()),
-            "per-integration" => idem_kafka::TopicRouting::PerIntegration(self.topic.clone()),
-            _ => idem_kafka::TopicRouting::Single(self.topic.clone()),
-        };
-        c.partitions = self.partitions;
-        c
+    fn config(&self) -> Result<idem_kafka::KafkaConfig> {
+        let mut k = config::get().kafka.clone();
+        if let Some(b) = &self.bootstrap {
+            k.bootstrap = b.clone();
+        }
+        if let Some(r) = self.routing {
+            k.routing = r;
+        }
+        if let Some(t) = &self.topic {
+            k.topic = t.clone();
+        }
+        if let Some(p) = self.partitions {
+            k.partitions = p;
+        }
+        k.to_kafka().map_err(anyhow::Error::msg)
     }
 
     /// Topics a worker subscribes to for the cells it runs.
-    fn topics(&self, cells: &idem_cells::Registry) -> Vec<String> {
-        let c = self.config();
+    fn topics(&self, cells: &idem_cells::Registry) -> Result<Vec<String>> {
+        let c = self.config()?;
         let mut t: Vec<String> = cells
             .iter()
             .map(|cell| c.routing.topic_for(cell.name().as_str()))
             .collect();
         t.sort();
         t.dedup();
-        t
+        Ok(t)
     }
 }
 
@@ -317,14 +373,15 @@ struct RelayArgs {
     db: Db,
     #[command(flatten)]
     kafka: KafkaArgs,
-    /// Rows per batch.
-    #[arg(long, default_value_t = 500)]
-    batch: i64,
-    /// Producer linger (ms).
-    #[arg(long, default_value_t = idem_relay::RelayConfig::default().linger.as_millis() as u64)]
-    linger_ms: u64,
-    #[arg(long, default_value_t = 500)]
-    poll_interval_ms: u64,
+    /// Rows per batch (`relay.batch`, default 500).
+    #[arg(long)]
+    batch: Option<i64>,
+    /// Producer linger in ms (`relay.linger`, default 1ms).
+    #[arg(long)]
+    linger_ms: Option<u64>,
+    /// `relay.poll_interval` in ms.
+    #[arg(long)]
+    poll_interval_ms: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -499,6 +556,7 @@ fn main() -> Result<()> {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     let cli = Cli::parse();
+    config::init(cli.config.as_deref())?;
     // The demo prints a table; its workers' info lines would drown it.
     let default_filter = match cli.command {
         Command::Demo(_) => "warn,sqlx::postgres::notice=error",
@@ -559,6 +617,7 @@ impl Command {
             Command::Serve { .. } => "serve",
             Command::Mcp { .. } => "mcp",
             Command::Openapi => "openapi",
+            Command::Config { .. } => "config",
             Command::Tokens { .. } => "tokens",
             Command::Resolve(_) => "resolve",
             Command::Resend(_) => "resend",
@@ -571,11 +630,19 @@ impl Command {
 async fn run(cli: Cli, metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>) -> Result<()> {
     match cli.command {
         Command::Migrate(db) => {
-            let store = Store::connect(&db.database_url, 8).await?;
+            let store = Store::connect(&db.database_url(), 8).await?;
             store.migrate().await?;
             println!("migrated");
         }
         Command::Worker(args) => run_worker(args, metrics).await?,
+        Command::Config { json } => {
+            let c = config::get();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&c.redacted())?);
+            } else {
+                print!("{}", c.render()?);
+            }
+        }
         Command::Relay(args) => run_relay(args).await?,
         Command::Purge(args) => {
             let retention = Duration::from_secs(args.older_than_hours.saturating_mul(3600));
@@ -932,40 +999,37 @@ async fn run(cli: Cli, metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>
 
 /// Every command but `migrate`: the schema must be this idem's.
 async fn connect(db: &Db) -> Result<Store> {
-    Ok(Store::connect_migrated(&db.database_url, 8).await?)
+    Ok(Store::connect_migrated(&db.database_url(), 8).await?)
 }
 
 async fn build_worker(args: &WorkerArgs) -> Result<Worker> {
+    let w = args.effective();
     let store = Store::connect_migrated(
-        &args.db.database_url,
-        (args.concurrency as u32 / 4).clamp(4, 32),
+        &args.db.database_url(),
+        (w.concurrency as u32 / 4).clamp(4, 32),
     )
     .await?;
     let mut config = WorkerConfig {
-        concurrency: args.concurrency.max(1),
-        batch: args.batch.max(1),
-        poll_interval: Duration::from_millis(args.poll_interval_ms),
-        sweep_interval: Duration::from_millis(args.sweep_interval_ms),
+        concurrency: w.concurrency.max(1),
+        batch: w.batch.max(1),
+        poll_interval: w.poll_interval,
+        sweep_interval: w.sweep_interval,
+        approval_ttl: w.approval_ttl.max(Duration::from_secs(1)),
+        stranded_after: (!w.stranded_after.is_zero()).then_some(w.stranded_after),
         ..WorkerConfig::default()
     };
-    if let Some(id) = &args.id {
+    if let Some(id) = &w.id {
         config.id = id.clone();
     }
-    config.approval_ttl = Duration::from_secs(args.approval_ttl_secs.max(1));
-    config.stranded_after =
-        (args.stranded_after_ms > 0).then(|| Duration::from_millis(args.stranded_after_ms));
     let registry = args.cells.registry().map_err(anyhow::Error::msg)?;
     args.cells.check(&registry).map_err(anyhow::Error::msg)?;
     // Window safety check: refuse to start rather than risk a replay outside a key window.
-    let retention = args
-        .inbox_retention_hours
-        .map(|h| Duration::from_secs(h * 3600));
     for cell in registry.iter() {
-        if let Err(why) = cell.profile().window_check(retention) {
+        if let Err(why) = cell.profile().window_check(w.inbox_retention) {
             bail!("refusing to start: cell {}: {why}", cell.name());
         }
     }
-    Ok(Worker::new(store, registry, config))
+    Ok(Worker::builder(store, registry).config(config).build())
 }
 
 fn shutdown_channel() -> tokio::sync::watch::Receiver<bool> {
@@ -982,10 +1046,10 @@ async fn run_worker(
     args: WorkerArgs,
     metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>,
 ) -> Result<()> {
-    let kafka = args.transport == "kafka";
-    let mut args = args;
+    let settings = args.effective();
+    let kafka = settings.transport == config::Transport::Kafka;
     let mut worker = build_worker(&args).await?;
-    if let Some(addr) = args.metrics_listen {
+    if let Some(addr) = settings.metrics_listen {
         let state = idem_api::ApiState::new(
             connect(&args.db).await?,
             std::sync::Arc::new(
@@ -1004,20 +1068,19 @@ async fn run_worker(
         });
     }
     let rx = shutdown_channel();
-    tracing::info!(worker = worker.id(), transport = %args.transport, "worker started");
+    tracing::info!(worker = worker.id(), transport = ?settings.transport, "worker started");
     if !kafka {
         worker.run(rx).await?;
         return Ok(());
     }
     // Kafka: the consumer group delivers new actions; this process still sweeps (leases,
     // retries, doubts) but does not claim from the outbox, which the relay drains.
-    args.poll_interval_ms = args.poll_interval_ms.max(1);
     worker = worker.without_outbox_claims();
-    let topics = args.kafka.topics(worker.cells());
-    let transport = idem_kafka::KafkaTransport::new(worker.clone(), args.kafka.config(), {
-        let mut t = idem_kafka::TransportConfig::new(&args.group, topics);
-        t.protocol = args.group_protocol;
-        t.instance_id = args.instance_id.clone();
+    let topics = args.kafka.topics(worker.cells())?;
+    let transport = idem_kafka::KafkaTransport::new(worker.clone(), args.kafka.config()?, {
+        let mut t = idem_kafka::TransportConfig::new(&settings.group, topics);
+        t.protocol = settings.group_protocol.into();
+        t.instance_id = settings.instance_id.clone();
         t
     });
     let sweeper = worker.clone();
@@ -1029,14 +1092,22 @@ async fn run_worker(
 }
 
 async fn run_relay(args: RelayArgs) -> Result<()> {
-    let store = Store::connect_migrated(&args.db.database_url, 4).await?;
+    let store = Store::connect_migrated(&args.db.database_url(), 4).await?;
+    let r = &config::get().relay;
     let config = idem_relay::RelayConfig {
-        batch: args.batch.max(1),
-        linger: Duration::from_millis(args.linger_ms),
-        poll_interval: Duration::from_millis(args.poll_interval_ms),
+        batch: args.batch.unwrap_or(r.batch).max(1),
+        linger: args
+            .linger_ms
+            .map(Duration::from_millis)
+            .unwrap_or(r.linger),
+        poll_interval: args
+            .poll_interval_ms
+            .map(Duration::from_millis)
+            .unwrap_or(r.poll_interval),
         ..idem_relay::RelayConfig::default()
     };
-    let relay = idem_relay::Relay::new(store, &args.db.database_url, args.kafka.config(), config)?;
+    let relay =
+        idem_relay::Relay::new(store, &args.db.database_url(), args.kafka.config()?, config)?;
     tracing::info!("relay started; waiting to be elected");
     relay.run(shutdown_channel()).await?;
     Ok(())

@@ -47,7 +47,7 @@ pub enum PolicyCommand {
 pub async fn run(cmd: PolicyCommand) -> Result<()> {
     match cmd {
         PolicyCommand::List { db, json } => {
-            let store = Store::connect_migrated(&db.database_url, 2).await?;
+            let store = Store::connect_migrated(&db.database_url(), 2).await?;
             let rules = policy::list(store.pool()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rules)?);
@@ -69,7 +69,7 @@ pub async fn run(cmd: PolicyCommand) -> Result<()> {
             actor,
             reason,
         } => {
-            let store = Store::connect_migrated(&db.database_url, 2).await?;
+            let store = Store::connect_migrated(&db.database_url(), 2).await?;
             let old = policy::set(
                 store.pool(),
                 cell.as_str(),
@@ -84,7 +84,7 @@ pub async fn run(cmd: PolicyCommand) -> Result<()> {
             println!("{cell}: {old} → {}", describe(&rule));
         }
         PolicyCommand::History { db, limit, json } => {
-            let store = Store::connect_migrated(&db.database_url, 2).await?;
+            let store = Store::connect_migrated(&db.database_url(), 2).await?;
             let changes = policy::history(store.pool(), limit).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&changes)?);

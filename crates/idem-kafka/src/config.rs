@@ -25,6 +25,39 @@ impl TopicRouting {
     }
 }
 
+/// librdkafka properties passed through to every client (SASL, TLS, timeouts), set last so
+/// they win. `Debug` hides the values of secret-looking keys.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Properties(std::collections::BTreeMap<String, String>);
+
+impl Properties {
+    pub fn set(&mut self, key: &str, value: &str) {
+        self.0.insert(key.to_owned(), value.to_owned());
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+impl std::fmt::Debug for Properties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = |k: &str| {
+            let k = k.to_ascii_lowercase();
+            ["password", "secret", "token", "key"]
+                .iter()
+                .any(|s| k.contains(s))
+        };
+        f.debug_map()
+            .entries(
+                self.0
+                    .iter()
+                    .map(|(k, v)| (k, if secret(k) { "<redacted>" } else { v.as_str() })),
+            )
+            .finish()
+    }
+}
+
 /// Connection and topic settings shared by the relay and the workers.
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
@@ -35,6 +68,10 @@ pub struct KafkaConfig {
     pub replication: i32,
     /// Topic for receipts of settled actions, keyed by action id.
     pub results_topic: String,
+    /// `client.id` of every client (brokers log and quota by it).
+    pub client_id: String,
+    /// Passed through to librdkafka after idem's own settings.
+    pub properties: Properties,
 }
 
 impl KafkaConfig {
@@ -46,15 +83,22 @@ impl KafkaConfig {
             // The broker's default.replication.factor (3 on a three-node cluster).
             replication: -1,
             results_topic: "idem.results".into(),
+            client_id: "idem".into(),
+            properties: Properties::default(),
         }
     }
 
-    /// Base client settings for any idem Kafka client.
+    /// Base client settings for any idem Kafka client, then the passed-through properties.
+    /// (Producer and consumer settings idem sets later, e.g. `acks`, still win: they are
+    /// what the guarantee rests on.)
     pub fn client(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap)
-            .set("client.id", "idem")
+            .set("client.id", &self.client_id)
             .set("socket.keepalive.enable", "true");
+        for (k, v) in self.properties.iter() {
+            c.set(k, v);
+        }
         c
     }
 }
@@ -62,6 +106,21 @@ impl KafkaConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn properties_pass_through_and_hide_secrets() {
+        let mut k = KafkaConfig::new("b:9092");
+        k.properties.set("security.protocol", "SASL_SSL");
+        k.properties.set("sasl.password", "hunter2");
+        let c = k.client();
+        assert_eq!(c.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(c.get("sasl.password"), Some("hunter2"));
+        let shown = format!("{k:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("SASL_SSL"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn routes_by_cell_and_integration() {
