@@ -12,23 +12,7 @@ use idem_core::{ActionId, CellName, CellProfile, ExecOutcome, Receipt, RetryPoli
 use serde_json::{json, Value};
 
 use crate::cell::{Attempt, Cell, InvalidArgs};
-
-/// Where and how to reach Amadeus (the OAuth access token is sent only as a bearer).
-#[derive(Clone)]
-struct Api {
-    base_url: String,
-    token: String,
-    http: reqwest::Client,
-}
-
-impl std::fmt::Debug for Api {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Amadeus")
-            .field("base_url", &self.base_url)
-            .field("token", &"<redacted>")
-            .finish()
-    }
-}
+use crate::http::PartnerClient;
 
 /// A response: status and JSON body, or the outcome when none came back.
 async fn send(rb: reqwest::RequestBuilder, op: &'static str) -> Result<(u16, Value), ExecOutcome> {
@@ -49,29 +33,14 @@ fn first_error(body: &Value) -> (u64, String) {
     )
 }
 
-impl Api {
-    fn new(base_url: impl Into<String>, token: impl Into<String>, timeout: Duration) -> Self {
-        Self {
-            base_url: base_url.into().trim_end_matches('/').to_owned(),
-            token: token.into(),
-            http: crate::http::client(timeout),
-        }
-    }
-
-    fn price(&self, offers: &Value) -> reqwest::RequestBuilder {
-        self.http
-            .post(format!(
-                "{}/v1/shopping/flight-offers/pricing",
-                self.base_url
-            ))
-            .bearer_auth(&self.token)
-            .header("X-HTTP-Method-Override", "GET")
-            .header("content-type", "application/vnd.amadeus+json")
-            .body(
-                json!({"data": {"type": "flight-offers-pricing", "flightOffers": offers}})
-                    .to_string(),
-            )
-    }
+/// Re-price `offers` (a read: a POST with `X-HTTP-Method-Override: GET`).
+fn price(api: &PartnerClient, offers: &Value) -> reqwest::RequestBuilder {
+    api.post("/v1/shopping/flight-offers/pricing")
+        .header("X-HTTP-Method-Override", "GET")
+        .header("content-type", "application/vnd.amadeus+json")
+        .body(
+            json!({"data": {"type": "flight-offers-pricing", "flightOffers": offers}}).to_string(),
+        )
 }
 
 /// A key that is never a partner key: the request is safe to resend as it is (a read, or
@@ -139,7 +108,7 @@ fn only(
 pub struct AmadeusPrice {
     name: CellName,
     profile: CellProfile,
-    api: Api,
+    api: PartnerClient,
 }
 
 impl AmadeusPrice {
@@ -150,14 +119,14 @@ impl AmadeusPrice {
         profile.lookup = Lookup::Strong;
         Self {
             name: CellName::new("amadeus.price").expect("valid"),
-            api: Api::new(base_url, token, profile.call_timeout),
+            api: PartnerClient::bearer(base_url, token, profile.call_timeout),
             profile,
         }
     }
 
     pub fn with_profile(mut self, f: impl FnOnce(&mut CellProfile)) -> Self {
         f(&mut self.profile);
-        self.api.http = crate::http::client(self.profile.call_timeout);
+        self.api = self.api.clone().with_timeout(self.profile.call_timeout);
         self
     }
 }
@@ -192,7 +161,7 @@ impl Cell for AmadeusPrice {
     }
     async fn execute(&self, _: ActionId, args: &Value, _: &Attempt) -> ExecOutcome {
         let (status, body) =
-            match send(self.api.price(&args["flight_offers"]), "amadeus.price").await {
+            match send(price(&self.api, &args["flight_offers"]), "amadeus.price").await {
                 Ok(r) => r,
                 Err(o) => return o,
             };
@@ -230,7 +199,7 @@ impl Cell for AmadeusPrice {
 pub struct AmadeusBook {
     name: CellName,
     profile: CellProfile,
-    api: Api,
+    api: PartnerClient,
 }
 
 impl AmadeusBook {
@@ -241,14 +210,14 @@ impl AmadeusBook {
         );
         Self {
             name: CellName::new("amadeus.book").expect("valid"),
-            api: Api::new(base_url, token, profile.call_timeout),
+            api: PartnerClient::bearer(base_url, token, profile.call_timeout),
             profile,
         }
     }
 
     pub fn with_profile(mut self, f: impl FnOnce(&mut CellProfile)) -> Self {
         f(&mut self.profile);
-        self.api.http = crate::http::client(self.profile.call_timeout);
+        self.api = self.api.clone().with_timeout(self.profile.call_timeout);
         self
     }
 }
@@ -305,7 +274,7 @@ impl Cell for AmadeusBook {
     async fn execute(&self, action: ActionId, args: &Value, _: &Attempt) -> ExecOutcome {
         // Re-price first (read-only): a definitive pricing failure means no booking at all.
         let (status, priced) =
-            match send(self.api.price(&args["flight_offers"]), "amadeus.price").await {
+            match send(price(&self.api, &args["flight_offers"]), "amadeus.price").await {
                 Ok(r) => r,
                 Err(ExecOutcome::Ambiguous { reason, .. }) => {
                     return ExecOutcome::NotProcessed {
@@ -342,9 +311,7 @@ impl Cell for AmadeusBook {
         }
         let req = self
             .api
-            .http
-            .post(format!("{}/v1/booking/flight-orders", self.api.base_url))
-            .bearer_auth(&self.api.token)
+            .post("/v1/booking/flight-orders")
             .header("content-type", "application/vnd.amadeus+json")
             .body(json!({"data": data}).to_string());
         let (status, body) = match send(req, "amadeus.flight_order_create").await {
@@ -390,7 +357,7 @@ impl Cell for AmadeusBook {
 pub struct AmadeusCancel {
     name: CellName,
     profile: CellProfile,
-    api: Api,
+    api: PartnerClient,
 }
 
 impl AmadeusCancel {
@@ -404,21 +371,20 @@ impl AmadeusCancel {
         profile.lookup = Lookup::Strong;
         Self {
             name: CellName::new("amadeus.cancel").expect("valid"),
-            api: Api::new(base_url, token, profile.call_timeout),
+            api: PartnerClient::bearer(base_url, token, profile.call_timeout),
             profile,
         }
     }
 
     pub fn with_profile(mut self, f: impl FnOnce(&mut CellProfile)) -> Self {
         f(&mut self.profile);
-        self.api.http = crate::http::client(self.profile.call_timeout);
+        self.api = self.api.clone().with_timeout(self.profile.call_timeout);
         self
     }
 
-    fn url(&self, args: &Value) -> String {
+    fn path(args: &Value) -> String {
         format!(
-            "{}/v1/booking/flight-orders/{}",
-            self.api.base_url,
+            "/v1/booking/flight-orders/{}",
             args["order_id"].as_str().unwrap_or_default()
         )
     }
@@ -471,9 +437,7 @@ impl Cell for AmadeusCancel {
     async fn execute(&self, action: ActionId, args: &Value, attempt: &Attempt) -> ExecOutcome {
         let req = self
             .api
-            .http
-            .delete(self.url(args))
-            .bearer_auth(&self.api.token)
+            .delete(&Self::path(args))
             .header("X-Idem-Action-Id", action.to_string());
         let (status, body) = match send(req, "amadeus.flight_order_delete").await {
             Ok(r) => r,
@@ -497,11 +461,7 @@ impl Cell for AmadeusCancel {
         }
     }
     async fn reconcile(&self, _: ActionId, args: &Value, _: &[Attempt]) -> Verdict {
-        let req = self
-            .api
-            .http
-            .get(self.url(args))
-            .bearer_auth(&self.api.token);
+        let req = self.api.get(&Self::path(args));
         match send(req, "amadeus.flight_order_get").await {
             Ok((404, _)) => {
                 Verdict::Happened(Self::receipt(args["order_id"].as_str().unwrap_or_default()))

@@ -27,30 +27,20 @@ use idem_core::{ActionId, CellName, CellProfile, ExecOutcome, Receipt, RetryPoli
 use serde_json::{json, Value};
 
 use crate::cell::{Attempt, Cell, InvalidArgs};
+use crate::http::PartnerClient;
 
 /// The `gmail.send` cell. Arguments: `to`, `subject`, `text`.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct GmailSend {
     name: CellName,
     profile: CellProfile,
-    base_url: String,
-    token: String,
+    api: PartnerClient,
     domain: String,
     /// The newest mailbox historyId seen (0: none yet); lower bounds later sends.
     watermark: Arc<AtomicU64>,
     /// The first historyId this process saw: a start for history reads when an attempt's
     /// pre-state has none.
     first_seen: Arc<AtomicU64>,
-    http: reqwest::Client,
-}
-
-impl std::fmt::Debug for GmailSend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GmailSend")
-            .field("base_url", &self.base_url)
-            .field("token", &"<redacted>")
-            .finish()
-    }
 }
 
 fn arg_err(reason: impl Into<String>) -> InvalidArgs {
@@ -79,10 +69,8 @@ impl GmailSend {
         let profile = Self::default_profile();
         Self {
             name: CellName::new("gmail.send").expect("valid"),
-            http: crate::http::client(profile.call_timeout),
+            api: PartnerClient::bearer(base_url, token, profile.call_timeout),
             profile,
-            base_url: base_url.into().trim_end_matches('/').to_owned(),
-            token: token.into(),
             domain: "idem.invalid".into(),
             watermark: Arc::new(AtomicU64::new(0)),
             first_seen: Arc::new(AtomicU64::new(0)),
@@ -112,7 +100,7 @@ impl GmailSend {
 
     pub fn with_profile(mut self, f: impl FnOnce(&mut CellProfile)) -> Self {
         f(&mut self.profile);
-        self.http = crate::http::client(self.profile.call_timeout);
+        self.api = self.api.with_timeout(self.profile.call_timeout);
         self
     }
 
@@ -144,9 +132,8 @@ impl GmailSend {
 
     async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<(u16, Value), String> {
         let req = self
-            .http
-            .get(format!("{}/gmail/v1/users/me{path}", self.base_url))
-            .bearer_auth(&self.token)
+            .api
+            .get(&format!("/gmail/v1/users/me{path}"))
             .query(query);
         let resp = crate::http::send_traced(req, "gmail.read")
             .await
@@ -294,9 +281,8 @@ impl Cell for GmailSend {
             }
         }
         let req = self
-            .http
-            .post(format!("{}/gmail/v1/users/me/messages/send", self.base_url))
-            .bearer_auth(&self.token)
+            .api
+            .post("/gmail/v1/users/me/messages/send")
             .json(&json!({"raw": self.raw(action, args)}));
         let crate::http::Answer { status, body, .. } =
             match crate::http::call(req, "gmail.messages_send").await {

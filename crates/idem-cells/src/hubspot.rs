@@ -21,27 +21,16 @@ use idem_core::{ActionId, CellName, CellProfile, ExecOutcome, Receipt, RetryPoli
 use serde_json::{json, Value};
 
 use crate::cell::{Attempt, Cell, InvalidArgs};
+use crate::http::PartnerClient;
 
 /// The `hubspot.upsert` cell. Arguments: `object_type` (default `contacts`),
 /// `id_property` (default `email`), `id` (the unique value), `properties` (object of
 /// scalars).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct HubSpotUpsert {
     name: CellName,
     profile: CellProfile,
-    base_url: String,
-    token: String,
-    http: reqwest::Client,
-}
-
-/// Redacts the access token.
-impl std::fmt::Debug for HubSpotUpsert {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HubSpotUpsert")
-            .field("base_url", &self.base_url)
-            .field("token", &"<redacted>")
-            .finish()
-    }
+    api: PartnerClient,
 }
 
 fn arg_err(reason: impl Into<String>) -> InvalidArgs {
@@ -64,10 +53,8 @@ impl HubSpotUpsert {
         let profile = Self::default_profile();
         Self {
             name: CellName::new("hubspot.upsert").expect("valid"),
-            http: crate::http::client(profile.call_timeout),
+            api: PartnerClient::bearer(base_url, token, profile.call_timeout),
             profile,
-            base_url: base_url.into().trim_end_matches('/').to_owned(),
-            token: token.into(),
         }
     }
 
@@ -96,7 +83,7 @@ impl HubSpotUpsert {
 
     pub fn with_profile(mut self, f: impl FnOnce(&mut CellProfile)) -> Self {
         f(&mut self.profile);
-        self.http = crate::http::client(self.profile.call_timeout);
+        self.api = self.api.with_timeout(self.profile.call_timeout);
         self
     }
 
@@ -189,12 +176,8 @@ impl Cell for HubSpotUpsert {
             "properties": args["properties"],
             "objectWriteTraceId": action.to_string(),
         }]});
-        let url = format!(
-            "{}/crm/v3/objects/{}/batch/upsert",
-            self.base_url,
-            object_type(args)
-        );
-        let req = self.http.post(url).bearer_auth(&self.token).json(&body);
+        let path = format!("/crm/v3/objects/{}/batch/upsert", object_type(args));
+        let req = self.api.post(&path).json(&body);
         let crate::http::Answer { status, body, .. } =
             match crate::http::call(req, "hubspot.batch_upsert").await {
                 Ok(a) => a,
@@ -231,16 +214,14 @@ impl Cell for HubSpotUpsert {
     }
 
     async fn reconcile(&self, _: ActionId, args: &Value, _: &[Attempt]) -> Verdict {
-        let url = format!(
-            "{}/crm/v3/objects/{}/{}",
-            self.base_url,
+        let path = format!(
+            "/crm/v3/objects/{}/{}",
             object_type(args),
             args["id"].as_str().unwrap_or_default()
         );
         let req = self
-            .http
-            .get(url)
-            .bearer_auth(&self.token)
+            .api
+            .get(&path)
             .query(&[("idProperty", id_property(args))]);
         let resp = match crate::http::send_traced(req, "hubspot.read").await {
             Ok(r) => r,

@@ -22,6 +22,7 @@ use idem_core::{ActionId, CellName, CellProfile, ExecOutcome, Receipt, RetryPoli
 use serde_json::{json, Value};
 
 use crate::cell::{Attempt, Cell, InvalidArgs};
+use crate::http::PartnerClient;
 
 /// Slack errors that mean "the post may or may not have happened".
 const AMBIGUOUS: [&str; 4] = [
@@ -35,22 +36,11 @@ const AMBIGUOUS: [&str; 4] = [
 const SKEW_SECS: i64 = 120;
 
 /// The `slack.post` cell. Arguments: `channel` (a channel id, `C…`), `text`.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct SlackPost {
     name: CellName,
     profile: CellProfile,
-    base_url: String,
-    token: String,
-    http: reqwest::Client,
-}
-
-impl std::fmt::Debug for SlackPost {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SlackPost")
-            .field("base_url", &self.base_url)
-            .field("token", &"<redacted>")
-            .finish()
-    }
+    api: PartnerClient,
 }
 
 fn arg_err(reason: impl Into<String>) -> InvalidArgs {
@@ -65,10 +55,8 @@ impl SlackPost {
         let profile = Self::default_profile();
         Self {
             name: CellName::new("slack.post").expect("valid"),
-            http: crate::http::client(profile.call_timeout),
+            api: PartnerClient::bearer(base_url, token, profile.call_timeout),
             profile,
-            base_url: base_url.into().trim_end_matches('/').to_owned(),
-            token: token.into(),
         }
     }
 
@@ -95,7 +83,7 @@ impl SlackPost {
 
     pub fn with_profile(mut self, f: impl FnOnce(&mut CellProfile)) -> Self {
         f(&mut self.profile);
-        self.http = crate::http::client(self.profile.call_timeout);
+        self.api = self.api.with_timeout(self.profile.call_timeout);
         self
     }
 
@@ -165,11 +153,7 @@ impl Cell for SlackPost {
             "text": args["text"],
             "metadata": {"event_type": "idem", "event_payload": {"idem_action_id": action.to_string()}},
         });
-        let req = self
-            .http
-            .post(format!("{}/api/chat.postMessage", self.base_url))
-            .bearer_auth(&self.token)
-            .json(&body);
+        let req = self.api.post("/api/chat.postMessage").json(&body);
         let crate::http::Answer {
             status,
             retry_after,
@@ -222,11 +206,7 @@ impl Cell for SlackPost {
             if !cursor.is_empty() {
                 q.push(("cursor", cursor.clone()));
             }
-            let req = self
-                .http
-                .get(format!("{}/api/conversations.history", self.base_url))
-                .bearer_auth(&self.token)
-                .query(&q);
+            let req = self.api.get("/api/conversations.history").query(&q);
             let body: Value =
                 match crate::http::send_traced(req, "slack.conversations_history").await {
                     Ok(r) if r.status().is_success() => r.json().await.unwrap_or(Value::Null),

@@ -24,31 +24,21 @@ use idem_core::{ActionId, CellName, CellProfile, ExecOutcome, Receipt, RetryPoli
 use serde_json::{json, Value};
 
 use crate::cell::{Attempt, Cell, InvalidArgs};
+use crate::http::PartnerClient;
 
 /// Clock skew allowed between us and Twilio when matching `date_created` against t0.
 const SKEW_SECS: i64 = 120;
 
 /// The `twilio.sms.send` cell. Arguments: `to` (E.164), `from` (E.164) or
 /// `messaging_service_sid` (`MG…`), `body`.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct TwilioSms {
     name: CellName,
     profile: CellProfile,
-    base_url: String,
+    /// HTTP Basic with the account SID and the auth token.
+    api: PartnerClient,
     account_sid: String,
-    auth_token: String,
     status_callback: String,
-    http: reqwest::Client,
-}
-
-impl std::fmt::Debug for TwilioSms {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TwilioSms")
-            .field("base_url", &self.base_url)
-            .field("account_sid", &self.account_sid)
-            .field("auth_token", &"<redacted>")
-            .finish()
-    }
 }
 
 fn arg_err(reason: impl Into<String>) -> InvalidArgs {
@@ -75,13 +65,17 @@ impl TwilioSms {
         status_callback: impl Into<String>,
     ) -> Self {
         let profile = Self::default_profile();
+        let account_sid = account_sid.into();
         Self {
             name: CellName::new("twilio.sms.send").expect("valid"),
-            http: crate::http::client(profile.call_timeout),
+            api: PartnerClient::basic(
+                base_url,
+                account_sid.clone(),
+                auth_token,
+                profile.call_timeout,
+            ),
             profile,
-            base_url: base_url.into().trim_end_matches('/').to_owned(),
-            account_sid: account_sid.into(),
-            auth_token: auth_token.into(),
+            account_sid,
             status_callback: status_callback.into(),
         }
     }
@@ -108,7 +102,7 @@ impl TwilioSms {
 
     pub fn with_profile(mut self, f: impl FnOnce(&mut CellProfile)) -> Self {
         f(&mut self.profile);
-        self.http = crate::http::client(self.profile.call_timeout);
+        self.api = self.api.with_timeout(self.profile.call_timeout);
         self
     }
 
@@ -128,11 +122,8 @@ impl TwilioSms {
         format!("{}{sep}idem={action}", self.status_callback)
     }
 
-    fn messages_url(&self) -> String {
-        format!(
-            "{}/2010-04-01/Accounts/{}/Messages.json",
-            self.base_url, self.account_sid
-        )
+    fn messages_path(&self) -> String {
+        format!("/2010-04-01/Accounts/{}/Messages.json", self.account_sid)
     }
 
     fn receipt(m: &Value) -> Receipt {
@@ -219,11 +210,7 @@ impl Cell for TwilioSms {
         if let Some(s) = args["messaging_service_sid"].as_str() {
             form.push(("MessagingServiceSid", s.to_owned()));
         }
-        let req = self
-            .http
-            .post(self.messages_url())
-            .basic_auth(&self.account_sid, Some(&self.auth_token))
-            .form(&form);
+        let req = self.api.post(&self.messages_path()).form(&form);
         let crate::http::Answer { status, body, .. } =
             match crate::http::call(req, "twilio.messages_create").await {
                 Ok(a) => a,
@@ -272,11 +259,7 @@ impl Cell for TwilioSms {
         if let Some(f) = args["from"].as_str() {
             q.push(("From", f.to_owned()));
         }
-        let req = self
-            .http
-            .get(self.messages_url())
-            .basic_auth(&self.account_sid, Some(&self.auth_token))
-            .query(&q);
+        let req = self.api.get(&self.messages_path()).query(&q);
         let body: Value = match crate::http::send_traced(req, "twilio.messages_list").await {
             Ok(r) if r.status().is_success() => r.json().await.unwrap_or(Value::Null),
             Ok(r) => {

@@ -16,21 +16,10 @@ pub const METADATA_KEY: &str = "idem_action_id";
 /// Slack for clock skew between us and Stripe when listing by creation time.
 pub(crate) const CREATED_SKEW_SECS: i64 = 300;
 
-/// Where and how to reach Stripe.
-#[derive(Clone)]
+/// Where and how to reach Stripe (the shared partner client: bearer secret, timeout).
+#[derive(Clone, Debug)]
 pub(crate) struct StripeApi {
-    pub base_url: String,
-    secret: String,
-    pub http: reqwest::Client,
-}
-
-impl std::fmt::Debug for StripeApi {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StripeApi")
-            .field("base_url", &self.base_url)
-            .field("secret", &"<redacted>")
-            .finish()
-    }
+    api: crate::http::PartnerClient,
 }
 
 /// A POST's answer, before the cell reads the success body.
@@ -39,14 +28,12 @@ pub(crate) use crate::http::Answer;
 impl StripeApi {
     pub fn new(base_url: impl Into<String>, secret: impl Into<String>, timeout: Duration) -> Self {
         Self {
-            base_url: base_url.into().trim_end_matches('/').to_owned(),
-            secret: secret.into(),
-            http: crate::http::client(timeout),
+            api: crate::http::PartnerClient::bearer(base_url, secret, timeout),
         }
     }
 
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.http = crate::http::client(timeout);
+        self.api = self.api.with_timeout(timeout);
         self
     }
 
@@ -58,11 +45,7 @@ impl StripeApi {
         key: Option<&str>,
         operation: &'static str,
     ) -> Result<Answer, ExecOutcome> {
-        let mut req = self
-            .http
-            .post(format!("{}{path}", self.base_url))
-            .bearer_auth(&self.secret)
-            .form(form);
+        let mut req = self.api.post(path).form(form);
         if let Some(key) = key {
             req = req.header("Idempotency-Key", key);
         }
@@ -71,11 +54,7 @@ impl StripeApi {
 
     /// GET JSON; `Err` is a reason for an `Unknown` verdict.
     pub async fn get_json(&self, path: &str, query: &[(String, String)]) -> Result<Value, String> {
-        let req = self
-            .http
-            .get(format!("{}{path}", self.base_url))
-            .bearer_auth(&self.secret)
-            .query(query);
+        let req = self.api.get(path).query(query);
         let resp = crate::http::send_traced(req, "stripe.lookup")
             .await
             .map_err(|e| format!("lookup failed: {}", without_url(&e)))?;
