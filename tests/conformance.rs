@@ -64,6 +64,7 @@ suite!(
 );
 suite!(stripe_refund, StripeRefundSubject::start().await);
 suite!(hubspot_upsert, HubSpotSubject::start().await);
+suite!(hubspot_company_upsert, HubSpotSubject::company().await);
 suite!(
     http_idempotent_acme_payout,
     DeclarativeSubject::start().await

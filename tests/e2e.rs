@@ -2,6 +2,7 @@
 //! testcontainers), real HTTP to idem's Stripe simulator, real child processes. Every
 //! exactly-once claim is checked in the simulator's effect ledger.
 
+use idem_cells::TypedCell as _;
 use std::time::Duration;
 
 use idem_cells::{Registry, StripeCharge};

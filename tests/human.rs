@@ -2,6 +2,7 @@
 //! reviewed arguments, rejections, expiry, and resolutions of needs_human cases — each
 //! audited with who decided, and each checked against the Stripe simulator's ledger.
 
+use idem_cells::TypedCell as _;
 use std::time::Duration;
 
 use idem_cells::{Registry, StripeCharge};

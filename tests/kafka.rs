@@ -4,6 +4,7 @@
 //! three-node cluster of the test's own. Effects are counted in the Stripe simulator's
 //! ledger.
 
+use idem_cells::TypedCell as _;
 use std::time::Duration;
 
 use idem_cells::{Registry, StripeCharge};

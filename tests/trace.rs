@@ -6,6 +6,7 @@
 //!
 //! Its own test binary: it installs a process-wide subscriber.
 
+use idem_cells::TypedCell as _;
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -234,12 +234,10 @@ async fn item(state: &ApiState, secret: &str, html: &mut String, w: &Waiting, ki
     let history = decisions::history(pool, r.action_id)
         .await
         .unwrap_or_default();
-    let card_path = state.cells.get(&r.cell).map(|c| c.card());
-    let summary = card_path
-        .as_deref()
-        .and_then(idem_cells::cards::card_summary)
+    let full = state.cells.get(&r.cell).and_then(|c| c.card_text());
+    let summary = full
+        .map(idem_cells::cards::summary)
         .unwrap_or("(no card for this cell on this server)");
-    let full = card_path.as_deref().and_then(idem_cells::cards::card_text);
     let _ = write!(
         html,
         "<section class=\"item {}\" id=\"action-{id}\" data-state=\"{}\">\

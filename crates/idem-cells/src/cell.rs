@@ -55,6 +55,11 @@ pub trait Cell: Send + Sync + std::fmt::Debug + 'static {
         format!("docs/cells/{}.md", self.name())
     }
 
+    /// The card's Markdown, compiled in (the console shows it to an approver).
+    fn card_text(&self) -> Option<&'static str> {
+        None
+    }
+
     /// State recorded with the attempt before it is sent, for reconciliation later.
     fn pre_state(&self, now: DateTime<Utc>) -> serde_json::Value {
         serde_json::json!({ "t0": now.timestamp() })

@@ -2,14 +2,19 @@
 //! profile (the three questions: key? lookup? human?) and implements `execute` and
 //! `reconcile`. It never decides whether a request may be sent; the worker does that with
 //! the core guard before it calls `execute`.
+//!
+//! One folder per integration holds its cells and their cards; [`kit`] is what a cell is
+//! written with, [`builtin`] the one list of them.
 
 pub mod amadeus;
+pub mod builtin;
 pub mod cards;
 pub mod cell;
 pub mod declarative;
 pub mod gmail;
 pub mod http;
 pub mod hubspot;
+pub mod kit;
 pub mod noop;
 pub mod registry;
 pub mod slack;
@@ -21,8 +26,8 @@ pub use cell::{Attempt, Cell, InvalidArgs};
 pub use declarative::DeclarativeCell;
 pub use gmail::GmailSend;
 pub use hubspot::HubSpotUpsert;
+pub use kit::{CellArgs, TypedCell};
 pub use registry::{ArgError, Registry};
 pub use slack::SlackPost;
-pub use stripe::charge::StripeCharge;
-pub use stripe::refund::StripeRefund;
+pub use stripe::{StripeCharge, StripeRefund};
 pub use twilio::TwilioSms;

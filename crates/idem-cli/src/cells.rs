@@ -3,10 +3,8 @@
 use std::time::Duration;
 
 use clap::Args;
-use idem_cells::{
-    AmadeusBook, AmadeusCancel, AmadeusPrice, Cell, GmailSend, HubSpotUpsert, Registry, SlackPost,
-    StripeCharge, StripeRefund, TwilioSms,
-};
+use idem_cells::builtin::{Access, Integration};
+use idem_cells::{Cell, Registry};
 use idem_core::profile::ApprovalPolicy;
 use idem_core::CellProfile;
 use serde::Serialize;
@@ -180,22 +178,42 @@ impl CellArgs {
         rules
     }
 
-    /// Where `partner` is and its credential: flag, else configuration, else the
-    /// simulator's placeholder.
-    fn partner(
-        &self,
-        base: &Option<String>,
-        credential: &Option<String>,
-        partner: &crate::config::Partner,
-        placeholder: &str,
-    ) -> (String, String) {
-        (
-            base.clone().unwrap_or_else(|| partner.base.clone()),
-            credential
+    /// The `--<partner>-base` flag and credential flag (or their environment variables).
+    fn flags(&self, partner: &str) -> (&Option<String>, &Option<String>) {
+        match partner {
+            "stripe" => (&self.stripe_base, &self.stripe_secret),
+            "hubspot" => (&self.hubspot_base, &self.hubspot_token),
+            "slack" => (&self.slack_base, &self.slack_token),
+            "twilio" => (&self.twilio_base, &self.twilio_auth_token),
+            "gmail" => (&self.gmail_base, &self.gmail_token),
+            "amadeus" => (&self.amadeus_base, &self.amadeus_token),
+            _ => (&None, &None),
+        }
+    }
+
+    /// Where an integration's partner is and its credential: flag, else configuration,
+    /// else the simulator's placeholder.
+    fn access(&self, i: &Integration) -> Access {
+        let cfg = crate::config::get();
+        let partner = cfg.partners.get(i.partner);
+        let (base, credential) = self.flags(i.partner);
+        let mut access = Access {
+            base: base
                 .clone()
-                .or_else(|| partner.credential())
-                .unwrap_or_else(|| placeholder.to_owned()),
-        )
+                .or_else(|| partner.map(|p| p.base.clone()))
+                .unwrap_or_default(),
+            credential: credential
+                .clone()
+                .or_else(|| partner.and_then(|p| p.credential()))
+                .unwrap_or_else(|| i.placeholder.to_owned()),
+            account: partner.and_then(|p| p.account_sid.clone()),
+            callback: partner.and_then(|p| p.status_callback.clone()),
+        };
+        if i.partner == "twilio" {
+            access.account = self.twilio_account_sid.clone().or(access.account);
+            access.callback = self.twilio_status_callback.clone().or(access.callback);
+        }
+        access
     }
 
     /// Every cell: the built-in ones and those defined in `--cell-config` files.
@@ -223,90 +241,12 @@ impl CellArgs {
     }
 
     fn builtin(&self) -> Registry {
-        let p = &crate::config::get().partners;
-        let (stripe, stripe_key) = self.partner(
-            &self.stripe_base,
-            &self.stripe_secret,
-            &p.stripe,
-            "sk_test_idem_simulator",
-        );
-        let (hubspot, hubspot_token) = self.partner(
-            &self.hubspot_base,
-            &self.hubspot_token,
-            &p.hubspot,
-            "pat-idem-simulator",
-        );
-        let (slack, slack_token) = self.partner(
-            &self.slack_base,
-            &self.slack_token,
-            &p.slack,
-            "xoxb-idem-simulator",
-        );
-        let (twilio, twilio_token) = self.partner(
-            &self.twilio_base,
-            &self.twilio_auth_token,
-            &p.twilio,
-            "twilio-idem-simulator",
-        );
-        let twilio_sid = self
-            .twilio_account_sid
-            .clone()
-            .or_else(|| p.twilio.account_sid.clone())
-            .unwrap_or_else(|| "AC00000000000000000000000000000001".into());
-        let twilio_callback = self
-            .twilio_status_callback
-            .clone()
-            .or_else(|| p.twilio.status_callback.clone())
-            .unwrap_or_else(|| "https://hooks.invalid/twilio/status".into());
-        let (gmail, gmail_token) = self.partner(
-            &self.gmail_base,
-            &self.gmail_token,
-            &p.gmail,
-            "ya29.idem-simulator",
-        );
-        let (amadeus, amadeus_token) = self.partner(
-            &self.amadeus_base,
-            &self.amadeus_token,
-            &p.amadeus,
-            "amadeus-idem-simulator",
-        );
-        Registry::new()
-            .with(StripeCharge::new(&stripe, &stripe_key).with_profile(|p| {
-                self.overrides("stripe.charge", p);
+        idem_cells::builtin::registry(|i| self.access(i), &|cell, p| {
+            self.overrides(cell, p);
+            if cell.starts_with("stripe.") {
                 self.stripe_profile(p);
-            }))
-            .with(StripeRefund::new(&stripe, &stripe_key).with_profile(|p| {
-                self.overrides("stripe.refund", p);
-                self.stripe_profile(p);
-            }))
-            .with(
-                HubSpotUpsert::new(&hubspot, &hubspot_token)
-                    .with_profile(|p| self.overrides("hubspot.upsert", p)),
-            )
-            .with(
-                SlackPost::new(&slack, &slack_token)
-                    .with_profile(|p| self.overrides("slack.post", p)),
-            )
-            .with(
-                TwilioSms::new(&twilio, &twilio_sid, &twilio_token, &twilio_callback)
-                    .with_profile(|p| self.overrides("twilio.sms.send", p)),
-            )
-            .with(
-                GmailSend::new(&gmail, &gmail_token)
-                    .with_profile(|p| self.overrides("gmail.send", p)),
-            )
-            .with(
-                AmadeusPrice::new(&amadeus, &amadeus_token)
-                    .with_profile(|p| self.overrides("amadeus.price", p)),
-            )
-            .with(
-                AmadeusBook::new(&amadeus, &amadeus_token)
-                    .with_profile(|p| self.overrides("amadeus.book", p)),
-            )
-            .with(
-                AmadeusCancel::new(&amadeus, &amadeus_token)
-                    .with_profile(|p| self.overrides("amadeus.cancel", p)),
-            )
+            }
+        })
     }
 
     /// Refuse policies for cells this binary does not run (a typo would silently approve).

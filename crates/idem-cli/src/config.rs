@@ -285,56 +285,56 @@ impl Partner {
     }
 }
 
+/// `[partners.<name>]` for every built-in integration ([`idem_cells::builtin::INTEGRATIONS`]),
+/// by name; a name idem does not ship is refused when the file is read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PartnersSection {
-    pub stripe: Partner,
-    pub hubspot: Partner,
-    pub slack: Partner,
-    pub twilio: Partner,
-    pub gmail: Partner,
-    pub amadeus: Partner,
-}
+#[serde(transparent)]
+pub struct PartnersSection(BTreeMap<String, Partner>);
 
 impl Default for PartnersSection {
     fn default() -> Self {
-        let mut twilio = Partner::new("http://127.0.0.1:12115", "TWILIO_AUTH_TOKEN");
-        twilio.account_sid = Some("AC00000000000000000000000000000001".into());
-        twilio.status_callback = Some("https://hooks.invalid/twilio/status".into());
-        Self {
-            stripe: Partner::new("http://127.0.0.1:12111", "STRIPE_SECRET_KEY"),
-            hubspot: Partner::new("http://127.0.0.1:12112", "HUBSPOT_ACCESS_TOKEN"),
-            slack: Partner::new("http://127.0.0.1:12114", "SLACK_BOT_TOKEN"),
-            twilio,
-            gmail: Partner::new("http://127.0.0.1:12116", "GMAIL_ACCESS_TOKEN"),
-            amadeus: Partner::new("http://127.0.0.1:12117", "AMADEUS_ACCESS_TOKEN"),
-        }
+        Self(
+            idem_cells::builtin::INTEGRATIONS
+                .iter()
+                .map(|i| {
+                    let mut p = Partner::new(i.local_simulator, i.credential_env);
+                    if i.partner == "twilio" {
+                        p.account_sid = Some(idem_cells::twilio::SIMULATOR_ACCOUNT.into());
+                        p.status_callback = Some(idem_cells::twilio::NO_CALLBACK.into());
+                    }
+                    (i.partner.to_owned(), p)
+                })
+                .collect(),
+        )
     }
 }
 
 impl PartnersSection {
-    /// The partner of `cell` (`stripe.charge` → stripe), if idem ships it.
-    pub fn of(&self, cell: &str) -> Option<&Partner> {
-        match cell.split('.').next()? {
-            "stripe" => Some(&self.stripe),
-            "hubspot" => Some(&self.hubspot),
-            "slack" => Some(&self.slack),
-            "twilio" => Some(&self.twilio),
-            "gmail" => Some(&self.gmail),
-            "amadeus" => Some(&self.amadeus),
-            _ => None,
-        }
+    /// The partner named `partner` (`stripe`).
+    pub fn get(&self, partner: &str) -> Option<&Partner> {
+        self.0.get(partner)
     }
 
-    fn all(&self) -> [(&'static str, &Partner); 6] {
-        [
-            ("stripe", &self.stripe),
-            ("hubspot", &self.hubspot),
-            ("slack", &self.slack),
-            ("twilio", &self.twilio),
-            ("gmail", &self.gmail),
-            ("amadeus", &self.amadeus),
-        ]
+    /// The partner of `cell` (`stripe.charge` → stripe), if idem ships it.
+    pub fn of(&self, cell: &str) -> Option<&Partner> {
+        self.get(cell.split('.').next()?)
+    }
+
+    fn all(&self) -> impl Iterator<Item = (&String, &Partner)> {
+        self.0.iter()
+    }
+
+    /// Names under `[partners]` that are no built-in integration (a typo would otherwise
+    /// leave the real partner at its default).
+    fn unknown(&self) -> Option<String> {
+        self.0
+            .keys()
+            .find(|k| {
+                idem_cells::builtin::INTEGRATIONS
+                    .iter()
+                    .all(|i| i.partner != k.as_str())
+            })
+            .cloned()
     }
 }
 
@@ -414,6 +414,8 @@ pub enum ConfigError {
     Missing(PathBuf),
     #[error("configuration: {0}")]
     Invalid(#[from] Box<figment::Error>),
+    #[error("configuration: [partners.{0}] is not an integration idem ships (known: {known})", known = idem_cells::builtin::INTEGRATIONS.iter().map(|i| i.partner).collect::<Vec<_>>().join(", "))]
+    UnknownPartner(String),
 }
 
 /// Defaults ← `file` ← `IDEM__…` environment. Paths in `cells` become relative to the
@@ -428,6 +430,9 @@ pub fn load(file: Option<&Path>) -> Result<IdemConfig, ConfigError> {
     }
     f = f.merge(Env::prefixed("IDEM__").split("__"));
     let mut c: IdemConfig = f.extract().map_err(Box::new)?;
+    if let Some(name) = c.partners.unknown() {
+        return Err(ConfigError::UnknownPartner(name));
+    }
     if let Some(dir) = file.and_then(Path::parent) {
         for p in &mut c.cells {
             if p.is_relative() {
@@ -575,7 +580,7 @@ mod tests {
         assert_eq!(c.worker.poll_interval, Duration::from_millis(250));
         assert_eq!(c.worker.approval_ttl, Duration::from_secs(7200));
         let mut p = idem_cells::StripeCharge::default_profile();
-        c.partners.stripe.profile.apply(&mut p);
+        c.partners.get("stripe").unwrap().profile.apply(&mut p);
         assert_eq!(p.call_timeout, Duration::from_secs(30));
         assert_eq!(p.rate_limit, None);
     }

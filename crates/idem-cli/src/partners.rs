@@ -4,10 +4,8 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use idem_cells::{
-    AmadeusBook, AmadeusCancel, AmadeusPrice, DeclarativeCell, GmailSend, HubSpotUpsert, Registry,
-    SlackPost, StripeCharge, StripeRefund, TwilioSms,
-};
+use idem_cells::builtin::Access;
+use idem_cells::{DeclarativeCell, Registry};
 use idem_core::profile::Lookup;
 use idem_core::CellProfile;
 use idem_sim::{
@@ -141,49 +139,51 @@ impl Partners {
         lag_bound: Duration,
     ) -> Result<Registry> {
         let s = &self.servers;
-        let eventual = move |p: &mut CellProfile| {
-            timings(p);
-            p.lookup = Lookup::Eventual { lag_bound };
-        };
         let payout = DeclarativeCell::from_toml(EXAMPLE_CELL)?
             .with_base(s.ietf.base_url())
             .with_token("tok_idem_demo")
             .with_profile(timings);
-        Ok(Registry::new()
-            .with(StripeCharge::new(s.stripe.base_url(), "sk_test_idem_demo").with_profile(timings))
-            .with(StripeRefund::new(s.stripe.base_url(), "sk_test_idem_demo").with_profile(timings))
-            .with(HubSpotUpsert::new(s.hubspot.base_url(), "pat-idem-demo").with_profile(timings))
-            .with(payout)
-            .with(AmadeusPrice::new(s.amadeus.base_url(), "amadeus-demo").with_profile(timings))
-            .with(AmadeusBook::new(s.amadeus.base_url(), "amadeus-demo").with_profile(timings))
-            .with(AmadeusCancel::new(s.amadeus.base_url(), "amadeus-demo").with_profile(timings))
-            .with(GmailSend::new(s.gmail.base_url(), "ya29.idem-demo").with_profile(eventual))
-            .with(
-                TwilioSms::new(
-                    s.twilio.base_url(),
-                    "AC00000000000000000000000000000042",
-                    "twilio-idem-demo",
-                    "https://hooks.invalid/twilio/status",
-                )
-                .with_profile(eventual),
-            )
-            .with(SlackPost::new(s.slack.base_url(), "xoxb-idem-demo").with_profile(eventual)))
+        let registry = idem_cells::builtin::registry(
+            |i| Access {
+                base: self.server(i.partner).base_url(),
+                credential: i.placeholder.to_owned(),
+                ..Access::default()
+            },
+            &|_, p| {
+                timings(p);
+                if let Lookup::Eventual { .. } = p.lookup {
+                    p.lookup = Lookup::Eventual { lag_bound };
+                }
+            },
+        );
+        Ok(registry.with(payout))
+    }
+
+    /// The simulator of a built-in integration.
+    fn server(&self, partner: &str) -> &SimServer {
+        let s = &self.servers;
+        match partner {
+            "stripe" => &s.stripe,
+            "hubspot" => &s.hubspot,
+            "slack" => &s.slack,
+            "twilio" => &s.twilio,
+            "gmail" => &s.gmail,
+            "amadeus" => &s.amadeus,
+            other => unreachable!("no simulator for {other}: add it to Partners"),
+        }
     }
 
     /// `idem worker` flags that point every built-in cell at these simulators.
     pub(crate) fn worker_flags(&self) -> Vec<String> {
-        let s = &self.servers;
-        [
-            ("--stripe-base", &s.stripe),
-            ("--hubspot-base", &s.hubspot),
-            ("--slack-base", &s.slack),
-            ("--twilio-base", &s.twilio),
-            ("--gmail-base", &s.gmail),
-            ("--amadeus-base", &s.amadeus),
-        ]
-        .into_iter()
-        .flat_map(|(flag, server)| [flag.to_owned(), server.base_url()])
-        .collect()
+        idem_cells::builtin::INTEGRATIONS
+            .iter()
+            .flat_map(|i| {
+                [
+                    format!("--{}-base", i.partner),
+                    self.server(i.partner).base_url(),
+                ]
+            })
+            .collect()
     }
 }
 

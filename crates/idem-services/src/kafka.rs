@@ -454,6 +454,23 @@ fn cluster_id() -> String {
     }
 }
 
+/// `scripts/kafka-classpath.sh` of the checkout this was built from, else of the checkout
+/// the process runs in (a target directory shared between checkouts keeps the first one's
+/// compiled-in path).
+fn classpath_script() -> PathBuf {
+    const SCRIPT: &str = "scripts/kafka-classpath.sh";
+    let built = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(SCRIPT);
+    if built.is_file() {
+        return built;
+    }
+    std::env::current_dir()
+        .ok()
+        .and_then(|d| d.ancestors().map(|a| a.join(SCRIPT)).find(|p| p.is_file()))
+        .unwrap_or(built)
+}
+
 /// The broker's classpath: `IDEM_KAFKA_CLASSPATH` (a classpath, e.g. `/opt/kafka/libs/*`)
 /// if set, else what `scripts/kafka-classpath.sh` resolved from `services/kafka/pom.xml`.
 pub fn classpath() -> Result<String> {
@@ -465,9 +482,7 @@ pub fn classpath() -> Result<String> {
     }
     let script = std::env::var_os("IDEM_KAFKA_CLASSPATH_SCRIPT")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/kafka-classpath.sh")
-        });
+        .unwrap_or_else(classpath_script);
     if !script.is_file() {
         return Err(missing(format!(
             "Apache Kafka: {} is not there (this binary was built from another checkout); \

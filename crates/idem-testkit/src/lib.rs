@@ -8,6 +8,7 @@
 pub mod conformance;
 pub mod subjects;
 
+use idem_cells::TypedCell as _;
 use std::sync::OnceLock;
 
 use idem_sim::{SimServer, StripeSim, StripeSimConfig};

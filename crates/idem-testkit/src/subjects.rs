@@ -1,5 +1,7 @@
 //! The conformance subjects for idem's own cells: each cell with its simulator.
 
+use idem_cells::hubspot::HubSpotCompanyUpsert;
+use idem_cells::TypedCell as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -161,11 +163,13 @@ impl Subject for StripeRefundSubject {
     }
 }
 
-/// `hubspot.upsert` against the HubSpot simulator.
+/// `hubspot.upsert` (or, from [`HubSpotSubject::company`], `hubspot.company.upsert`)
+/// against the HubSpot simulator.
 #[derive(Debug)]
 pub struct HubSpotSubject {
     pub sim: HubSpotSim,
     pub server: SimServer,
+    company: bool,
 }
 
 /// The access token the HubSpot simulator accepts in tests.
@@ -177,26 +181,57 @@ impl HubSpotSubject {
         let server = SimServer::start(sim.router(), ([127, 0, 0, 1], 0).into())
             .await
             .expect("bind a local port for the simulator");
-        Self { sim, server }
+        Self {
+            sim,
+            server,
+            company: false,
+        }
+    }
+
+    /// The subject for `hubspot.company.upsert`.
+    pub async fn company() -> Self {
+        Self {
+            company: true,
+            ..Self::start().await
+        }
     }
 }
 
 #[async_trait]
 impl Subject for HubSpotSubject {
     fn cell(&self, profile: &dyn Fn(&mut CellProfile)) -> Arc<dyn Cell> {
-        Arc::new(
-            HubSpotUpsert::new(self.server.base_url(), HUBSPOT_TEST_TOKEN).with_profile(profile),
-        )
+        let base = self.server.base_url();
+        if self.company {
+            Arc::new(HubSpotCompanyUpsert::new(base, HUBSPOT_TEST_TOKEN).with_profile(profile))
+        } else {
+            Arc::new(HubSpotUpsert::new(base, HUBSPOT_TEST_TOKEN).with_profile(profile))
+        }
     }
 
     async fn args(&self, n: usize) -> Value {
+        let unique = uuid::Uuid::new_v4().simple();
+        if self.company {
+            return json!({
+                "domain": format!("agent{n}-{unique}.example.com"),
+                "properties": {"name": format!("Agent {n} Ltd"), "industry": "COMPUTER_SOFTWARE", "size": n},
+            });
+        }
         json!({
-            "id": format!("agent{n}-{}@example.com", uuid::Uuid::new_v4().simple()),
+            "id": format!("agent{n}-{unique}@example.com"),
             "properties": {"firstname": "Ada", "lifecyclestage": "lead", "score": n},
         })
     }
 
     fn malformed(&self) -> Vec<Value> {
+        if self.company {
+            return vec![
+                json!({"properties": {"name": "Acme"}}),
+                json!({"domain": "acme.example"}),
+                json!({"domain": "Acme Corp", "properties": {}}),
+                json!({"domain": "acme.example", "properties": {"tags": ["x"]}}),
+                json!({"domain": "acme.example", "properties": {}, "object_type": "deals"}),
+            ];
+        }
         vec![
             json!({"properties": {"firstname": "Ada"}}),
             json!({"id": "a@example.com"}),

@@ -19,11 +19,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use idem_core::canonical::{canonical_json, sha256_hex};
 use idem_core::profile::{ApprovalPolicy, KeySupport, Lookup, ReplayModel};
-use idem_core::{ActionId, CellName, CellProfile, ExecOutcome, Receipt, RetryPolicy, Verdict};
-use serde_json::{json, Value};
+use idem_core::{ActionId, CellProfile, ExecOutcome, Receipt, RetryPolicy, Verdict};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::Value;
 
 use super::{classify, StripeApi, CREATED_SKEW_SECS};
-use crate::cell::{Attempt, Cell, InvalidArgs};
+use crate::cell::Attempt;
+use crate::http::PartnerClient;
+use crate::kit::{Card, CellArgs, Parts, TypedCell};
 
 pub use super::METADATA_KEY;
 
@@ -39,21 +43,37 @@ pub enum ReconcileVia {
 /// The `stripe.charge` cell.
 #[derive(Clone, Debug)]
 pub struct StripeCharge {
-    name: CellName,
-    profile: CellProfile,
-    api: StripeApi,
+    parts: Parts,
     via: ReconcileVia,
 }
+
+/// A PaymentIntent created and confirmed at once (POST /v1/payment_intents, confirm=true).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Args {
+    /// Amount in the currency's minor unit (cents).
+    #[schemars(range(min = 1, max = 99_999_999))]
+    pub amount: u64,
+    /// Three-letter lower-case ISO currency code.
+    #[schemars(pattern("^[a-z]{3}$"))]
+    pub currency: String,
+    /// Stripe customer id (cus_…).
+    pub customer: Option<String>,
+    /// Stripe PaymentMethod id (pm_…).
+    pub payment_method: Option<String>,
+    pub description: Option<String>,
+}
+
+impl CellArgs for Args {}
 
 impl StripeCharge {
     /// A cell talking to `base_url` (Stripe or idem's simulator) with an API secret key.
     /// The secret is sent in the `Authorization` header only and never logged.
     pub fn new(base_url: impl Into<String>, secret: impl Into<String>) -> Self {
         let profile = Self::default_profile();
+        let api = PartnerClient::bearer(base_url, secret, profile.call_timeout);
         Self {
-            name: CellName::new("stripe.charge").expect("valid"),
-            api: StripeApi::new(base_url, secret, profile.call_timeout),
-            profile,
+            parts: Parts::new("stripe.charge", profile, api),
             via: ReconcileVia::List,
         }
     }
@@ -83,17 +103,10 @@ impl StripeCharge {
         }
     }
 
-    /// Replace the profile's timings (tests, the demo, a deployment's own measurements).
-    pub fn with_profile(mut self, f: impl FnOnce(&mut CellProfile)) -> Self {
-        f(&mut self.profile);
-        self.api = self.api.with_timeout(self.profile.call_timeout);
-        self
-    }
-
     /// Reconcile through Search: misses are trusted only after `lag_bound`.
     pub fn reconcile_via_search(mut self, lag_bound: Duration) -> Self {
         self.via = ReconcileVia::Search;
-        self.profile.lookup = Lookup::Eventual { lag_bound };
+        self.parts.profile.lookup = Lookup::Eventual { lag_bound };
         self
     }
 
@@ -123,14 +136,18 @@ impl StripeCharge {
         }
     }
 
-    async fn find_by_list(&self, action: ActionId, args: &Value, t0: i64) -> Verdict {
+    fn stripe(&self) -> StripeApi<'_> {
+        StripeApi(&self.parts.api)
+    }
+
+    async fn find_by_list(&self, action: ActionId, args: &Args, t0: i64) -> Verdict {
         let mut q: Vec<(String, String)> =
             vec![("created[gte]".into(), (t0 - CREATED_SKEW_SECS).to_string())];
-        if let Some(c) = args["customer"].as_str() {
-            q.push(("customer".into(), c.to_owned()));
+        if let Some(c) = &args.customer {
+            q.push(("customer".into(), c.clone()));
         }
         let me = action.to_string();
-        self.api
+        self.stripe()
             .find_in_list("/v1/payment_intents", &q, |pi| {
                 (pi["metadata"][METADATA_KEY].as_str() == Some(me.as_str()))
                     .then(|| Self::verdict_for(pi))
@@ -143,7 +160,11 @@ impl StripeCharge {
             "query".to_owned(),
             format!("metadata['{METADATA_KEY}']:'{action}'"),
         )];
-        match self.api.get_json("/v1/payment_intents/search", &q).await {
+        match self
+            .stripe()
+            .get_json("/v1/payment_intents/search", &q)
+            .await
+        {
             Ok(v) => match v["data"].as_array().and_then(|d| d.first()) {
                 Some(pi) => Self::verdict_for(pi),
                 None => Verdict::NotHappened,
@@ -153,109 +174,42 @@ impl StripeCharge {
     }
 }
 
-fn arg_err(reason: impl Into<String>) -> InvalidArgs {
-    InvalidArgs {
-        cell: "stripe.charge".into(),
-        reason: reason.into(),
-    }
-}
-
 #[async_trait]
-impl Cell for StripeCharge {
-    fn name(&self) -> &CellName {
-        &self.name
+impl TypedCell for StripeCharge {
+    type Args = Args;
+    const CARD: Card = crate::card!("charge.md");
+
+    fn parts(&self) -> &Parts {
+        &self.parts
     }
 
-    fn profile(&self) -> &CellProfile {
-        &self.profile
+    fn parts_mut(&mut self) -> &mut Parts {
+        &mut self.parts
     }
 
-    fn input_schema(&self) -> serde_json::Value {
-        json!({
-            "type": "object",
-            "description": "A PaymentIntent created and confirmed at once (POST /v1/payment_intents, confirm=true).",
-            "properties": {
-                "amount": {"type": "integer", "minimum": 1, "maximum": 99_999_999, "description": "Amount in the currency's minor unit (cents)."},
-                "currency": {"type": "string", "pattern": "^[a-z]{3}$", "description": "Three-letter lower-case ISO currency code."},
-                "customer": {"type": "string", "description": "Stripe customer id (cus_…)."},
-                "payment_method": {"type": "string", "description": "Stripe PaymentMethod id (pm_…)."},
-                "description": {"type": "string"}
-            },
-            "required": ["amount", "currency"],
-            "additionalProperties": false
-        })
-    }
-
-    fn validate(&self, args: &Value) -> Result<(), InvalidArgs> {
-        let obj = args
-            .as_object()
-            .ok_or_else(|| arg_err("args must be an object"))?;
-        match obj.get("amount").and_then(Value::as_i64) {
-            Some(a) if a > 0 && a <= 99_999_999 => {}
-            Some(a) => {
-                return Err(arg_err(format!(
-                    "amount {a} out of range 1..=99999999 (minor units)"
-                )))
-            }
-            None => return Err(arg_err("amount: required integer in minor units")),
-        }
-        match obj.get("currency").and_then(Value::as_str) {
-            Some(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_lowercase()) => {}
-            _ => {
-                return Err(arg_err(
-                    "currency: required three-letter lower-case ISO code",
-                ))
-            }
-        }
-        for field in ["customer", "payment_method", "description"] {
-            if let Some(v) = obj.get(field) {
-                if !v.is_string() {
-                    return Err(arg_err(format!("{field}: must be a string")));
-                }
-            }
-        }
-        if let Some(unknown) = obj.keys().find(|k| {
-            ![
-                "amount",
-                "currency",
-                "customer",
-                "payment_method",
-                "description",
-            ]
-            .contains(&k.as_str())
-        }) {
-            return Err(arg_err(format!("unknown field {unknown:?}")));
-        }
-        Ok(())
-    }
-
-    async fn execute(&self, action: ActionId, args: &Value, attempt: &Attempt) -> ExecOutcome {
+    async fn send(&self, action: ActionId, args: &Args, attempt: &Attempt) -> ExecOutcome {
         let mut form: Vec<(&str, String)> = vec![
-            (
-                "amount",
-                args["amount"].as_i64().unwrap_or_default().to_string(),
-            ),
-            (
-                "currency",
-                args["currency"].as_str().unwrap_or_default().to_owned(),
-            ),
+            ("amount", args.amount.to_string()),
+            ("currency", args.currency.clone()),
             ("confirm", "true".into()),
             (
                 "payment_method",
-                args["payment_method"]
-                    .as_str()
-                    .unwrap_or("pm_card_visa")
-                    .to_owned(),
+                args.payment_method
+                    .clone()
+                    .unwrap_or_else(|| "pm_card_visa".into()),
             ),
             ("metadata[idem_action_id]", action.to_string()),
         ];
-        for field in ["customer", "description"] {
-            if let Some(v) = args[field].as_str() {
-                form.push((field, v.to_owned()));
+        for (field, v) in [
+            ("customer", &args.customer),
+            ("description", &args.description),
+        ] {
+            if let Some(v) = v {
+                form.push((field, v.clone()));
             }
         }
         let answer = match self
-            .api
+            .stripe()
             .post_form(
                 "/v1/payment_intents",
                 &form,
@@ -302,7 +256,7 @@ impl Cell for StripeCharge {
         })
     }
 
-    async fn reconcile(&self, action: ActionId, args: &Value, attempts: &[Attempt]) -> Verdict {
+    async fn find(&self, action: ActionId, args: &Args, attempts: &[Attempt]) -> Verdict {
         match self.via {
             ReconcileVia::Search => self.find_by_search(action).await,
             ReconcileVia::List => {
@@ -321,6 +275,7 @@ impl Cell for StripeCharge {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cell::Cell;
     use serde_json::json;
 
     #[test]

@@ -5,7 +5,8 @@
 pub mod charge;
 pub mod refund;
 
-use std::time::Duration;
+pub use charge::StripeCharge;
+pub use refund::StripeRefund;
 
 use idem_core::{ExecOutcome, Verdict};
 use serde_json::Value;
@@ -16,27 +17,14 @@ pub const METADATA_KEY: &str = "idem_action_id";
 /// Slack for clock skew between us and Stripe when listing by creation time.
 pub(crate) const CREATED_SKEW_SECS: i64 = 300;
 
-/// Where and how to reach Stripe (the shared partner client: bearer secret, timeout).
-#[derive(Clone, Debug)]
-pub(crate) struct StripeApi {
-    api: crate::http::PartnerClient,
-}
+/// Stripe's calls over the cell's partner client (bearer secret, timeout).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StripeApi<'a>(pub &'a crate::http::PartnerClient);
 
 /// A POST's answer, before the cell reads the success body.
 pub(crate) use crate::http::Answer;
 
-impl StripeApi {
-    pub fn new(base_url: impl Into<String>, secret: impl Into<String>, timeout: Duration) -> Self {
-        Self {
-            api: crate::http::PartnerClient::bearer(base_url, secret, timeout),
-        }
-    }
-
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.api = self.api.with_timeout(timeout);
-        self
-    }
-
+impl StripeApi<'_> {
     /// POST a form under `key`. `Err` is the outcome when no readable answer came back.
     pub async fn post_form(
         &self,
@@ -45,7 +33,7 @@ impl StripeApi {
         key: Option<&str>,
         operation: &'static str,
     ) -> Result<Answer, ExecOutcome> {
-        let mut req = self.api.post(path).form(form);
+        let mut req = self.0.post(path).form(form);
         if let Some(key) = key {
             req = req.header("Idempotency-Key", key);
         }
@@ -54,7 +42,7 @@ impl StripeApi {
 
     /// GET JSON; `Err` is a reason for an `Unknown` verdict.
     pub async fn get_json(&self, path: &str, query: &[(String, String)]) -> Result<Value, String> {
-        let req = self.api.get(path).query(query);
+        let req = self.0.get(path).query(query);
         let resp = crate::http::send_traced(req, "stripe.lookup")
             .await
             .map_err(|e| format!("lookup failed: {}", without_url(&e)))?;
@@ -150,3 +138,23 @@ pub(crate) fn classify(
 }
 
 pub(crate) use crate::http::without_url;
+
+/// stripe's cells, for [`crate::builtin`].
+pub const INTEGRATION: crate::builtin::Integration = crate::builtin::Integration {
+    partner: "stripe",
+    local_simulator: "http://127.0.0.1:12111",
+    credential_env: "STRIPE_SECRET_KEY",
+    placeholder: "sk_test_idem_simulator",
+    cells,
+};
+
+fn cells(
+    a: &crate::builtin::Access,
+    tune: &crate::builtin::Tune<'_>,
+) -> Vec<std::sync::Arc<dyn crate::Cell>> {
+    use crate::builtin::tuned;
+    vec![
+        tuned(StripeCharge::new(&a.base, &a.credential), tune),
+        tuned(StripeRefund::new(&a.base, &a.credential), tune),
+    ]
+}

@@ -16,31 +16,62 @@ use std::time::Duration;
 use async_trait::async_trait;
 use idem_core::canonical::{canonical_json, sha256_hex};
 use idem_core::profile::{ApprovalPolicy, KeySupport, Lookup, ReplayModel};
-use idem_core::{ActionId, CellName, CellProfile, ExecOutcome, Receipt, RetryPolicy, Verdict};
-use serde_json::{json, Value};
+use idem_core::{ActionId, CellProfile, ExecOutcome, Receipt, RetryPolicy, Verdict};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::Value;
 
 use super::{classify, StripeApi, METADATA_KEY};
-use crate::cell::{Attempt, Cell, InvalidArgs};
+use crate::cell::Attempt;
+use crate::http::PartnerClient;
+use crate::kit::{Card, CellArgs, Parts, TypedCell};
 
-/// The `stripe.refund` cell. Arguments: `payment_intent` (required), `amount` (minor
-/// units; default: whatever is left to refund), `reason` (`duplicate`, `fraudulent`,
-/// `requested_by_customer`).
+/// The `stripe.refund` cell.
 #[derive(Clone, Debug)]
 pub struct StripeRefund {
-    name: CellName,
-    profile: CellProfile,
-    api: StripeApi,
+    parts: Parts,
 }
 
-const REASONS: [&str; 3] = ["duplicate", "fraudulent", "requested_by_customer"];
+/// A refund of a PaymentIntent (POST /v1/refunds); without amount, the whole remainder.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Args {
+    /// The PaymentIntent to refund (pi_…).
+    #[schemars(pattern("^pi_"), length(max = 255))]
+    pub payment_intent: String,
+    /// Minor units; omit to refund the remainder.
+    #[schemars(range(min = 1, max = 99_999_999))]
+    pub amount: Option<u64>,
+    pub reason: Option<Reason>,
+}
+
+/// Why the money goes back (Stripe's three reasons).
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    Duplicate,
+    Fraudulent,
+    RequestedByCustomer,
+}
+
+impl Reason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Reason::Duplicate => "duplicate",
+            Reason::Fraudulent => "fraudulent",
+            Reason::RequestedByCustomer => "requested_by_customer",
+        }
+    }
+}
+
+impl CellArgs for Args {}
 
 impl StripeRefund {
     pub fn new(base_url: impl Into<String>, secret: impl Into<String>) -> Self {
         let profile = Self::default_profile();
+        let api = PartnerClient::bearer(base_url, secret, profile.call_timeout);
         Self {
-            name: CellName::new("stripe.refund").expect("valid"),
-            api: StripeApi::new(base_url, secret, profile.call_timeout),
-            profile,
+            parts: Parts::new("stripe.refund", profile, api),
         }
     }
 
@@ -68,10 +99,8 @@ impl StripeRefund {
         }
     }
 
-    pub fn with_profile(mut self, f: impl FnOnce(&mut CellProfile)) -> Self {
-        f(&mut self.profile);
-        self.api = self.api.with_timeout(self.profile.call_timeout);
-        self
+    fn stripe(&self) -> StripeApi<'_> {
+        StripeApi(&self.parts.api)
     }
 
     fn receipt(refund: &Value) -> Receipt {
@@ -103,88 +132,32 @@ impl StripeRefund {
     }
 }
 
-fn arg_err(reason: impl Into<String>) -> InvalidArgs {
-    InvalidArgs {
-        cell: "stripe.refund".into(),
-        reason: reason.into(),
-    }
-}
-
 #[async_trait]
-impl Cell for StripeRefund {
-    fn name(&self) -> &CellName {
-        &self.name
+impl TypedCell for StripeRefund {
+    type Args = Args;
+    const CARD: Card = crate::card!("refund.md");
+
+    fn parts(&self) -> &Parts {
+        &self.parts
     }
 
-    fn profile(&self) -> &CellProfile {
-        &self.profile
+    fn parts_mut(&mut self) -> &mut Parts {
+        &mut self.parts
     }
 
-    fn input_schema(&self) -> serde_json::Value {
-        json!({
-            "type": "object",
-            "description": "A refund of a PaymentIntent (POST /v1/refunds); without amount, the whole remainder.",
-            "properties": {
-                "payment_intent": {"type": "string", "pattern": "^pi_", "maxLength": 255, "description": "The PaymentIntent to refund (pi_…)."},
-                "amount": {"type": "integer", "minimum": 1, "maximum": 99_999_999, "description": "Minor units; omit to refund the remainder."},
-                "reason": {"enum": REASONS}
-            },
-            "required": ["payment_intent"],
-            "additionalProperties": false
-        })
-    }
-
-    fn validate(&self, args: &Value) -> Result<(), InvalidArgs> {
-        let obj = args
-            .as_object()
-            .ok_or_else(|| arg_err("args must be an object"))?;
-        match obj.get("payment_intent").and_then(Value::as_str) {
-            Some(pi) if pi.starts_with("pi_") && pi.len() <= 255 => {}
-            _ => return Err(arg_err("payment_intent: required PaymentIntent id (pi_…)")),
-        }
-        if let Some(a) = obj.get("amount") {
-            match a.as_i64() {
-                Some(a) if a > 0 && a <= 99_999_999 => {}
-                _ => {
-                    return Err(arg_err(
-                        "amount: optional integer in minor units, 1..=99999999",
-                    ))
-                }
-            }
-        }
-        if let Some(r) = obj.get("reason") {
-            if !r.as_str().is_some_and(|r| REASONS.contains(&r)) {
-                return Err(arg_err(format!("reason: one of {}", REASONS.join(", "))));
-            }
-        }
-        if let Some(unknown) = obj
-            .keys()
-            .find(|k| !["payment_intent", "amount", "reason"].contains(&k.as_str()))
-        {
-            return Err(arg_err(format!("unknown field {unknown:?}")));
-        }
-        Ok(())
-    }
-
-    async fn execute(&self, action: ActionId, args: &Value, attempt: &Attempt) -> ExecOutcome {
+    async fn send(&self, action: ActionId, args: &Args, attempt: &Attempt) -> ExecOutcome {
         let mut form: Vec<(&str, String)> = vec![
-            (
-                "payment_intent",
-                args["payment_intent"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-            ),
+            ("payment_intent", args.payment_intent.clone()),
             ("metadata[idem_action_id]", action.to_string()),
         ];
-        if let Some(a) = args["amount"].as_i64() {
+        if let Some(a) = args.amount {
             form.push(("amount", a.to_string()));
         }
-        if let Some(r) = args["reason"].as_str() {
-            form.push(("reason", r.to_owned()));
+        if let Some(r) = args.reason {
+            form.push(("reason", r.as_str().to_owned()));
         }
         let answer = match self
-            .api
+            .stripe()
             .post_form(
                 "/v1/refunds",
                 &form,
@@ -217,16 +190,10 @@ impl Cell for StripeRefund {
         })
     }
 
-    async fn reconcile(&self, action: ActionId, args: &Value, _: &[Attempt]) -> Verdict {
-        let q = vec![(
-            "payment_intent".to_owned(),
-            args["payment_intent"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        )];
+    async fn find(&self, action: ActionId, args: &Args, _: &[Attempt]) -> Verdict {
+        let q = vec![("payment_intent".to_owned(), args.payment_intent.clone())];
         let me = action.to_string();
-        self.api
+        self.stripe()
             .find_in_list("/v1/refunds", &q, |r| {
                 (r["metadata"][METADATA_KEY].as_str() == Some(me.as_str()))
                     .then(|| Self::verdict_for(r))
@@ -238,6 +205,7 @@ impl Cell for StripeRefund {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cell::Cell;
     use serde_json::json;
 
     #[test]

@@ -15,14 +15,16 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use idem_core::canonical::{canonical_json, sha256_hex};
-use idem_core::profile::{ApprovalPolicy, Lookup, ReplayModel};
-use idem_core::{ActionId, CellName, CellProfile, ExecOutcome, Receipt, RetryPolicy, Verdict};
+use idem_core::profile::{ApprovalPolicy, Lookup, RateLimit, ReplayModel};
+use idem_core::{ActionId, CellProfile, ExecOutcome, Receipt, RetryPolicy, Verdict};
+use schemars::JsonSchema;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::cell::{Attempt, Cell, InvalidArgs};
+use crate::cell::Attempt;
 use crate::http::PartnerClient;
+use crate::kit::{Card, CellArgs, Parts, TypedCell};
 
 /// Slack errors that mean "the post may or may not have happened".
 const AMBIGUOUS: [&str; 4] = [
@@ -35,28 +37,31 @@ const AMBIGUOUS: [&str; 4] = [
 /// Slack for clock skew between us and Slack when reading history from `t0`.
 const SKEW_SECS: i64 = 120;
 
-/// The `slack.post` cell. Arguments: `channel` (a channel id, `C…`), `text`.
+/// The `slack.post` cell.
 #[derive(Clone, Debug)]
 pub struct SlackPost {
-    name: CellName,
-    profile: CellProfile,
-    api: PartnerClient,
+    parts: Parts,
 }
 
-fn arg_err(reason: impl Into<String>) -> InvalidArgs {
-    InvalidArgs {
-        cell: "slack.post".into(),
-        reason: reason.into(),
-    }
+/// Post one message to a channel (chat.postMessage).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Args {
+    /// Channel id, e.g. C0123ABCD.
+    #[schemars(pattern("^[A-Z0-9]{2,}$"))]
+    pub channel: String,
+    #[schemars(length(min = 1, max = 40_000))]
+    pub text: String,
 }
+
+impl CellArgs for Args {}
 
 impl SlackPost {
     pub fn new(base_url: impl Into<String>, token: impl Into<String>) -> Self {
         let profile = Self::default_profile();
+        let api = PartnerClient::bearer(base_url, token, profile.call_timeout);
         Self {
-            name: CellName::new("slack.post").expect("valid"),
-            api: PartnerClient::bearer(base_url, token, profile.call_timeout),
-            profile,
+            parts: Parts::new("slack.post", profile, api),
         }
     }
 
@@ -73,18 +78,12 @@ impl SlackPost {
             call_timeout: Duration::from_secs(15),
             retry: RetryPolicy::default(),
             approval: ApprovalPolicy::Never,
-            rate_limit: Some(idem_core::profile::RateLimit::per_second(1).per("channel")),
+            rate_limit: Some(RateLimit::per_second(1).per("channel")),
             strategy: "query-then-act: post with metadata carrying the action id; on doubt \
                        read conversations.history with metadata; post again only after a \
                        trusted miss"
                 .into(),
         }
-    }
-
-    pub fn with_profile(mut self, f: impl FnOnce(&mut CellProfile)) -> Self {
-        f(&mut self.profile);
-        self.api = self.api.with_timeout(self.profile.call_timeout);
-        self
     }
 
     fn receipt(channel: &str, message: &Value) -> Receipt {
@@ -97,63 +96,25 @@ impl SlackPost {
 }
 
 #[async_trait]
-impl Cell for SlackPost {
-    fn name(&self) -> &CellName {
-        &self.name
+impl TypedCell for SlackPost {
+    type Args = Args;
+    const CARD: Card = crate::card!("post.md");
+
+    fn parts(&self) -> &Parts {
+        &self.parts
     }
 
-    fn profile(&self) -> &CellProfile {
-        &self.profile
+    fn parts_mut(&mut self) -> &mut Parts {
+        &mut self.parts
     }
 
-    fn input_schema(&self) -> serde_json::Value {
-        json!({
-            "type": "object",
-            "description": "Post one message to a channel (chat.postMessage).",
-            "properties": {
-                "channel": {"type": "string", "pattern": "^[A-Z0-9]{2,}$", "description": "Channel id, e.g. C0123ABCD."},
-                "text": {"type": "string", "minLength": 1, "maxLength": 40_000}
-            },
-            "required": ["channel", "text"],
-            "additionalProperties": false
-        })
-    }
-
-    fn validate(&self, args: &Value) -> Result<(), InvalidArgs> {
-        let obj = args
-            .as_object()
-            .ok_or_else(|| arg_err("args must be an object"))?;
-        match obj.get("channel").and_then(Value::as_str) {
-            Some(c)
-                if c.len() >= 2
-                    && c.bytes()
-                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) => {}
-            _ => return Err(arg_err("channel: required channel id (e.g. C0123ABCD)")),
-        }
-        match obj.get("text").and_then(Value::as_str) {
-            Some(t) if !t.is_empty() && t.chars().count() <= 40_000 => {}
-            _ => return Err(arg_err("text: required, 1..=40000 characters")),
-        }
-        if let Some(unknown) = obj
-            .keys()
-            .find(|k| !["channel", "text"].contains(&k.as_str()))
-        {
-            return Err(arg_err(format!("unknown field {unknown:?}")));
-        }
-        Ok(())
-    }
-
-    fn pre_state(&self, now: DateTime<Utc>) -> Value {
-        json!({ "t0": now.timestamp() })
-    }
-
-    async fn execute(&self, action: ActionId, args: &Value, _: &Attempt) -> ExecOutcome {
+    async fn send(&self, action: ActionId, args: &Args, _: &Attempt) -> ExecOutcome {
         let body = json!({
-            "channel": args["channel"],
-            "text": args["text"],
+            "channel": args.channel,
+            "text": args.text,
             "metadata": {"event_type": "idem", "event_payload": {"idem_action_id": action.to_string()}},
         });
-        let req = self.api.post("/api/chat.postMessage").json(&body);
+        let req = self.parts.api.post("/api/chat.postMessage").json(&body);
         let crate::http::Answer {
             status,
             retry_after,
@@ -165,10 +126,9 @@ impl Cell for SlackPost {
         };
         let error = body["error"].as_str().unwrap_or("");
         match (status, body["ok"].as_bool()) {
-            (200, Some(true)) => ExecOutcome::Succeeded(Self::receipt(
-                args["channel"].as_str().unwrap_or_default(),
-                &body["message"],
-            )),
+            (200, Some(true)) => {
+                ExecOutcome::Succeeded(Self::receipt(&args.channel, &body["message"]))
+            }
             (429, _) => ExecOutcome::NotProcessed {
                 reason: "429 ratelimited".into(),
                 retry_after,
@@ -187,8 +147,8 @@ impl Cell for SlackPost {
         }
     }
 
-    async fn reconcile(&self, action: ActionId, args: &Value, attempts: &[Attempt]) -> Verdict {
-        let channel = args["channel"].as_str().unwrap_or_default();
+    async fn find(&self, action: ActionId, args: &Args, attempts: &[Attempt]) -> Verdict {
+        let channel = args.channel.as_str();
         let t0 = attempts
             .iter()
             .filter_map(|a| a.pre_state["t0"].as_i64())
@@ -206,7 +166,7 @@ impl Cell for SlackPost {
             if !cursor.is_empty() {
                 q.push(("cursor", cursor.clone()));
             }
-            let req = self.api.get("/api/conversations.history").query(&q);
+            let req = self.parts.api.get("/api/conversations.history").query(&q);
             let body: Value =
                 match crate::http::send_traced(req, "slack.conversations_history").await {
                     Ok(r) if r.status().is_success() => r.json().await.unwrap_or(Value::Null),
@@ -251,6 +211,7 @@ impl Cell for SlackPost {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cell::Cell;
 
     #[test]
     fn validation_names_the_field_and_debug_hides_the_token() {

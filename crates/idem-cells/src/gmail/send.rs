@@ -23,18 +23,19 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use idem_core::canonical::sha256_hex;
 use idem_core::profile::{ApprovalPolicy, Lookup, ReplayModel};
-use idem_core::{ActionId, CellName, CellProfile, ExecOutcome, Receipt, RetryPolicy, Verdict};
+use idem_core::{ActionId, CellProfile, ExecOutcome, Receipt, RetryPolicy, Verdict};
+use schemars::JsonSchema;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::cell::{Attempt, Cell, InvalidArgs};
+use crate::cell::Attempt;
 use crate::http::PartnerClient;
+use crate::kit::{Card, CellArgs, Parts, TypedCell};
 
-/// The `gmail.send` cell. Arguments: `to`, `subject`, `text`.
+/// The `gmail.send` cell.
 #[derive(Clone, Debug)]
 pub struct GmailSend {
-    name: CellName,
-    profile: CellProfile,
-    api: PartnerClient,
+    parts: Parts,
     domain: String,
     /// The newest mailbox historyId seen (0: none yet); lower bounds later sends.
     watermark: Arc<AtomicU64>,
@@ -43,18 +44,20 @@ pub struct GmailSend {
     first_seen: Arc<AtomicU64>,
 }
 
-fn arg_err(reason: impl Into<String>) -> InvalidArgs {
-    InvalidArgs {
-        cell: "gmail.send".into(),
-        reason: reason.into(),
-    }
+/// Send one plain-text email from the authorised mailbox (users.messages.send).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Args {
+    /// One address; no line breaks (a header cannot smuggle in another header).
+    #[schemars(pattern("^[^\\r\\n]*@[^\\r\\n]*$"), length(max = 320))]
+    pub to: String,
+    /// One line.
+    #[schemars(pattern("^[^\\r\\n]*$"), length(max = 998))]
+    pub subject: String,
+    pub text: String,
 }
 
-/// A string without line breaks (a header value cannot smuggle in another header).
-fn single_line(v: Option<&Value>) -> Option<&str> {
-    v.and_then(Value::as_str)
-        .filter(|s| !s.contains('\r') && !s.contains('\n'))
-}
+impl CellArgs for Args {}
 
 /// Rate and quota reasons Google documents as "slow down" [G4].
 const NOT_PROCESSED: [&str; 4] = [
@@ -67,10 +70,9 @@ const NOT_PROCESSED: [&str; 4] = [
 impl GmailSend {
     pub fn new(base_url: impl Into<String>, token: impl Into<String>) -> Self {
         let profile = Self::default_profile();
+        let api = PartnerClient::bearer(base_url, token, profile.call_timeout);
         Self {
-            name: CellName::new("gmail.send").expect("valid"),
-            api: PartnerClient::bearer(base_url, token, profile.call_timeout),
-            profile,
+            parts: Parts::new("gmail.send", profile, api),
             domain: "idem.invalid".into(),
             watermark: Arc::new(AtomicU64::new(0)),
             first_seen: Arc::new(AtomicU64::new(0)),
@@ -98,18 +100,12 @@ impl GmailSend {
         }
     }
 
-    pub fn with_profile(mut self, f: impl FnOnce(&mut CellProfile)) -> Self {
-        f(&mut self.profile);
-        self.api = self.api.with_timeout(self.profile.call_timeout);
-        self
-    }
-
     fn message_id(&self, action: ActionId) -> String {
         format!("idem-{action}@{}", self.domain)
     }
 
-    fn raw(&self, action: ActionId, args: &Value) -> String {
-        let subject = args["subject"].as_str().unwrap_or_default();
+    fn raw(&self, action: ActionId, args: &Args) -> String {
+        let subject = args.subject.as_str();
         let subject = if subject.is_ascii() {
             subject.to_owned()
         } else {
@@ -122,16 +118,16 @@ impl GmailSend {
             "To: {}\r\nSubject: {subject}\r\nMessage-ID: <{}>\r\nX-Idem-Key: {action}\r\n\
              MIME-Version: 1.0\r\nContent-Type: text/plain; charset=\"UTF-8\"\r\n\
              Content-Transfer-Encoding: base64\r\n\r\n{}",
-            args["to"].as_str().unwrap_or_default(),
+            args.to,
             self.message_id(action),
-            base64::engine::general_purpose::STANDARD
-                .encode(args["text"].as_str().unwrap_or_default())
+            base64::engine::general_purpose::STANDARD.encode(&args.text)
         );
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mime)
     }
 
     async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<(u16, Value), String> {
         let req = self
+            .parts
             .api
             .get(&format!("/gmail/v1/users/me{path}"))
             .query(query);
@@ -219,51 +215,16 @@ impl GmailSend {
 }
 
 #[async_trait]
-impl Cell for GmailSend {
-    fn name(&self) -> &CellName {
-        &self.name
+impl TypedCell for GmailSend {
+    type Args = Args;
+    const CARD: Card = crate::card!("send.md");
+
+    fn parts(&self) -> &Parts {
+        &self.parts
     }
 
-    fn profile(&self) -> &CellProfile {
-        &self.profile
-    }
-
-    fn input_schema(&self) -> serde_json::Value {
-        json!({
-            "type": "object",
-            "description": "Send one plain-text email from the authorised mailbox (users.messages.send).",
-            "properties": {
-                "to": {"type": "string", "pattern": "^[^\\r\\n]*@[^\\r\\n]*$", "maxLength": 320},
-                "subject": {"type": "string", "pattern": "^[^\\r\\n]*$", "maxLength": 998},
-                "text": {"type": "string"}
-            },
-            "required": ["to", "subject", "text"],
-            "additionalProperties": false
-        })
-    }
-
-    fn validate(&self, args: &Value) -> Result<(), InvalidArgs> {
-        let obj = args
-            .as_object()
-            .ok_or_else(|| arg_err("args must be an object"))?;
-        match single_line(obj.get("to")) {
-            Some(t) if t.contains('@') && t.len() <= 320 => {}
-            _ => return Err(arg_err("to: required single-line email address")),
-        }
-        match single_line(obj.get("subject")) {
-            Some(s) if s.len() <= 998 => {}
-            _ => return Err(arg_err("subject: required single line (≤ 998 bytes)")),
-        }
-        if !obj.get("text").is_some_and(Value::is_string) {
-            return Err(arg_err("text: required string"));
-        }
-        if let Some(unknown) = obj
-            .keys()
-            .find(|k| !["to", "subject", "text"].contains(&k.as_str()))
-        {
-            return Err(arg_err(format!("unknown field {unknown:?}")));
-        }
-        Ok(())
+    fn parts_mut(&mut self) -> &mut Parts {
+        &mut self.parts
     }
 
     fn pre_state(&self, now: DateTime<Utc>) -> Value {
@@ -273,7 +234,7 @@ impl Cell for GmailSend {
         }
     }
 
-    async fn execute(&self, action: ActionId, args: &Value, _: &Attempt) -> ExecOutcome {
+    async fn send(&self, action: ActionId, args: &Args, _: &Attempt) -> ExecOutcome {
         // The mailbox's historyId just before the send: a start for history reads.
         if let Ok((200, p)) = self.get("/profile", &[]).await {
             if let Some(h) = p["historyId"].as_str().and_then(|h| h.parse().ok()) {
@@ -281,6 +242,7 @@ impl Cell for GmailSend {
             }
         }
         let req = self
+            .parts
             .api
             .post("/gmail/v1/users/me/messages/send")
             .json(&json!({"raw": self.raw(action, args)}));
@@ -319,7 +281,7 @@ impl Cell for GmailSend {
         }
     }
 
-    async fn reconcile(&self, action: ActionId, _: &Value, attempts: &[Attempt]) -> Verdict {
+    async fn find(&self, action: ActionId, _: &Args, attempts: &[Attempt]) -> Verdict {
         let start = attempts
             .iter()
             .filter_map(|a| a.pre_state["history_id"].as_u64())
@@ -356,9 +318,10 @@ impl Cell for GmailSend {
             .map(|a| a.started_at)
             .min()
             .unwrap_or_else(Utc::now);
-        let bound = match self.profile.lookup {
-            Lookup::Eventual { lag_bound } => lag_bound.max(self.profile.settle_time),
-            _ => self.profile.settle_time,
+        let profile = &self.parts.profile;
+        let bound = match profile.lookup {
+            Lookup::Eventual { lag_bound } => lag_bound.max(profile.settle_time),
+            _ => profile.settle_time,
         };
         if Utc::now() - first < chrono::Duration::from_std(bound).unwrap_or(chrono::Duration::MAX) {
             Verdict::Unknown {
@@ -382,6 +345,7 @@ impl Cell for GmailSend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cell::Cell;
 
     #[test]
     fn validation_refuses_header_injection_and_hides_the_token() {
@@ -414,7 +378,12 @@ mod tests {
     fn the_raw_message_carries_our_ids() {
         let c = GmailSend::new("http://x", "ya29.t");
         let id = ActionId::random();
-        let raw = c.raw(id, &json!({"to": "a@b.c", "subject": "Grüße", "text": "x"}));
+        let args = Args {
+            to: "a@b.c".into(),
+            subject: "Grüße".into(),
+            text: "x".into(),
+        };
+        let raw = c.raw(id, &args);
         let mime = String::from_utf8(
             base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(raw)

@@ -20,39 +20,52 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use idem_core::canonical::{canonical_json, sha256_hex};
 use idem_core::profile::{ApprovalPolicy, Lookup, ReplayModel};
-use idem_core::{ActionId, CellName, CellProfile, ExecOutcome, Receipt, RetryPolicy, Verdict};
+use idem_core::{ActionId, CellProfile, ExecOutcome, Receipt, RetryPolicy, Verdict};
+use schemars::JsonSchema;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::cell::{Attempt, Cell, InvalidArgs};
+use crate::cell::Attempt;
 use crate::http::PartnerClient;
+use crate::kit::{Card, CellArgs, Parts, TypedCell};
 
 /// Clock skew allowed between us and Twilio when matching `date_created` against t0.
 const SKEW_SECS: i64 = 120;
 
-/// The `twilio.sms.send` cell. Arguments: `to` (E.164), `from` (E.164) or
-/// `messaging_service_sid` (`MG…`), `body`.
+/// The `twilio.sms.send` cell; the partner client uses HTTP Basic with the account SID
+/// and the auth token.
 #[derive(Clone, Debug)]
 pub struct TwilioSms {
-    name: CellName,
-    profile: CellProfile,
-    /// HTTP Basic with the account SID and the auth token.
-    api: PartnerClient,
+    parts: Parts,
     account_sid: String,
     status_callback: String,
 }
 
-fn arg_err(reason: impl Into<String>) -> InvalidArgs {
-    InvalidArgs {
-        cell: "twilio.sms.send".into(),
-        reason: reason.into(),
-    }
+/// Send one SMS (POST /Messages.json). Give exactly one of from and messaging_service_sid
+/// (checked when the action is submitted).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Args {
+    /// E.164 number, e.g. +15551234567.
+    #[schemars(pattern("^\\+[0-9]{7,15}$"))]
+    pub to: String,
+    #[schemars(pattern("^\\+[0-9]{7,15}$"))]
+    pub from: Option<String>,
+    #[schemars(pattern("^MG.{32}$"))]
+    pub messaging_service_sid: Option<String>,
+    #[schemars(length(min = 1, max = 1600))]
+    pub body: String,
 }
 
-fn e164(s: &str) -> bool {
-    s.len() >= 8
-        && s.len() <= 16
-        && s.starts_with('+')
-        && s[1..].bytes().all(|b| b.is_ascii_digit())
+impl CellArgs for Args {
+    /// "Exactly one of from and messaging_service_sid" stays out of the schema: a
+    /// top-level oneOf makes the Anthropic and OpenAI APIs reject the whole tool list.
+    fn check(&self) -> Result<(), String> {
+        match (&self.from, &self.messaging_service_sid) {
+            (Some(_), None) | (None, Some(_)) => Ok(()),
+            _ => Err("from (E.164) or messaging_service_sid (MG…, 34 chars): exactly one".into()),
+        }
+    }
 }
 
 impl TwilioSms {
@@ -66,15 +79,14 @@ impl TwilioSms {
     ) -> Self {
         let profile = Self::default_profile();
         let account_sid = account_sid.into();
+        let api = PartnerClient::basic(
+            base_url,
+            account_sid.clone(),
+            auth_token,
+            profile.call_timeout,
+        );
         Self {
-            name: CellName::new("twilio.sms.send").expect("valid"),
-            api: PartnerClient::basic(
-                base_url,
-                account_sid.clone(),
-                auth_token,
-                profile.call_timeout,
-            ),
-            profile,
+            parts: Parts::new("twilio.sms.send", profile, api),
             account_sid,
             status_callback: status_callback.into(),
         }
@@ -100,14 +112,8 @@ impl TwilioSms {
         }
     }
 
-    pub fn with_profile(mut self, f: impl FnOnce(&mut CellProfile)) -> Self {
-        f(&mut self.profile);
-        self.api = self.api.with_timeout(self.profile.call_timeout);
-        self
-    }
-
     fn lag_bound(&self) -> Duration {
-        match self.profile.lookup {
+        match self.parts.profile.lookup {
             Lookup::Eventual { lag_bound } => lag_bound,
             _ => Duration::ZERO,
         }
@@ -136,81 +142,31 @@ impl TwilioSms {
 }
 
 #[async_trait]
-impl Cell for TwilioSms {
-    fn name(&self) -> &CellName {
-        &self.name
+impl TypedCell for TwilioSms {
+    type Args = Args;
+    const CARD: Card = crate::card!("sms.send.md");
+
+    fn parts(&self) -> &Parts {
+        &self.parts
     }
 
-    fn profile(&self) -> &CellProfile {
-        &self.profile
+    fn parts_mut(&mut self) -> &mut Parts {
+        &mut self.parts
     }
 
-    fn input_schema(&self) -> serde_json::Value {
-        json!({
-            "type": "object",
-            "description": "Send one SMS (POST /Messages.json). Give exactly one of from and messaging_service_sid (checked when the action is submitted).",
-            "properties": {
-                "to": {"type": "string", "pattern": "^\\+[0-9]{7,15}$", "description": "E.164 number, e.g. +15551234567."},
-                "from": {"type": "string", "pattern": "^\\+[0-9]{7,15}$"},
-                "messaging_service_sid": {"type": "string", "pattern": "^MG.{32}$"},
-                "body": {"type": "string", "minLength": 1, "maxLength": 1600}
-            },
-            // "Exactly one of from and messaging_service_sid" is not in the schema: a
-            // top-level oneOf makes the Anthropic and OpenAI APIs reject the whole tool list.
-            // `validate` (run at submission and by the worker) enforces it.
-            "required": ["to", "body"],
-            "additionalProperties": false
-        })
-    }
-
-    fn validate(&self, args: &Value) -> Result<(), InvalidArgs> {
-        let obj = args
-            .as_object()
-            .ok_or_else(|| arg_err("args must be an object"))?;
-        if !obj.get("to").and_then(Value::as_str).is_some_and(e164) {
-            return Err(arg_err("to: required E.164 number (+15551234567)"));
-        }
-        match (obj.get("from"), obj.get("messaging_service_sid")) {
-            (Some(f), None) if f.as_str().is_some_and(e164) => {}
-            (None, Some(s))
-                if s.as_str()
-                    .is_some_and(|s| s.starts_with("MG") && s.len() == 34) => {}
-            _ => {
-                return Err(arg_err(
-                    "from (E.164) or messaging_service_sid (MG…, 34 chars): exactly one",
-                ))
-            }
-        }
-        match obj.get("body").and_then(Value::as_str) {
-            Some(b) if !b.is_empty() && b.chars().count() <= 1600 => {}
-            _ => return Err(arg_err("body: required, 1..=1600 characters")),
-        }
-        if let Some(unknown) = obj
-            .keys()
-            .find(|k| !["to", "from", "messaging_service_sid", "body"].contains(&k.as_str()))
-        {
-            return Err(arg_err(format!("unknown field {unknown:?}")));
-        }
-        Ok(())
-    }
-
-    fn pre_state(&self, now: DateTime<Utc>) -> Value {
-        json!({ "t0": now.timestamp() })
-    }
-
-    async fn execute(&self, action: ActionId, args: &Value, _: &Attempt) -> ExecOutcome {
+    async fn send(&self, action: ActionId, args: &Args, _: &Attempt) -> ExecOutcome {
         let mut form = vec![
-            ("To", args["to"].as_str().unwrap_or_default().to_owned()),
-            ("Body", args["body"].as_str().unwrap_or_default().to_owned()),
+            ("To", args.to.clone()),
+            ("Body", args.body.clone()),
             ("StatusCallback", self.callback(action)),
         ];
-        if let Some(f) = args["from"].as_str() {
-            form.push(("From", f.to_owned()));
+        if let Some(f) = &args.from {
+            form.push(("From", f.clone()));
         }
-        if let Some(s) = args["messaging_service_sid"].as_str() {
-            form.push(("MessagingServiceSid", s.to_owned()));
+        if let Some(s) = &args.messaging_service_sid {
+            form.push(("MessagingServiceSid", s.clone()));
         }
-        let req = self.api.post(&self.messages_path()).form(&form);
+        let req = self.parts.api.post(&self.messages_path()).form(&form);
         let crate::http::Answer { status, body, .. } =
             match crate::http::call(req, "twilio.messages_create").await {
                 Ok(a) => a,
@@ -236,7 +192,7 @@ impl Cell for TwilioSms {
         }
     }
 
-    async fn reconcile(&self, _: ActionId, args: &Value, attempts: &[Attempt]) -> Verdict {
+    async fn find(&self, _: ActionId, args: &Args, attempts: &[Attempt]) -> Verdict {
         let t0 = attempts
             .iter()
             .filter_map(|a| a.pre_state["t0"].as_i64())
@@ -252,14 +208,14 @@ impl Cell for TwilioSms {
             .format("%Y-%m-%d")
             .to_string();
         let mut q = vec![
-            ("To", args["to"].as_str().unwrap_or_default().to_owned()),
+            ("To", args.to.clone()),
             ("DateSent>", day),
             ("PageSize", "1000".to_owned()),
         ];
-        if let Some(f) = args["from"].as_str() {
-            q.push(("From", f.to_owned()));
+        if let Some(f) = &args.from {
+            q.push(("From", f.clone()));
         }
-        let req = self.api.get(&self.messages_path()).query(&q);
+        let req = self.parts.api.get(&self.messages_path()).query(&q);
         let body: Value = match crate::http::send_traced(req, "twilio.messages_list").await {
             Ok(r) if r.status().is_success() => r.json().await.unwrap_or(Value::Null),
             Ok(r) => {
@@ -273,7 +229,7 @@ impl Cell for TwilioSms {
                 }
             }
         };
-        let body_text = args["body"].as_str().unwrap_or_default();
+        let body_text = args.body.as_str();
         let found = body["messages"].as_array().and_then(|ms| {
             ms.iter().find(|m| {
                 m["body"].as_str() == Some(body_text)
@@ -286,8 +242,10 @@ impl Cell for TwilioSms {
         match found {
             Some(m) => Verdict::Happened(Self::receipt(m)),
             None if Utc::now() - first
-                < chrono::Duration::from_std(self.lag_bound().max(self.profile.settle_time))
-                    .unwrap_or(chrono::Duration::MAX) =>
+                < chrono::Duration::from_std(
+                    self.lag_bound().max(self.parts.profile.settle_time),
+                )
+                .unwrap_or(chrono::Duration::MAX) =>
             {
                 Verdict::Unknown {
                     reason: "not in the Messages list yet; its lag is undocumented".into(),
@@ -305,6 +263,7 @@ impl Cell for TwilioSms {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cell::Cell;
 
     #[test]
     fn validation_names_the_field_and_debug_hides_the_token() {

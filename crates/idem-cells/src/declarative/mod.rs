@@ -21,6 +21,9 @@ use serde_json::{json, Value};
 
 use crate::cell::{Attempt, Cell, InvalidArgs};
 
+/// The card every declarative cell shares (the kind, not the instance).
+const CARD: crate::kit::Card = crate::card!("http.idempotent.md");
+
 /// A configuration file that cannot become a cell.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -398,7 +401,11 @@ impl Cell for DeclarativeCell {
     }
 
     fn card(&self) -> String {
-        "docs/cells/http.idempotent.md".into()
+        CARD.path()
+    }
+
+    fn card_text(&self) -> Option<&'static str> {
+        Some(CARD.text)
     }
 
     fn input_schema(&self) -> Value {
@@ -546,7 +553,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const EXAMPLE: &str = include_str!("../../../examples/cells/acme.payout.toml");
+    const EXAMPLE: &str = include_str!("../../../../examples/cells/acme.payout.toml");
 
     #[test]
     fn the_example_config_loads() {

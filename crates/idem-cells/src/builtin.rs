@@ -1,0 +1,129 @@
+//! The built-in integrations: the one list that the operator binary, the demo, the tests
+//! and the card index build from. Adding a cell to an integration touches its folder only
+//! (its file and the line in the folder's `cells`); a new integration adds its folder and
+//! one line here.
+
+use std::sync::Arc;
+
+use idem_core::CellProfile;
+
+use crate::kit::TypedCell;
+use crate::{Cell, Registry};
+
+/// Where one partner is and how idem authenticates to it.
+#[derive(Clone, Default)]
+pub struct Access {
+    pub base: String,
+    /// The secret (API key, token, auth token); never in `Debug`.
+    pub credential: String,
+    /// An account identifier sent beside the secret (Twilio's account SID).
+    pub account: Option<String>,
+    /// Where the partner calls back (Twilio's status callback).
+    pub callback: Option<String>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("base", &self.base)
+            .field("credential", &"<redacted>")
+            .field("account", &self.account)
+            .field("callback", &self.callback)
+            .finish()
+    }
+}
+
+/// Changes a deployment makes to a cell's profile, by cell name (configuration, flags,
+/// test timings).
+pub type Tune<'a> = dyn Fn(&str, &mut CellProfile) + 'a;
+
+/// One integration: a partner and the cells idem runs against it.
+#[derive(Debug, Clone, Copy)]
+pub struct Integration {
+    /// The partner's name, the first part of its cells' names (`stripe` in `stripe.charge`).
+    pub partner: &'static str,
+    /// The environment variable a deployment keeps the secret in.
+    pub credential_env: &'static str,
+    /// A credential idem's simulator accepts, used when none is configured.
+    pub placeholder: &'static str,
+    /// Where `idem sim <partner>` listens by default: the base when none is configured.
+    pub local_simulator: &'static str,
+    /// The cells, built against `access` and tuned.
+    pub cells: fn(&Access, &Tune<'_>) -> Vec<Arc<dyn Cell>>,
+}
+
+/// Every built-in integration.
+pub const INTEGRATIONS: &[Integration] = &[
+    crate::stripe::INTEGRATION,
+    crate::hubspot::INTEGRATION,
+    crate::slack::INTEGRATION,
+    crate::twilio::INTEGRATION,
+    crate::gmail::INTEGRATION,
+    crate::amadeus::INTEGRATION,
+];
+
+/// The integration whose cells include `cell` (`stripe.charge` → stripe).
+pub fn integration_of(cell: &str) -> Option<&'static Integration> {
+    let partner = cell.split('.').next()?;
+    INTEGRATIONS.iter().find(|i| i.partner == partner)
+}
+
+/// A registry of every built-in cell; `access` says where each partner is.
+pub fn registry(access: impl Fn(&Integration) -> Access, tune: &Tune<'_>) -> Registry {
+    INTEGRATIONS
+        .iter()
+        .flat_map(|i| (i.cells)(&access(i), tune))
+        .fold(Registry::new(), Registry::with_arc)
+}
+
+/// `cell` with `tune` applied to its profile, ready for a registry.
+pub fn tuned<C: TypedCell>(cell: C, tune: &Tune<'_>) -> Arc<dyn Cell> {
+    let name = cell.parts().name.to_string();
+    Arc::new(cell.with_profile(|p| tune(&name, p)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builtin_cell_has_a_card_answering_the_three_questions() {
+        let r = registry(
+            |i| Access {
+                base: "http://127.0.0.1:9".into(),
+                credential: i.placeholder.into(),
+                ..Access::default()
+            },
+            &|_, _| {},
+        );
+        assert!(r.get("stripe.charge").is_some() && r.get("hubspot.company.upsert").is_some());
+        let index =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/cells.md"))
+                .expect("docs/cells.md");
+        for c in r.iter() {
+            let text = c
+                .card_text()
+                .expect("a built-in cell has its card compiled in");
+            for q in ["key?", "lookup?", "human?", "## Failure modes", "Sources"] {
+                assert!(text.contains(q), "{}: card lacks {q:?}", c.name());
+            }
+            let on_disk = format!("{}/../../{}", env!("CARGO_MANIFEST_DIR"), c.card());
+            assert!(
+                std::path::Path::new(&on_disk).is_file(),
+                "{}: card path {} is not a file",
+                c.name(),
+                c.card()
+            );
+            assert_eq!(
+                integration_of(c.name().as_str()).map(|i| i.partner),
+                c.name().as_str().split('.').next()
+            );
+            assert!(
+                index.contains(&format!("](../{})", c.card())),
+                "docs/cells.md does not link {}'s card {}",
+                c.name(),
+                c.card()
+            );
+        }
+    }
+}
