@@ -41,8 +41,9 @@ pub trait Subject: Send + Sync {
     /// Set how long the cell's lookup lags behind writes; false if the simulator's lookup
     /// for this cell has no lag (then the profile must not claim one).
     fn set_lookup_lag(&self, lag: Duration) -> bool;
-    /// Set how long the simulator keeps idempotency keys (keyed cells only).
-    fn set_key_retention(&self, retention: Duration);
+    /// Set how long the simulator keeps idempotency keys; false if the cell's key is a
+    /// natural one the partner never forgets (then the profile must say so).
+    fn set_key_retention(&self, retention: Duration) -> bool;
     /// Whether the cell's card sends ambiguous outcomes to a person.
     fn may_need_human(&self) -> bool;
     /// False for read-only cells: their ledger must stay empty whatever happens.
@@ -54,6 +55,35 @@ pub trait Subject: Send + Sync {
 /// The effects a successful action leaves: one, or none for a read-only cell.
 fn one_effect(s: &dyn Subject) -> usize {
     usize::from(s.effectful())
+}
+
+/// What a scenario found it could test for a cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coverage {
+    /// The scenario ran and its assertions held.
+    Tested,
+    /// The scenario does not apply to this cell (its profile's claim was checked), and why.
+    NotApplicable(&'static str),
+}
+
+/// Hold a scenario's coverage to what the suite declared: a scenario declared not
+/// applicable must find itself so, and every other must have run. Nothing passes by
+/// not testing.
+pub fn expect(coverage: Coverage, scenario: &str, not_applicable: &[&str]) {
+    let declared = not_applicable.contains(&scenario);
+    match coverage {
+        Coverage::Tested => assert!(
+            !declared,
+            "{scenario} is declared not applicable but ran: drop it from the list"
+        ),
+        Coverage::NotApplicable(why) => {
+            assert!(
+                declared,
+                "{scenario} did not test anything ({why}): declare it not applicable"
+            );
+            eprintln!("{scenario}: not applicable: {why}");
+        }
+    }
 }
 
 /// Test timings: 1 s calls (lease 3 s), 300 ms settle time, fast retries.
@@ -213,7 +243,7 @@ async fn one(
 fn no_change(_: &mut CellProfile) {}
 
 /// No fault: the action succeeds with exactly one effect.
-pub async fn happy_path(s: &dyn Subject) {
+pub async fn happy_path(s: &dyn Subject) -> Coverage {
     let (run, row) = one(s, vec![], &no_change).await;
     assert_eq!(row.state, State::Succeeded, "{}: {row:?}", run.cell.name());
     assert_eq!(s.effects_for(row.action_id), one_effect(s));
@@ -228,10 +258,11 @@ pub async fn happy_path(s: &dyn Subject) {
             );
         }
     }
+    Coverage::Tested
 }
 
 /// The partner commits and the response is lost.
-pub async fn lost_response_after_effect(s: &dyn Subject) {
+pub async fn lost_response_after_effect(s: &dyn Subject) -> Coverage {
     let (run, row) = one(s, vec![Fault::DropAfterEffect], &no_change).await;
     assert_eq!(
         s.effects_for(row.action_id),
@@ -239,15 +270,17 @@ pub async fn lost_response_after_effect(s: &dyn Subject) {
         "{}: the effect happened once",
         run.cell.name()
     );
+    Coverage::Tested
 }
 
 /// A 5xx before any effect.
-pub async fn server_error_before_effect(s: &dyn Subject) {
+pub async fn server_error_before_effect(s: &dyn Subject) -> Coverage {
     one(s, vec![Fault::FailBefore], &no_change).await;
+    Coverage::Tested
 }
 
 /// A 5xx after the effect.
-pub async fn server_error_after_effect(s: &dyn Subject) {
+pub async fn server_error_after_effect(s: &dyn Subject) -> Coverage {
     let (run, row) = one(s, vec![Fault::FailAfter], &no_change).await;
     assert_eq!(
         s.effects_for(row.action_id),
@@ -255,10 +288,11 @@ pub async fn server_error_after_effect(s: &dyn Subject) {
         "{}: the effect happened once",
         run.cell.name()
     );
+    Coverage::Tested
 }
 
 /// The same message delivered again after the action settled: no second request.
-pub async fn duplicate_delivery(s: &dyn Subject) {
+pub async fn duplicate_delivery(s: &dyn Subject) -> Coverage {
     let run = Run::new(s, &no_change).await;
     let id = run.enqueue(s.args(0).await).await;
     let w = run.worker("conformance");
@@ -281,10 +315,11 @@ pub async fn duplicate_delivery(s: &dyn Subject) {
     );
     judge(s, run.cell.name().as_str(), &run.row(id).await);
     assert_eq!(row.state, State::Succeeded);
+    Coverage::Tested
 }
 
 /// Two workers receive the same message at the same moment.
-pub async fn two_workers_at_once(s: &dyn Subject) {
+pub async fn two_workers_at_once(s: &dyn Subject) -> Coverage {
     let run = Run::new(s, &no_change).await;
     let id = run.enqueue(s.args(0).await).await;
     let d = run.take().await;
@@ -308,11 +343,12 @@ pub async fn two_workers_at_once(s: &dyn Subject) {
         "{}: one request in all",
         run.cell.name()
     );
+    Coverage::Tested
 }
 
 /// The worker dies while its request is at the partner (which finishes it anyway); its
 /// lease expires and another worker's sweeper settles the action.
-pub async fn worker_killed_mid_call(s: &dyn Subject) {
+pub async fn worker_killed_mid_call(s: &dyn Subject) -> Coverage {
     let run = Run::new(s, &no_change).await;
     let id = run.enqueue(s.args(0).await).await;
     s.script(vec![Fault::Delay(600)]);
@@ -337,10 +373,11 @@ pub async fn worker_killed_mid_call(s: &dyn Subject) {
         "{}: the partner finished the call",
         run.cell.name()
     );
+    Coverage::Tested
 }
 
 /// The lookup lags: a miss must not be trusted before the lag bound.
-pub async fn lookup_lag(s: &dyn Subject) {
+pub async fn lookup_lag(s: &dyn Subject) -> Coverage {
     let lag = Duration::from_millis(1500);
     let probe = s.cell(&test_timings);
     if !s.set_lookup_lag(lag) {
@@ -352,6 +389,7 @@ pub async fn lookup_lag(s: &dyn Subject) {
             "{}: the profile claims a lagging lookup the simulator cannot lag",
             probe.name()
         );
+        return Coverage::NotApplicable("the partner's lookup reads its own writes: no lag");
     }
     // The effect happens and the 500 is stored under the key: replay is useless, only the
     // (lagging) lookup can tell.
@@ -362,17 +400,26 @@ pub async fn lookup_lag(s: &dyn Subject) {
         "{}",
         run.cell.name()
     );
+    Coverage::Tested
 }
 
 /// The partner forgot the key: the worker must not replay past the key window.
-pub async fn key_expiry(s: &dyn Subject) {
+pub async fn key_expiry(s: &dyn Subject) -> Coverage {
     let probe = s.cell(&test_timings);
-    if probe.profile().key.is_none() {
+    let Some(key) = probe.profile().key.clone() else {
         // Keyless cells never replay; nothing can expire. The profile is the claim.
         assert_eq!(probe.key(ActionId::random(), 0), None, "{}", probe.name());
-        return;
+        return Coverage::NotApplicable("no partner key: nothing to expire");
+    };
+    if !s.set_key_retention(Duration::from_millis(400)) {
+        assert!(
+            key.retention >= Duration::from_secs(365 * 24 * 3600),
+            "{}: the simulator never forgets this key, but the profile says it is kept {:?}",
+            probe.name(),
+            key.retention
+        );
+        return Coverage::NotApplicable("a natural key the partner never forgets");
     }
-    s.set_key_retention(Duration::from_millis(400));
     let run = Run::new(s, &|p| {
         if let Some(k) = p.key.as_mut() {
             k.retention = Duration::from_millis(400);
@@ -395,12 +442,13 @@ pub async fn key_expiry(s: &dyn Subject) {
         "{}: no replay after the key was forgotten",
         run.cell.name()
     );
+    Coverage::Tested
 }
 
 /// Malformed arguments: refused at enqueue where SQL's check of the registered schema sees
 /// it; and whatever reaches a worker anyway (another producer, an older schema) goes dead
 /// with a reason. No request at all.
-pub async fn malformed_arguments(s: &dyn Subject) {
+pub async fn malformed_arguments(s: &dyn Subject) -> Coverage {
     let run = Run::new(s, &no_change).await;
     let w = run.worker("conformance");
     w.register_with_fleet().await.expect("register");
@@ -449,4 +497,5 @@ pub async fn malformed_arguments(s: &dyn Subject) {
         "{}: no request for malformed arguments",
         run.cell.name()
     );
+    Coverage::Tested
 }

@@ -90,10 +90,11 @@ impl Subject for StripeChargeSubject {
         self.search
     }
 
-    fn set_key_retention(&self, retention: Duration) {
+    fn set_key_retention(&self, retention: Duration) -> bool {
         self.stripe
             .sim
             .update_config(|c| c.key_retention = retention);
+        true
     }
 
     fn may_need_human(&self) -> bool {
@@ -152,10 +153,11 @@ impl Subject for StripeRefundSubject {
         false
     }
 
-    fn set_key_retention(&self, retention: Duration) {
+    fn set_key_retention(&self, retention: Duration) -> bool {
         self.stripe
             .sim
             .update_config(|c| c.key_retention = retention);
+        true
     }
 
     fn may_need_human(&self) -> bool {
@@ -257,8 +259,9 @@ impl Subject for HubSpotSubject {
         false
     }
 
-    fn set_key_retention(&self, _: Duration) {
+    fn set_key_retention(&self, _: Duration) -> bool {
         // A natural key never expires at the partner.
+        false
     }
 
     fn may_need_human(&self) -> bool {
@@ -330,8 +333,9 @@ impl Subject for DeclarativeSubject {
         false
     }
 
-    fn set_key_retention(&self, retention: Duration) {
+    fn set_key_retention(&self, retention: Duration) -> bool {
         self.sim.update_config(|c| c.key_retention = retention);
+        true
     }
 
     fn may_need_human(&self) -> bool {
@@ -399,7 +403,9 @@ impl Subject for SlackSubject {
         true
     }
 
-    fn set_key_retention(&self, _: Duration) {}
+    fn set_key_retention(&self, _: Duration) -> bool {
+        false
+    }
 
     fn may_need_human(&self) -> bool {
         false
@@ -479,7 +485,9 @@ impl Subject for TwilioSubject {
         true
     }
 
-    fn set_key_retention(&self, _: Duration) {}
+    fn set_key_retention(&self, _: Duration) -> bool {
+        false
+    }
 
     fn may_need_human(&self) -> bool {
         // At-most-once: a message that cannot be found is a person's call.
@@ -548,7 +556,9 @@ impl Subject for GmailSubject {
         true
     }
 
-    fn set_key_retention(&self, _: Duration) {}
+    fn set_key_retention(&self, _: Duration) -> bool {
+        false
+    }
 
     fn may_need_human(&self) -> bool {
         // An email that cannot be found is never resent automatically.
@@ -678,7 +688,9 @@ impl Subject for AmadeusSubject {
         false
     }
 
-    fn set_key_retention(&self, _: Duration) {}
+    fn set_key_retention(&self, _: Duration) -> bool {
+        false
+    }
 
     fn may_need_human(&self) -> bool {
         // Booking: no key, no lookup: every ambiguity is a person's call (its card).
