@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use idem_kafka::{headers, KafkaConfig, KafkaError};
-use idem_store::Store;
+use idem_store::{outbox, Store};
 use idem_telemetry::TraceHeaders;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -150,11 +150,7 @@ impl Relay {
                     continue;
                 }
             };
-            let (leader,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
-                .bind(LEADER_LOCK)
-                .fetch_one(&mut lock)
-                .await?;
-            if !leader {
+            if !outbox::try_lead(&mut lock, LEADER_LOCK).await? {
                 drop(lock);
                 self.wait(&mut shutdown).await;
                 continue;
@@ -183,15 +179,13 @@ impl Relay {
         let mut listener = PgListener::connect_with(self.store.pool()).await?;
         listener.listen_all(["idem_outbox", "idem_settled"]).await?;
         // From now on settled actions queue their receipts for the results topic.
-        sqlx::query("UPDATE idem.settings SET publish_results = true")
-            .execute(self.store.pool())
-            .await?;
+        outbox::publish_results(self.store.pool()).await?;
         loop {
             if *shutdown.borrow() {
                 return Ok(());
             }
             // Still the leader? The lock lives as long as this session.
-            sqlx::query("SELECT 1").execute(&mut *lock).await?;
+            outbox::still_leading(lock).await?;
             // Actions and receipts are independent streams (other tables, other topics):
             // publish both at once, so a receipt round never delays the next action.
             let (n, r) = tokio::try_join!(self.drain_once(), self.drain_results_once())?;
@@ -209,19 +203,14 @@ impl Relay {
     /// Publish one batch in outbox order; delete the acknowledged prefix. Returns the number
     /// of rows deleted.
     pub async fn drain_once(&self) -> Result<usize, RelayError> {
-        let rows: Vec<(i64, uuid::Uuid, String, Vec<u8>, serde_json::Value)> = sqlx::query_as(
-            "SELECT seq, action_id, ordering_key, payload, headers FROM idem.outbox ORDER BY seq LIMIT $1",
-        )
-        .bind(self.config.batch)
-        .fetch_all(self.store.pool())
-        .await?;
+        let rows = outbox::oldest(self.store.pool(), self.config.batch).await?;
         if rows.is_empty() {
             return Ok(0);
         }
         let cells: Vec<String> = rows
             .iter()
             .map(|r| {
-                serde_json::from_slice::<serde_json::Value>(&r.3)
+                serde_json::from_slice::<serde_json::Value>(&r.payload)
                     .ok()
                     .and_then(|v| v["cell"].as_str().map(str::to_owned))
                     .unwrap_or_else(|| "invalid.payload".into())
@@ -238,8 +227,9 @@ impl Relay {
         let spans: Vec<Option<(tracing::Span, TraceHeaders)>> = rows
             .iter()
             .zip(&topics)
-            .map(|((_, action_id, _, _, hdrs), topic)| {
-                let parent = TraceHeaders::from_json(hdrs);
+            .map(|(row, topic)| {
+                let action_id = row.action_id;
+                let parent = TraceHeaders::from_json(&row.headers);
                 if parent.is_empty() {
                     return None;
                 }
@@ -258,29 +248,27 @@ impl Relay {
             .iter()
             .zip(cells.iter().zip(&topics))
             .zip(&spans)
-            .map(
-                |(((seq, action_id, key, payload, _), (cell, topic)), span)| {
-                    let mut h = base_headers(&action_id.to_string()).insert(Header {
-                        key: headers::CELL,
-                        value: Some(cell.as_str()),
-                    });
-                    if let Some((_, trace)) = span {
-                        for (name, value) in trace.iter() {
-                            h = h.insert(Header {
-                                key: name,
-                                value: Some(value),
-                            });
-                        }
+            .map(|((row, (cell, topic)), span)| {
+                let mut h = base_headers(&row.action_id.to_string()).insert(Header {
+                    key: headers::CELL,
+                    value: Some(cell.as_str()),
+                });
+                if let Some((_, trace)) = span {
+                    for (name, value) in trace.iter() {
+                        h = h.insert(Header {
+                            key: name,
+                            value: Some(value),
+                        });
                     }
-                    Outgoing {
-                        seq: *seq,
-                        topic,
-                        key: key.as_str(),
-                        payload,
-                        headers: h,
-                    }
-                },
-            )
+                }
+                Outgoing {
+                    seq: row.seq,
+                    topic,
+                    key: row.ordering_key.as_str(),
+                    payload: &row.payload,
+                    headers: h,
+                }
+            })
             .collect();
         let acked = self.publish(out).await;
         drop(spans);
@@ -291,43 +279,32 @@ impl Relay {
             );
             tokio::time::sleep(pause).await;
         }
-        sqlx::query("DELETE FROM idem.outbox WHERE seq = ANY($1)")
-            .bind(&acked)
-            .execute(self.store.pool())
-            .await?;
+        outbox::delete(self.store.pool(), &acked).await?;
         Ok(acked.len())
     }
 
     /// Publish queued receipts to the results topic, keyed by action id, then delete them.
     pub async fn drain_results_once(&self) -> Result<usize, RelayError> {
-        let rows: Vec<(i64, uuid::Uuid, Vec<u8>)> = sqlx::query_as(
-            "SELECT seq, action_id, payload FROM idem.results_outbox ORDER BY seq LIMIT $1",
-        )
-        .bind(self.config.batch)
-        .fetch_all(self.store.pool())
-        .await?;
+        let rows = outbox::oldest_results(self.store.pool(), self.config.batch).await?;
         if rows.is_empty() {
             return Ok(0);
         }
         let topic = self.kafka.results_topic.clone();
         self.ensure_topics(std::slice::from_ref(&topic)).await?;
-        let keys: Vec<String> = rows.iter().map(|r| r.1.to_string()).collect();
+        let keys: Vec<String> = rows.iter().map(|r| r.action_id.to_string()).collect();
         let out: Vec<Outgoing<'_>> = rows
             .iter()
             .zip(&keys)
-            .map(|((seq, _, payload), key)| Outgoing {
-                seq: *seq,
+            .map(|(row, key)| Outgoing {
+                seq: row.seq,
                 topic: &topic,
                 key,
-                payload,
+                payload: &row.payload,
                 headers: base_headers(key),
             })
             .collect();
         let acked = self.publish(out).await;
-        sqlx::query("DELETE FROM idem.results_outbox WHERE seq = ANY($1)")
-            .bind(&acked)
-            .execute(self.store.pool())
-            .await?;
+        outbox::delete_results(self.store.pool(), &acked).await?;
         Ok(acked.len())
     }
 

@@ -365,3 +365,26 @@ pub async fn await_settled(
         .await;
     }
 }
+
+/// Push `due_at` forward for actions a worker is reconciling, so no other sweeper takes
+/// them meanwhile. Not a state change.
+pub async fn hold(
+    conn: &mut sqlx::PgConnection,
+    holds: &[(uuid::Uuid, std::time::Duration)],
+) -> Result<(), StoreError> {
+    if holds.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<uuid::Uuid> = holds.iter().map(|h| h.0).collect();
+    let ms: Vec<i64> = holds.iter().map(|h| h.1.as_millis() as i64).collect();
+    sqlx::query(
+        "UPDATE idem.actions a SET due_at = now() + v.ms * interval '1 millisecond' \
+         FROM unnest($1::uuid[], $2::int8[]) AS v(id, ms) \
+         WHERE a.action_id = v.id AND a.state IN ('in_doubt', 'retry_scheduled')",
+    )
+    .bind(&ids)
+    .bind(&ms)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -8,6 +8,7 @@ pub mod decisions;
 pub mod enqueue;
 pub mod error;
 pub mod inbox;
+pub mod outbox;
 pub mod policy;
 pub mod queue;
 pub mod retention;

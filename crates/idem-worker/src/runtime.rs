@@ -765,7 +765,7 @@ impl Worker {
                 }
             }
         }
-        hold(&mut tx, &reconcile_leases).await?;
+        inbox::hold(&mut tx, &reconcile_leases).await?;
         let applied = inbox::apply(&mut tx, &changes, &self.config.id).await?;
         attempts::insert(&mut tx, &new_attempts).await?;
         tx.commit().await?;
@@ -848,29 +848,6 @@ impl Worker {
 fn counted(applied: &inbox::Applied, report: &ReceiveReport) {
     applied.record();
     metrics::duplicate_suppressed(metrics::Layer::Inbox, report.duplicates as u64);
-}
-
-/// Push `due_at` forward for actions this worker is reconciling, so no other sweeper takes
-/// them meanwhile. Not a state change.
-async fn hold(
-    conn: &mut PgConnection,
-    holds: &[(uuid::Uuid, Duration)],
-) -> Result<(), WorkerError> {
-    if holds.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<uuid::Uuid> = holds.iter().map(|h| h.0).collect();
-    let ms: Vec<i64> = holds.iter().map(|h| h.1.as_millis() as i64).collect();
-    sqlx::query(
-        "UPDATE idem.actions a SET due_at = now() + v.ms * interval '1 millisecond' \
-         FROM unnest($1::uuid[], $2::int8[]) AS v(id, ms) \
-         WHERE a.action_id = v.id AND a.state IN ('in_doubt', 'retry_scheduled')",
-    )
-    .bind(&ids)
-    .bind(&ms)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 impl From<idem_core::TransitionError> for WorkerError {

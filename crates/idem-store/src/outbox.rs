@@ -1,0 +1,84 @@
+//! The outbox as the relay reads it: the oldest rows in order, deleted once Kafka
+//! acknowledged them; the results outbox likewise; and the advisory lock that makes one
+//! relay the leader.
+
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+/// One queued action, as enqueued.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub seq: i64,
+    pub action_id: Uuid,
+    pub ordering_key: String,
+    pub payload: Vec<u8>,
+    pub headers: serde_json::Value,
+}
+
+/// One queued receipt for the results topic.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ResultRow {
+    pub seq: i64,
+    pub action_id: Uuid,
+    pub payload: Vec<u8>,
+}
+
+/// The oldest `limit` outbox rows, in outbox order.
+pub async fn oldest(pool: &PgPool, limit: i64) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT seq, action_id, ordering_key, payload, headers FROM idem.outbox \
+         ORDER BY seq LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Delete the outbox rows Kafka acknowledged.
+pub async fn delete(pool: &PgPool, seqs: &[i64]) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM idem.outbox WHERE seq = ANY($1)")
+        .bind(seqs)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+/// The oldest `limit` queued receipts.
+pub async fn oldest_results(pool: &PgPool, limit: i64) -> Result<Vec<ResultRow>, sqlx::Error> {
+    sqlx::query_as("SELECT seq, action_id, payload FROM idem.results_outbox ORDER BY seq LIMIT $1")
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+}
+
+/// Delete the receipts Kafka acknowledged.
+pub async fn delete_results(pool: &PgPool, seqs: &[i64]) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM idem.results_outbox WHERE seq = ANY($1)")
+        .bind(seqs)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+/// From now on settled actions queue their receipts for the results topic.
+pub async fn publish_results(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE idem.settings SET publish_results = true")
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+/// Take the leader lock `key` on this session if it is free; it lasts as long as the
+/// session.
+pub async fn try_lead(conn: &mut PgConnection, key: i64) -> Result<bool, sqlx::Error> {
+    let (leader,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+        .bind(key)
+        .fetch_one(conn)
+        .await?;
+    Ok(leader)
+}
+
+/// Fails once the session (and with it the leader lock) is gone.
+pub async fn still_leading(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(conn).await.map(drop)
+}
