@@ -9,6 +9,7 @@ use idem_cells::{Registry, StripeCharge};
 use idem_core::{ActionId, CellName, RetryPolicy, State};
 use idem_sim::{Fault, StripeSimConfig};
 use idem_store::{enqueue, inbox, EnqueueError, NewAction, Store};
+use idem_testkit::harness::{spawn_idem, worker, ChildGuard};
 use idem_testkit::{StripeFixture, TestDb, TEST_SECRET};
 use idem_worker::{Delivery, Worker, WorkerConfig};
 use serde_json::json;
@@ -35,23 +36,6 @@ fn cell(base: &str, f: impl FnOnce(StripeCharge) -> StripeCharge) -> Registry {
         };
     });
     Registry::new().with(f(c))
-}
-
-fn worker(store: &Store, cells: Registry, id: &str) -> Worker {
-    Worker::new(
-        store.clone(),
-        cells,
-        WorkerConfig {
-            id: id.into(),
-            concurrency: 8,
-            batch: 16,
-            poll_interval: Duration::from_millis(50),
-            sweep_interval: Duration::from_millis(50),
-            claim_outbox: true,
-            approval_ttl: Duration::from_secs(3600),
-            stranded_after: None,
-        },
-    )
 }
 
 async fn state(store: &Store, id: ActionId) -> inbox::ActionRow {
@@ -651,40 +635,27 @@ async fn sql_enqueue_checks_arguments_against_the_registered_schema() {
 
 // ---------------------------------------------------------------- processes
 
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_worker(db_url: &str, stripe: &str, id: &str) -> Child {
-    Child(
-        std::process::Command::new(env!("CARGO_BIN_EXE_idem"))
-            .args([
-                "worker",
-                "--id",
-                id,
-                "--poll-interval-ms",
-                "50",
-                "--sweep-interval-ms",
-                "100",
-            ])
-            .args([
-                "--stripe-call-timeout-ms",
-                "1000",
-                "--stripe-settle-ms",
-                "300",
-            ])
-            .env("DATABASE_URL", db_url)
-            .env("IDEM_STRIPE_BASE", stripe)
-            .env("STRIPE_SECRET_KEY", TEST_SECRET)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn idem worker"),
+fn spawn_worker(db_url: &str, stripe: &str, id: &str) -> ChildGuard {
+    spawn_idem(
+        env!("CARGO_BIN_EXE_idem"),
+        &[
+            "worker",
+            "--id",
+            id,
+            "--poll-interval-ms",
+            "50",
+            "--sweep-interval-ms",
+            "100",
+            "--stripe-call-timeout-ms",
+            "1000",
+            "--stripe-settle-ms",
+            "300",
+        ],
+        &[
+            ("DATABASE_URL", db_url),
+            ("IDEM_STRIPE_BASE", stripe),
+            ("STRIPE_SECRET_KEY", TEST_SECRET),
+        ],
     )
 }
 
@@ -707,8 +678,7 @@ async fn worker_process_killed_mid_call_is_settled_by_another_worker() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     // SIGKILL: no cleanup, the lease stays held.
-    first.0.kill().unwrap();
-    first.0.wait().unwrap();
+    first.kill();
     let row = state(&db.store, action.action_id).await;
     assert_eq!(row.state, State::Executing);
     assert_eq!(row.lease_owner.as_deref(), Some("doomed"));

@@ -10,6 +10,7 @@ use idem_core::profile::ApprovalPolicy;
 use idem_core::{ActionId, CellName, RetryPolicy, State};
 use idem_sim::{Fault, StripeSimConfig};
 use idem_store::{enqueue, inbox, NewAction, Store};
+use idem_testkit::harness::worker_config;
 use idem_testkit::{StripeFixture, TestDb, TEST_SECRET};
 use idem_worker::{Delivery, TraceHeaders, Worker, WorkerConfig};
 use serde_json::json;
@@ -31,14 +32,8 @@ fn worker(store: &Store, cell: StripeCharge, approval_ttl: Duration) -> Worker {
         store.clone(),
         Registry::new().with(cell),
         WorkerConfig {
-            id: "human-test-worker".into(),
-            concurrency: 8,
-            batch: 16,
-            poll_interval: Duration::from_millis(50),
-            sweep_interval: Duration::from_millis(50),
-            claim_outbox: true,
             approval_ttl,
-            stranded_after: None,
+            ..worker_config("human-test-worker")
         },
     )
 }
@@ -455,16 +450,8 @@ async fn an_email_that_cannot_be_found_goes_to_a_person_and_is_never_resent() {
             lag_bound: Duration::from_millis(800),
         };
     });
-    let w = Worker::new(
-        db.store.clone(),
-        Registry::new().with(cell),
-        WorkerConfig {
-            id: "gmail-human-test".into(),
-            poll_interval: Duration::from_millis(50),
-            sweep_interval: Duration::from_millis(50),
-            ..WorkerConfig::default()
-        },
-    );
+    let w =
+        idem_testkit::harness::worker(&db.store, Registry::new().with(cell), "gmail-human-test");
     let a = NewAction::new(
         ActionId::random(),
         CellName::new("gmail.send").unwrap(),
@@ -791,16 +778,8 @@ async fn check_the_partner_again_finds_an_email_the_lookup_missed() {
             lag_bound: Duration::from_millis(500),
         };
     });
-    let w = Worker::new(
-        db.store.clone(),
-        Registry::new().with(cell),
-        WorkerConfig {
-            id: "gmail-recheck-test".into(),
-            poll_interval: Duration::from_millis(50),
-            sweep_interval: Duration::from_millis(50),
-            ..WorkerConfig::default()
-        },
-    );
+    let w =
+        idem_testkit::harness::worker(&db.store, Registry::new().with(cell), "gmail-recheck-test");
     w.register_with_fleet().await.unwrap();
     let a = NewAction::new(
         ActionId::random(),

@@ -13,6 +13,7 @@ use idem_kafka::{KafkaConfig, KafkaTransport, TopicRouting, TransportConfig};
 use idem_relay::{Relay, RelayConfig};
 use idem_sim::StripeSimConfig;
 use idem_store::{enqueue, inbox, NewAction, Store};
+use idem_testkit::harness::{spawn_idem, wait_settled, worker_config, ChildGuard};
 use idem_testkit::{kafka_bootstrap, StripeFixture, TestDb, TEST_SECRET};
 use idem_worker::{Worker, WorkerConfig};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -51,14 +52,8 @@ fn worker(store: &Store, base: &str) -> Worker {
         store.clone(),
         cells(base),
         WorkerConfig {
-            id: "kafka-worker".into(),
-            concurrency: 8,
-            batch: 16,
-            poll_interval: Duration::from_millis(50),
-            sweep_interval: Duration::from_millis(50),
             claim_outbox: false,
-            approval_ttl: Duration::from_secs(3600),
-            stranded_after: None,
+            ..worker_config("kafka-worker")
         },
     )
 }
@@ -128,32 +123,6 @@ async fn read_all(topic: &str, expect: usize) -> Vec<rdkafka::message::OwnedMess
         }
     }
     out
-}
-
-async fn wait_settled(store: &Store, ids: &[ActionId], limit: Duration) {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let mut open = 0;
-        for id in ids {
-            if !inbox::get(store.pool(), *id)
-                .await
-                .unwrap()
-                .unwrap()
-                .state
-                .is_settled()
-            {
-                open += 1;
-            }
-        }
-        if open == 0 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{open} actions not settled"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]
@@ -642,15 +611,6 @@ async fn broker_node_crash_mid_run_loses_nothing_and_doubles_nothing() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-struct Proc(std::process::Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn kafka_worker_process(
     db_url: &str,
     stripe: &str,
@@ -658,40 +618,36 @@ fn kafka_worker_process(
     topic: &str,
     group: &str,
     id: &str,
-) -> Proc {
-    Proc(
-        std::process::Command::new(env!("CARGO_BIN_EXE_idem"))
-            .args([
-                "worker",
-                "--transport",
-                "kafka",
-                "--id",
-                id,
-                "--group",
-                group,
-                "--topic",
-                topic,
-                "--partitions",
-                "6",
-            ])
-            .args([
-                "--poll-interval-ms",
-                "50",
-                "--sweep-interval-ms",
-                "100",
-                "--stripe-call-timeout-ms",
-                "1000",
-                "--stripe-settle-ms",
-                "300",
-            ])
-            .env("DATABASE_URL", db_url)
-            .env("KAFKA_BOOTSTRAP", bootstrap)
-            .env("IDEM_STRIPE_BASE", stripe)
-            .env("STRIPE_SECRET_KEY", TEST_SECRET)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn idem worker --transport kafka"),
+) -> ChildGuard {
+    spawn_idem(
+        env!("CARGO_BIN_EXE_idem"),
+        &[
+            "worker",
+            "--transport",
+            "kafka",
+            "--id",
+            id,
+            "--group",
+            group,
+            "--topic",
+            topic,
+            "--partitions",
+            "6",
+            "--poll-interval-ms",
+            "50",
+            "--sweep-interval-ms",
+            "100",
+            "--stripe-call-timeout-ms",
+            "1000",
+            "--stripe-settle-ms",
+            "300",
+        ],
+        &[
+            ("DATABASE_URL", db_url),
+            ("KAFKA_BOOTSTRAP", bootstrap),
+            ("IDEM_STRIPE_BASE", stripe),
+            ("STRIPE_SECRET_KEY", TEST_SECRET),
+        ],
     )
 }
 
@@ -731,7 +687,7 @@ async fn three_worker_processes_one_killed_mid_batch_every_action_once() {
         enqueue(db.store.pool(), &a).await.unwrap();
         ids.push(a.action_id);
     }
-    let mut workers: Vec<Proc> = ["w1", "w2", "w3"]
+    let mut workers: Vec<ChildGuard> = ["w1", "w2", "w3"]
         .iter()
         .map(|id| kafka_worker_process(&db.url, &stripe.base_url(), &bootstrap, &topic, &group, id))
         .collect();
@@ -754,8 +710,7 @@ async fn three_worker_processes_one_killed_mid_batch_every_action_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut victim = workers.remove(0);
-    victim.0.kill().unwrap(); // SIGKILL, mid-batch
-    victim.0.wait().unwrap();
+    victim.kill(); // SIGKILL, mid-batch
     wait_settled(&db.store, &ids, Duration::from_secs(120)).await;
     for id in &ids {
         assert_eq!(stripe.sim.effects_for(&id.to_string()), 1, "action {id}");

@@ -101,14 +101,8 @@ async fn one_trace_from_the_enqueuing_span_to_the_partner_call() {
         db.store.clone(),
         cells,
         WorkerConfig {
-            id: "trace-worker".into(),
-            concurrency: 8,
-            batch: 16,
-            poll_interval: Duration::from_millis(50),
-            sweep_interval: Duration::from_millis(50),
             claim_outbox: false,
-            approval_ttl: Duration::from_secs(3600),
-            stranded_after: None,
+            ..idem_testkit::harness::worker_config("trace-worker")
         },
     );
     let transport = KafkaTransport::new(

@@ -17,7 +17,7 @@ use idem_cells::{Cell, Registry};
 use idem_core::{ActionId, CellProfile, RetryPolicy, State};
 use idem_sim::Fault;
 use idem_store::{enqueue, inbox, NewAction};
-use idem_worker::{Delivery, ReceiveReport, TraceHeaders, Worker, WorkerConfig};
+use idem_worker::{Delivery, ReceiveReport, TraceHeaders, Worker};
 use serde_json::Value;
 
 use crate::TestDb;
@@ -126,19 +126,10 @@ impl Run {
     }
 
     fn worker(&self, id: &str) -> Worker {
-        Worker::new(
-            self.db.store.clone(),
+        crate::harness::worker(
+            &self.db.store,
             Registry::new().with_arc(self.cell.clone()),
-            WorkerConfig {
-                id: id.into(),
-                concurrency: 8,
-                batch: 16,
-                poll_interval: Duration::from_millis(50),
-                sweep_interval: Duration::from_millis(50),
-                claim_outbox: true,
-                approval_ttl: Duration::from_secs(3600),
-                stranded_after: None,
-            },
+            id,
         )
     }
 

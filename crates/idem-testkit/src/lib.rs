@@ -6,6 +6,7 @@
 //! start. Tests never skip silently.
 
 pub mod conformance;
+pub mod harness;
 pub mod subjects;
 
 use idem_cells::TypedCell as _;
@@ -260,15 +261,7 @@ pub struct RunningWorker {
 
 impl RunningWorker {
     pub fn start(store: &Store, cells: idem_cells::Registry) -> Self {
-        let w = idem_worker::Worker::new(
-            store.clone(),
-            cells,
-            idem_worker::WorkerConfig {
-                poll_interval: std::time::Duration::from_millis(50),
-                sweep_interval: std::time::Duration::from_millis(50),
-                ..idem_worker::WorkerConfig::default()
-            },
-        );
+        let w = harness::worker(store, cells, "testkit-worker");
         let (stop, rx) = tokio::sync::watch::channel(false);
         let handle = tokio::spawn(async move { w.run(rx).await.expect("worker runs") });
         Self { stop, handle }
