@@ -10,6 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/idem-target}"
+# The integration tests mostly wait (on partners, leases, settle times), so four test
+# threads on two cores finish the suite binary in 131 s instead of 173 s (measured).
+export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
 
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
