@@ -61,6 +61,20 @@ macro_rules! card {
     };
 }
 
+/// `parts()` and `parts_mut()` for a cell whose [`Parts`] are its field `parts`.
+#[macro_export]
+macro_rules! parts {
+    () => {
+        fn parts(&self) -> &$crate::kit::Parts {
+            &self.parts
+        }
+
+        fn parts_mut(&mut self) -> &mut $crate::kit::Parts {
+            &mut self.parts
+        }
+    };
+}
+
 /// What every built-in cell holds: its name, its profile and its partner.
 #[derive(Debug, Clone)]
 pub struct Parts {
@@ -91,6 +105,7 @@ pub trait TypedCell: Send + Sync + std::fmt::Debug + 'static {
     /// False for read-only cells (a price quote): no effect, nothing in a partner's ledger.
     const EFFECTFUL: bool = true;
 
+    /// The cell's name, profile and partner client; [`parts!`](crate::parts) writes both.
     fn parts(&self) -> &Parts;
 
     fn parts_mut(&mut self) -> &mut Parts;

@@ -56,13 +56,7 @@ impl TypedCell for AmadeusBook {
     type Args = Args;
     const CARD: Card = crate::card!("book.md");
 
-    fn parts(&self) -> &Parts {
-        &self.parts
-    }
-
-    fn parts_mut(&mut self) -> &mut Parts {
-        &mut self.parts
-    }
+    crate::parts!();
 
     async fn send(&self, action: ActionId, args: &Args, _: &Attempt) -> ExecOutcome {
         // Re-price first (read-only): a definitive pricing failure means no booking at all.

@@ -65,13 +65,7 @@ impl TypedCell for AmadeusCancel {
     type Args = Args;
     const CARD: Card = crate::card!("cancel.md");
 
-    fn parts(&self) -> &Parts {
-        &self.parts
-    }
-
-    fn parts_mut(&mut self) -> &mut Parts {
-        &mut self.parts
-    }
+    crate::parts!();
 
     async fn send(&self, action: ActionId, args: &Args, attempt: &Attempt) -> ExecOutcome {
         let req = self

@@ -49,13 +49,7 @@ impl TypedCell for AmadeusPrice {
     const CARD: Card = crate::card!("price.md");
     const EFFECTFUL: bool = false;
 
-    fn parts(&self) -> &Parts {
-        &self.parts
-    }
-
-    fn parts_mut(&mut self) -> &mut Parts {
-        &mut self.parts
-    }
+    crate::parts!();
 
     async fn send(&self, _: ActionId, args: &Args, _: &Attempt) -> ExecOutcome {
         let req = price(&self.parts.api, &args.flight_offers);

@@ -219,13 +219,7 @@ impl TypedCell for GmailSend {
     type Args = Args;
     const CARD: Card = crate::card!("send.md");
 
-    fn parts(&self) -> &Parts {
-        &self.parts
-    }
-
-    fn parts_mut(&mut self) -> &mut Parts {
-        &mut self.parts
-    }
+    crate::parts!();
 
     fn pre_state(&self, now: DateTime<Utc>) -> Value {
         match self.watermark.load(Ordering::Relaxed) {

@@ -62,13 +62,7 @@ impl TypedCell for HubSpotCompanyUpsert {
     type Args = Args;
     const CARD: Card = crate::card!("company.upsert.md");
 
-    fn parts(&self) -> &Parts {
-        &self.parts
-    }
-
-    fn parts_mut(&mut self) -> &mut Parts {
-        &mut self.parts
-    }
+    crate::parts!();
 
     async fn send(&self, action: ActionId, args: &Args, _: &Attempt) -> ExecOutcome {
         upsert(&self.parts.api, action, &args.upsert()).await

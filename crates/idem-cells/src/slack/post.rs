@@ -100,13 +100,7 @@ impl TypedCell for SlackPost {
     type Args = Args;
     const CARD: Card = crate::card!("post.md");
 
-    fn parts(&self) -> &Parts {
-        &self.parts
-    }
-
-    fn parts_mut(&mut self) -> &mut Parts {
-        &mut self.parts
-    }
+    crate::parts!();
 
     async fn send(&self, action: ActionId, args: &Args, _: &Attempt) -> ExecOutcome {
         let body = json!({

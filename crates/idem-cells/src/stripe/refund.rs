@@ -137,13 +137,7 @@ impl TypedCell for StripeRefund {
     type Args = Args;
     const CARD: Card = crate::card!("refund.md");
 
-    fn parts(&self) -> &Parts {
-        &self.parts
-    }
-
-    fn parts_mut(&mut self) -> &mut Parts {
-        &mut self.parts
-    }
+    crate::parts!();
 
     async fn send(&self, action: ActionId, args: &Args, attempt: &Attempt) -> ExecOutcome {
         let mut form: Vec<(&str, String)> = vec![

@@ -146,13 +146,7 @@ impl TypedCell for TwilioSms {
     type Args = Args;
     const CARD: Card = crate::card!("sms.send.md");
 
-    fn parts(&self) -> &Parts {
-        &self.parts
-    }
-
-    fn parts_mut(&mut self) -> &mut Parts {
-        &mut self.parts
-    }
+    crate::parts!();
 
     async fn send(&self, action: ActionId, args: &Args, _: &Attempt) -> ExecOutcome {
         let mut form = vec![
