@@ -1,6 +1,6 @@
 -- NOTIFY at enqueue wakes workers and relays at once, but every notifying commit takes
 -- PostgreSQL's notification queue lock, which serialises concurrent enqueuing transactions
--- (measured: `idem bench enqueue`). A deployment that enqueues at high concurrency can turn
+-- (measured: `idem-lab bench enqueue`). A deployment that enqueues at high concurrency can turn
 -- it off and let workers and relays find rows by polling (`--poll-interval-ms`).
 ALTER TABLE idem.settings ADD COLUMN notify_on_enqueue boolean NOT NULL DEFAULT true;
 

@@ -63,7 +63,7 @@ fi
 
 # The Python and TypeScript clients, with the real framework packages, against the real
 # idem binary (simulators, a worker they kill, `idem serve`) on the same PostgreSQL.
-cargo build -q --bin idem
+cargo build -q --bin idem --bin idem-lab
 export IDEM_BIN="$CARGO_TARGET_DIR/debug/idem"
 ./clients/python/run-tests.sh || failed+=(python)
 ./clients/typescript/run-tests.sh || failed+=(typescript)

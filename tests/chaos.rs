@@ -1,4 +1,4 @@
-//! The CI-sized fault campaign: the real `idem chaos` binary with its defaults (2,000
+//! The CI-sized fault campaign: the real `idem-lab chaos` binary with its defaults (2,000
 //! actions at 40/s, a relay or worker SIGKILLed every 4 s, one PostgreSQL crash, one broker
 //! crash). It starts its own PostgreSQL cluster (initdb, so it can crash it) and its own
 //! three-node Apache Kafka (so it can SIGKILL a node), real `idem relay` and `idem worker`
@@ -9,7 +9,7 @@ use std::process::Command;
 #[test]
 fn chaos_soak_loses_nothing_and_duplicates_nothing() {
     let actions = 2000;
-    let out = Command::new(env!("CARGO_BIN_EXE_idem"))
+    let out = Command::new(env!("CARGO_BIN_EXE_idem-lab"))
         .args([
             "chaos",
             "--json",
@@ -26,12 +26,12 @@ fn chaos_soak_loses_nothing_and_duplicates_nothing() {
         .env_remove("DATABASE_URL")
         .env_remove("KAFKA_BOOTSTRAP")
         .output()
-        .expect("run idem chaos");
+        .expect("run idem-lab chaos");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let r: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
         panic!(
-            "idem chaos printed no JSON ({e}); exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            "idem-lab chaos printed no JSON ({e}); exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
             out.status
         )
     });

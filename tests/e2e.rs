@@ -707,7 +707,7 @@ async fn worker_process_killed_mid_call_is_settled_by_another_worker() {
 async fn demo_binary_reports_no_duplicates_and_nothing_lost() {
     // The README's main job, small: through the real binary, its own database.
     let db = TestDb::new().await;
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_idem"))
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_idem-lab"))
         .args([
             "demo",
             "--actions",

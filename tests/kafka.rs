@@ -445,7 +445,7 @@ async fn relay_killed_between_ack_and_delete_republishes_and_the_inbox_absorbs_i
 #[tokio::test]
 async fn demo_through_relay_and_kafka_reports_no_duplicates_and_nothing_lost() {
     let db = TestDb::new().await;
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_idem"))
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_idem-lab"))
         .args([
             "demo",
             "--transport",

@@ -1,4 +1,4 @@
-//! Metrics against the partner ledgers: the real `idem demo` binary (every cell, partner
+//! Metrics against the partner ledgers: the real `idem-lab demo` binary (every cell, partner
 //! faults on: lost responses, 5xx before and after the effect, 429s) prints its Prometheus
 //! exposition; the counters must agree with what the simulators' ledgers recorded. And the
 //! same run exports spans and metrics over OTLP/HTTP to a collector stand-in that keeps
@@ -58,7 +58,7 @@ async fn counters_after_a_faulty_demo_match_the_partner_ledgers() {
     .await
     .unwrap();
     let name = format!("idem_metrics_{}", uuid::Uuid::new_v4().simple());
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_idem"))
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_idem-lab"))
         .args([
             "demo",
             "--actions",

@@ -82,11 +82,16 @@ class Stack:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     workers_started: int = 0
 
-    def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, name: str, args: list[str], binary: str | None = None
+    ) -> subprocess.Popen[bytes]:
         log = self.logs / f"{name}.log"
         env = {**os.environ, "DATABASE_URL": self.database_url, "RUST_LOG": "info"}
         p = subprocess.Popen(
-            [self.bin, *args], stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env
+            [binary or self.bin, *args],
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            env=env,
         )
         self.procs.append(p)
         return p
@@ -182,7 +187,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         ],
     )
     try:
-        sim = s.spawn("stripe-sim", ["sim", "stripe", "--listen", stripe.removeprefix("http://")])
+        # The simulator is the lab's (`idem-lab sim`); the operator binary has none.
+        lab = str(Path(bin_).with_name("idem-lab"))
+        sim = s.spawn(
+            "stripe-sim", ["sim", "stripe", "--listen", stripe.removeprefix("http://")], lab
+        )
         _wait_http(f"{stripe}/_sim/ledger", sim, "stripe simulator", logs / "stripe-sim.log")
         s.start_worker()
         srv = s.spawn("serve", ["serve", *cells, "--listen", api.removeprefix("http://")])

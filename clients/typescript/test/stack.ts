@@ -8,7 +8,7 @@ import { randomUUID } from "node:crypto";
 import { createWriteStream, existsSync, mkdtempSync } from "node:fs";
 import { createServer } from "node:net";
 import { homedir, tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 import pg from "pg";
@@ -99,7 +99,9 @@ export class Stack {
       token("ts-agent", ["submit", "read"]),
       token("ts-admin", ["read", "approve"]),
     );
-    const sim = s.spawn("stripe-sim", ["sim", "stripe", "--listen", stripe.slice("http://".length)]);
+    // The simulator is the lab's (`idem-lab sim`); the operator binary has none.
+    const lab = join(dirname(bin), "idem-lab");
+    const sim = s.spawn("stripe-sim", ["sim", "stripe", "--listen", stripe.slice("http://".length)], lab);
     await waitHttp(`${stripe}/_sim/ledger`, sim, "stripe simulator");
     s.startWorker();
     const srv = s.spawn("serve", ["serve", "--stripe-base", stripe, "--listen", api.slice("http://".length)]);
@@ -107,9 +109,9 @@ export class Stack {
     return s;
   }
 
-  spawn(name: string, args: string[]): ChildProcess {
+  spawn(name: string, args: string[], binary?: string): ChildProcess {
     const log = createWriteStream(join(this.logs, `${name}.log`), { flags: "a" });
-    const p = spawn(this.bin, args, { env: { ...process.env, DATABASE_URL: this.databaseUrl }, stdio: ["ignore", "pipe", "pipe"] });
+    const p = spawn(binary ?? this.bin, args, { env: { ...process.env, DATABASE_URL: this.databaseUrl }, stdio: ["ignore", "pipe", "pipe"] });
     p.stdout?.pipe(log);
     p.stderr?.pipe(log);
     this.procs.push(p);

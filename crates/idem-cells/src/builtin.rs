@@ -46,7 +46,7 @@ pub struct Integration {
     pub credential_env: &'static str,
     /// A credential idem's simulator accepts, used when none is configured.
     pub placeholder: &'static str,
-    /// Where `idem sim <partner>` listens by default: the base when none is configured.
+    /// Where `idem-lab sim <partner>` listens by default: the base when none is configured.
     pub local_simulator: &'static str,
     /// The cells, built against `access` and tuned.
     pub cells: fn(&Access, &Tune<'_>) -> Vec<Arc<dyn Cell>>,

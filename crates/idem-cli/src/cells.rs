@@ -13,7 +13,7 @@ use serde::Serialize;
 /// `[partners.<name>]` in the configuration, which holds the defaults (the simulators).
 #[derive(Args, Debug, Clone, Default)]
 pub struct CellArgs {
-    /// Stripe API base (Stripe itself, or `idem sim stripe`).
+    /// Stripe API base (Stripe itself, or `idem-lab sim stripe`).
     #[arg(long, env = "IDEM_STRIPE_BASE")]
     pub stripe_base: Option<String>,
     /// Stripe secret key; sent only in the Authorization header, never logged.
@@ -28,19 +28,19 @@ pub struct CellArgs {
     /// Override the key retention the cell assumes (ms).
     #[arg(long)]
     pub stripe_key_retention_ms: Option<u64>,
-    /// HubSpot API base (HubSpot itself, or `idem sim hubspot`).
+    /// HubSpot API base (HubSpot itself, or `idem-lab sim hubspot`).
     #[arg(long, env = "IDEM_HUBSPOT_BASE")]
     pub hubspot_base: Option<String>,
     /// HubSpot private-app access token; sent only in the Authorization header.
     #[arg(long, env = "HUBSPOT_ACCESS_TOKEN", hide_env_values = true)]
     pub hubspot_token: Option<String>,
-    /// Slack Web API base (Slack itself, or `idem sim slack`).
+    /// Slack Web API base (Slack itself, or `idem-lab sim slack`).
     #[arg(long, env = "IDEM_SLACK_BASE")]
     pub slack_base: Option<String>,
     /// Slack bot token (xoxb-…); sent only in the Authorization header.
     #[arg(long, env = "SLACK_BOT_TOKEN", hide_env_values = true)]
     pub slack_token: Option<String>,
-    /// Twilio API base (Twilio itself, or `idem sim twilio`).
+    /// Twilio API base (Twilio itself, or `idem-lab sim twilio`).
     #[arg(long, env = "IDEM_TWILIO_BASE")]
     pub twilio_base: Option<String>,
     #[arg(long, env = "TWILIO_ACCOUNT_SID")]
@@ -51,13 +51,13 @@ pub struct CellArgs {
     /// Where Twilio posts status callbacks (the cell appends `idem=<action id>`).
     #[arg(long, env = "IDEM_TWILIO_STATUS_CALLBACK")]
     pub twilio_status_callback: Option<String>,
-    /// Gmail API base (Google itself, or `idem sim gmail`).
+    /// Gmail API base (Google itself, or `idem-lab sim gmail`).
     #[arg(long, env = "IDEM_GMAIL_BASE")]
     pub gmail_base: Option<String>,
     /// OAuth access token for the sending mailbox; sent only in the Authorization header.
     #[arg(long, env = "GMAIL_ACCESS_TOKEN", hide_env_values = true)]
     pub gmail_token: Option<String>,
-    /// Amadeus Self-Service API base (Amadeus itself, or `idem sim amadeus`).
+    /// Amadeus Self-Service API base (Amadeus itself, or `idem-lab sim amadeus`).
     #[arg(long, env = "IDEM_AMADEUS_BASE")]
     pub amadeus_base: Option<String>,
     /// Amadeus OAuth access token; sent only in the Authorization header.

@@ -252,7 +252,7 @@ impl KafkaSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Partner {
-    /// API base URL (the partner itself, or `idem sim <partner>`).
+    /// API base URL (the partner itself, or `idem-lab sim <partner>`).
     pub base: String,
     /// Environment variable holding the credential. Unset: the simulator's placeholder.
     pub credential_env: String,

@@ -1,16 +1,10 @@
 //! The `idem` command.
 
-mod bench;
 mod cells;
-mod chaos;
-mod checker;
 mod config;
 mod decide;
-mod demo;
-mod partners;
 mod policy;
-mod services;
-mod workload;
+mod process;
 
 /// Exit codes a script can branch on (`idem enqueue`, `idem status --wait`).
 mod exit {
@@ -92,16 +86,6 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         wait: u64,
     },
-    /// Run a partner simulator.
-    Sim {
-        #[command(subcommand)]
-        partner: SimCommand,
-    },
-    /// The main job: run N actions through faulty partners and count effects.
-    Demo(demo::DemoArgs),
-    /// The fault campaign: relay and worker processes killed at random, PostgreSQL and the
-    /// broker restarted, deliveries duplicated, partners faulty; then the ledgers are checked.
-    Chaos(chaos::ChaosArgs),
     /// Actions awaiting approval: list, approve, reject (each decision audited).
     Approvals {
         #[command(subcommand)]
@@ -184,14 +168,6 @@ enum Command {
         json: bool,
         #[command(flatten)]
         cells: cells::CellArgs,
-    },
-    /// Benchmarks with baselines measured in the same run; prints JSON. Without a
-    /// subcommand: every benchmark, one JSON array (`idem bench --json --markdown FILE`).
-    Bench {
-        #[command(subcommand)]
-        what: Option<BenchCommand>,
-        #[command(flatten)]
-        suite: bench::SuiteArgs,
     },
 }
 
@@ -416,185 +392,11 @@ struct EnqueueArgs {
     cell_configs: Vec<std::path::PathBuf>,
 }
 
-#[derive(Subcommand, Debug)]
-enum BenchCommand {
-    /// Relay drain rate vs raw Postgres drain and raw rdkafka produce.
-    Relay(bench::BenchArgs),
-    /// Kafka worker throughput (no-op cell) vs a naive at-least-once consumer.
-    KafkaWorker(bench::WorkerBenchArgs),
-    /// End-to-end latency p50/p99, enqueue → partner call, at fixed offered loads.
-    Latency(bench::LatencyArgs),
-    /// Enqueue inside an application transaction vs a plain INSERT of the same row.
-    Enqueue(bench::EnqueueBenchArgs),
-    /// Direct-Postgres worker throughput (no-op cell) vs a plain SKIP LOCKED job queue.
-    PgWorker(bench::PgWorkerBenchArgs),
-    /// Throughput vs number of worker processes with a slow (20 ms) partner, vs linear.
-    Scaling(bench::ScalingArgs),
-    /// The inbox with millions of settled actions: worker, status and sweep latencies
-    /// before and after, and beside a retention purge.
-    InboxScale(bench::InboxScaleArgs),
-}
-
-#[derive(Subcommand, Debug)]
-enum SimCommand {
-    /// The Stripe simulator (PaymentIntents, Idempotency-Key store, ledger at /_sim/ledger).
-    Stripe {
-        #[arg(long, default_value = "127.0.0.1:12111")]
-        listen: SocketAddr,
-        #[command(flatten)]
-        faults: FaultArgs,
-        /// Key retention in seconds (Stripe: 24 h).
-        #[arg(long, default_value_t = 86_400.0)]
-        key_retention_secs: f64,
-        /// Search indexing lag in seconds.
-        #[arg(long, default_value_t = 0.0)]
-        search_lag_secs: f64,
-    },
-    /// A generic partner following the IETF Idempotency-Key draft (`POST /v1/{resource}`,
-    /// lookup `GET /v1/{resource}?idempotency_key=`), for declarative cells.
-    Ietf {
-        #[arg(long, default_value = "127.0.0.1:12113")]
-        listen: SocketAddr,
-        #[command(flatten)]
-        faults: FaultArgs,
-        /// Key retention in seconds.
-        #[arg(long, default_value_t = 86_400.0)]
-        key_retention_secs: f64,
-        /// Lookup lag in seconds.
-        #[arg(long, default_value_t = 0.0)]
-        lookup_lag_secs: f64,
-    },
-    /// The Amadeus Self-Service simulator (pricing, flight orders create/get/delete).
-    Amadeus {
-        #[arg(long, default_value = "127.0.0.1:12117")]
-        listen: SocketAddr,
-        #[command(flatten)]
-        faults: FaultArgs,
-    },
-    /// The Gmail API simulator (messages.send, profile, history, messages.get/list).
-    Gmail {
-        #[arg(long, default_value = "127.0.0.1:12116")]
-        listen: SocketAddr,
-        #[command(flatten)]
-        faults: FaultArgs,
-        /// Keep client-set Message-IDs (undocumented; the worse case replaces them).
-        #[arg(long)]
-        keep_message_id: bool,
-        /// Seconds before a sent message is found by rfc822msgid search.
-        #[arg(long, default_value_t = 0.0)]
-        search_lag_secs: f64,
-        /// Seconds a historyId stays valid for history.list.
-        #[arg(long, default_value_t = 3600.0)]
-        history_retention_secs: f64,
-    },
-    /// The Twilio Messaging simulator (Messages create and list; no REST key).
-    Twilio {
-        #[arg(long, default_value = "127.0.0.1:12115")]
-        listen: SocketAddr,
-        #[command(flatten)]
-        faults: FaultArgs,
-        /// Seconds before a message shows in the Messages list.
-        #[arg(long, default_value_t = 0.0)]
-        list_lag_secs: f64,
-    },
-    /// The Slack Web API simulator (chat.postMessage with metadata, conversations.history).
-    Slack {
-        #[arg(long, default_value = "127.0.0.1:12114")]
-        listen: SocketAddr,
-        #[command(flatten)]
-        faults: FaultArgs,
-        /// Seconds before a post shows in conversations.history.
-        #[arg(long, default_value_t = 0.0)]
-        history_lag_secs: f64,
-    },
-    /// The HubSpot CRM simulator (batch upsert by unique property, read; ledger at
-    /// /_sim/ledger).
-    Hubspot {
-        #[arg(long, default_value = "127.0.0.1:12112")]
-        listen: SocketAddr,
-        #[command(flatten)]
-        faults: FaultArgs,
-    },
-}
-
-/// Seed and fault rates of a simulator.
-#[derive(Args, Debug, Clone)]
-struct FaultArgs {
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Probability of a lost response after the effect.
-    #[arg(long, default_value_t = 0.0)]
-    drop_after_effect: f64,
-    /// Probability of a 500 before the effect.
-    #[arg(long, default_value_t = 0.0)]
-    fail_before: f64,
-    /// Probability of a 500 after the effect.
-    #[arg(long, default_value_t = 0.0)]
-    fail_after: f64,
-    /// Probability of a 429.
-    #[arg(long, default_value_t = 0.0)]
-    rate_limit: f64,
-    /// Probability of a 409 (key or object busy).
-    #[arg(long, default_value_t = 0.0)]
-    conflict_409: f64,
-}
-
-impl FaultArgs {
-    fn rates(&self) -> idem_sim::FaultRates {
-        idem_sim::FaultRates {
-            drop_after_effect: self.drop_after_effect,
-            fail_before: self.fail_before,
-            fail_after: self.fail_after,
-            rate_limit: self.rate_limit,
-            conflict_409: self.conflict_409,
-            ..Default::default()
-        }
-    }
-}
-
 fn main() -> Result<()> {
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
     let cli = Cli::parse();
     config::init(cli.config.as_deref())?;
-    // The demo prints a table; its workers' info lines would drown it.
-    let default_filter = match cli.command {
-        Command::Demo(_) => "warn,sqlx::postgres::notice=error",
-        // The harness's own Kafka clients see the broker restart it causes: expected.
-        Command::Chaos(_) => {
-            "warn,sqlx::postgres::notice=error,sqlx::pool=error,librdkafka=off,rdkafka=off"
-        }
-        _ => "warn,idem=info",
-    };
-    // OTLP exporters (when OTEL_EXPORTER_OTLP_ENDPOINT is set) use a blocking HTTP client:
-    // built here, before the async runtime, and shut down after it.
     let service = format!("idem-{}", cli.command.name());
-    let tracer = idem_telemetry::metrics::otlp_tracer(&service)?;
-    let metrics = std::sync::Arc::new(idem_telemetry::metrics::Metrics::install(&service)?);
-    use tracing_subscriber::Layer as _;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| default_filter.into());
-    // Logs follow RUST_LOG; exported spans are idem's info-level spans whatever the log level.
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_filter(filter);
-    let otel = tracer.as_ref().map(|provider| {
-        idem_telemetry::layer(provider).with_filter(tracing_subscriber::filter::LevelFilter::INFO)
-    });
-    tracing_subscriber::registry().with(fmt).with(otel).init();
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run(cli, metrics.clone()));
-    if let Some(provider) = tracer {
-        if let Err(e) = provider.shutdown() {
-            eprintln!("trace export shutdown: {e}");
-        }
-    }
-    if let Ok(m) = std::sync::Arc::try_unwrap(metrics) {
-        m.shutdown();
-    }
-    result
+    process::run(&service, "warn,idem=info", |metrics| run(cli, metrics))
 }
 
 impl Command {
@@ -608,9 +410,6 @@ impl Command {
             Command::Purge(_) => "purge",
             Command::Enqueue(_) => "enqueue",
             Command::Status { .. } => "status",
-            Command::Sim { .. } => "sim",
-            Command::Demo(_) => "demo",
-            Command::Chaos(_) => "chaos",
             Command::Approvals { .. } => "approvals",
             Command::Policy { .. } => "policy",
             Command::NeedsHuman { .. } => "needs-human",
@@ -622,7 +421,6 @@ impl Command {
             Command::Resolve(_) => "resolve",
             Command::Resend(_) => "resend",
             Command::Cells { .. } => "cells",
-            Command::Bench { .. } => "bench",
         }
     }
 }
@@ -797,7 +595,7 @@ async fn run(cli: Cli, metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>
                 .with_context(|| format!("cannot listen on {listen}"))?;
             eprintln!("idem API on http://{}", listener.local_addr()?);
             axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown_signal())
+                .with_graceful_shutdown(process::shutdown_signal())
                 .await?;
         }
         Command::Mcp {
@@ -830,7 +628,7 @@ async fn run(cli: Cli, metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>
                         .with_context(|| format!("cannot listen on {addr}"))?;
                     eprintln!("idem MCP on http://{}/mcp", listener.local_addr()?);
                     axum::serve(listener, app)
-                        .with_graceful_shutdown(shutdown_signal())
+                        .with_graceful_shutdown(process::shutdown_signal())
                         .await?;
                 }
             }
@@ -844,153 +642,6 @@ async fn run(cli: Cli, metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>
                 println!("{}", serde_json::to_string_pretty(&grid)?);
             } else {
                 print!("{}", cells::table(&grid));
-            }
-        }
-        Command::Sim { partner } => match partner {
-            SimCommand::Stripe {
-                listen,
-                faults,
-                key_retention_secs,
-                search_lag_secs,
-            } => {
-                let sim = idem_sim::StripeSim::new(idem_sim::StripeSimConfig {
-                    seed: faults.seed,
-                    key_retention: Duration::from_secs_f64(key_retention_secs),
-                    search_lag: Duration::from_secs_f64(search_lag_secs),
-                    faults: faults.rates(),
-                    ..Default::default()
-                });
-                let server = idem_sim::SimServer::start(sim.router(), listen).await?;
-                eprintln!(
-                    "stripe simulator on {} (ledger: /_sim/ledger)",
-                    server.base_url()
-                );
-                tokio::signal::ctrl_c().await?;
-            }
-            SimCommand::Ietf {
-                listen,
-                faults,
-                key_retention_secs,
-                lookup_lag_secs,
-            } => {
-                let sim = idem_sim::IetfSim::new(
-                    faults.seed,
-                    faults.rates(),
-                    idem_sim::IetfConfig {
-                        key_retention: Duration::from_secs_f64(key_retention_secs),
-                        lookup_lag: Duration::from_secs_f64(lookup_lag_secs),
-                    },
-                );
-                let server = idem_sim::SimServer::start(sim.router(), listen).await?;
-                eprintln!(
-                    "IETF Idempotency-Key simulator on {} (ledger: /_sim/ledger)",
-                    server.base_url()
-                );
-                tokio::signal::ctrl_c().await?;
-            }
-            SimCommand::Amadeus { listen, faults } => {
-                let sim = idem_sim::AmadeusSim::new(faults.seed, faults.rates());
-                let server = idem_sim::SimServer::start(sim.router(), listen).await?;
-                eprintln!(
-                    "amadeus simulator on {} (ledger: /_sim/ledger)",
-                    server.base_url()
-                );
-                tokio::signal::ctrl_c().await?;
-            }
-            SimCommand::Gmail {
-                listen,
-                faults,
-                keep_message_id,
-                search_lag_secs,
-                history_retention_secs,
-            } => {
-                let sim = idem_sim::GmailSim::new(
-                    faults.seed,
-                    faults.rates(),
-                    idem_sim::GmailConfig {
-                        keep_message_id,
-                        search_lag: Duration::from_secs_f64(search_lag_secs),
-                        history_retention: Duration::from_secs_f64(history_retention_secs),
-                    },
-                );
-                let server = idem_sim::SimServer::start(sim.router(), listen).await?;
-                eprintln!(
-                    "gmail simulator on {} (ledger: /_sim/ledger)",
-                    server.base_url()
-                );
-                tokio::signal::ctrl_c().await?;
-            }
-            SimCommand::Twilio {
-                listen,
-                faults,
-                list_lag_secs,
-            } => {
-                let sim = idem_sim::TwilioSim::new(
-                    faults.seed,
-                    faults.rates(),
-                    Duration::from_secs_f64(list_lag_secs),
-                );
-                let server = idem_sim::SimServer::start(sim.router(), listen).await?;
-                eprintln!(
-                    "twilio simulator on {} (ledger: /_sim/ledger)",
-                    server.base_url()
-                );
-                tokio::signal::ctrl_c().await?;
-            }
-            SimCommand::Slack {
-                listen,
-                faults,
-                history_lag_secs,
-            } => {
-                let sim = idem_sim::SlackSim::new(
-                    faults.seed,
-                    faults.rates(),
-                    Duration::from_secs_f64(history_lag_secs),
-                );
-                let server = idem_sim::SimServer::start(sim.router(), listen).await?;
-                eprintln!(
-                    "slack simulator on {} (ledger: /_sim/ledger)",
-                    server.base_url()
-                );
-                tokio::signal::ctrl_c().await?;
-            }
-            SimCommand::Hubspot { listen, faults } => {
-                let sim = idem_sim::HubSpotSim::new(faults.seed, faults.rates());
-                let server = idem_sim::SimServer::start(sim.router(), listen).await?;
-                eprintln!(
-                    "hubspot simulator on {} (ledger: /_sim/ledger)",
-                    server.base_url()
-                );
-                tokio::signal::ctrl_c().await?;
-            }
-        },
-        Command::Bench {
-            what: Some(what), ..
-        } => {
-            let figures = match what {
-                BenchCommand::Relay(a) => bench::relay(a).await?,
-                BenchCommand::KafkaWorker(a) => bench::kafka_worker(a).await?,
-                BenchCommand::PgWorker(a) => bench::pg_worker(a).await?,
-                BenchCommand::Enqueue(a) => bench::enqueue_bench(a).await?,
-                BenchCommand::Latency(a) => bench::latency(a).await?,
-                BenchCommand::Scaling(a) => bench::scaling(a).await?,
-                BenchCommand::InboxScale(a) => bench::inbox_scale(a).await?,
-            };
-            println!("{}", serde_json::to_string_pretty(&figures)?);
-        }
-        Command::Bench { what: None, suite } => {
-            let figures = bench::suite(suite).await?;
-            println!("{}", serde_json::to_string_pretty(&figures)?);
-        }
-        Command::Demo(args) => {
-            let ok = demo::run(args, &metrics).await?;
-            if !ok {
-                std::process::exit(1);
-            }
-        }
-        Command::Chaos(args) => {
-            if !chaos::run(args).await? {
-                std::process::exit(1);
             }
         }
     }
@@ -1035,7 +686,7 @@ async fn build_worker(args: &WorkerArgs) -> Result<Worker> {
 fn shutdown_channel() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        shutdown_signal().await;
+        process::shutdown_signal().await;
         tracing::info!("shutting down: finishing in-flight work");
         let _ = tx.send(true);
     });
@@ -1111,20 +762,4 @@ async fn run_relay(args: RelayArgs) -> Result<()> {
     tracing::info!("relay started; waiting to be elected");
     relay.run(shutdown_channel()).await?;
     Ok(())
-}
-
-pub(crate) async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

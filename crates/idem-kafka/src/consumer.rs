@@ -80,7 +80,7 @@ impl TransportConfig {
             group: group.into(),
             topics,
             // Under a backlog one delivery transaction carries many actions (measured:
-            // `idem bench latency --transport kafka`, p99 at 200/s); idle, a batch is one.
+            // `idem-lab bench latency --transport kafka`, p99 at 200/s); idle, a batch is one.
             per_partition_batch: 32,
             lane_capacity: 64,
             fetch_wait_max: Duration::from_millis(50),

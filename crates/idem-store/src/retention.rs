@@ -39,7 +39,7 @@ pub async fn purge_settled(
         purged.actions += n;
         purged.batches += 1;
         // Flat out, a purge takes most of a small machine from the workers (measured:
-        // `idem bench inbox-scale`); a pause between batches spreads it out.
+        // `idem-lab bench inbox-scale`); a pause between batches spreads it out.
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;
         }

@@ -1,4 +1,4 @@
-//! `idem demo`: N actions over every cell through faulty partner simulators, on the direct
+//! `idem-lab demo`: N actions over every cell through faulty partner simulators, on the direct
 //! Postgres or the Kafka transport, with a worker killed mid-flight; then the partners'
 //! ledgers are compared with idem's receipts, cell by cell.
 
@@ -221,13 +221,14 @@ pub(crate) async fn fresh_database(server_url: &str, name: &str) -> Result<Strin
 pub async fn run(args: DemoArgs, metrics: &idem_telemetry::metrics::Metrics) -> Result<bool> {
     let started = Instant::now();
     let pg =
-        crate::services::Postgres::given_or_started(args.database_url.clone(), "idem demo").await?;
+        crate::services::Postgres::given_or_started(args.database_url.clone(), "idem-lab demo")
+            .await?;
     let url = fresh_database(pg.url(), &args.database_name).await?;
     let store = Store::connect(&url, 24).await?;
     store.migrate().await?;
     // The example declarative cell is not built in: register it before the agents start
     // (enqueue refuses unknown cells; the workers register it too, but may start later).
-    idem_store::cells::register(store.pool(), &["acme.payout".to_owned()], "idem demo").await?;
+    idem_store::cells::register(store.pool(), &["acme.payout".to_owned()], "idem-lab demo").await?;
 
     let faults = FaultRates {
         drop_after_effect: args.drop_after_effect,
@@ -387,7 +388,7 @@ pub async fn run(args: DemoArgs, metrics: &idem_telemetry::metrics::Metrics) -> 
 fn print_table(r: &Report) {
     let v = &r.verdict;
     println!(
-        "idem demo ({} transport): {} actions, {} enqueue calls ({} duplicates suppressed at enqueue), worker killed mid-flight: {}",
+        "idem-lab demo ({} transport): {} actions, {} enqueue calls ({} duplicates suppressed at enqueue), worker killed mid-flight: {}",
         r.transport, v.actions, r.enqueue_calls, r.enqueue_duplicates_suppressed, r.worker_killed
     );
     println!(

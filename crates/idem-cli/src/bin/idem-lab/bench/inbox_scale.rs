@@ -1,4 +1,4 @@
-//! `idem bench inbox-scale`: the inbox with millions of settled actions. A generator (not
+//! `idem-lab bench inbox-scale`: the inbox with millions of settled actions. A generator (not
 //! the pipeline) fills `idem.actions` with settled rows, each with its attempt and two
 //! transitions; a probe — fresh no-op actions through the real worker, status lookups of
 //! random ids, sweeps — runs on the empty inbox (the baseline), on the full one, and again
@@ -231,8 +231,9 @@ pub async fn inbox_scale(args: InboxScaleArgs) -> Result<Vec<Figure>> {
     if args.reuse {
         return reuse(args).await;
     }
-    let pg = crate::services::Postgres::given_or_started(args.database_url.clone(), "idem bench")
-        .await?;
+    let pg =
+        crate::services::Postgres::given_or_started(args.database_url.clone(), "idem-lab bench")
+            .await?;
     let url = crate::demo::fresh_database(pg.url(), "idem_scale").await?;
     let store = Store::connect(&url, 16).await?;
     store.migrate().await?;

@@ -1,4 +1,4 @@
-//! `idem chaos`: the fault campaign. Agents enqueue actions over every cell while several
+//! `idem-lab chaos`: the fault campaign. Agents enqueue actions over every cell while several
 //! real `idem relay` and `idem worker` processes carry them through Kafka to faulty partner
 //! simulators; the harness kills a random process with SIGKILL every few seconds (and
 //! restarts it), crashes and restarts PostgreSQL once and the broker once, and publishes a
@@ -297,7 +297,8 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
     store.migrate().await?;
     // The example declarative cell is not built in: register it before the agents start
     // (enqueue refuses unknown cells; the workers register it too, but may start later).
-    idem_store::cells::register(store.pool(), &["acme.payout".to_owned()], "idem chaos").await?;
+    idem_store::cells::register(store.pool(), &["acme.payout".to_owned()], "idem-lab chaos")
+        .await?;
 
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let topic = format!("idem.chaos.{run_id}");
@@ -413,7 +414,7 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
     ]);
     worker_args.extend(partners.worker_flags());
     let spec = Spec {
-        exe: std::env::current_exe().context("where is the idem binary")?,
+        exe: crate::idem_binary()?,
         dir: dir.clone(),
         relay_args: common(&["--poll-interval-ms", "100", "--batch", "200"]),
         worker_args,
@@ -497,7 +498,7 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
     {
         let flag = interrupted.clone();
         tokio::spawn(async move {
-            crate::shutdown_signal().await;
+            crate::process::shutdown_signal().await;
             flag.store(true, Ordering::Relaxed);
         });
     }
@@ -759,7 +760,7 @@ async fn try_enqueue(store: &Store, calls: &[NewAction]) -> Result<usize> {
 fn print_report(r: &ChaosReport) {
     let v = &r.verdict;
     println!(
-        "idem chaos: {} actions over {} relay and {} worker processes, {:.0} s",
+        "idem-lab chaos: {} actions over {} relay and {} worker processes, {:.0} s",
         v.actions,
         r.fleet.relays,
         r.fleet.workers,

@@ -1,4 +1,4 @@
-//! `idem bench`: figures with the baselines they are compared to, measured in the same run.
+//! `idem-lab bench`: figures with the baselines they are compared to, measured in the same run.
 
 mod enqueue;
 mod inbox_scale;
@@ -95,8 +95,9 @@ fn rate(rows: i64, d: Duration) -> f64 {
 }
 
 pub async fn relay(args: BenchArgs) -> Result<Vec<Figure>> {
-    let pg = crate::services::Postgres::given_or_started(args.database_url.clone(), "idem bench")
-        .await?;
+    let pg =
+        crate::services::Postgres::given_or_started(args.database_url.clone(), "idem-lab bench")
+            .await?;
     let url = crate::demo::fresh_database(pg.url(), "idem_bench").await?;
     let store = Store::connect(&url, 8).await?;
     store.migrate().await?;
@@ -218,8 +219,9 @@ pub async fn kafka_worker(args: WorkerBenchArgs) -> Result<Vec<Figure>> {
     use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
     use rdkafka::Message;
 
-    let pg = crate::services::Postgres::given_or_started(args.database_url.clone(), "idem bench")
-        .await?;
+    let pg =
+        crate::services::Postgres::given_or_started(args.database_url.clone(), "idem-lab bench")
+            .await?;
     let url = crate::demo::fresh_database(pg.url(), "idem_bench").await?;
     let store = Store::connect(&url, 16).await?;
     store.migrate().await?;

@@ -13,8 +13,9 @@ use idem_sim::{
     SlackSim, StripeSim, StripeSimConfig, TwilioSim,
 };
 
-/// The declarative cell both harnesses run (`acme.payout`, against `idem sim ietf` semantics).
-pub(crate) const EXAMPLE_CELL: &str = include_str!("../../../examples/cells/acme.payout.toml");
+/// The declarative cell both harnesses run (`acme.payout`, against `idem-lab sim ietf` semantics).
+pub(crate) const EXAMPLE_CELL: &str =
+    include_str!("../../../../../examples/cells/acme.payout.toml");
 
 /// Partner behaviour the harness sets.
 #[derive(Debug, Clone, Copy)]

@@ -1,4 +1,4 @@
-//! `idem bench` without a subcommand: every benchmark, each in a process of its own (the
+//! `idem-lab bench` without a subcommand: every benchmark, each in a process of its own (the
 //! same binary), one JSON array of figures; optionally the BENCHMARKS.md table.
 
 use std::fmt::Write as _;
@@ -9,8 +9,8 @@ use clap::Args;
 
 #[derive(Args, Debug)]
 pub struct SuiteArgs {
-    /// Print the figures as one JSON array (what `idem bench` prints anyway; accepted so
-    /// that `idem bench --json` reads as it does).
+    /// Print the figures as one JSON array (what `idem-lab bench` prints anyway; accepted so
+    /// that `idem-lab bench --json` reads as it does).
     #[arg(long)]
     pub json: bool,
     /// Also write the figures as a Markdown table, with the machine they ran on.
@@ -23,12 +23,12 @@ pub struct SuiteArgs {
     /// every Kafka benchmark shares (each on fresh topics).
     #[arg(long, env = "KAFKA_BOOTSTRAP")]
     pub bootstrap: Option<String>,
-    /// Also run `idem bench inbox-scale --rows N` (10,000,000 takes tens of minutes).
+    /// Also run `idem-lab bench inbox-scale --rows N` (10,000,000 takes tens of minutes).
     #[arg(long)]
     pub inbox_rows: Option<u64>,
 }
 
-/// The benchmarks, as `idem bench` arguments.
+/// The benchmarks, as `idem-lab bench` arguments.
 const RUNS: &[&[&str]] = &[
     &["enqueue"],
     &["relay"],
@@ -42,8 +42,9 @@ const RUNS: &[&[&str]] = &[
 
 pub async fn suite(args: SuiteArgs) -> Result<Vec<serde_json::Value>> {
     let exe = std::env::current_exe().context("where is the idem binary")?;
-    let pg = crate::services::Postgres::given_or_started(args.database_url.clone(), "idem bench")
-        .await?;
+    let pg =
+        crate::services::Postgres::given_or_started(args.database_url.clone(), "idem-lab bench")
+            .await?;
     let kafka = crate::services::Kafka::given_or_started(args.bootstrap.clone(), 1, None).await?;
     let mut figures = vec![];
     let mut failed = vec![];
@@ -55,7 +56,7 @@ pub async fn suite(args: SuiteArgs) -> Result<Vec<serde_json::Value>> {
         .map(|r| r.iter().map(|s| s.to_string()).collect::<Vec<_>>())
         .chain(inbox);
     for run in runs {
-        eprintln!("idem bench {}", run.join(" "));
+        eprintln!("idem-lab bench {}", run.join(" "));
         let mut cmd = tokio::process::Command::new(&exe);
         cmd.arg("bench").args(&run);
         cmd.env("DATABASE_URL", pg.url())
@@ -64,13 +65,13 @@ pub async fn suite(args: SuiteArgs) -> Result<Vec<serde_json::Value>> {
         let out = cmd.stderr(std::process::Stdio::inherit()).output().await?;
         if !out.status.success() {
             // Keep the other figures; fail at the end.
-            failed.push(format!("idem bench {} ({})", run.join(" "), out.status));
+            failed.push(format!("idem-lab bench {} ({})", run.join(" "), out.status));
             continue;
         }
         let got: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
-            .with_context(|| format!("idem bench {} printed no JSON array", run.join(" ")))?;
+            .with_context(|| format!("idem-lab bench {} printed no JSON array", run.join(" ")))?;
         for mut f in got {
-            f["command"] = format!("idem bench {}", run.join(" ")).into();
+            f["command"] = format!("idem-lab bench {}", run.join(" ")).into();
             figures.push(f);
         }
     }

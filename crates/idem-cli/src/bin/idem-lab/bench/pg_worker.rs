@@ -1,4 +1,4 @@
-//! `idem bench pg-worker`: the worker on the direct Postgres transport (claim from the
+//! `idem-lab bench pg-worker`: the worker on the direct Postgres transport (claim from the
 //! outbox, write the attempt ahead, call the no-op cell, settle) against a plain job queue
 //! (`DELETE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED LIMIT n) RETURNING`, no-op, commit).
 
@@ -23,8 +23,9 @@ pub struct PgWorkerBenchArgs {
 }
 
 pub async fn pg_worker(args: PgWorkerBenchArgs) -> Result<Vec<Figure>> {
-    let pg = crate::services::Postgres::given_or_started(args.database_url.clone(), "idem bench")
-        .await?;
+    let pg =
+        crate::services::Postgres::given_or_started(args.database_url.clone(), "idem-lab bench")
+            .await?;
     let url = crate::demo::fresh_database(pg.url(), "idem_bench").await?;
     let store = Store::connect(&url, 16).await?;
     store.migrate().await?;

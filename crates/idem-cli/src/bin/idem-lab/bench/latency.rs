@@ -1,4 +1,4 @@
-//! `idem bench latency`: end-to-end latency from enqueue commit to the partner call at
+//! `idem-lab bench latency`: end-to-end latency from enqueue commit to the partner call at
 //! fixed offered loads (open loop: arrivals do not wait for earlier actions), on either
 //! transport, with the no-op cell so idem's own path is what is measured.
 //!
@@ -48,8 +48,9 @@ struct Point {
 pub async fn latency(args: LatencyArgs) -> Result<Vec<Figure>> {
     // One broker for all points.
     // One PostgreSQL and one broker for all points.
-    let pg = crate::services::Postgres::given_or_started(args.database_url.clone(), "idem bench")
-        .await?;
+    let pg =
+        crate::services::Postgres::given_or_started(args.database_url.clone(), "idem-lab bench")
+            .await?;
     let kafka = if args.transport == "kafka" {
         Some(crate::services::Kafka::given_or_started(args.bootstrap.clone(), 1, None).await?)
     } else {

@@ -1,11 +1,11 @@
-//! `idem bench scaling`: throughput against the number of `idem worker` processes (direct
+//! `idem-lab bench scaling`: throughput against the number of `idem worker` processes (direct
 //! Postgres transport) when every partner call takes 20 ms, compared with the linear ideal
 //! (N × what one process achieved in the same run).
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use idem_sim::{FaultRates, SimServer, StripeSim, StripeSimConfig};
 use idem_store::Store;
@@ -31,8 +31,9 @@ pub struct ScalingArgs {
 }
 
 pub async fn scaling(args: ScalingArgs) -> Result<Vec<Figure>> {
-    let pg = crate::services::Postgres::given_or_started(args.database_url.clone(), "idem bench")
-        .await?;
+    let pg =
+        crate::services::Postgres::given_or_started(args.database_url.clone(), "idem-lab bench")
+            .await?;
     let url = crate::demo::fresh_database(pg.url(), "idem_bench").await?;
     let store = Store::connect(&url, 8).await?;
     store.migrate().await?;
@@ -46,7 +47,7 @@ pub async fn scaling(args: ScalingArgs) -> Result<Vec<Figure>> {
         ..StripeSimConfig::default()
     });
     let server = SimServer::start(sim.router(), ([127, 0, 0, 1], 0).into()).await?;
-    let exe = std::env::current_exe().context("where is the idem binary")?;
+    let exe = crate::idem_binary()?;
 
     let mut figures = vec![];
     let mut one = None;

@@ -1,4 +1,4 @@
-//! `idem bench enqueue`: the price of writing an action inside the application's own
+//! `idem-lab bench enqueue`: the price of writing an action inside the application's own
 //! transaction, against a plain INSERT of the same row in the same transaction.
 
 use std::time::{Duration, Instant};
@@ -93,8 +93,9 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 pub async fn enqueue_bench(args: EnqueueBenchArgs) -> Result<Vec<Figure>> {
-    let pg = crate::services::Postgres::given_or_started(args.database_url.clone(), "idem bench")
-        .await?;
+    let pg =
+        crate::services::Postgres::given_or_started(args.database_url.clone(), "idem-lab bench")
+            .await?;
     let url = crate::demo::fresh_database(pg.url(), "idem_bench").await?;
     let store = Store::connect(&url, (args.concurrency + 2) as u32).await?;
     store.migrate().await?;
