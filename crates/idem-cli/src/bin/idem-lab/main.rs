@@ -219,124 +219,97 @@ pub(crate) fn idem_binary() -> Result<PathBuf> {
 
 async fn run(cli: Cli, metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>) -> Result<()> {
     match cli.command {
-        Command::Sim { partner } => match partner {
-            SimCommand::Stripe {
-                listen,
-                faults,
-                key_retention_secs,
-                search_lag_secs,
-            } => {
-                let sim = idem_sim::StripeSim::new(idem_sim::StripeSimConfig {
-                    seed: faults.seed,
-                    key_retention: Duration::from_secs_f64(key_retention_secs),
-                    search_lag: Duration::from_secs_f64(search_lag_secs),
-                    faults: faults.rates(),
-                    ..Default::default()
-                });
-                let server = idem_sim::SimServer::start(sim.router(), listen).await?;
-                eprintln!(
-                    "stripe simulator on {} (ledger: /_sim/ledger)",
-                    server.base_url()
-                );
-                tokio::signal::ctrl_c().await?;
-            }
-            SimCommand::Ietf {
-                listen,
-                faults,
-                key_retention_secs,
-                lookup_lag_secs,
-            } => {
-                let sim = idem_sim::IetfSim::new(
-                    faults.seed,
-                    faults.rates(),
-                    idem_sim::IetfConfig {
+        Command::Sim { partner } => {
+            let (name, listen, router) = match partner {
+                SimCommand::Stripe {
+                    listen,
+                    faults,
+                    key_retention_secs,
+                    search_lag_secs,
+                } => {
+                    let sim = idem_sim::StripeSim::new(idem_sim::StripeSimConfig {
+                        seed: faults.seed,
                         key_retention: Duration::from_secs_f64(key_retention_secs),
-                        lookup_lag: Duration::from_secs_f64(lookup_lag_secs),
-                    },
-                );
-                let server = idem_sim::SimServer::start(sim.router(), listen).await?;
-                eprintln!(
-                    "IETF Idempotency-Key simulator on {} (ledger: /_sim/ledger)",
-                    server.base_url()
-                );
-                tokio::signal::ctrl_c().await?;
-            }
-            SimCommand::Amadeus { listen, faults } => {
-                let sim = idem_sim::AmadeusSim::new(faults.seed, faults.rates());
-                let server = idem_sim::SimServer::start(sim.router(), listen).await?;
-                eprintln!(
-                    "amadeus simulator on {} (ledger: /_sim/ledger)",
-                    server.base_url()
-                );
-                tokio::signal::ctrl_c().await?;
-            }
-            SimCommand::Gmail {
-                listen,
-                faults,
-                keep_message_id,
-                search_lag_secs,
-                history_retention_secs,
-            } => {
-                let sim = idem_sim::GmailSim::new(
-                    faults.seed,
-                    faults.rates(),
-                    idem_sim::GmailConfig {
-                        keep_message_id,
                         search_lag: Duration::from_secs_f64(search_lag_secs),
-                        history_retention: Duration::from_secs_f64(history_retention_secs),
-                    },
-                );
-                let server = idem_sim::SimServer::start(sim.router(), listen).await?;
-                eprintln!(
-                    "gmail simulator on {} (ledger: /_sim/ledger)",
-                    server.base_url()
-                );
-                tokio::signal::ctrl_c().await?;
-            }
-            SimCommand::Twilio {
-                listen,
-                faults,
-                list_lag_secs,
-            } => {
-                let sim = idem_sim::TwilioSim::new(
-                    faults.seed,
-                    faults.rates(),
-                    Duration::from_secs_f64(list_lag_secs),
-                );
-                let server = idem_sim::SimServer::start(sim.router(), listen).await?;
-                eprintln!(
-                    "twilio simulator on {} (ledger: /_sim/ledger)",
-                    server.base_url()
-                );
-                tokio::signal::ctrl_c().await?;
-            }
-            SimCommand::Slack {
-                listen,
-                faults,
-                history_lag_secs,
-            } => {
-                let sim = idem_sim::SlackSim::new(
-                    faults.seed,
-                    faults.rates(),
-                    Duration::from_secs_f64(history_lag_secs),
-                );
-                let server = idem_sim::SimServer::start(sim.router(), listen).await?;
-                eprintln!(
-                    "slack simulator on {} (ledger: /_sim/ledger)",
-                    server.base_url()
-                );
-                tokio::signal::ctrl_c().await?;
-            }
-            SimCommand::Hubspot { listen, faults } => {
-                let sim = idem_sim::HubSpotSim::new(faults.seed, faults.rates());
-                let server = idem_sim::SimServer::start(sim.router(), listen).await?;
-                eprintln!(
-                    "hubspot simulator on {} (ledger: /_sim/ledger)",
-                    server.base_url()
-                );
-                tokio::signal::ctrl_c().await?;
-            }
-        },
+                        faults: faults.rates(),
+                        ..Default::default()
+                    });
+                    ("stripe", listen, sim.router())
+                }
+                SimCommand::Ietf {
+                    listen,
+                    faults,
+                    key_retention_secs,
+                    lookup_lag_secs,
+                } => {
+                    let sim = idem_sim::IetfSim::new(
+                        faults.seed,
+                        faults.rates(),
+                        idem_sim::IetfConfig {
+                            key_retention: Duration::from_secs_f64(key_retention_secs),
+                            lookup_lag: Duration::from_secs_f64(lookup_lag_secs),
+                        },
+                    );
+                    ("IETF Idempotency-Key", listen, sim.router())
+                }
+                SimCommand::Amadeus { listen, faults } => {
+                    let sim = idem_sim::AmadeusSim::new(faults.seed, faults.rates());
+                    ("amadeus", listen, sim.router())
+                }
+                SimCommand::Gmail {
+                    listen,
+                    faults,
+                    keep_message_id,
+                    search_lag_secs,
+                    history_retention_secs,
+                } => {
+                    let sim = idem_sim::GmailSim::new(
+                        faults.seed,
+                        faults.rates(),
+                        idem_sim::GmailConfig {
+                            keep_message_id,
+                            search_lag: Duration::from_secs_f64(search_lag_secs),
+                            history_retention: Duration::from_secs_f64(history_retention_secs),
+                        },
+                    );
+                    ("gmail", listen, sim.router())
+                }
+                SimCommand::Twilio {
+                    listen,
+                    faults,
+                    list_lag_secs,
+                } => {
+                    let sim = idem_sim::TwilioSim::new(
+                        faults.seed,
+                        faults.rates(),
+                        Duration::from_secs_f64(list_lag_secs),
+                    );
+                    ("twilio", listen, sim.router())
+                }
+                SimCommand::Slack {
+                    listen,
+                    faults,
+                    history_lag_secs,
+                } => {
+                    let sim = idem_sim::SlackSim::new(
+                        faults.seed,
+                        faults.rates(),
+                        Duration::from_secs_f64(history_lag_secs),
+                    );
+                    ("slack", listen, sim.router())
+                }
+                SimCommand::Hubspot { listen, faults } => {
+                    let sim = idem_sim::HubSpotSim::new(faults.seed, faults.rates());
+                    ("hubspot", listen, sim.router())
+                }
+            };
+            let server = idem_sim::SimServer::start(router, listen).await?;
+            eprintln!(
+                "{name} simulator on {} (ledger: /_sim/ledger)",
+                server.base_url()
+            );
+            tokio::signal::ctrl_c().await?;
+        }
         Command::Bench {
             what: Some(what), ..
         } => {
