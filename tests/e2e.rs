@@ -707,21 +707,23 @@ async fn worker_process_killed_mid_call_is_settled_by_another_worker() {
 async fn demo_binary_reports_no_duplicates_and_nothing_lost() {
     // The README's main job, small: through the real binary, its own database.
     let db = TestDb::new().await;
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_idem-lab"))
-        .args([
-            "demo",
-            "--actions",
-            "200",
-            "--json",
-            "--database-name",
-            "idem_demo_e2e",
-            "--seed",
-            "7",
-        ])
-        .env("DATABASE_URL", &db.url)
-        .output()
-        .await
-        .unwrap();
+    let out = tokio::process::Command::new(idem_testkit::harness::lab_binary(env!(
+        "CARGO_BIN_EXE_idem"
+    )))
+    .args([
+        "demo",
+        "--actions",
+        "200",
+        "--json",
+        "--database-name",
+        "idem_demo_e2e",
+        "--seed",
+        "7",
+    ])
+    .env("DATABASE_URL", &db.url)
+    .output()
+    .await
+    .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

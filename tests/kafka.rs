@@ -445,24 +445,26 @@ async fn relay_killed_between_ack_and_delete_republishes_and_the_inbox_absorbs_i
 #[tokio::test]
 async fn demo_through_relay_and_kafka_reports_no_duplicates_and_nothing_lost() {
     let db = TestDb::new().await;
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_idem-lab"))
-        .args([
-            "demo",
-            "--transport",
-            "kafka",
-            "--actions",
-            "200",
-            "--json",
-            "--database-name",
-            "idem_demo_kafka",
-            "--seed",
-            "11",
-        ])
-        .env("DATABASE_URL", &db.url)
-        .env("KAFKA_BOOTSTRAP", kafka_bootstrap())
-        .output()
-        .await
-        .unwrap();
+    let out = tokio::process::Command::new(idem_testkit::harness::lab_binary(env!(
+        "CARGO_BIN_EXE_idem"
+    )))
+    .args([
+        "demo",
+        "--transport",
+        "kafka",
+        "--actions",
+        "200",
+        "--json",
+        "--database-name",
+        "idem_demo_kafka",
+        "--seed",
+        "11",
+    ])
+    .env("DATABASE_URL", &db.url)
+    .env("KAFKA_BOOTSTRAP", kafka_bootstrap())
+    .output()
+    .await
+    .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -3,6 +3,7 @@
 //! number), applied in batches so that claim and settle cost one round trip per batch.
 
 pub mod attempts;
+pub mod audit;
 pub mod cells;
 pub mod decisions;
 pub mod enqueue;

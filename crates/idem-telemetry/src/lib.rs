@@ -8,6 +8,7 @@
 //! Without it the functions here return empty headers and cost next to nothing.
 
 pub mod metrics;
+pub mod process;
 
 use std::collections::BTreeMap;
 

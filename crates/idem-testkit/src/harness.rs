@@ -95,6 +95,20 @@ impl Drop for ChildGuard {
     }
 }
 
+/// The `idem-lab` binary beside `idem_bin` (a test's `env!("CARGO_BIN_EXE_idem")`). It is
+/// another package's binary, so cargo names it to that package's tests only; a workspace
+/// build (`cargo test --workspace`, `scripts/test.sh`) puts both in one directory.
+pub fn lab_binary(idem_bin: &str) -> std::path::PathBuf {
+    let lab = std::path::Path::new(idem_bin)
+        .with_file_name(format!("idem-lab{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        lab.is_file(),
+        "{} is not there: build the lab too (cargo build --bin idem-lab) or test the workspace",
+        lab.display()
+    );
+    lab
+}
+
 /// `idem ARGS` from `bin` (a test's `env!("CARGO_BIN_EXE_idem")`), quiet unless it fails,
 /// as a guarded child.
 pub fn spawn_idem(bin: &str, args: &[&str], env: &[(&str, &str)]) -> ChildGuard {

@@ -1,26 +1,26 @@
-//! What both binaries (`idem`, `idem-lab`) start and end with: logs to stderr, OTLP traces
-//! and metrics when configured, a runtime; and the signal that stops a long-running command.
-//! Included by each binary (`#[path]`), since they share no library.
+//! What idem's binaries (`idem`, `idem-lab`) start and end with: logs to stderr, OTLP
+//! traces and metrics when configured, a runtime; and the signal that stops a long-running
+//! command.
 
 use std::future::Future;
 use std::sync::Arc;
 
-use anyhow::Result;
-use idem_telemetry::metrics::Metrics;
+use crate::metrics::{Metrics, MetricsError};
 
 /// Run `main` on a multi-threaded runtime with telemetry for `service` (`idem-worker`, …):
 /// logs follow `RUST_LOG` (else `default_filter`); exported spans are idem's info-level
 /// spans whatever the log level. OTLP exporters use a blocking HTTP client, so they are
 /// built before the runtime and shut down after it.
-pub fn run<F, Fut>(service: &str, default_filter: &str, main: F) -> Result<()>
+pub fn run<F, Fut, E>(service: &str, default_filter: &str, main: F) -> Result<(), E>
 where
     F: FnOnce(Arc<Metrics>) -> Fut,
-    Fut: Future<Output = Result<()>>,
+    Fut: Future<Output = Result<(), E>>,
+    E: From<MetricsError> + From<std::io::Error>,
 {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::Layer as _;
-    let tracer = idem_telemetry::metrics::otlp_tracer(service)?;
+    let tracer = crate::metrics::otlp_tracer(service)?;
     let metrics = Arc::new(Metrics::install(service)?);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| default_filter.into());
@@ -28,7 +28,7 @@ where
         .with_writer(std::io::stderr)
         .with_filter(filter);
     let otel = tracer.as_ref().map(|provider| {
-        idem_telemetry::layer(provider).with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+        crate::layer(provider).with_filter(tracing_subscriber::filter::LevelFilter::INFO)
     });
     tracing_subscriber::registry().with(fmt).with(otel).init();
     let result = tokio::runtime::Builder::new_multi_thread()

@@ -14,8 +14,7 @@ use idem_sim::{
 };
 
 /// The declarative cell both harnesses run (`acme.payout`, against `idem-lab sim ietf` semantics).
-pub(crate) const EXAMPLE_CELL: &str =
-    include_str!("../../../../../examples/cells/acme.payout.toml");
+pub(crate) const EXAMPLE_CELL: &str = include_str!("../../../examples/cells/acme.payout.toml");
 
 /// Partner behaviour the harness sets.
 #[derive(Debug, Clone, Copy)]

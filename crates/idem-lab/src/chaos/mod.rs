@@ -243,9 +243,6 @@ fn payout_cell(key_retention: Duration, lookup_lag: Duration) -> Result<String> 
     Ok(text)
 }
 
-const TERMINAL: &str =
-    "SELECT count(*) FROM idem.actions WHERE state IN ('succeeded','failed','rejected','needs_human','dead')";
-
 pub async fn run(args: ChaosArgs) -> Result<bool> {
     let started = Instant::now();
     let dir = run_dir()?;
@@ -498,7 +495,7 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
     {
         let flag = interrupted.clone();
         tokio::spawn(async move {
-            crate::process::shutdown_signal().await;
+            idem_telemetry::process::shutdown_signal().await;
             flag.store(true, Ordering::Relaxed);
         });
     }
@@ -569,10 +566,7 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
         }
         if last_progress.elapsed() >= Duration::from_secs(1) {
             last_progress = Instant::now();
-            if let Ok((n,)) = sqlx::query_as::<_, (i64,)>(TERMINAL)
-                .fetch_one(store.pool())
-                .await
-            {
+            if let Ok(n) = idem_store::audit::settled_count(store.pool()).await {
                 settled = n;
             }
             if (at() as u64).is_multiple_of(10) {
@@ -631,14 +625,8 @@ pub async fn run(args: ChaosArgs) -> Result<bool> {
         .as_ref()
         .map_or(committed.load(Ordering::Relaxed), |a| a.ids.len());
     let verdict = checker::check(&store, &partners.ledger(), &read_only, meant).await?;
-    let (dead_letters,): (i64,) = sqlx::query_as("SELECT count(*) FROM idem.dead_letters")
-        .fetch_one(store.pool())
-        .await?;
-    let (redriven_from_inbox,): (i64,) = sqlx::query_as(
-        "SELECT count(DISTINCT action_id) FROM idem.transitions WHERE reason LIKE 're-driven from the inbox%'",
-    )
-    .fetch_one(store.pool())
-    .await?;
+    let dead_letters = idem_store::audit::dead_letter_count(store.pool()).await?;
+    let redriven_from_inbox = idem_store::audit::redriven_from_inbox(store.pool()).await?;
     let agents = agents_result.unwrap_or_default();
     let report = ChaosReport {
         broker: broker.as_ref().map(|b| b.describe()),

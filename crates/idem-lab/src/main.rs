@@ -8,8 +8,6 @@ mod chaos;
 mod checker;
 mod demo;
 mod partners;
-#[path = "../../process.rs"]
-mod process;
 mod services;
 mod workload;
 
@@ -202,7 +200,7 @@ fn main() -> Result<()> {
         ),
         Command::Bench { .. } => ("bench", "warn,idem=info"),
     };
-    process::run(&format!("idem-{name}"), filter, |metrics| run(cli, metrics))
+    idem_telemetry::process::run(&format!("idem-{name}"), filter, |metrics| run(cli, metrics))
 }
 
 /// The operator binary the lab starts workers and relays from: `idem` beside this one.

@@ -90,18 +90,21 @@ pub(crate) async fn check(
     read_only: &[String],
     actions: usize,
 ) -> Result<Verdict> {
-    let rows: Vec<ActionRow> = sqlx::query_as(
-        "SELECT action_id, cell, state, reason, receipt, \
-         (extract(epoch from (settled_at - created_at)) * 1000)::float8 FROM idem.actions",
-    )
-    .fetch_all(store.pool())
-    .await?;
-    let events: Vec<(uuid::Uuid, String)> = sqlx::query_as(
-        "SELECT DISTINCT action_id, event FROM idem.transitions \
-         WHERE event IN ('reconciled_happened','reconciled_not_happened','reconciled_failed','replay')",
-    )
-    .fetch_all(store.pool())
-    .await?;
+    let rows: Vec<ActionRow> = idem_store::audit::outcomes(store.pool())
+        .await?
+        .into_iter()
+        .map(|o| {
+            (
+                o.action_id,
+                o.cell,
+                o.state,
+                o.reason,
+                o.receipt,
+                o.settle_ms,
+            )
+        })
+        .collect();
+    let events = idem_store::audit::recoveries(store.pool()).await?;
     Ok(tally(&rows, &events, ledger, read_only, actions))
 }
 

@@ -322,11 +322,7 @@ pub async fn run(args: DemoArgs, metrics: &idem_telemetry::metrics::Metrics) -> 
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
     let mut killed = false;
     loop {
-        let (settled,): (i64,) = sqlx::query_as(
-            "SELECT count(*) FROM idem.actions WHERE state IN ('succeeded','failed','rejected','needs_human','dead')",
-        )
-        .fetch_one(store.pool())
-        .await?;
+        let settled = idem_store::audit::settled_count(store.pool()).await?;
         bar.set_position(settled as u64);
         if !args.no_kill && !killed && settled as usize >= ids.len() / 4 {
             // Kill a worker mid-flight: its in-flight calls are abandoned with their leases
