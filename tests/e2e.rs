@@ -9,7 +9,7 @@ use idem_cells::{Registry, StripeCharge};
 use idem_core::{ActionId, CellName, RetryPolicy, State};
 use idem_sim::{Fault, StripeSimConfig};
 use idem_store::{enqueue, inbox, EnqueueError, NewAction, Store};
-use idem_testkit::harness::{spawn_idem, worker, ChildGuard};
+use idem_testkit::harness::{spawn_idem, wait_until, worker, ChildGuard};
 use idem_testkit::{StripeFixture, TestDb, TEST_SECRET};
 use idem_worker::{Delivery, Worker, WorkerConfig};
 use serde_json::json;
@@ -1280,4 +1280,87 @@ async fn the_cells_rate_limit_holds_per_channel_at_the_partner() {
             "{channel}: {n} posts in {span:?}, expected ≥ {least:?}: {ms:?} ms"
         );
     }
+}
+
+#[tokio::test]
+async fn a_call_longer_than_the_lease_keeps_it_by_heartbeat() {
+    // A 600 ms lease under a 2 s call: only the heartbeat stops the other worker's sweeper
+    // from taking the action mid-call (it would replay the key: a second request, a 409).
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    stripe.sim.script([Fault::Delay(2000)]);
+    let slow = |c: StripeCharge| c.with_profile(|p| p.call_timeout = Duration::from_secs(5));
+    let mut config = idem_testkit::harness::worker_config("beating");
+    config.lease = Duration::from_millis(600);
+    let w1 = Worker::new(db.store.clone(), cell(&stripe.base_url(), slow), config);
+    let w2 = worker(&db.store, cell(&stripe.base_url(), slow), "sweeper");
+    let action = NewAction::new(ActionId::random(), cell_name(), charge_args(6100));
+    enqueue(db.store.pool(), &action).await.unwrap();
+    let d = take_delivery(&db.store).await;
+    let call = tokio::spawn(async move { w1.deliver(&[d]).await });
+    while !call.is_finished() {
+        w2.sweep_once().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(call.await.unwrap().unwrap().started, 1);
+    let row = state(&db.store, action.action_id).await;
+    assert_eq!(row.state, State::Succeeded, "{row:?}");
+    assert_eq!(stripe.sim.requests().len(), 1, "no replay while the call ran");
+    assert_eq!(stripe.sim.effects_for(&action.action_id.to_string()), 1);
+    let events = transitions(&db.store, action.action_id).await;
+    assert!(!events.contains(&"lease_expired".to_string()), "{events:?}");
+}
+
+#[tokio::test]
+async fn a_killed_workers_long_call_is_taken_over_within_the_heartbeat_lease() {
+    // A 20 s call timeout means a 41 s lease without heartbeats; with a 1 s heartbeat
+    // lease the survivor replays the key within seconds of the kill -9.
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    stripe.sim.script([Fault::Delay(3000)]);
+    let spawn = |id: &str| {
+        spawn_idem(
+            env!("CARGO_BIN_EXE_idem"),
+            &[
+                "worker",
+                "--id",
+                id,
+                "--poll-interval-ms",
+                "50",
+                "--sweep-interval-ms",
+                "100",
+                "--stripe-call-timeout-ms",
+                "20000",
+                "--lease-ms",
+                "1000",
+            ],
+            &[
+                ("DATABASE_URL", db.url.as_str()),
+                ("IDEM_STRIPE_BASE", stripe.base_url().as_str()),
+                ("STRIPE_SECRET_KEY", TEST_SECRET),
+            ],
+        )
+    };
+    let mut first = spawn("doomed");
+    let action = NewAction::new(ActionId::random(), cell_name(), charge_args(6200));
+    enqueue(db.store.pool(), &action).await.unwrap();
+    wait_until(&db.store, action.action_id, Duration::from_secs(20), |r| {
+        r.state == State::Executing
+    })
+    .await;
+    first.kill();
+    let killed = tokio::time::Instant::now();
+    let _second = spawn("survivor");
+    let row = wait_until(&db.store, action.action_id, Duration::from_secs(30), |r| {
+        r.state.is_settled()
+    })
+    .await;
+    let took = killed.elapsed();
+    assert_eq!(row.state, State::Succeeded);
+    assert_eq!(stripe.sim.effects_for(&action.action_id.to_string()), 1);
+    let events = transitions(&db.store, action.action_id).await;
+    assert!(events.contains(&"lease_expired".to_string()), "{events:?}");
+    // Lease 1 s + the first call's 3 s (its replay meets it in flight: 409, then the stored
+    // answer) + process start: far from the 41 s a call-timeout lease would take.
+    assert!(took < Duration::from_secs(15), "settled {took:?} after the kill");
 }

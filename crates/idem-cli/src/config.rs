@@ -103,6 +103,10 @@ pub struct WorkerSection {
     /// (its delivery was lost); `0s`: never.
     #[serde(with = "humantime_serde")]
     pub stranded_after: Duration,
+    /// How long a lease runs without a heartbeat: a dead worker's actions are in doubt
+    /// within about this long. Renewed every third of it while a call runs.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
     /// How long settled actions are kept, if a retention job deletes them: the worker
     /// refuses to start if it is shorter than a cell's key window.
     #[serde(
@@ -134,6 +138,7 @@ impl Default for WorkerSection {
             sweep_interval: w.sweep_interval,
             approval_ttl: w.approval_ttl,
             stranded_after: w.stranded_after.unwrap_or_default(),
+            lease: w.lease,
             inbox_retention: None,
             transport: Transport::Postgres,
             group: "idem-workers".into(),

@@ -75,6 +75,10 @@ pub struct WorkerArgs {
     /// above the normal delivery lag. 0: never (`worker.stranded_after`, default 10m).
     #[arg(long)]
     pub stranded_after_ms: Option<u64>,
+    /// How long a lease runs without a heartbeat, in ms (`worker.lease`, default 10s): a
+    /// killed worker's actions are in doubt, then replayed or reconciled, within about this.
+    #[arg(long)]
+    pub lease_ms: Option<u64>,
 }
 
 impl WorkerArgs {
@@ -98,6 +102,7 @@ impl WorkerArgs {
             w.approval_ttl
         );
         set!(self.stranded_after_ms.map(ms), w.stranded_after);
+        set!(self.lease_ms.map(ms), w.lease);
         set!(self.transport, w.transport);
         set!(self.group, w.group);
         set!(self.group_protocol, w.group_protocol);
@@ -131,6 +136,7 @@ async fn build(args: &WorkerArgs) -> Result<Worker> {
         sweep_interval: w.sweep_interval,
         approval_ttl: w.approval_ttl.max(Duration::from_secs(1)),
         stranded_after: (!w.stranded_after.is_zero()).then_some(w.stranded_after),
+        lease: w.lease.max(Duration::from_millis(300)),
         ..WorkerConfig::default()
     };
     if let Some(id) = &w.id {

@@ -255,7 +255,7 @@ pub async fn run(args: DemoArgs, metrics: &idem_telemetry::metrics::Metrics) -> 
         sweep_interval: Duration::from_millis(200),
         claim_outbox: true,
         approval_ttl: Duration::from_secs(3600),
-        stranded_after: WorkerConfig::default().stranded_after,
+        ..WorkerConfig::default()
     };
 
     // Workers (and on Kafka the relay) first, so the run overlaps enqueueing like a live

@@ -388,3 +388,27 @@ pub async fn hold(
     .await?;
     Ok(())
 }
+
+/// Renew the leases `owner` holds on `ids` (its calls in flight) until `until`: the
+/// heartbeat that keeps a short lease alive under a long call. Rows being settled right
+/// now are skipped (their lease is about to end anyway). Returns how many were renewed.
+pub async fn renew_leases(
+    pool: &sqlx::PgPool,
+    owner: &str,
+    ids: &[uuid::Uuid],
+    until: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "UPDATE idem.actions a SET lease_until = $3 \
+         FROM (SELECT action_id FROM idem.actions \
+               WHERE action_id = ANY($1) AND state = 'executing' AND lease_owner = $2 \
+               ORDER BY action_id FOR UPDATE SKIP LOCKED) x \
+         WHERE a.action_id = x.action_id",
+    )
+    .bind(ids)
+    .bind(owner)
+    .bind(until)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -9,7 +9,8 @@ use idem_store::{inbox, Store};
 use idem_worker::{Worker, WorkerConfig};
 
 /// Worker settings for tests: polls and sweeps every 50 ms, 8 calls at once, batches of
-/// 16, claims from the outbox (the direct Postgres transport); approvals last an hour.
+/// 16, claims from the outbox (the direct Postgres transport); approvals last an hour;
+/// leases 10 s with heartbeats (a cell with a shorter call timeout keeps its own).
 pub fn worker_config(id: &str) -> WorkerConfig {
     WorkerConfig {
         id: id.into(),
@@ -20,6 +21,7 @@ pub fn worker_config(id: &str) -> WorkerConfig {
         claim_outbox: true,
         approval_ttl: Duration::from_secs(3600),
         stranded_after: None,
+        lease: Duration::from_secs(10),
     }
 }
 

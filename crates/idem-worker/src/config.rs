@@ -23,6 +23,11 @@ pub struct WorkerConfig {
     /// the sweeper (its delivery was lost, e.g. dropped by Kafka retention). `None`: never.
     /// Keep it well above the normal delivery lag: these starts skip per-key ordering.
     pub stranded_after: Option<Duration>,
+    /// How long a lease runs without a heartbeat. While a call is in flight the worker
+    /// renews its leases every third of this, so a dead worker's actions are in doubt (and
+    /// replayed or reconciled) within about this long, whatever the call timeout. A cell
+    /// whose own lease (call timeout × 2 + 1 s) is shorter keeps that.
+    pub lease: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -36,6 +41,7 @@ impl Default for WorkerConfig {
             claim_outbox: true,
             approval_ttl: Duration::from_secs(24 * 3600),
             stranded_after: Some(Duration::from_secs(600)),
+            lease: Duration::from_secs(10),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! transaction per batch, not per action.
 
 pub mod config;
+mod heartbeat;
 pub mod partner;
 pub mod runtime;
 pub mod steps;

@@ -17,6 +17,7 @@ use sqlx::{PgConnection, Postgres, Transaction};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::heartbeat::InFlight;
 use crate::partner::{Op, PartnerAnswer, PartnerCall, PartnerService};
 use crate::steps::{self, ReconcileJob, Started};
 use crate::WorkerConfig;
@@ -60,6 +61,8 @@ pub struct Worker {
     registered: Arc<tokio::sync::OnceCell<()>>,
     /// Every partner call goes through this (tower layers around the cell).
     partner: PartnerService,
+    /// Calls in flight, whose leases the heartbeat renews.
+    in_flight: Arc<InFlight>,
 }
 
 /// Builds a [`Worker`]: `Worker::builder(store, cells).config(c).partner_layer(l).build()`.
@@ -110,6 +113,7 @@ impl WorkerBuilder {
             config: Arc::new(self.config),
             registered: Arc::default(),
             partner: self.partner.unwrap_or_else(crate::partner::default_stack),
+            in_flight: Arc::default(),
         }
     }
 }
@@ -123,6 +127,8 @@ struct Settlement {
     started: Started,
     outcome: ExecOutcome,
     _permit: OwnedSemaphorePermit,
+    /// The lease stays renewed until the settler has committed the outcome.
+    _in_flight: crate::heartbeat::Registration,
 }
 
 fn sample() -> f64 {
@@ -168,9 +174,21 @@ impl Worker {
             op: Op::Execute(s.attempt.clone()),
         };
         let svc = self.partner.clone();
+        let registration = self.in_flight.enter(s.row.action_id);
+        self.in_flight
+            .keep_alive(&self.store, &self.config.id, self.config.lease);
         async move {
             let Ok(answer) = svc.oneshot(call).await;
+            drop(registration);
             answer.outcome()
+        }
+    }
+
+    /// Who takes attempts here, with the lease they first get.
+    fn lessee(&self) -> steps::Lessee<'_> {
+        steps::Lessee {
+            worker: &self.config.id,
+            lease: self.config.lease,
         }
     }
 
@@ -277,7 +295,15 @@ impl Worker {
                 let free = sem.available_permits() as u32;
                 if free > 0 {
                     match self.sweep(free.min(self.config.batch)).await {
-                        Ok(work) => self.dispatch(work, &sem, &settle_tx, &mut tasks).await,
+                        Ok((work, full)) => {
+                            if full {
+                                // More is due than one sweep takes (after a worker died, say):
+                                // sweep again as soon as there are permits.
+                                last_sweep = Instant::now() - self.config.sweep_interval;
+                                busy = true;
+                            }
+                            self.dispatch(work, &sem, &settle_tx, &mut tasks).await
+                        }
                         Err(e) => tracing::warn!(error = %e, "sweep failed; retrying"),
                     }
                 }
@@ -350,6 +376,7 @@ impl Worker {
                 Work::Execute(started) => {
                     let tx = settle_tx.clone();
                     let call = self.execute(&started);
+                    let in_flight = self.in_flight.enter(started.row.action_id);
                     tasks.spawn(async move {
                         let outcome = call.await;
                         let _ = tx
@@ -357,6 +384,7 @@ impl Worker {
                                 started,
                                 outcome,
                                 _permit: permit,
+                                _in_flight: in_flight,
                             })
                             .await;
                     });
@@ -617,7 +645,7 @@ impl Worker {
                 report.awaiting_approval += 1;
                 continue;
             }
-            match steps::start_attempt(row, cell, &[], Event::Start, &self.config.id, now) {
+            match steps::start_attempt(row, cell, &[], Event::Start, self.lessee(), now) {
                 Ok((change, attempt, mut s)) => {
                     if !d.trace.is_empty() {
                         s.row.trace = d.trace.clone();
@@ -646,7 +674,7 @@ impl Worker {
     /// retries and replays, reconcile due doubts, settle what was sent. Returns how many
     /// actions it moved on.
     pub async fn sweep_once(&self) -> Result<usize, WorkerError> {
-        let mut work = self.sweep(self.config.batch).await?;
+        let (mut work, _) = self.sweep(self.config.batch).await?;
         work.extend(self.claim_stranded(self.config.batch).await?);
         let n = work.len();
         let mut executes = JoinSet::new();
@@ -674,8 +702,9 @@ impl Worker {
         Ok(n)
     }
 
-    /// One sweep: expire leases, then start due retries and plan due doubts.
-    async fn sweep(&self, limit: u32) -> Result<Vec<Work>, WorkerError> {
+    /// One sweep: expire leases, then start due retries and plan due doubts. Also says
+    /// whether it took as many due actions as it could (more may be waiting).
+    async fn sweep(&self, limit: u32) -> Result<(Vec<Work>, bool), WorkerError> {
         let now = Utc::now();
         let mut tx = self.store.pool().begin().await?;
         let expired = queue::expire_leases(&mut tx, limit, &self.config.id, now).await?;
@@ -698,9 +727,10 @@ impl Worker {
         )
         .await?;
         let due = queue::take_due(&mut tx, limit).await?;
+        let full = due.len() as u32 >= limit;
         if due.is_empty() && changes.is_empty() {
             tx.commit().await?;
-            return Ok(vec![]);
+            return Ok((vec![], false));
         }
         let ids: Vec<uuid::Uuid> = due.iter().map(|r| r.action_id.as_uuid()).collect();
         let mut all_attempts = attempts::load(&mut *tx, &ids).await?;
@@ -753,7 +783,7 @@ impl Worker {
                     }
                 },
             };
-            match steps::start_attempt(&row, &cell, &history, event, &self.config.id, now) {
+            match steps::start_attempt(&row, &cell, &history, event, self.lessee(), now) {
                 Ok((change, attempt, s)) => {
                     changes.push(change);
                     new_attempts.push(attempt);
@@ -774,7 +804,7 @@ impl Worker {
             Work::Execute(s) => applied.contains(&s.row.action_id),
             Work::Reconcile(_) => true,
         });
-        Ok(work)
+        Ok((work, full))
     }
 
     /// Start approved actions (the approval is the policy gate passing; the attempt is
@@ -800,7 +830,7 @@ impl Worker {
                 tracing::error!(action = %row.action_id, cell = %row.cell, "approved action for a cell this worker lacks; leaving it to another worker");
                 continue;
             };
-            match steps::start_attempt(&row, &cell, &[], Event::Approve, &self.config.id, now) {
+            match steps::start_attempt(&row, &cell, &[], Event::Approve, self.lessee(), now) {
                 Ok((change, attempt, s)) => {
                     changes.push(change);
                     new_attempts.push(attempt);

@@ -37,6 +37,14 @@ pub fn request_fingerprint(cell: &str, args: &serde_json::Value) -> String {
     sha256_hex(format!("{cell}\n{}", canonical_json(args)).as_bytes())
 }
 
+/// Who takes an attempt, and for how long its lease first runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Lessee<'a> {
+    pub worker: &'a str,
+    /// The worker's heartbeat lease; the cell's own (call timeout × 2 + 1 s) when longer.
+    pub lease: std::time::Duration,
+}
+
 /// Write-ahead for the next attempt of `row` via `event` (Start, Approve, RetryDue,
 /// Replay), if the guard allows a request now.
 pub fn start_attempt(
@@ -44,9 +52,10 @@ pub fn start_attempt(
     cell: &Arc<dyn Cell>,
     history: &[AttemptRecord],
     event: Event,
-    worker: &str,
+    lessee: Lessee<'_>,
     now: DateTime<Utc>,
 ) -> Result<(Change, NewAttempt, Started), StartError> {
+    let worker = lessee.worker;
     let key = cell.key(row.action_id, row.key_generation);
     let fingerprint = request_fingerprint(&row.cell, &row.args);
     let rule = check_send(
@@ -58,7 +67,8 @@ pub fn start_attempt(
         now,
     )?;
     let number = row.attempts + 1;
-    let lease = chrono::Duration::from_std(cell.profile().lease()).unwrap_or(chrono::Duration::MAX);
+    let lease = chrono::Duration::from_std(cell.profile().lease().min(lessee.lease))
+        .unwrap_or(chrono::Duration::MAX);
     let mut change = Change::new(row, event, now)?;
     change.attempts = number;
     change.lease_owner = Some(worker.to_owned());
