@@ -1305,7 +1305,11 @@ async fn a_call_longer_than_the_lease_keeps_it_by_heartbeat() {
     assert_eq!(call.await.unwrap().unwrap().started, 1);
     let row = state(&db.store, action.action_id).await;
     assert_eq!(row.state, State::Succeeded, "{row:?}");
-    assert_eq!(stripe.sim.requests().len(), 1, "no replay while the call ran");
+    assert_eq!(
+        stripe.sim.requests().len(),
+        1,
+        "no replay while the call ran"
+    );
     assert_eq!(stripe.sim.effects_for(&action.action_id.to_string()), 1);
     let events = transitions(&db.store, action.action_id).await;
     assert!(!events.contains(&"lease_expired".to_string()), "{events:?}");
@@ -1362,5 +1366,8 @@ async fn a_killed_workers_long_call_is_taken_over_within_the_heartbeat_lease() {
     assert!(events.contains(&"lease_expired".to_string()), "{events:?}");
     // Lease 1 s + the first call's 3 s (its replay meets it in flight: 409, then the stored
     // answer) + process start: far from the 41 s a call-timeout lease would take.
-    assert!(took < Duration::from_secs(15), "settled {took:?} after the kill");
+    assert!(
+        took < Duration::from_secs(15),
+        "settled {took:?} after the kill"
+    );
 }

@@ -65,6 +65,9 @@ enum BenchCommand {
     PgWorker(bench::PgWorkerBenchArgs),
     /// Throughput vs number of worker processes with a slow (20 ms) partner, vs linear.
     Scaling(bench::ScalingArgs),
+    /// Seconds from a kill -9 of every worker to the last in-flight action settled, with
+    /// heartbeat leases vs the lease before them; the ledger must show one charge each.
+    Recovery(bench::RecoveryArgs),
     /// The inbox with millions of settled actions: worker, status and sweep latencies
     /// before and after, and beside a retention purge.
     InboxScale(bench::InboxScaleArgs),
@@ -318,6 +321,7 @@ async fn run(cli: Cli, metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>
                 BenchCommand::Enqueue(a) => bench::enqueue_bench(a).await?,
                 BenchCommand::Latency(a) => bench::latency(a).await?,
                 BenchCommand::Scaling(a) => bench::scaling(a).await?,
+                BenchCommand::Recovery(a) => bench::recovery(a).await?,
                 BenchCommand::InboxScale(a) => bench::inbox_scale(a).await?,
             };
             println!("{}", serde_json::to_string_pretty(&figures)?);

@@ -4,6 +4,7 @@ mod enqueue;
 mod inbox_scale;
 mod latency;
 mod pg_worker;
+mod recovery;
 mod scaling;
 mod suite;
 
@@ -11,6 +12,7 @@ pub use enqueue::{enqueue_bench, EnqueueBenchArgs};
 pub use inbox_scale::{inbox_scale, InboxScaleArgs};
 pub use latency::{latency, LatencyArgs};
 pub use pg_worker::{pg_worker, PgWorkerBenchArgs};
+pub use recovery::{recovery, RecoveryArgs};
 pub use scaling::{scaling, ScalingArgs};
 pub use suite::{suite, SuiteArgs};
 

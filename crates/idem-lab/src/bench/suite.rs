@@ -38,6 +38,7 @@ const RUNS: &[&[&str]] = &[
     &["latency", "--transport", "postgres"],
     &["latency", "--transport", "kafka", "--rates", "50,200"],
     &["scaling"],
+    &["recovery"],
 ];
 
 pub async fn suite(args: SuiteArgs) -> Result<Vec<serde_json::Value>> {
