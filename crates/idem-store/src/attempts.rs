@@ -129,6 +129,8 @@ pub async fn record(
            WHERE t.action_id = v.id AND t.number = v.number
              AND (t.result IS NULL OR (t.result = 'lease_expired' AND v.result = 'succeeded'))"#,
     )
+    // Planned per call: see the crate docs, "Plans".
+    .persistent(false)
     .bind(&ids)
     .bind(&numbers)
     .bind(&results)
@@ -148,6 +150,7 @@ pub async fn load<'e, E: PgExecutor<'e>>(
                   pre_state, worker, started_at, finished_at, result, detail
            FROM idem.attempts WHERE action_id = ANY($1) ORDER BY action_id, number"#,
     )
+    .persistent(false)
     .bind(ids)
     .fetch_all(executor)
     .await?;

@@ -117,7 +117,11 @@ pub async fn lock(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<ActionRow
     let sql = format!(
         "SELECT {COLUMNS} FROM idem.actions WHERE action_id = ANY($1) ORDER BY action_id FOR UPDATE"
     );
-    let rows: Vec<RawRow> = sqlx::query_as(&sql).bind(ids).fetch_all(conn).await?;
+    let rows: Vec<RawRow> = sqlx::query_as(&sql)
+        .persistent(false)
+        .bind(ids)
+        .fetch_all(conn)
+        .await?;
     rows.into_iter().map(ActionRow::try_from).collect()
 }
 
@@ -306,6 +310,8 @@ pub async fn apply(
         FROM upd
         "#,
     )
+    // Planned per call: see the crate docs, "Plans".
+    .persistent(false)
     .bind(&ids)
     .bind(&from)
     .bind(&expected)
