@@ -236,6 +236,16 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
         text.contains("60000") && text.contains("console test"),
         "{text}"
     );
+    // What a person reads first: the sentence, money in major units with the currency.
+    let summary = item
+        .find(Locator::Css("p.summary"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(summary, "Charge $600.00 USD — console test");
+    assert!(text.contains("The approval expires at"), "{text}");
     assert!(
         text.contains("Idempotency-Key"),
         "the card's explanation: {text}"
@@ -273,6 +283,29 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
         .click()
         .await
         .unwrap();
+    // The confirmation repeats what will happen; only its button decides.
+    let confirmation = browser
+        .wait()
+        .for_element(Locator::Id("confirmation"))
+        .await
+        .unwrap();
+    let said = confirmation.text().await.unwrap();
+    assert!(
+        said.contains("Charge $600.00 USD — console test") && said.contains("held because"),
+        "{said}"
+    );
+    std::fs::write(
+        env!("CARGO_TARGET_TMPDIR").to_owned() + "/console-confirm.png",
+        browser.screenshot().await.unwrap(),
+    )
+    .ok();
+    browser
+        .find(Locator::Id("confirm"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     let flash = browser
         .wait()
         .for_element(Locator::Id("flash"))
@@ -290,6 +323,22 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
     // Reject the second; nothing is left to decide, on the page or on the screen.
     browser
         .find(Locator::Css(&format!("#action-{drop_} button.reject")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let confirmation = browser
+        .wait()
+        .for_element(Locator::Id("confirm-summary"))
+        .await
+        .unwrap();
+    assert_eq!(
+        confirmation.text().await.unwrap(),
+        "Charge $750.00 USD — console test"
+    );
+    browser
+        .find(Locator::Id("confirm"))
         .await
         .unwrap()
         .click()
@@ -443,8 +492,34 @@ async fn a_decision_without_its_forms_token_is_refused() {
     let approve = format!("/console/actions/{id}/approve");
     let reject = format!("/console/actions/{id}/reject");
     let fingerprint = form_field(&page, &approve, "fingerprint");
-    let approve_token = form_field(&page, &approve, "csrf");
-    let reject_token = form_field(&page, &reject, "csrf");
+    let list_form = &page[page.find(&format!("action=\"{approve}\"")).unwrap()..];
+    let list_form = &list_form[..list_form.find("</form>").unwrap()];
+    assert!(
+        !list_form.contains("name=csrf"),
+        "the list's Approve… only leads to the confirmation: {list_form}"
+    );
+    let confirmation = |path: String| {
+        let http = http.clone();
+        let (cookie, fingerprint) = (cookie.clone(), fingerprint.clone());
+        async move {
+            http.get(format!("{base}{path}"))
+                .query(&[("fingerprint", fingerprint.as_str())])
+                .header("cookie", &cookie)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let approve_page = confirmation(approve.clone()).await;
+    assert!(
+        approve_page.contains("Charge $800.00 USD"),
+        "{approve_page}"
+    );
+    let approve_token = form_field(&approve_page, &approve, "csrf");
+    let reject_token = form_field(&confirmation(reject.clone()).await, &reject, "csrf");
     assert_ne!(approve_token, reject_token, "one token per form");
     assert!(
         !page.contains(approver.as_str()),

@@ -47,10 +47,18 @@ def _database_url() -> str:
     return url
 
 
+_given: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port not handed out before (the OS may offer a just-closed one again)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _given:
+            _given.add(port)
+            return port
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, log: Path) -> None:
@@ -59,8 +67,10 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, log: Path) ->
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode}: {log.read_text()[-2000:]}")
         try:
-            httpx.get(url, timeout=1)
-            return
+            # Only a 2xx: another server on the port (a collision) answers something else.
+            if httpx.get(url, timeout=1).is_success:
+                return
+            time.sleep(0.1)
         except httpx.TransportError:
             time.sleep(0.1)
     raise RuntimeError(f"{what} did not answer at {url} within 30 s")

@@ -23,15 +23,24 @@ function idemBin(): string {
   return bin;
 }
 
+/** Ports this process handed out: the OS may offer a just-closed port again. */
+const given = new Set<number>();
+
 async function freePort(): Promise<number> {
-  return new Promise((ok, fail) => {
-    const s = createServer();
-    s.once("error", fail);
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => ok(port));
+  for (;;) {
+    const port = await new Promise<number>((ok, fail) => {
+      const s = createServer();
+      s.once("error", fail);
+      s.listen(0, "127.0.0.1", () => {
+        const p = (s.address() as { port: number }).port;
+        s.close(() => ok(p));
+      });
     });
-  });
+    if (!given.has(port)) {
+      given.add(port);
+      return port;
+    }
+  }
 }
 
 async function waitHttp(url: string, proc: ChildProcess, what: string): Promise<void> {
@@ -39,8 +48,9 @@ async function waitHttp(url: string, proc: ChildProcess, what: string): Promise<
   while (Date.now() < deadline) {
     if (proc.exitCode !== null) throw new Error(`${what} exited with ${proc.exitCode}`);
     try {
-      await fetch(url, { signal: AbortSignal.timeout(1000) });
-      return;
+      // Only a 2xx: another server on the port (a collision) answers something else.
+      if ((await fetch(url, { signal: AbortSignal.timeout(1000) })).ok) return;
+      await new Promise((r) => setTimeout(r, 100));
     } catch {
       await new Promise((r) => setTimeout(r, 100));
     }

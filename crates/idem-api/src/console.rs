@@ -34,8 +34,14 @@ pub(crate) fn routes() -> Router<ApiState> {
         .route("/console", get(page))
         .route("/console/login", post(login))
         .route("/console/logout", post(logout))
-        .route("/console/actions/{id}/approve", post(approve))
-        .route("/console/actions/{id}/reject", post(reject))
+        .route(
+            "/console/actions/{id}/approve",
+            get(confirm_approve).post(approve),
+        )
+        .route(
+            "/console/actions/{id}/reject",
+            get(confirm_reject).post(reject),
+        )
         .route("/console/actions/{id}/resolve", post(resolve))
         .route("/console/actions/{id}/resend", post(resend))
 }
@@ -98,7 +104,7 @@ h1{font-size:1.4rem}h2{font-size:1.15rem;margin-top:2rem}\
 pre{background:#fff;border:1px solid #ccc;padding:.5rem;white-space:pre-wrap;overflow-wrap:anywhere}\
 table{border-collapse:collapse;background:#fff}td,th{border:1px solid #ccc;padding:.2rem .4rem;font-size:.85rem;text-align:left}\
 form{display:inline-block;margin:.3rem 1rem .3rem 0}input[type=text]{width:16rem}\
-.none{color:#555}.flash{background:#c8e6c9;padding:.5rem}";
+.none{color:#555}.flash{background:#c8e6c9;padding:.5rem}.summary{font-size:1.1rem;font-weight:600}";
 
 fn login_page(why: &str) -> String {
     format!(
@@ -242,10 +248,11 @@ async fn item(state: &ApiState, secret: &str, html: &mut String, w: &Waiting, ki
         html,
         "<section class=\"item {}\" id=\"action-{id}\" data-state=\"{}\">\
          <h3>{} <code>{id}</code></h3>\
-         <p>created {} · {} attempt(s){}</p>\
+         <p class=summary>{}</p>\
+         <p>created {} · {} attempt(s){}</p>{}\
          <h4>Arguments</h4><pre class=args>{}</pre>\
          <p>fingerprint <code>{}</code></p>\
-         <h4>The cell</h4><pre class=card>{}</pre>",
+         <h4>The cell</h4><div class=card>{}</div>",
         match kind {
             Kind::Approval => "approval",
             Kind::Doubt => "doubt",
@@ -253,21 +260,29 @@ async fn item(state: &ApiState, secret: &str, html: &mut String, w: &Waiting, ki
         },
         esc(r.state.as_str()),
         esc(&r.cell),
+        esc(&what_it_does(state, r)),
         r.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
         r.attempts,
         r.reason
             .as_deref()
             .map(|why| format!(" · <b>why:</b> {}", esc(why)))
             .unwrap_or_default(),
+        match (kind, r.due_at) {
+            (Kind::Approval, Some(due)) => format!(
+                "<p class=expires>The approval expires at {} (then the action is rejected).</p>",
+                due.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+            _ => String::new(),
+        },
         esc(&serde_json::to_string_pretty(&r.args).unwrap_or_default()),
         esc(&w.fingerprint),
-        esc(summary),
+        markdown(summary),
     );
     if let Some(full) = full {
         let _ = write!(
             html,
-            "<details><summary>Full card</summary><pre>{}</pre></details>",
-            esc(full)
+            "<details><summary>Full card</summary><div class=card>{}</div></details>",
+            markdown(full)
         );
     }
     html.push_str("<h4>Attempts</h4>");
@@ -326,16 +341,19 @@ async fn item(state: &ApiState, secret: &str, html: &mut String, w: &Waiting, ki
              <button type=submit class=resend>Send again</button></form>"
         );
     } else if kind == Kind::Approval {
+        // Each goes to a confirmation page that repeats what will happen; only its form
+        // decides (and carries the form token).
+        let _ = (csrf_approve, csrf_reject);
         let _ = write!(
             html,
-            "<form method=post action=\"/console/actions/{id}/approve\"><input type=hidden name=csrf value=\"{csrf_approve}\">\
+            "<form method=get action=\"/console/actions/{id}/approve\">\
              <input type=hidden name=fingerprint value=\"{fp}\">\
              <input type=text name=reason placeholder=\"reason (optional)\">\
-             <button type=submit class=approve>Approve</button></form>\
-             <form method=post action=\"/console/actions/{id}/reject\"><input type=hidden name=csrf value=\"{csrf_reject}\">\
+             <button type=submit class=approve>Approve…</button></form>\
+             <form method=get action=\"/console/actions/{id}/reject\">\
              <input type=hidden name=fingerprint value=\"{fp}\">\
              <input type=text name=reason placeholder=\"reason (optional)\">\
-             <button type=submit class=reject>Reject</button></form>"
+             <button type=submit class=reject>Reject…</button></form>"
         );
     } else {
         if has_lookup {
@@ -365,6 +383,130 @@ async fn item(state: &ApiState, secret: &str, html: &mut String, w: &Waiting, ki
         );
     }
     html.push_str("</section>");
+}
+
+/// The cell's sentence for what the action will do ("Charge $600.00 USD to cus_big — …"),
+/// or a plain fallback naming the cell when it has none.
+fn what_it_does(state: &ApiState, r: &idem_store::ActionRow) -> String {
+    state
+        .cells
+        .get(&r.cell)
+        .and_then(|c| c.summary(&r.args))
+        .unwrap_or_else(|| format!("{} (this cell has no summary: read the arguments)", r.cell))
+}
+
+/// A card's Markdown as HTML. Cards are compiled into idem, but raw HTML in them is still
+/// shown as text, never passed through.
+fn markdown(md: &str) -> String {
+    use pulldown_cmark::{Event, Options, Parser};
+    let events = Parser::new_ext(md, Options::ENABLE_TABLES).map(|e| match e {
+        Event::Html(t) | Event::InlineHtml(t) => Event::Text(t),
+        e => e,
+    });
+    let mut out = String::new();
+    pulldown_cmark::html::push_html(&mut out, events);
+    out
+}
+
+#[derive(Debug, Deserialize)]
+struct ConfirmQuery {
+    fingerprint: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn confirm_approve(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<ConfirmQuery>,
+) -> Response {
+    confirm(&state, &headers, &id, "approve", q).await
+}
+
+async fn confirm_reject(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<ConfirmQuery>,
+) -> Response {
+    confirm(&state, &headers, &id, "reject", q).await
+}
+
+/// The page between a click on Approve… / Reject… and the decision: what will happen, in
+/// words and in full, and the one form that decides.
+async fn confirm(
+    state: &ApiState,
+    headers: &HeaderMap,
+    id: &str,
+    verb: &str,
+    q: ConfirmQuery,
+) -> Response {
+    if let Err(r) = signed_in(state, headers).await {
+        return r;
+    }
+    let Ok(action) = id.parse::<ActionId>() else {
+        return (StatusCode::NOT_FOUND, Html("no such action".to_owned())).into_response();
+    };
+    let row = match idem_store::inbox::get(state.store.pool(), action).await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            return (StatusCode::NOT_FOUND, Html("no such action".to_owned())).into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "console confirmation failed");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Html("store unavailable".to_owned()),
+            )
+                .into_response();
+        }
+    };
+    if row.state != idem_core::State::AwaitingApproval {
+        return Redirect::to(&format!(
+            "/console?done={}",
+            url_escape(&format!(
+                "{id} no longer awaits approval ({})",
+                row.state.as_str()
+            ))
+        ))
+        .into_response();
+    }
+    let csrf = csrf_token(
+        cookie_secret(headers).unwrap_or_default(),
+        &format!("/console/actions/{id}/{verb}"),
+    );
+    let (title, button) = match verb {
+        "approve" => ("Approve", "Yes, approve: send it"),
+        _ => ("Reject", "Yes, reject: never send it"),
+    };
+    let html = format!(
+        "<!doctype html><html><head><meta charset=utf-8><title>idem console: {title}?</title>\
+         <style>{STYLE}</style></head><body><h1>{title} this action?</h1>\
+         <section class=\"item approval\" id=confirmation>\
+         <p class=summary id=confirm-summary><b>{}</b></p>\
+         <p>{} · action <code>{id}</code> · created {}{}</p>\
+         <h4>Arguments</h4><pre class=args>{}</pre>\
+         <p>fingerprint <code>{}</code></p>\
+         <form method=post action=\"/console/actions/{id}/{verb}\">\
+         <input type=hidden name=csrf value=\"{csrf}\">\
+         <input type=hidden name=fingerprint value=\"{}\">\
+         <label>reason <input type=text name=reason value=\"{}\"></label> \
+         <button type=submit id=confirm class={verb}>{button}</button></form> \
+         <a href=/console id=cancel>Back, decide nothing</a></section></body></html>",
+        esc(&what_it_does(state, &row)),
+        esc(&row.cell),
+        row.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        row.reason
+            .as_deref()
+            .map(|why| format!(" · <b>held because:</b> {}", esc(why)))
+            .unwrap_or_default(),
+        esc(&serde_json::to_string_pretty(&row.args).unwrap_or_default()),
+        esc(&q.fingerprint),
+        esc(&q.fingerprint),
+        esc(q.reason.as_deref().unwrap_or("")),
+    );
+    Html(html).into_response()
 }
 
 /// The form token for `action` (a form's path) in the session of `secret`: SHA-256 of both,

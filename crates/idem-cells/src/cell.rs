@@ -60,6 +60,13 @@ pub trait Cell: Send + Sync + std::fmt::Debug + 'static {
         None
     }
 
+    /// What the action will do, in one sentence for the person approving it ("Charge
+    /// $600.00 USD to cus_big — Annual plan"); `None` if the cell has none or the
+    /// arguments are not valid.
+    fn summary(&self, _args: &serde_json::Value) -> Option<String> {
+        None
+    }
+
     /// State recorded with the attempt before it is sent, for reconciliation later.
     fn pre_state(&self, now: DateTime<Utc>) -> serde_json::Value {
         serde_json::json!({ "t0": now.timestamp() })

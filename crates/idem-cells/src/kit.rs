@@ -27,6 +27,12 @@ pub trait CellArgs: DeserializeOwned + schemars::JsonSchema + Send + Sync + 'sta
     fn check(&self) -> Result<(), String> {
         Ok(())
     }
+
+    /// What the action will do, in one sentence for a person approving it; money in major
+    /// units ([`crate::summary::money`]). `None`: the console shows the arguments only.
+    fn summary(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A cell's card (its failure-mode analysis in Markdown), kept next to its code and
@@ -162,6 +168,10 @@ impl<T: TypedCell> Cell for T {
 
     fn card_text(&self) -> Option<&'static str> {
         Some(T::CARD.text)
+    }
+
+    fn summary(&self, args: &Value) -> Option<String> {
+        parse::<T::Args>(self.name(), args).ok()?.summary()
     }
 
     fn pre_state(&self, now: DateTime<Utc>) -> Value {

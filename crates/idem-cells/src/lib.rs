@@ -19,6 +19,7 @@ pub mod noop;
 pub mod registry;
 pub mod slack;
 pub mod stripe;
+pub mod summary;
 pub mod twilio;
 
 pub use amadeus::{AmadeusBook, AmadeusCancel, AmadeusPrice};

@@ -36,7 +36,16 @@ pub struct Args {
     pub contacts: Option<Vec<Map<String, Value>>>,
 }
 
-impl CellArgs for Args {}
+impl CellArgs for Args {
+    fn summary(&self) -> Option<String> {
+        let n = self.travelers.len();
+        Some(format!(
+            "Book {} for {n} traveller{}",
+            super::describe_offers(&self.flight_offers),
+            if n == 1 { "" } else { "s" }
+        ))
+    }
+}
 
 impl AmadeusBook {
     pub fn new(base_url: impl Into<String>, token: impl Into<String>) -> Self {

@@ -28,7 +28,11 @@ pub struct Args {
     pub order_id: String,
 }
 
-impl CellArgs for Args {}
+impl CellArgs for Args {
+    fn summary(&self) -> Option<String> {
+        Some(format!("Cancel flight order {}", self.order_id))
+    }
+}
 
 impl Args {
     fn path(&self) -> String {

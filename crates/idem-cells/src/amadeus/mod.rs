@@ -88,6 +88,66 @@ pub struct FlightOffer {
     pub rest: serde_json::Map<String, Value>,
 }
 
+/// "flight LHR→JFK (BA117), departing 2026-12-20T10:00:00, 512.40 EUR" for each offer, from
+/// what flight-offers search returns (first to last segment of each itinerary).
+pub(crate) fn describe_offers(offers: &[FlightOffer]) -> String {
+    let one = |o: &FlightOffer| -> String {
+        let mut parts = vec![];
+        for it in o
+            .rest
+            .get("itineraries")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let segs = it.get("segments").and_then(Value::as_array);
+            let (Some(first), Some(last)) =
+                (segs.and_then(|s| s.first()), segs.and_then(|s| s.last()))
+            else {
+                continue;
+            };
+            let at = |s: &Value, end: &str, field: &str| {
+                s.pointer(&format!("/{end}/{field}"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .to_owned()
+            };
+            let flights: Vec<String> = segs
+                .into_iter()
+                .flatten()
+                .map(|s| {
+                    format!(
+                        "{}{}",
+                        s["carrierCode"].as_str().unwrap_or(""),
+                        s["number"].as_str().unwrap_or("")
+                    )
+                })
+                .collect();
+            parts.push(format!(
+                "{}→{} ({}), departing {}",
+                at(first, "departure", "iataCode"),
+                at(last, "arrival", "iataCode"),
+                flights.join(", "),
+                at(first, "departure", "at")
+            ));
+        }
+        let price = o
+            .rest
+            .get("price")
+            .and_then(|p| {
+                let total = p.get("grandTotal").or_else(|| p.get("total"))?.as_str()?;
+                Some(format!(", {total} {}", p.get("currency")?.as_str()?))
+            })
+            .unwrap_or_default();
+        if parts.is_empty() {
+            format!("flight offer {}{price}", o.id)
+        } else {
+            format!("flight {}{price}", parts.join("; return "))
+        }
+    };
+    offers.iter().map(one).collect::<Vec<_>>().join(" and ")
+}
+
 /// amadeus's cells, for [`crate::builtin`].
 pub const INTEGRATION: crate::builtin::Integration = crate::builtin::Integration {
     partner: "amadeus",

@@ -28,7 +28,14 @@ pub struct Args {
     pub flight_offers: Vec<FlightOffer>,
 }
 
-impl CellArgs for Args {}
+impl CellArgs for Args {
+    fn summary(&self) -> Option<String> {
+        Some(format!(
+            "Price {} (no booking, no charge)",
+            super::describe_offers(&self.flight_offers)
+        ))
+    }
+}
 
 impl AmadeusPrice {
     pub fn new(base_url: impl Into<String>, token: impl Into<String>) -> Self {

@@ -57,7 +57,16 @@ pub struct Args {
     pub text: String,
 }
 
-impl CellArgs for Args {}
+impl CellArgs for Args {
+    fn summary(&self) -> Option<String> {
+        Some(format!(
+            "Send email to {}, subject {}: {}",
+            self.to,
+            crate::summary::quote(&self.subject, 120),
+            crate::summary::quote(&self.text, 160)
+        ))
+    }
+}
 
 /// Rate and quota reasons Google documents as "slow down" [G4].
 const NOT_PROCESSED: [&str; 4] = [

@@ -30,7 +30,11 @@ pub struct Args {
     pub properties: BTreeMap<String, Scalar>,
 }
 
-impl CellArgs for Args {}
+impl CellArgs for Args {
+    fn summary(&self) -> Option<String> {
+        self.upsert().summary()
+    }
+}
 
 impl Args {
     /// The same request `hubspot.upsert` sends for a company.

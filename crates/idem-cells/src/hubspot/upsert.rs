@@ -59,7 +59,25 @@ pub enum Scalar {
     Flag(bool),
 }
 
-impl CellArgs for Args {}
+impl CellArgs for Args {
+    fn summary(&self) -> Option<String> {
+        let props: Vec<&str> = self.properties.keys().map(String::as_str).collect();
+        Some(format!(
+            "Create or update the HubSpot {} whose {} is {}, setting {}",
+            match self.object_type() {
+                "companies" => "company",
+                t => t.strip_suffix('s').unwrap_or(t),
+            },
+            self.id_property(),
+            self.id,
+            if props.is_empty() {
+                "nothing".into()
+            } else {
+                props.join(", ")
+            }
+        ))
+    }
+}
 
 impl Args {
     pub(super) fn object_type(&self) -> &str {

@@ -54,7 +54,15 @@ pub struct Args {
     pub text: String,
 }
 
-impl CellArgs for Args {}
+impl CellArgs for Args {
+    fn summary(&self) -> Option<String> {
+        Some(format!(
+            "Post to Slack channel {}: {}",
+            self.channel,
+            crate::summary::quote(&self.text, 200)
+        ))
+    }
+}
 
 impl SlackPost {
     pub fn new(base_url: impl Into<String>, token: impl Into<String>) -> Self {

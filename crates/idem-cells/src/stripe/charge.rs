@@ -64,7 +64,24 @@ pub struct Args {
     pub description: Option<String>,
 }
 
-impl CellArgs for Args {}
+impl CellArgs for Args {
+    fn summary(&self) -> Option<String> {
+        let who = match (&self.customer, &self.payment_method) {
+            (Some(c), _) => format!(" to {c}"),
+            (None, Some(pm)) => format!(" to payment method {pm}"),
+            (None, None) => String::new(),
+        };
+        let what = self
+            .description
+            .as_deref()
+            .map(|d| format!(" — {d}"))
+            .unwrap_or_default();
+        Some(format!(
+            "Charge {}{who}{what}",
+            crate::summary::money(self.amount, &self.currency)
+        ))
+    }
+}
 
 impl StripeCharge {
     /// A cell talking to `base_url` (Stripe or idem's simulator) with an API secret key.

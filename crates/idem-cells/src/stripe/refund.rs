@@ -64,7 +64,23 @@ impl Reason {
     }
 }
 
-impl CellArgs for Args {}
+impl CellArgs for Args {
+    fn summary(&self) -> Option<String> {
+        // The currency is the payment's, which the arguments do not carry: minor units.
+        let how_much = match self.amount {
+            Some(a) => format!("{a} minor units (the payment's currency) of"),
+            None => "all of".into(),
+        };
+        let why = self
+            .reason
+            .map(|r| format!(" — reason: {}", r.as_str().replace('_', " ")))
+            .unwrap_or_default();
+        Some(format!(
+            "Refund {how_much} payment {}{why}",
+            self.payment_intent
+        ))
+    }
+}
 
 impl StripeRefund {
     pub fn new(base_url: impl Into<String>, secret: impl Into<String>) -> Self {

@@ -66,6 +66,19 @@ impl CellArgs for Args {
             _ => Err("from (E.164) or messaging_service_sid (MG…, 34 chars): exactly one".into()),
         }
     }
+
+    fn summary(&self) -> Option<String> {
+        let from = match (&self.from, &self.messaging_service_sid) {
+            (Some(f), _) => format!(" from {f}"),
+            (None, Some(mg)) => format!(" via messaging service {mg}"),
+            (None, None) => String::new(),
+        };
+        Some(format!(
+            "Send SMS to {}{from}: {}",
+            self.to,
+            crate::summary::quote(&self.body, 160)
+        ))
+    }
 }
 
 impl TwilioSms {
