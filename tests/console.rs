@@ -385,6 +385,164 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
         .await
         .unwrap();
     assert!(flash.text().await.unwrap().contains("sent again"));
+
+    // The explorer: an agent's charge found by its named intent, and its history read.
+    let r = http
+        .post(format!("{base}/v1/actions"))
+        .bearer_auth(submit)
+        .json(&json!({"cell": "stripe.charge", "intent_scope": "conversation-7", "intent": "invoice-42-payment",
+                      "args": {"amount": 4200, "currency": "usd", "customer": "cus_42"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let by_intent: serde_json::Value = r.json().await.unwrap();
+    let by_intent = by_intent["action_id"].as_str().unwrap().to_owned();
+    idem_store::await_settled(pool, by_intent.parse().unwrap(), Duration::from_secs(20))
+        .await
+        .unwrap()
+        .expect("settled");
+    browser
+        .find(Locator::Id("explore"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    for (field, value) in [
+        ("q-scope", "conversation-7"),
+        ("q-intent", "invoice-42-payment"),
+    ] {
+        browser
+            .wait()
+            .for_element(Locator::Id(field))
+            .await
+            .unwrap()
+            .send_keys(value)
+            .await
+            .unwrap();
+    }
+    browser
+        .find(Locator::Id("find"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    // The unfiltered page lists results too: wait for the search's own page.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !browser
+        .current_url()
+        .await
+        .unwrap()
+        .as_str()
+        .contains("intent=invoice-42-payment")
+    {
+        assert!(tokio::time::Instant::now() < deadline, "the search ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let results = browser.find(Locator::Id("results")).await.unwrap();
+    let listed = results.text().await.unwrap();
+    assert!(
+        listed.contains(&by_intent) && listed.contains("Charge $42.00 USD to cus_42"),
+        "{listed}"
+    );
+    assert_eq!(
+        results
+            .find_all(Locator::Css("a.found"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    results
+        .find(Locator::Css("a.found"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let detail = browser
+        .wait()
+        .for_element(Locator::Id("detail"))
+        .await
+        .unwrap();
+    assert_eq!(
+        browser
+            .find(Locator::Id("state"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "succeeded"
+    );
+    let history = browser
+        .find(Locator::Id("transitions"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for step in ["received executing start", "executing succeeded succeeded"] {
+        assert!(history.contains(step), "transition {step:?} in {history}");
+    }
+    let attempts = browser
+        .find(Locator::Id("attempts"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        attempts.contains(&format!("idem-{by_intent}-g0")) && attempts.contains("succeeded"),
+        "{attempts}"
+    );
+    let receipt = browser
+        .find(Locator::Id("receipt"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(receipt.contains("pi_"), "{receipt}");
+    assert!(detail.text().await.unwrap().contains("conversation-7"));
+    std::fs::write(
+        env!("CARGO_TARGET_TMPDIR").to_owned() + "/console-explore.png",
+        browser.screenshot().await.unwrap(),
+    )
+    .ok();
+
+    // Dead letters keep their raw bytes and where they came from.
+    sqlx::query(
+        "INSERT INTO idem.dead_letters (raw, reason, source) VALUES ($1, 'undecodable envelope', $2)",
+    )
+    .bind(vec![0xffu8, b'{'])
+    .bind(json!({"topic": "idem.actions", "partition": 3, "offset": 77}))
+    .execute(pool)
+    .await
+    .unwrap();
+    browser
+        .find(Locator::Css("a[href='/console/dead-letters']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let letter = browser
+        .wait()
+        .for_element(Locator::Css("section.dead-letter"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        letter.contains("undecodable envelope")
+            && letter.contains("(not UTF-8, hex) ff7b")
+            && letter.contains("\"offset\":77"),
+        "{letter}"
+    );
     browser.close().await.unwrap();
     std::fs::remove_dir_all(&profile).ok();
     let who = idem_store::decisions::history(pool, declined.into())
@@ -425,8 +583,9 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
     assert_eq!(rejected.state, idem_core::State::Rejected);
     assert_eq!(c.stripe.sim.effects_for(&keep.to_string()), 1);
     assert_eq!(c.stripe.sim.effects_for(&drop_.to_string()), 0);
-    // The approved charge, and the declined one twice (before and after the resend).
-    assert_eq!(c.stripe.sim.requests().len(), 3);
+    // The approved charge, the declined one twice (before and after the resend) and the
+    // explorer's charge.
+    assert_eq!(c.stripe.sim.requests().len(), 4);
     // Audited with the person's token name, through the console.
     let who = idem_store::decisions::history(pool, idem_core::ActionId::from(keep))
         .await

@@ -55,7 +55,7 @@ enum Kind {
 }
 
 /// Text made safe for HTML element content and quoted attribute values.
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -82,7 +82,10 @@ fn cookie_secret(headers: &HeaderMap) -> Option<&str> {
         .filter(|v| !v.is_empty())
 }
 
-async fn signed_in(state: &ApiState, headers: &HeaderMap) -> Result<TokenInfo, Response> {
+pub(crate) async fn signed_in(
+    state: &ApiState,
+    headers: &HeaderMap,
+) -> Result<TokenInfo, Response> {
     authorize_secret(state, cookie_secret(headers), Scope::Approve)
         .await
         .map_err(|r| {
@@ -97,12 +100,12 @@ async fn signed_in(state: &ApiState, headers: &HeaderMap) -> Result<TokenInfo, R
         })
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem;color:#222}\
+pub(crate) const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem;color:#222}\
 h1{font-size:1.4rem}h2{font-size:1.15rem;margin-top:2rem}\
 .item{border:1px solid #999;border-radius:6px;padding:1rem;margin:1rem 0}\
 .approval{background:#ffd600}.doubt{background:#ff8a65}.failed{background:#e0e0e0}\
 pre{background:#fff;border:1px solid #ccc;padding:.5rem;white-space:pre-wrap;overflow-wrap:anywhere}\
-table{border-collapse:collapse;background:#fff}td,th{border:1px solid #ccc;padding:.2rem .4rem;font-size:.85rem;text-align:left}\
+table{border-collapse:collapse;background:#fff;max-width:100%}td,th{border:1px solid #ccc;padding:.2rem .4rem;font-size:.85rem;text-align:left}td.wrap{overflow-wrap:anywhere;min-width:18rem}\
 form{display:inline-block;margin:.3rem 1rem .3rem 0}input[type=text]{width:16rem}\
 .none{color:#555}.flash{background:#c8e6c9;padding:.5rem}.summary{font-size:1.1rem;font-weight:600}";
 
@@ -195,6 +198,7 @@ async fn page(
     if let Some(done) = flash.done {
         let _ = write!(html, "<p class=flash id=flash>{}</p>", esc(&done));
     }
+    html.push_str(&crate::explorer::counts(&state).await);
     let _ = write!(html, "<h2>Awaiting approval ({})</h2>", approvals.len());
     if approvals.is_empty() {
         html.push_str("<p class=none id=no-approvals>Nothing awaits approval.</p>");
@@ -293,7 +297,7 @@ async fn item(state: &ApiState, secret: &str, html: &mut String, w: &Waiting, ki
         for a in &attempts {
             let _ = write!(
                 html,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=wrap>{}</td></tr>",
                 a.number,
                 esc(a.idem_key.as_deref().unwrap_or("—")),
                 esc(&a.rule),
@@ -387,7 +391,7 @@ async fn item(state: &ApiState, secret: &str, html: &mut String, w: &Waiting, ki
 
 /// The cell's sentence for what the action will do ("Charge $600.00 USD to cus_big — …"),
 /// or a plain fallback naming the cell when it has none.
-fn what_it_does(state: &ApiState, r: &idem_store::ActionRow) -> String {
+pub(crate) fn what_it_does(state: &ApiState, r: &idem_store::ActionRow) -> String {
     state
         .cells
         .get(&r.cell)

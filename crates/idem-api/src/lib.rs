@@ -16,6 +16,7 @@ pub mod auth;
 mod cells;
 mod console;
 mod decisions;
+mod explorer;
 pub mod mcp;
 pub mod metrics;
 mod policy;
@@ -173,6 +174,7 @@ pub fn router(state: ApiState) -> Router {
     let mcp = mcp::routes(&state);
     routes
         .merge(console::routes())
+        .merge(explorer::routes())
         .route(
             "/openapi.json",
             get(move || {

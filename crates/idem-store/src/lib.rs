@@ -16,6 +16,7 @@ pub mod cells;
 pub mod decisions;
 pub mod enqueue;
 pub mod error;
+pub mod explore;
 pub mod inbox;
 pub mod outbox;
 pub mod policy;
