@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs idem's whole test suite: unit, model, end-to-end, Kafka, API, MCP, browser tests,
-# the CI-sized fault campaign and the Python and TypeScript clients' suites, against a real
+# the CI-sized fault campaign, the Python and TypeScript clients' suites and schemathesis
+# against the API's OpenAPI document, against a real
 # PostgreSQL, real Apache Kafka and a headless Chromium. Uses DATABASE_URL and KAFKA_BOOTSTRAP if set; otherwise starts a PostgreSQL
 # cluster of its own (Debian's postgresql package, installed if missing) and a one-node
 # Apache Kafka (from Maven Central, resolved once into ~/.cache/idem) that every test binary
@@ -67,6 +68,8 @@ cargo build -q --bin idem --bin idem-lab
 export IDEM_BIN="$CARGO_TARGET_DIR/debug/idem"
 ./clients/python/run-tests.sh || failed+=(python)
 ./clients/typescript/run-tests.sh || failed+=(typescript)
+# The HTTP API against its OpenAPI document (schemathesis, every check and phase).
+./scripts/api-check.sh || failed+=(api)
 
 if [ ${#failed[@]} -gt 0 ]; then
   echo "failed suites: ${failed[*]}" >&2

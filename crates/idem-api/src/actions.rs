@@ -32,14 +32,19 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Submit {
-    /// A cell from `GET /v1/cells`, e.g. `stripe.charge`.
+    /// A cell from `GET /v1/cells`, e.g. `stripe.charge` (the served document lists the
+    /// cells this server runs).
+    #[schema(pattern = r"^[a-z0-9_]+(\.[a-z0-9_]+)+$", max_length = 64)]
     pub cell: String,
     /// The cell's arguments; `GET /v1/cells` gives each cell's JSON Schema.
+    #[schema(value_type = Object)]
     pub args: Value,
     pub action_id: Option<uuid::Uuid>,
     /// The scope a named intent lives in: a session, a conversation, a tenant.
+    #[schema(pattern = r"^[^\u0000]*\S[^\u0000]*$", max_length = 200)]
     pub intent_scope: Option<String>,
     /// The effect this action means, e.g. `invoice-42-payment` (at most 200 characters).
+    #[schema(pattern = r"^[^\u0000]*\S[^\u0000]*$", max_length = 200)]
     pub intent: Option<String>,
     /// With `intent_scope` and no `intent`: derive the id from the cell and arguments.
     #[serde(default)]
@@ -263,17 +268,18 @@ pub(crate) async fn submit(
 #[into_params(parameter_in = Query)]
 pub(crate) struct ReadQuery {
     /// Seconds to wait for the action to settle (`30` or `30s`, at most 60).
-    #[param(pattern = r"^[0-9]+s?$")]
+    #[param(pattern = r"^([0-5]?[0-9]|60)s?$")]
     wait: Option<String>,
 }
 
-/// `30` or `30s` (exactly the documented pattern `^[0-9]+s?$`), as seconds.
+/// `30` or `30s`, 0 to 60 (exactly the documented pattern `^([0-5]?[0-9]|60)s?$`), as
+/// seconds.
 fn wait_seconds(w: &str) -> Option<u64> {
     let digits = w.strip_suffix('s').unwrap_or(w);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    if digits.is_empty() || digits.len() > 2 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    digits.parse().ok().filter(|s| *s <= 60)
 }
 
 /// An action's state and receipt; with `?wait=` it long-polls until settled.
@@ -291,11 +297,19 @@ pub(crate) async fn read(
     State(state): State<ApiState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(q): Query<ReadQuery>,
+    q: Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     if let Err(r) = authorize(&state, &headers, Scope::Read).await {
         return r;
     }
+    // A query the server cannot read (`?wait=1s&wait=2s`) is a 400 in the API's problem
+    // form, not axum's plain text.
+    let Ok(Query(q)) = q.map_err(|e| tracing::debug!(error = %e, "bad query")) else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "query: give at most one wait, as seconds (`30` or `30s`, at most 60)",
+        );
+    };
     let Ok(id) = id.parse::<uuid::Uuid>() else {
         return problem(StatusCode::BAD_REQUEST, "action id must be a UUID");
     };
@@ -303,7 +317,12 @@ pub(crate) async fn read(
     let wait = match q.wait.as_deref().map(wait_seconds) {
         None => None,
         Some(Some(s)) => Some(Duration::from_secs(s).min(MAX_WAIT)),
-        Some(None) => return problem(StatusCode::BAD_REQUEST, "wait: seconds, e.g. 30 or 30s"),
+        Some(None) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "wait: seconds from 0 to 60, e.g. 30 or 30s",
+            )
+        }
     };
     let row = match wait {
         Some(w) if !w.is_zero() => match inbox::await_settled(state.store.pool(), id, w).await {

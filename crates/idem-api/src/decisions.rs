@@ -195,15 +195,29 @@ pub(crate) async fn reject(
 #[serde(deny_unknown_fields, rename_all = "snake_case", tag = "outcome")]
 pub enum Resolve {
     /// The partner did act: settle as succeeded with the partner's reference.
-    Happened { partner_ref: String, reason: String },
+    Happened {
+        #[schema(pattern = r"^[^\u0000]*\S[^\u0000]*$")]
+        partner_ref: String,
+        #[schema(pattern = r"^[^\u0000]*\S[^\u0000]*$")]
+        reason: String,
+    },
     /// The partner did not act: settle as failed.
-    NotHappened { reason: String },
+    NotHappened {
+        #[schema(pattern = r"^[^\u0000]*\S[^\u0000]*$")]
+        reason: String,
+    },
     /// Send again under a new key generation (the person vouches that no effect happened).
-    Retry { reason: String },
+    Retry {
+        #[schema(pattern = r"^[^\u0000]*\S[^\u0000]*$")]
+        reason: String,
+    },
     /// Ask the partner again before deciding (a lagging lookup may find the effect now):
     /// back to in_doubt and reconciled at once; it returns to needs_human, with what was
     /// checked and when, if the partner still cannot tell. Cells without a lookup refuse it.
-    Recheck { reason: String },
+    Recheck {
+        #[schema(pattern = r"^[^\u0000]*\S[^\u0000]*$")]
+        reason: String,
+    },
 }
 
 /// Resolve a needs_human case; the decision is recorded with the token's name and reason.
@@ -300,6 +314,8 @@ async fn recheck_case(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Resend {
+    /// Why (recorded in the audit; not blank).
+    #[schema(pattern = r"^[^\u0000]*\S[^\u0000]*$")]
     pub reason: String,
 }
 

@@ -167,10 +167,84 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     api().1
 }
 
+/// The document as this server serves it: the cells it runs and their tools listed as
+/// the only values of `cell` (body and path) and of a tool's `name`, so a client (or a
+/// schema-driven tester) knows which names exist instead of learning it from a 422.
+pub fn served_document(
+    doc: utoipa::openapi::OpenApi,
+    cells: &idem_cells::Registry,
+) -> serde_json::Value {
+    let mut doc = serde_json::to_value(doc).unwrap_or_default();
+    let names: Vec<serde_json::Value> = cells.iter().map(|c| c.name().as_str().into()).collect();
+    let tools: Vec<serde_json::Value> = idem_mcp::tool_list(cells)
+        .into_iter()
+        .map(|t| t.name.into_owned().into())
+        .collect();
+    // A submission is one of the cells with that cell's arguments: one branch per cell.
+    if let Some(submit) = doc.pointer("/components/schemas/Submit").cloned() {
+        let branches: Vec<serde_json::Value> = cells
+            .iter()
+            .map(|c| {
+                let mut b = submit.clone();
+                b["properties"]["cell"] = serde_json::json!({
+                    "type": "string", "const": c.name().as_str(),
+                    "description": submit["properties"]["cell"]["description"],
+                });
+                b["properties"]["args"] = c.document_schema();
+                b["title"] = format!("Submit {}", c.name()).into();
+                b["oneOf"] = naming_rules();
+                b
+            })
+            .collect();
+        if !branches.is_empty() {
+            doc["components"]["schemas"]["Submit"] = serde_json::json!({ "oneOf": branches });
+        }
+    }
+    // Each way to resolve a case takes exactly its own fields (`partner_ref` only with
+    // `happened`), as the server's deserialiser does.
+    for v in doc
+        .pointer_mut("/components/schemas/Resolve/oneOf")
+        .and_then(|v| v.as_array_mut())
+        .into_iter()
+        .flatten()
+    {
+        v["additionalProperties"] = false.into();
+    }
+    let mut name_param = |path: &str, param: &str, values: &[serde_json::Value]| {
+        let Some(ops) = doc.pointer_mut(&format!("/paths/{}", path.replace('/', "~1"))) else {
+            return;
+        };
+        for op in ops.as_object_mut().into_iter().flat_map(|o| o.values_mut()) {
+            for p in op["parameters"].as_array_mut().into_iter().flatten() {
+                if p["name"] == param && p["in"] == "path" {
+                    p["schema"]["enum"] = values.to_vec().into();
+                }
+            }
+        }
+    };
+    name_param("/v1/policy/{cell}", "cell", &names);
+    name_param("/v1/tools/{name}", "name", &tools);
+    doc
+}
+
+/// How a submission names its action, as the server checks it: an `action_id` alone; or
+/// `intent_scope` with an `intent`; or `intent_scope` with `id_from_arguments: true`.
+/// (A field sent as `null` counts as absent.)
+fn naming_rules() -> serde_json::Value {
+    use serde_json::json;
+    let given = |f: &str| json!({"required": [f], "properties": {f: {"type": "string"}}});
+    let from_args = json!({"required": ["id_from_arguments"], "properties": {"id_from_arguments": {"const": true}}});
+    json!([
+        {"allOf": [given("action_id"), {"not": given("intent_scope")}, {"not": given("intent")}]},
+        {"allOf": [{"not": given("action_id")}, given("intent_scope"), given("intent"), {"not": from_args}]},
+        {"allOf": [{"not": given("action_id")}, given("intent_scope"), {"not": given("intent")}, from_args]},
+    ])
+}
+
 /// The API's routes, plus `/openapi.json` and the MCP endpoint `/mcp`.
 pub fn router(state: ApiState) -> Router {
     let (routes, doc) = api();
-    let doc = Arc::new(doc);
+    let doc = Arc::new(served_document(doc, &state.cells));
     let mcp = mcp::routes(&state);
     routes
         .merge(console::routes())

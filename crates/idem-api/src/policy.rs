@@ -45,8 +45,10 @@ impl From<policy::Policy> for PolicyView {
 #[serde(deny_unknown_fields)]
 pub struct SetPolicy {
     /// `never`, `always` or `ARGUMENT>=THRESHOLD` (e.g. `amount>=50000`, minor units).
+    #[schema(pattern = r"^ *(never|always|[A-Za-z0-9_]+ *>= *-?[0-9]{1,18}) *$")]
     pub rule: String,
-    /// Why (recorded in the audit).
+    /// Why (recorded in the audit; not blank).
+    #[schema(pattern = r"^[^\u0000]*\S[^\u0000]*$")]
     pub reason: String,
 }
 

@@ -42,14 +42,17 @@ pub struct ToolView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToolCall {
-    /// Required for a cell's tool; not used by `idem_status`.
+    /// Required (for `idem_status` too, which ignores it): not blank, at most 200
+    /// characters. Optional in Rust only to answer a missing one with a 422 naming it.
+    #[schema(required = true, nullable = false, value_type = String, pattern = r"^[^\u0000]*\S[^\u0000]*$", max_length = 200)]
     pub scope: Option<String>,
     /// The tool's arguments as the model gave them, `intent` included.
     #[schema(value_type = Object)]
     pub arguments: serde_json::Map<String, Value>,
     /// Seconds to wait for the action to settle before answering "in progress" (at most
     /// 60; the server's default if absent).
-    pub wait_seconds: Option<u64>,
+    #[schema(value_type = Option<u64>, minimum = 0, maximum = 60)]
+    pub wait_seconds: Option<serde_json::Number>,
 }
 
 /// A tool call's answer: what MCP's `tools/call` would have answered.
@@ -141,13 +144,12 @@ pub(crate) async fn call(
             format!("no tool {name:?}; GET /v1/tools lists them"),
         );
     }
-    let scope = match (c.scope, is_status) {
-        (Some(s), _) => match idem_core::check_intent_part("scope", &s) {
+    let scope = match c.scope {
+        Some(s) => match idem_core::check_intent_part("scope", &s) {
             Ok(()) => s,
             Err(e) => return invalid_field("/scope".into(), e.to_string()),
         },
-        (None, true) => String::new(),
-        (None, false) => {
+        None => {
             return invalid_field(
                 "/scope".into(),
                 "scope is required: the run, thread or conversation the tool call belongs to"
@@ -155,8 +157,21 @@ pub(crate) async fn call(
             )
         }
     };
-    let wait = c
-        .wait_seconds
+    // A whole number of seconds, 0 to 60 (`5.0` is one too, as JSON Schema counts it).
+    let wait = match c.wait_seconds.map(|n| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..=60.0).contains(f))
+    }) {
+        Some(None) => {
+            return invalid_field(
+                "/wait_seconds".into(),
+                "wait_seconds: a whole number of seconds from 0 to 60".into(),
+            )
+        }
+        Some(Some(f)) => Some(f as u64),
+        None => None,
+    };
+    let wait = wait
         .map(Duration::from_secs)
         .unwrap_or(state.tool_wait)
         .min(MAX_WAIT);

@@ -60,6 +60,12 @@ pub trait Cell: Send + Sync + std::fmt::Debug + 'static {
         None
     }
 
+    /// The arguments' schema as the HTTP API's OpenAPI document gives it: the input schema
+    /// plus any rule a tool schema leaves out (see `CellArgs::document_rules`).
+    fn document_schema(&self) -> serde_json::Value {
+        self.input_schema()
+    }
+
     /// What the action will do, in one sentence for the person approving it ("Charge
     /// $600.00 USD to cus_big — Annual plan"); `None` if the cell has none or the
     /// arguments are not valid.

@@ -28,6 +28,13 @@ pub trait CellArgs: DeserializeOwned + schemars::JsonSchema + Send + Sync + 'sta
         Ok(())
     }
 
+    /// JSON Schema keywords AND-ed to the arguments' schema in the OpenAPI document only,
+    /// for a rule [`CellArgs::check`] enforces that a model API would refuse in a tool's
+    /// schema (twilio's "exactly one of from / messaging_service_sid" as a `oneOf`).
+    fn document_rules() -> Option<serde_json::Value> {
+        None
+    }
+
     /// What the action will do, in one sentence for a person approving it; money in major
     /// units ([`crate::summary::money`]). `None`: the console shows the arguments only.
     fn summary(&self) -> Option<String> {
@@ -174,6 +181,14 @@ impl<T: TypedCell> Cell for T {
         parse::<T::Args>(self.name(), args).ok()?.summary()
     }
 
+    fn document_schema(&self) -> Value {
+        let mut s = schema_of::<T::Args>();
+        if let Some(rules) = T::Args::document_rules() {
+            s["allOf"] = serde_json::json!([rules]);
+        }
+        s
+    }
+
     fn pre_state(&self, now: DateTime<Utc>) -> Value {
         TypedCell::pre_state(self, now)
     }
@@ -287,15 +302,41 @@ pub fn parse<A: CellArgs>(cell: &CellName, args: &Value) -> Result<A, InvalidArg
             format!("{field}: {e}")
         }));
     }
-    let a: A = serde_json::from_value(args.clone()).map_err(|e| err(e.to_string()))?;
+    let a: A =
+        serde_json::from_value(whole_numbers(args.clone())).map_err(|e| err(e.to_string()))?;
     a.check().map_err(err)?;
     Ok(a)
+}
+
+/// `5.0` as `5`: JSON Schema counts a number with a zero fraction as an integer, so the
+/// schema accepts it, and serde's integer fields must too.
+fn whole_numbers(v: Value) -> Value {
+    match v {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f >= 0.0 && f < u64::MAX as f64 => Value::from(f as u64),
+            Some(f) if f.fract() == 0.0 && f < 0.0 && f >= i64::MIN as f64 => Value::from(f as i64),
+            _ => Value::Number(n),
+        },
+        Value::Array(a) => Value::Array(a.into_iter().map(whole_numbers).collect()),
+        Value::Object(o) => {
+            Value::Object(o.into_iter().map(|(k, v)| (k, whole_numbers(v))).collect())
+        }
+        v => v,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_whole_float_is_an_integer_as_json_schema_says() {
+        assert_eq!(
+            whole_numbers(json!({"a": [5.0, -2.0, 1.5, 7]})),
+            json!({"a": [5, -2, 1.5, 7]})
+        );
+    }
 
     /// Arguments of a made-up cell.
     #[derive(serde::Deserialize, schemars::JsonSchema)]

@@ -67,6 +67,13 @@ impl CellArgs for Args {
         }
     }
 
+    fn document_rules() -> Option<serde_json::Value> {
+        Some(serde_json::json!({"oneOf": [
+            {"required": ["from"], "not": {"required": ["messaging_service_sid"]}},
+            {"required": ["messaging_service_sid"], "not": {"required": ["from"]}},
+        ]}))
+    }
+
     fn summary(&self) -> Option<String> {
         let from = match (&self.from, &self.messaging_service_sid) {
             (Some(f), _) => format!(" from {f}"),
