@@ -636,21 +636,34 @@ async fn sql_enqueue_checks_arguments_against_the_registered_schema() {
 // ---------------------------------------------------------------- processes
 
 fn spawn_worker(db_url: &str, stripe: &str, id: &str) -> ChildGuard {
-    spawn_idem(
-        env!("CARGO_BIN_EXE_idem"),
+    spawn_worker_timed(
+        db_url,
+        stripe,
+        id,
         &[
-            "worker",
-            "--id",
-            id,
-            "--poll-interval-ms",
-            "50",
-            "--sweep-interval-ms",
-            "100",
             "--stripe-call-timeout-ms",
             "1000",
             "--stripe-settle-ms",
             "300",
         ],
+    )
+}
+
+/// An `idem worker` process polling and sweeping fast, with `timing` flags of its own.
+fn spawn_worker_timed(db_url: &str, stripe: &str, id: &str, timing: &[&str]) -> ChildGuard {
+    let mut args = vec![
+        "worker",
+        "--id",
+        id,
+        "--poll-interval-ms",
+        "50",
+        "--sweep-interval-ms",
+        "100",
+    ];
+    args.extend_from_slice(timing);
+    spawn_idem(
+        env!("CARGO_BIN_EXE_idem"),
+        &args,
         &[
             ("DATABASE_URL", db_url),
             ("IDEM_STRIPE_BASE", stripe),
@@ -1322,27 +1335,13 @@ async fn a_killed_workers_long_call_is_taken_over_within_the_heartbeat_lease() {
     let db = TestDb::new().await;
     let stripe = StripeFixture::start(StripeSimConfig::default()).await;
     stripe.sim.script([Fault::Delay(3000)]);
+    let url = stripe.base_url();
     let spawn = |id: &str| {
-        spawn_idem(
-            env!("CARGO_BIN_EXE_idem"),
-            &[
-                "worker",
-                "--id",
-                id,
-                "--poll-interval-ms",
-                "50",
-                "--sweep-interval-ms",
-                "100",
-                "--stripe-call-timeout-ms",
-                "20000",
-                "--lease-ms",
-                "1000",
-            ],
-            &[
-                ("DATABASE_URL", db.url.as_str()),
-                ("IDEM_STRIPE_BASE", stripe.base_url().as_str()),
-                ("STRIPE_SECRET_KEY", TEST_SECRET),
-            ],
+        spawn_worker_timed(
+            &db.url,
+            &url,
+            id,
+            &["--stripe-call-timeout-ms", "20000", "--lease-ms", "1000"],
         )
     };
     let mut first = spawn("doomed");

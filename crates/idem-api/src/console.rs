@@ -309,25 +309,8 @@ async fn item(state: &ApiState, secret: &str, html: &mut String, w: &Waiting, ki
         html.push_str("</table>");
     }
     if !history.is_empty() {
-        html.push_str("<h4>Decisions</h4><ul>");
-        for (kind, actor, reason, partner_ref, at) in &history {
-            let _ = write!(
-                html,
-                "<li>{} {} by {}{}{}</li>",
-                at.format("%Y-%m-%d %H:%M:%S"),
-                esc(kind),
-                esc(actor),
-                reason
-                    .as_deref()
-                    .map(|r| format!(": {}", esc(r)))
-                    .unwrap_or_default(),
-                partner_ref
-                    .as_deref()
-                    .map(|p| format!(" (ref {})", esc(p)))
-                    .unwrap_or_default(),
-            );
-        }
-        html.push_str("</ul>");
+        html.push_str("<h4>Decisions</h4>");
+        html.push_str(&decisions_list(&history));
     }
     let fp = esc(&w.fingerprint);
     let [csrf_resend, csrf_approve, csrf_reject, csrf_resolve] =
@@ -387,6 +370,30 @@ async fn item(state: &ApiState, secret: &str, html: &mut String, w: &Waiting, ki
         );
     }
     html.push_str("</section>");
+}
+
+/// What people decided about an action (`idem_store::decisions::history`), as a list.
+pub(crate) fn decisions_list(history: &[idem_store::decisions::Decided]) -> String {
+    let mut html = String::from("<ul class=decisions>");
+    for (kind, actor, reason, partner_ref, at) in history {
+        let _ = write!(
+            html,
+            "<li>{} {} by {}{}{}</li>",
+            at.format("%Y-%m-%d %H:%M:%S"),
+            esc(kind),
+            esc(actor),
+            reason
+                .as_deref()
+                .map(|r| format!(": {}", esc(r)))
+                .unwrap_or_default(),
+            partner_ref
+                .as_deref()
+                .map(|p| format!(" (ref {})", esc(p)))
+                .unwrap_or_default(),
+        );
+    }
+    html.push_str("</ul>");
+    html
 }
 
 /// The cell's sentence for what the action will do ("Charge $600.00 USD to cus_big — …"),

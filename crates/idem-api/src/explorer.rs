@@ -323,25 +323,8 @@ async fn detail(
     }
     body.push_str("</table>");
     if !decisions.is_empty() {
-        body.push_str("<h4>Decisions by people</h4><ul id=decisions>");
-        for (kind, actor, reason, partner_ref, at) in &decisions {
-            let _ = write!(
-                body,
-                "<li>{} {} by {}{}{}</li>",
-                at.format("%Y-%m-%d %H:%M:%S"),
-                esc(kind),
-                esc(actor),
-                reason
-                    .as_deref()
-                    .map(|r| format!(": {}", esc(r)))
-                    .unwrap_or_default(),
-                partner_ref
-                    .as_deref()
-                    .map(|p| format!(" (ref {})", esc(p)))
-                    .unwrap_or_default(),
-            );
-        }
-        body.push_str("</ul>");
+        body.push_str("<h4>Decisions by people</h4>");
+        body.push_str(&crate::console::decisions_list(&decisions));
     }
     body.push_str("</section>");
     page(&format!("action {id}"), &body)

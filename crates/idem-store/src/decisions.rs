@@ -380,19 +380,16 @@ pub async fn recheck(
 }
 
 /// Decisions recorded for an action, oldest first: (kind, actor, reason, partner_ref, at).
-pub async fn history(
-    pool: &PgPool,
-    id: ActionId,
-) -> Result<
-    Vec<(
-        String,
-        String,
-        Option<String>,
-        Option<String>,
-        DateTime<Utc>,
-    )>,
-    StoreError,
-> {
+/// One decision: kind, actor, reason, partner reference, when.
+pub type Decided = (
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    DateTime<Utc>,
+);
+
+pub async fn history(pool: &PgPool, id: ActionId) -> Result<Vec<Decided>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT kind, actor, reason, partner_ref, at FROM idem.decisions \
          WHERE action_id = $1 ORDER BY id",

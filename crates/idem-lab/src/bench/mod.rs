@@ -76,6 +76,40 @@ impl Figure {
     }
 }
 
+/// A Stripe simulator that holds every request `ms` before answering (and succeeding).
+fn slow_stripe(ms: u64) -> idem_sim::StripeSim {
+    idem_sim::StripeSim::new(idem_sim::StripeSimConfig {
+        faults: idem_sim::FaultRates {
+            delay: 1.0,
+            delay_ms: ms,
+            ..idem_sim::FaultRates::default()
+        },
+        ..idem_sim::StripeSimConfig::default()
+    })
+}
+
+/// An `idem worker` process for a benchmark: direct Postgres transport, the Stripe
+/// simulator at `stripe`, quiet, killed when dropped; `extra` flags go last.
+fn worker_process(
+    exe: &std::path::Path,
+    url: &str,
+    stripe: &str,
+    concurrency: usize,
+    id: &str,
+    extra: &[String],
+) -> Result<tokio::process::Child> {
+    Ok(tokio::process::Command::new(exe)
+        .args(["worker", "--database-url", url, "--stripe-base", stripe])
+        .args(["--concurrency", &concurrency.to_string()])
+        .args(["--poll-interval-ms", "50", "--id", id])
+        .args(extra)
+        .env("RUST_LOG", "error")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
 async fn preload(store: &Store, rows: i64) -> Result<()> {
     sqlx::query(
         "INSERT INTO idem.outbox (action_id, ordering_key, payload) \

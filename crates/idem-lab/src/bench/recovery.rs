@@ -6,12 +6,11 @@
 //! charge per action either way.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::Args;
-use idem_sim::{FaultRates, SimServer, StripeSim, StripeSimConfig};
+use idem_sim::SimServer;
 use idem_store::Store;
 
 use super::Figure;
@@ -82,33 +81,15 @@ async fn round(
     sqlx::query("TRUNCATE idem.actions, idem.outbox, idem.attempts, idem.transitions CASCADE")
         .execute(store.pool())
         .await?;
-    let sim = StripeSim::new(StripeSimConfig {
-        faults: FaultRates {
-            delay: 1.0,
-            delay_ms: args.partner_ms,
-            ..FaultRates::default()
-        },
-        ..StripeSimConfig::default()
-    });
+    let sim = super::slow_stripe(args.partner_ms);
     let server = SimServer::start(sim.router(), ([127, 0, 0, 1], 0).into()).await?;
     let exe = crate::idem_binary()?;
     let per_process = (args.in_flight as usize).div_ceil(args.workers.max(1)) + 8;
-    let spawn = |name: String| -> Result<tokio::process::Child> {
-        let mut cmd = tokio::process::Command::new(&exe);
-        cmd.args(["worker", "--database-url", url, "--stripe-base"])
-            .arg(server.base_url())
-            .args(["--concurrency", &per_process.to_string()])
-            .args(["--poll-interval-ms", "50", "--id", &name]);
-        if let Some(ms) = lease_ms {
-            cmd.args(["--lease-ms", &ms.to_string()]);
-        }
-        Ok(cmd
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?)
-    };
+    let extra: Vec<String> = lease_ms
+        .map(|ms| vec!["--lease-ms".to_owned(), ms.to_string()])
+        .unwrap_or_default();
+    let base = server.base_url();
+    let spawn = |name: String| super::worker_process(&exe, url, &base, per_process, &name, &extra);
     let mut doomed = (0..args.workers.max(1))
         .map(|i| spawn(format!("doomed-{tag}-{i}")))
         .collect::<Result<Vec<_>>>()?;

@@ -2,12 +2,11 @@
 //! Postgres transport) when every partner call takes 20 ms, compared with the linear ideal
 //! (N × what one process achieved in the same run).
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::Args;
-use idem_sim::{FaultRates, SimServer, StripeSim, StripeSimConfig};
+use idem_sim::SimServer;
 use idem_store::Store;
 
 use super::{rate, Figure};
@@ -38,14 +37,7 @@ pub async fn scaling(args: ScalingArgs) -> Result<Vec<Figure>> {
     let store = Store::connect(&url, 8).await?;
     store.migrate().await?;
     // Every request is held for partner_ms, then succeeds.
-    let sim = StripeSim::new(StripeSimConfig {
-        faults: FaultRates {
-            delay: 1.0,
-            delay_ms: args.partner_ms,
-            ..FaultRates::default()
-        },
-        ..StripeSimConfig::default()
-    });
+    let sim = super::slow_stripe(args.partner_ms);
     let server = SimServer::start(sim.router(), ([127, 0, 0, 1], 0).into()).await?;
     let exe = crate::idem_binary()?;
 
@@ -60,23 +52,14 @@ pub async fn scaling(args: ScalingArgs) -> Result<Vec<Figure>> {
             .await?;
         let mut children = vec![];
         for i in 0..n {
-            children.push(
-                tokio::process::Command::new(&exe)
-                    .args(["worker", "--database-url", &url, "--stripe-base"])
-                    .arg(server.base_url())
-                    .args(["--concurrency", &args.concurrency.to_string()])
-                    .args([
-                        "--poll-interval-ms",
-                        "50",
-                        "--id",
-                        &format!("scale-{n}-{i}"),
-                    ])
-                    .env("RUST_LOG", "error")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .kill_on_drop(true)
-                    .spawn()?,
-            );
+            children.push(super::worker_process(
+                &exe,
+                &url,
+                &server.base_url(),
+                args.concurrency,
+                &format!("scale-{n}-{i}"),
+                &[],
+            )?);
         }
         // Let every process connect and LISTEN before the work arrives.
         tokio::time::sleep(Duration::from_secs(2)).await;
