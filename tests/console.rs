@@ -379,12 +379,19 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
         .click()
         .await
         .unwrap();
-    let flash = browser
-        .wait()
-        .for_element(Locator::Id("flash"))
-        .await
-        .unwrap();
-    assert!(flash.text().await.unwrap().contains("sent again"));
+    // The page it was sent from shows the rejection's flash: wait for the new one.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = match browser.find(Locator::Id("flash")).await {
+            Ok(f) => f.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if text.contains("sent again") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "flash: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // The explorer: an agent's charge found by its named intent, and its history read.
     let r = http

@@ -86,18 +86,23 @@ pub fn tuned<C: TypedCell>(cell: C, tune: &Tune<'_>) -> Arc<dyn Cell> {
 mod tests {
     use super::*;
 
-    /// What the approver console shows first, for every built-in cell an approval rule
-    /// can hold: one sentence, money in major units with its currency.
-    #[test]
-    fn every_builtin_cell_says_what_it_will_do() {
-        let r = registry(
+    /// Every built-in cell, pointed at a closed port: for what needs no partner.
+    fn offline() -> Registry {
+        registry(
             |i| Access {
                 base: "http://127.0.0.1:9".into(),
                 credential: i.placeholder.into(),
                 ..Access::default()
             },
             &|_, _| {},
-        );
+        )
+    }
+
+    /// What the approver console shows first, for every built-in cell an approval rule
+    /// can hold: one sentence, money in major units with its currency.
+    #[test]
+    fn every_builtin_cell_says_what_it_will_do() {
+        let r = offline();
         let offer = serde_json::json!({"id": "1", "price": {"grandTotal": "512.40", "currency": "EUR"},
             "itineraries": [{"segments": [
                 {"departure": {"iataCode": "LHR", "at": "2026-12-20T10:00:00"}, "arrival": {"iataCode": "DUB"}, "carrierCode": "EI", "number": "155"},
@@ -133,14 +138,7 @@ mod tests {
 
     #[test]
     fn every_builtin_cell_has_a_card_answering_the_three_questions() {
-        let r = registry(
-            |i| Access {
-                base: "http://127.0.0.1:9".into(),
-                credential: i.placeholder.into(),
-                ..Access::default()
-            },
-            &|_, _| {},
-        );
+        let r = offline();
         assert!(r.get("stripe.charge").is_some() && r.get("hubspot.company.upsert").is_some());
         let index =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/cells.md"))
