@@ -300,6 +300,10 @@ async fn approvals_and_doubts_over_http_are_audited_with_the_token_name() {
     );
     assert_eq!(api.post(Some(&submit), charge(&big, 60_000)).await.0, 201);
     assert_eq!(api.post(Some(&submit), charge(&other, 70_000)).await.0, 201);
+    // Who submitted it is recorded for the approver: the submitting token's name.
+    let (s, a) = api.get(&submit, &format!("/v1/actions/{big}")).await;
+    assert_eq!(s, 200, "{a}");
+    assert_eq!(a["submitted_by"], "token:test", "{a}");
     let worker = RunningWorker::start(&api.db.store, cells(&api.stripe));
     // Both wait for a person; nothing is sent.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -549,6 +553,7 @@ async fn openapi_document_matches_the_routes() {
             "GET /v1/actions/{id}",
             "GET /v1/approvals",
             "GET /v1/cells",
+            "GET /v1/dead-letters",
             "GET /v1/doubts",
             "GET /v1/health",
             "GET /v1/policy",
@@ -557,6 +562,7 @@ async fn openapi_document_matches_the_routes() {
             "POST /v1/actions/{id}/resend",
             "POST /v1/approvals/{id}/approve",
             "POST /v1/approvals/{id}/reject",
+            "POST /v1/dead-letters/{id}/replay",
             "POST /v1/doubts/{id}/resolve",
             "POST /v1/tools/{name}",
             "PUT /v1/policy/{cell}",
@@ -792,4 +798,133 @@ async fn tools_over_http_answer_as_mcp_and_refuse_what_is_malformed() {
         "the scope given is the scope of the id, as on every surface"
     );
     assert_eq!(api.stripe.sim.ledger().len(), 0, "no worker runs here");
+}
+
+/// Dead letters over HTTP: listed with their raw bytes and where they came from; replayed
+/// once by an approver, audited with the token's name; refused (409, nothing changed) while
+/// the bytes cannot become an action; and the replayed action is charged exactly once.
+#[tokio::test]
+async fn a_dead_letter_is_listed_and_replayed_once_over_http() {
+    let api = Api::start().await;
+    let pool = api.db.store.pool();
+    let approver = tokens::create(pool, "ops-bob", &[Scope::Approve])
+        .await
+        .unwrap()
+        .1;
+    let reader = api.token(&[Scope::Read]).await;
+    let id = uuid::Uuid::new_v4();
+    let envelope = json!({"v": 1, "action_id": id, "cell": "stripe.charge",
+        "args": {"amount": 1200, "currency": "usd"}, "ordering_key": id.to_string()});
+    // Kept by a build that could not read it (as one reading only another envelope version
+    // would have), and bytes no build can read.
+    let mut conn = pool.acquire().await.unwrap();
+    idem_store::queue::dead_letter(
+        &mut conn,
+        &[
+            idem_store::DeadLetter {
+                action_id: Some(id.into()),
+                raw: envelope.to_string().into_bytes(),
+                reason: "unknown envelope version 1 (this build reads 2)".into(),
+                source: json!({"topic": "idem.actions", "partition": 3, "offset": 77}),
+            },
+            idem_store::DeadLetter {
+                action_id: None,
+                raw: vec![0xff, b'{'],
+                reason: "not a JSON envelope".into(),
+                source: json!({"outbox_seq": 9}),
+            },
+        ],
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    assert_eq!(api.get(&reader, "/v1/dead-letters").await.0, 403);
+    let (s, list) = api.get(&approver, "/v1/dead-letters").await;
+    assert_eq!(s, 200, "{list}");
+    let list = list.as_array().unwrap().clone();
+    assert_eq!(list.len(), 2, "{list:?}");
+    let garbage = list.iter().find(|l| l["raw_text"].is_null()).unwrap();
+    assert_eq!(garbage["raw_base64"], "/3s=");
+    assert_eq!(garbage["source"]["outbox_seq"], 9);
+    let good = list.iter().find(|l| !l["raw_text"].is_null()).unwrap();
+    assert_eq!(good["source"]["offset"], 77);
+    assert_eq!(good["action_id"], id.to_string());
+    let replay = |letter: &Value| format!("/v1/dead-letters/{}/replay", letter["id"]);
+
+    let (s, b) = api
+        .post_json(&approver, &replay(garbage), json!({"reason": "try it"}))
+        .await;
+    assert_eq!(s, 409, "{b}");
+    assert!(
+        b["error"]
+            .as_str()
+            .unwrap()
+            .contains("still cannot be read"),
+        "{b}"
+    );
+    let (s, b) = api
+        .post_json(&approver, &replay(good), json!({"reason": "  "}))
+        .await;
+    assert_eq!(s, 422, "{b}");
+    let (s, _) = api
+        .post_json(
+            &approver,
+            "/v1/dead-letters/999999/replay",
+            json!({"reason": "x"}),
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (s, _) = api
+        .post_json(
+            &approver,
+            "/v1/dead-letters/abc/replay",
+            json!({"reason": "x"}),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(api.stripe.sim.requests().len(), 0, "refusals send nothing");
+
+    let (s, b) = api
+        .post_json(
+            &approver,
+            &replay(good),
+            json!({"reason": "workers upgraded"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["action_id"], id.to_string());
+    assert_eq!(b["by"], "human:token:ops-bob");
+    let (s, b) = api
+        .post_json(&approver, &replay(good), json!({"reason": "again"}))
+        .await;
+    assert_eq!(s, 409, "{b}");
+    assert!(
+        b["error"].as_str().unwrap().contains("replayed already"),
+        "{b}"
+    );
+
+    let worker = RunningWorker::start(&api.db.store, cells(&api.stripe));
+    let submit = api.token(&[Scope::Read]).await;
+    // The worker creates the action when the replayed bytes are delivered.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while api.get(&submit, &format!("/v1/actions/{id}")).await.0 == 404 {
+        assert!(tokio::time::Instant::now() < deadline, "never delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (s, b) = api
+        .get(&submit, &format!("/v1/actions/{id}?wait=20s"))
+        .await;
+    worker.stop().await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["state"], "succeeded", "{b}");
+    assert_eq!(api.stripe.sim.effects_for(&id.to_string()), 1);
+    let (_, list) = api.get(&approver, "/v1/dead-letters").await;
+    let good = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["action_id"] == id.to_string())
+        .unwrap();
+    assert_eq!(good["replayed_by"], "human:token:ops-bob");
+    assert_eq!(good["replay_reason"], "workers upgraded");
 }

@@ -246,6 +246,7 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
         .unwrap();
     assert_eq!(summary, "Charge $600.00 USD — console test");
     assert!(text.contains("The approval expires at"), "{text}");
+    assert!(text.contains("by token:agent"), "who submitted it: {text}");
     assert!(
         text.contains("Idempotency-Key"),
         "the card's explanation: {text}"
@@ -550,6 +551,97 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
             && letter.contains("\"offset\":77"),
         "{letter}"
     );
+    // A letter whose bytes this build reads (kept by one that could not) is replayed
+    // through its confirmation page, once.
+    let replayed = uuid::Uuid::new_v4();
+    let envelope = json!({"v": 1, "action_id": replayed, "cell": "stripe.charge",
+        "args": {"amount": 1500, "currency": "usd", "description": "replayed"},
+        "ordering_key": replayed.to_string()});
+    let (letter_id,): (i64,) = sqlx::query_as(
+        "INSERT INTO idem.dead_letters (action_id, raw, reason, source) \
+         VALUES ($1, $2, 'unknown envelope version 1 (this build reads 2)', $3) RETURNING id",
+    )
+    .bind(replayed)
+    .bind(envelope.to_string().into_bytes())
+    .bind(json!({"topic": "idem.actions", "partition": 1, "offset": 78}))
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    browser
+        .goto(&format!("{base}/console/dead-letters"))
+        .await
+        .unwrap();
+    browser
+        .wait()
+        .for_element(Locator::Id(&format!("replay-{letter_id}")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let confirmation = browser
+        .wait()
+        .for_element(Locator::Id("confirmation"))
+        .await
+        .unwrap();
+    let text = confirmation.text().await.unwrap();
+    assert!(
+        text.contains("unknown envelope version 1")
+            && text.contains("\"description\":\"replayed\""),
+        "{text}"
+    );
+    confirmation
+        .find(Locator::Css("input[name=reason]"))
+        .await
+        .unwrap()
+        .send_keys("workers upgraded")
+        .await
+        .unwrap();
+    std::fs::write(
+        env!("CARGO_TARGET_TMPDIR").to_owned() + "/console-replay.png",
+        browser.screenshot().await.unwrap(),
+    )
+    .ok();
+    confirmation
+        .find(Locator::Id("confirm"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(flash) = browser.find(Locator::Id("flash")).await {
+            let text = flash.text().await.unwrap_or_default();
+            if text.contains(&format!("dead letter {letter_id} replayed")) {
+                break;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no replay flash");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let settled = idem_store::await_settled(pool, replayed.into(), Duration::from_secs(20))
+        .await
+        .unwrap()
+        .expect("the replayed action settles");
+    assert_eq!(settled.state, idem_core::State::Succeeded);
+    assert_eq!(c.stripe.sim.effects_for(&replayed.to_string()), 1);
+    browser
+        .goto(&format!("{base}/console/dead-letters"))
+        .await
+        .unwrap();
+    let kept = browser
+        .wait()
+        .for_element(Locator::Id(&format!("dead-{letter_id}")))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        kept.contains("replayed by human:console:ops-alice") && kept.contains("workers upgraded"),
+        "{kept}"
+    );
     browser.close().await.unwrap();
     std::fs::remove_dir_all(&profile).ok();
     let who = idem_store::decisions::history(pool, declined.into())
@@ -590,9 +682,9 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
     assert_eq!(rejected.state, idem_core::State::Rejected);
     assert_eq!(c.stripe.sim.effects_for(&keep.to_string()), 1);
     assert_eq!(c.stripe.sim.effects_for(&drop_.to_string()), 0);
-    // The approved charge, the declined one twice (before and after the resend) and the
-    // explorer's charge.
-    assert_eq!(c.stripe.sim.requests().len(), 4);
+    // The approved charge, the declined one twice (before and after the resend), the
+    // explorer's charge and the replayed one.
+    assert_eq!(c.stripe.sim.requests().len(), 5);
     // Audited with the person's token name, through the console.
     let who = idem_store::decisions::history(pool, idem_core::ActionId::from(keep))
         .await

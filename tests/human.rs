@@ -882,3 +882,127 @@ async fn a_recheck_is_refused_where_the_partner_has_no_lookup() {
         .unwrap()
         .is_empty());
 }
+
+/// A dead action (here: no worker ran its cell) is delivered again by an audited decision
+/// once a worker runs the cell, and charged exactly once; dead letters are replayed only
+/// when their bytes can become a new action, each refusal changing nothing.
+#[tokio::test]
+async fn dead_work_is_put_back_by_audited_decisions_and_acts_once() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let pool = db.store.pool();
+    // A worker deployed without stripe.charge: the action goes dead, never attempted.
+    let without = Worker::new(
+        db.store.clone(),
+        Registry::new(),
+        worker_config("human-test-no-stripe"),
+    );
+    let id = enqueue_charge(&db.store, 3_100).await;
+    // Enqueued through SQL with no name given: the database role is recorded.
+    let by = state(&db.store, id).await.submitted_by.unwrap();
+    assert!(by.starts_with("role:") && by.len() > 5, "{by}");
+    deliver_all(&db.store, &without).await;
+    let row = state(&db.store, id).await;
+    assert_eq!(row.state, State::Dead, "{row:?}");
+    assert!(
+        row.reason.as_deref().unwrap().contains("unknown cell"),
+        "{row:?}"
+    );
+
+    // Sent again through the CLI: back to received and delivered again.
+    let sid = id.to_string();
+    let (ok, out, err) = idem(
+        &db,
+        &[
+            "resend",
+            &sid,
+            "--as",
+            "erin",
+            "--reason",
+            "stripe worker deployed",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("received again"), "{out}");
+    assert_eq!(state(&db.store, id).await.state, State::Received);
+    let w = worker(
+        &db.store,
+        StripeCharge::new(stripe.base_url(), TEST_SECRET),
+        Duration::from_secs(3600),
+    );
+    deliver_all(&db.store, &w).await;
+    sweep_until(&w, &db.store, id, State::Succeeded, Duration::from_secs(15)).await;
+    assert_eq!(stripe.sim.effects_for(&sid), 1);
+    let history = idem_store::decisions::history(pool, id).await.unwrap();
+    let last = history.last().unwrap();
+    assert_eq!(
+        (last.0.as_str(), last.1.as_str(), last.2.as_deref()),
+        ("revive", "human:erin", Some("stripe worker deployed"))
+    );
+    let (actor,): (String,) = sqlx::query_as(
+        "SELECT actor FROM idem.transitions WHERE action_id = $1 AND event = 'revive'",
+    )
+    .bind(id.as_uuid())
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(actor, "human:erin");
+    // Succeeded now: neither failed nor dead, so nothing to send again.
+    let (ok, _, err) = idem(&db, &["resend", &sid, "--as", "erin", "--reason", "x"]).await;
+    assert!(!ok && err.contains("not failed"), "{err}");
+
+    // Dead letters: an envelope version this build does not read, and the same action id
+    // with other arguments.
+    let raw_v9 = br#"{"v":9,"action_id":"7a1c6c1e-4a8e-4bd6-9d44-07c1d2f8e0a1"}"#.to_vec();
+    let forged = idem_core::Envelope {
+        v: 1,
+        action_id: id,
+        cell: "stripe.charge".into(),
+        args: json!({"amount": 999_999, "currency": "usd", "customer": "cus_human"}),
+        ordering_key: sid.clone(),
+    };
+    let delivery = |payload: Vec<u8>, offset: i64| Delivery {
+        payload,
+        source: json!({"topic": "idem.actions", "partition": 0, "offset": offset}),
+        trace: TraceHeaders::default(),
+    };
+    w.deliver(&[delivery(raw_v9, 41), delivery(forged.encode(), 42)])
+        .await
+        .unwrap();
+    let letters = idem_store::explore::dead_letters(pool, 10).await.unwrap();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    let by_offset = |o: i64| letters.iter().find(|l| l.source["offset"] == o).unwrap().id;
+    for (letter, refusal) in [
+        (by_offset(41), "still cannot be read"),
+        (by_offset(42), "exists with other arguments"),
+    ] {
+        let (ok, _, err) = idem(
+            &db,
+            &[
+                "dead-letters",
+                "replay",
+                &letter.to_string(),
+                "--as",
+                "erin",
+                "--reason",
+                "try",
+            ],
+        )
+        .await;
+        assert!(!ok && err.contains(refusal), "{letter}: {err}");
+    }
+    let (replayed,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM idem.dead_letters WHERE replayed_at IS NOT NULL")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(replayed, 0, "refusals record nothing");
+    assert_eq!(stripe.sim.ledger().len(), 1, "one charge in all");
+    let (ok, out, err) = idem(&db, &["dead-letters", "list"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("unknown envelope version 9") && out.contains("not replayed"),
+        "{out}"
+    );
+}

@@ -74,6 +74,9 @@ pub struct ActionView {
     /// The partner's reference and response digest (succeeded actions).
     pub receipt: Option<Value>,
     pub created_at: DateTime<Utc>,
+    /// Who submitted it: `token:NAME` through the API or MCP, `role:NAME` for a SQL caller
+    /// that named no one; null for actions from before this was recorded.
+    pub submitted_by: Option<String>,
     pub settled_at: Option<DateTime<Utc>>,
 }
 
@@ -88,6 +91,7 @@ impl From<inbox::ActionRow> for ActionView {
             reason: r.reason,
             receipt: r.receipt,
             created_at: r.created_at,
+            submitted_by: r.submitted_by,
             settled_at: r.settled_at,
         }
     }
@@ -227,15 +231,16 @@ pub(crate) async fn submit(
     headers: HeaderMap,
     body: Result<Json<Submit>, JsonRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, Scope::Submit).await {
-        return r;
-    }
+    let token = match authorize(&state, &headers, Scope::Submit).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
     let Json(s) = match body {
         Ok(b) => b,
         Err(e) => return bad_body(e),
     };
     let action = match new_action(&state, s) {
-        Ok(a) => a,
+        Ok(a) => a.submitted_by(format!("token:{}", token.name)),
         Err(r) => return r,
     };
     // A caller that sends `traceparent` gets the whole path in its own trace.

@@ -70,7 +70,7 @@ pub(crate) fn esc(s: &str) -> String {
     out
 }
 
-fn cookie_secret(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn cookie_secret(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -174,10 +174,11 @@ async fn page(
     };
     let secret = cookie_secret(&headers).unwrap_or_default();
     let pool = state.store.pool();
-    let (approvals, doubts, failed) = match tokio::try_join!(
+    let (approvals, doubts, failed, dead) = match tokio::try_join!(
         decisions::waiting(pool, idem_core::State::AwaitingApproval, PAGE),
         decisions::waiting(pool, idem_core::State::NeedsHuman, PAGE),
-        decisions::failed_recently(pool, PAGE),
+        decisions::ended_recently(pool, idem_core::State::Failed, PAGE),
+        decisions::ended_recently(pool, idem_core::State::Dead, PAGE),
     ) {
         Ok(v) => v,
         Err(e) => {
@@ -227,6 +228,22 @@ async fn page(
     for w in &failed {
         item(&state, secret, &mut html, w, Kind::Failed).await;
     }
+    let _ = write!(
+        html,
+        "<h2>Dead in the last {} days ({})</h2>\
+         <p>Never sent: no worker runs the cell, or its cell refused the arguments. Once that \
+         is fixed, sending again delivers it to a worker once more (it was never attempted). \
+         Deliveries that could not become an action at all are under \
+         <a href=/console/dead-letters>dead letters</a>.</p>",
+        decisions::FAILED_WINDOW_DAYS,
+        dead.len()
+    );
+    if dead.is_empty() {
+        html.push_str("<p class=none id=no-dead>Nothing dead.</p>");
+    }
+    for w in &dead {
+        item(&state, secret, &mut html, w, Kind::Failed).await;
+    }
     html.push_str("</body></html>");
     Html(html).into_response()
 }
@@ -253,7 +270,7 @@ async fn item(state: &ApiState, secret: &str, html: &mut String, w: &Waiting, ki
         "<section class=\"item {}\" id=\"action-{id}\" data-state=\"{}\">\
          <h3>{} <code>{id}</code></h3>\
          <p class=summary>{}</p>\
-         <p>created {} · {} attempt(s){}</p>{}\
+         <p>created {} by {} · {} attempt(s){}</p>{}\
          <h4>Arguments</h4><pre class=args>{}</pre>\
          <p>fingerprint <code>{}</code></p>\
          <h4>The cell</h4><div class=card>{}</div>",
@@ -266,6 +283,7 @@ async fn item(state: &ApiState, secret: &str, html: &mut String, w: &Waiting, ki
         esc(&r.cell),
         esc(&what_it_does(state, r)),
         r.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        submitter(r),
         r.attempts,
         r.reason
             .as_deref()
@@ -396,6 +414,17 @@ pub(crate) fn decisions_list(history: &[idem_store::decisions::Decided]) -> Stri
     html
 }
 
+/// Who submitted an action, escaped for HTML ("token:agent-7"; older actions: unknown).
+pub(crate) fn submitter(r: &idem_store::ActionRow) -> String {
+    format!(
+        "<span class=submitter>{}</span>",
+        esc(r
+            .submitted_by
+            .as_deref()
+            .unwrap_or("unknown (not recorded)"))
+    )
+}
+
 /// The cell's sentence for what the action will do ("Charge $600.00 USD to cus_big — …"),
 /// or a plain fallback naming the cell when it has none.
 pub(crate) fn what_it_does(state: &ApiState, r: &idem_store::ActionRow) -> String {
@@ -496,7 +525,7 @@ async fn confirm(
          <style>{STYLE}</style></head><body><h1>{title} this action?</h1>\
          <section class=\"item approval\" id=confirmation>\
          <p class=summary id=confirm-summary><b>{}</b></p>\
-         <p>{} · action <code>{id}</code> · created {}{}</p>\
+         <p>{} · action <code>{id}</code> · created {} by {}{}</p>\
          <h4>Arguments</h4><pre class=args>{}</pre>\
          <p>fingerprint <code>{}</code></p>\
          <form method=post action=\"/console/actions/{id}/{verb}\">\
@@ -508,6 +537,7 @@ async fn confirm(
         esc(&what_it_does(state, &row)),
         esc(&row.cell),
         row.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        submitter(&row),
         row.reason
             .as_deref()
             .map(|why| format!(" · <b>held because:</b> {}", esc(why)))
@@ -522,7 +552,7 @@ async fn confirm(
 
 /// The form token for `action` (a form's path) in the session of `secret`: SHA-256 of both,
 /// so it cannot be made without the HttpOnly cookie and does not fit another form.
-fn csrf_token(secret: &str, action: &str) -> String {
+pub(crate) fn csrf_token(secret: &str, action: &str) -> String {
     idem_core::canonical::sha256_hex(format!("idem.console.csrf.v1\0{secret}\0{action}").as_bytes())
 }
 
@@ -544,18 +574,13 @@ async fn form_request(
     verb: &str,
     csrf: &str,
 ) -> Result<(String, ActionId), Response> {
-    let token = signed_in(state, headers).await?;
-    let want = csrf_token(
-        cookie_secret(headers).unwrap_or_default(),
+    let who = form_session(
+        state,
+        headers,
         &format!("/console/actions/{id}/{verb}"),
-    );
-    if !same(csrf, &want) {
-        return Err((
-            StatusCode::FORBIDDEN,
-            Html("this form's token does not match your session: reload the console and decide again".to_owned()),
-        )
-            .into_response());
-    }
+        csrf,
+    )
+    .await?;
     let id = id.parse::<uuid::Uuid>().map(ActionId::from).map_err(|_| {
         (
             StatusCode::BAD_REQUEST,
@@ -563,11 +588,31 @@ async fn form_request(
         )
             .into_response()
     })?;
-    Ok((format!("console:{}", token.name), id))
+    Ok((who, id))
+}
+
+/// The signed-in person, as the audit names them, once a form's token matches this session
+/// and the form at `path`.
+pub(crate) async fn form_session(
+    state: &ApiState,
+    headers: &HeaderMap,
+    path: &str,
+    csrf: &str,
+) -> Result<String, Response> {
+    let token = signed_in(state, headers).await?;
+    let want = csrf_token(cookie_secret(headers).unwrap_or_default(), path);
+    if !same(csrf, &want) {
+        return Err((
+            StatusCode::FORBIDDEN,
+            Html("this form's token does not match your session: reload the console and decide again".to_owned()),
+        )
+            .into_response());
+    }
+    Ok(format!("console:{}", token.name))
 }
 
 /// After a decision: back to the page with what was done, or the refusal as a page.
-fn after(result: Result<String, Response>) -> Response {
+pub(crate) fn after(result: Result<String, Response>) -> Response {
     match result {
         Ok(done) => {
             let q: String = url_escape(&done);

@@ -76,7 +76,7 @@ pub struct Decided {
     pub by: String,
 }
 
-fn decision_error(e: DecisionError) -> Response {
+pub(crate) fn decision_error(e: DecisionError) -> Response {
     match e {
         DecisionError::NotFound(_) => problem(StatusCode::NOT_FOUND, e.to_string()),
         DecisionError::WrongState { .. }
@@ -287,7 +287,7 @@ pub(crate) async fn resolve_case(
     }
 }
 
-fn required_reason(reason: String) -> Result<String, Response> {
+pub(crate) fn required_reason(reason: String) -> Result<String, Response> {
     if reason.trim().is_empty() {
         return Err(problem(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -319,9 +319,11 @@ pub struct Resend {
     pub reason: String,
 }
 
-/// Send a `failed` action again. A failed action had no effect (the partner refused it, or
-/// it was not processed for longer than the cell's outage budget), so it goes out under a
-/// fresh partner key with a fresh outage budget; the action id, and so the agent's intent,
+/// Send a `failed` or `dead` action again. A failed action had no effect (the partner refused
+/// it, or it was not processed for longer than the cell's outage budget), so it goes out
+/// under a fresh partner key with a fresh outage budget. A dead action (an unknown cell,
+/// arguments its cell refused) never had an attempt: it goes back to `received` and is
+/// delivered again, once what killed it is fixed. The action id, and so the agent's intent,
 /// stay the same.
 #[utoipa::path(post, path = "/v1/actions/{id}/resend", tag = "decisions",
     params(("id" = uuid::Uuid, Path)), request_body = Resend,
@@ -330,7 +332,7 @@ pub struct Resend {
         (status = 200, body = Decided),
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem),
-        (status = 409, description = "Not failed", body = Problem),
+        (status = 409, description = "Neither failed nor dead", body = Problem),
         (status = 413, description = "Body over 64 KiB", body = Problem),
         (status = 415, description = "Not application/json", body = Problem),
         (status = 422, description = "Missing reason", body = Problem),
@@ -365,8 +367,8 @@ pub(crate) async fn resend_action(
     reason: String,
 ) -> Result<String, Response> {
     let reason = required_reason(reason)?;
-    match decisions::resend(state.store.pool(), id, who, &reason).await {
-        Ok(()) => Ok(idem_core::State::RetryScheduled.as_str().to_owned()),
+    match decisions::send_again(state.store.pool(), id, who, &reason).await {
+        Ok(to) => Ok(to.as_str().to_owned()),
         Err(e) => Err(decision_error(e)),
     }
 }

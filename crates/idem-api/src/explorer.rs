@@ -1,7 +1,8 @@
 //! The console's action explorer: find an action by id, named intent, cell, state or age;
 //! read its arguments, attempts, transitions (who and why), receipt and trace; list dead
 //! letters with their raw bytes and where they came from; and the fleet's live counts.
-//! Server-rendered, behind the console's sign-in, read-only.
+//! Server-rendered, behind the console's sign-in, read-only (a dead letter's replay is a
+//! decision: `console_replay`).
 
 use std::fmt::Write as _;
 
@@ -248,7 +249,7 @@ async fn detail(
     let mut body = format!(
         "<h1>{} <code>{}</code></h1><section class=item id=detail data-state=\"{}\">\
          <p class=summary>{}</p>\
-         <p>state <b id=state>{}</b>{} · created {} · updated {}{}</p>\
+         <p>state <b id=state>{}</b>{} · created {} by {} · updated {}{}</p>\
          <p>intent {} · ordering key <code>{}</code> · trace {}</p>\
          <h4>Arguments</h4><pre class=args>{}</pre>\
          <h4>Receipt</h4><pre id=receipt>{}</pre>",
@@ -262,6 +263,7 @@ async fn detail(
             .map(|w| format!(" — {}", esc(w)))
             .unwrap_or_default(),
         r.created_at.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
+        crate::console::submitter(r),
         r.updated_at.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
         r.settled_at
             .map(|t| format!(" · settled {}", t.format("%Y-%m-%d %H:%M:%S%.3f UTC")))
@@ -348,14 +350,23 @@ async fn dead_letters(State(state): State<ApiState>, headers: HeaderMap) -> Resp
         body.push_str("<p class=none id=no-dead-letters>No dead letters.</p>");
     }
     for l in &letters {
-        let raw = match std::str::from_utf8(&l.raw) {
-            Ok(text) => esc(text),
-            Err(_) => format!("(not UTF-8, hex) {}", hex::encode(&l.raw)),
+        let raw = crate::console_replay::raw_for_people(&l.raw);
+        let replay = match (&l.replayed_at, &l.replayed_by) {
+            (Some(at), by) => format!(
+                "<p class=replayed>replayed by {} at {}: {}</p>",
+                esc(by.as_deref().unwrap_or("?")),
+                at.format("%Y-%m-%d %H:%M:%S UTC"),
+                esc(l.replay_reason.as_deref().unwrap_or(""))
+            ),
+            _ => format!(
+                "<p><a href=/console/dead-letters/{0}/replay id=replay-{0}>Replay…</a></p>",
+                l.id
+            ),
         };
         let _ = write!(
             body,
             "<section class=\"item failed dead-letter\" id=\"dead-{}\"><p><b>{}</b> · {} · action {}</p>\
-             <p>from <code>{}</code></p><pre class=raw>{raw}</pre></section>",
+             <p>from <code>{}</code></p><pre class=raw>{raw}</pre>{replay}</section>",
             l.id,
             esc(&l.reason),
             l.at.format("%Y-%m-%d %H:%M:%S UTC"),

@@ -15,6 +15,8 @@ mod actions;
 pub mod auth;
 mod cells;
 mod console;
+mod console_replay;
+mod dead_letters;
 mod decisions;
 mod explorer;
 pub mod mcp;
@@ -108,7 +110,7 @@ impl ApiState {
         (name = "actions", description = "Submit actions and read receipts"),
         (name = "cells", description = "The cell grid"),
         (name = "tools", description = "The cells as model tools (the MCP tools over HTTP), for agent-framework adapters"),
-        (name = "decisions", description = "Approvals and needs_human cases"),
+        (name = "decisions", description = "Approvals, needs_human cases, sending again and dead letters"),
         (name = "operations", description = "Metrics for operators"),
     )
 )]
@@ -156,6 +158,8 @@ fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(decisions::doubts))
         .routes(routes!(decisions::resolve))
         .routes(routes!(decisions::resend))
+        .routes(routes!(dead_letters::list))
+        .routes(routes!(dead_letters::replay))
         .routes(routes!(policy::list))
         .routes(routes!(policy::set))
         .routes(routes!(metrics::metrics))
@@ -164,7 +168,64 @@ fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
 
 /// The OpenAPI document of [`router`]'s API (what `/openapi.json` serves).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api().1
+    let mut doc = api().1;
+    link_submissions(&mut doc);
+    doc
+}
+
+/// OpenAPI links from a submission's answer to what can be done with the action it names
+/// (read it, approve or reject it, resolve or resend it), so a client generator or a
+/// stateful tester follows the real `action_id` instead of guessing ids.
+fn link_submissions(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::link::Link;
+    use utoipa::openapi::RefOr;
+    let follows = [
+        (
+            "ReadAction",
+            "read",
+            "Read the action this submission named",
+        ),
+        (
+            "ApproveAction",
+            "approve",
+            "Approve it, if a policy holds it for a person",
+        ),
+        (
+            "RejectAction",
+            "reject",
+            "Reject it, if a policy holds it for a person",
+        ),
+        (
+            "ResolveAction",
+            "resolve",
+            "Resolve it, once it needs a person's decision",
+        ),
+        (
+            "ResendAction",
+            "resend",
+            "Send it again, after it failed or was rejected",
+        ),
+    ];
+    let Some(submit) = doc
+        .paths
+        .paths
+        .get_mut("/v1/actions")
+        .and_then(|p| p.post.as_mut())
+    else {
+        return;
+    };
+    for status in ["200", "201"] {
+        if let Some(RefOr::T(response)) = submit.responses.responses.get_mut(status) {
+            for (name, operation, description) in follows {
+                let link = Link::builder()
+                    .operation_id(operation)
+                    .parameter("id", "$response.body#/action_id")
+                    .description(description)
+                    .build();
+                response.links.insert(name.to_owned(), RefOr::T(link));
+            }
+        }
+    }
 }
 
 /// The document as this server serves it: the cells it runs and their tools listed as
@@ -243,12 +304,14 @@ fn naming_rules() -> serde_json::Value {
 
 /// The API's routes, plus `/openapi.json` and the MCP endpoint `/mcp`.
 pub fn router(state: ApiState) -> Router {
-    let (routes, doc) = api();
+    let (routes, mut doc) = api();
+    link_submissions(&mut doc);
     let doc = Arc::new(served_document(doc, &state.cells));
     let mcp = mcp::routes(&state);
     routes
         .merge(console::routes())
         .merge(explorer::routes())
+        .merge(console_replay::routes())
         .route(
             "/openapi.json",
             get(move || {

@@ -53,7 +53,7 @@ pub struct SetPolicy {
 }
 
 /// Every cell's approval rule (a cell without one is never held).
-#[utoipa::path(get, path = "/v1/policy", tag = "decisions",
+#[utoipa::path(get, path = "/v1/policy", tag = "decisions", operation_id = "list_policy",
     security(("bearer" = ["read"])),
     responses(
         (status = 200, description = "Every rule", body = [PolicyView]),

@@ -68,7 +68,7 @@ pub struct ToolAnswer {
 }
 
 /// Every cell as a tool, and `idem_status`.
-#[utoipa::path(get, path = "/v1/tools", tag = "tools",
+#[utoipa::path(get, path = "/v1/tools", tag = "tools", operation_id = "list_tools",
     security(("bearer" = ["submit"])),
     responses(
         (status = 200, body = [ToolView]),
@@ -125,9 +125,10 @@ pub(crate) async fn call(
     Path(name): Path<String>,
     body: Result<Json<ToolCall>, JsonRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, Scope::Submit).await {
-        return r;
-    }
+    let token = match authorize(&state, &headers, Scope::Submit).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
     let Json(c) = match body {
         Ok(b) => b,
         Err(e) => return bad_body(e),
@@ -175,7 +176,17 @@ pub(crate) async fn call(
         .map(Duration::from_secs)
         .unwrap_or(state.tool_wait)
         .min(MAX_WAIT);
-    match idem_mcp::call_tool(&state.store, &state.cells, &scope, &name, c.arguments, wait).await {
+    match idem_mcp::call_tool(
+        &state.store,
+        &state.cells,
+        &scope,
+        Some(&format!("token:{}", token.name)),
+        &name,
+        c.arguments,
+        wait,
+    )
+    .await
+    {
         Ok(r) => Json(ToolAnswer {
             is_error: r.is_error.unwrap_or(false),
             result: r.structured_content.unwrap_or(Value::Null),

@@ -168,7 +168,7 @@ pub async fn resolve(a: ResolveArgs) -> Result<()> {
 pub struct ResendArgs {
     #[command(flatten)]
     db: Db,
-    /// A `failed` action.
+    /// A `failed` or `dead` action.
     action_id: ActionId,
     #[arg(long = "as", env = "IDEM_ACTOR")]
     actor: String,
@@ -182,11 +182,82 @@ pub async fn resend(a: ResendArgs) -> Result<()> {
         bail!("--reason must say why");
     }
     let store = connect(&a.db).await?;
-    decisions::resend(store.pool(), a.action_id, &a.actor, &a.reason).await?;
-    println!(
-        "{} is retry_scheduled under a fresh partner key; a worker sends it now",
-        a.action_id
-    );
+    match decisions::send_again(store.pool(), a.action_id, &a.actor, &a.reason).await? {
+        State::Received => println!(
+            "{} is received again (it was dead, never attempted); a worker takes it now",
+            a.action_id
+        ),
+        _ => println!(
+            "{} is retry_scheduled under a fresh partner key; a worker sends it now",
+            a.action_id
+        ),
+    }
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeadLettersCommand {
+    /// The newest dead letters: id, reason, source, whether replayed, the bytes.
+    List {
+        #[command(flatten)]
+        db: Db,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a dead letter's bytes back into the outbox, once, after what made it dead was
+    /// fixed; refused while they still cannot be read or name an existing action.
+    Replay {
+        #[command(flatten)]
+        db: Db,
+        id: i64,
+        #[arg(long = "as", env = "IDEM_ACTOR")]
+        actor: String,
+        /// What was fixed (required: the audit trail is the point).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+pub async fn dead_letters(c: DeadLettersCommand) -> Result<()> {
+    match c {
+        DeadLettersCommand::List { db, limit, json } => {
+            let store = connect(&db).await?;
+            let letters = idem_store::explore::dead_letters(store.pool(), limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&letters)?);
+                return Ok(());
+            }
+            for l in letters {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\n\t{}",
+                    l.id,
+                    l.at.format("%Y-%m-%d %H:%M:%S"),
+                    l.reason,
+                    l.source,
+                    match (&l.replayed_at, &l.replayed_by) {
+                        (Some(at), Some(by)) => format!("replayed by {by} at {at}"),
+                        _ => "not replayed".into(),
+                    },
+                    String::from_utf8_lossy(&l.raw)
+                );
+            }
+        }
+        DeadLettersCommand::Replay {
+            db,
+            id,
+            actor,
+            reason,
+        } => {
+            if reason.trim().is_empty() {
+                bail!("--reason must say what was fixed");
+            }
+            let store = connect(&db).await?;
+            let action = idem_store::replay::dead_letter(store.pool(), id, &actor, &reason).await?;
+            println!("dead letter {id} replayed: action {action} is delivered again");
+        }
+    }
     Ok(())
 }
 

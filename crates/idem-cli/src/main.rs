@@ -122,8 +122,15 @@ enum Command {
     /// --not-happened or --retry, with --reason.
     Resolve(decide::ResolveArgs),
     /// Send a `failed` action again (it had no effect): a fresh partner key, a fresh outage
-    /// budget, the same action id; audited with --as and --reason.
+    /// budget, the same action id; a `dead` one (never attempted) is delivered again.
+    /// Audited with --as and --reason.
     Resend(decide::ResendArgs),
+    /// Dead letters (deliveries that could not become an action): list them, or replay one
+    /// after what made it dead was fixed; audited with --as and --reason.
+    DeadLetters {
+        #[command(subcommand)]
+        what: decide::DeadLettersCommand,
+    },
     /// List every cell this binary runs: the three questions (key? lookup? human?), the
     /// strategy and where its card is.
     Cells {
@@ -163,6 +170,7 @@ impl Command {
             Command::Tokens { .. } => "tokens",
             Command::Resolve(_) => "resolve",
             Command::Resend(_) => "resend",
+            Command::DeadLetters { .. } => "dead-letters",
             Command::Cells { .. } => "cells",
         }
     }
@@ -186,6 +194,7 @@ async fn run(cli: Cli, metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>
         Command::NeedsHuman { db, json } => decide::needs_human(db, json).await?,
         Command::Resolve(args) => decide::resolve(args).await?,
         Command::Resend(args) => decide::resend(args).await?,
+        Command::DeadLetters { what } => decide::dead_letters(what).await?,
         Command::Tokens { what } => decide::tokens(what).await?,
         Command::Serve(args) => serve::run(args, metrics).await?,
         Command::Mcp(args) => mcp::run(args).await?,

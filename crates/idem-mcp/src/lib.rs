@@ -33,11 +33,13 @@ pub fn tool_list(cells: &Registry) -> Vec<Tool> {
 
 /// One tool call in `scope` (a cell's tool, or [`STATUS_TOOL`]), answered as MCP answers
 /// it: the receipt, or what a model should do next. `wait` bounds how long it waits for
-/// the action to settle. HTTP's `POST /v1/tools/{name}` uses it too.
+/// the action to settle; `submitter` is recorded with a new action (the caller's token
+/// name). HTTP's `POST /v1/tools/{name}` uses it too.
 pub async fn call_tool(
     store: &Store,
     cells: &Registry,
     scope: &str,
+    submitter: Option<&str>,
     name: &str,
     args: rmcp::model::JsonObject,
     wait: Duration,
@@ -45,7 +47,7 @@ pub async fn call_tool(
     if name == STATUS_TOOL {
         tools::status(store, args, wait).await
     } else {
-        tools::call(store, cells, scope, name, args, wait).await
+        tools::call(store, cells, scope, submitter, name, args, wait).await
     }
 }
 
@@ -162,11 +164,17 @@ impl ServerHandler for IdemMcp {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let scope = self.scope(&context);
+        let submitter = context
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|p| p.extensions.get::<Caller>())
+            .map(|c| format!("token:{}", c.name));
         let args = request.arguments.unwrap_or_default();
         let result = call_tool(
             &self.store,
             &self.cells,
             &scope,
+            submitter.as_deref(),
             &request.name,
             args,
             self.wait,

@@ -109,6 +109,7 @@ pub(crate) async fn call(
     store: &Store,
     cells: &Registry,
     scope: &str,
+    submitter: Option<&str>,
     tool: &str,
     mut args: JsonObject,
     wait: Duration,
@@ -153,7 +154,8 @@ pub(crate) async fn call(
         }
     };
     // The same (scope, intent) is one action on every surface (HTTP, SQL, Rust, MCP).
-    let action = NewAction::from_intent(scope, intent.clone(), cell, args);
+    let mut action = NewAction::from_intent(scope, intent.clone(), cell, args);
+    action.submitter = submitter.map(str::to_owned);
     let id = action.action_id;
     let created = match enqueue(store.pool(), &action).await {
         Ok(e) => e.created,

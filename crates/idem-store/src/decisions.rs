@@ -105,16 +105,21 @@ pub async fn waiting(pool: &PgPool, state: State, limit: i64) -> Result<Vec<Wait
 /// How far back [`failed_recently`] looks.
 pub const FAILED_WINDOW_DAYS: i64 = 7;
 
-/// Actions that failed in the last [`FAILED_WINDOW_DAYS`] days, newest first: what a person
-/// may send again.
-pub async fn failed_recently(pool: &PgPool, limit: i64) -> Result<Vec<Waiting>, StoreError> {
+/// Actions that ended `failed` or `dead` (`state`) in the last [`FAILED_WINDOW_DAYS`] days,
+/// newest first: what a person may send again.
+pub async fn ended_recently(
+    pool: &PgPool,
+    state: State,
+    limit: i64,
+) -> Result<Vec<Waiting>, StoreError> {
     let ids: Vec<(uuid::Uuid, Vec<u8>)> = sqlx::query_as(
-        "SELECT action_id, fingerprint FROM idem.actions WHERE state = 'failed' \
+        "SELECT action_id, fingerprint FROM idem.actions WHERE state = $3 \
          AND updated_at > now() - make_interval(days => $1::int) \
          ORDER BY updated_at DESC LIMIT $2",
     )
     .bind(FAILED_WINDOW_DAYS)
     .bind(limit)
+    .bind(state.as_str())
     .fetch_all(pool)
     .await?;
     let mut out = Vec::with_capacity(ids.len());
@@ -130,7 +135,7 @@ pub async fn failed_recently(pool: &PgPool, limit: i64) -> Result<Vec<Waiting>, 
 }
 
 /// Lock the action and check it is in `expected` with the fingerprint the person saw.
-async fn locked(
+pub(crate) async fn locked(
     tx: &mut sqlx::PgConnection,
     id: ActionId,
     expected: State,
@@ -164,7 +169,7 @@ async fn locked(
     Ok((row, fp))
 }
 
-async fn record(
+pub(crate) async fn record(
     tx: &mut sqlx::PgConnection,
     id: ActionId,
     kind: &str,
@@ -188,7 +193,7 @@ async fn record(
     Ok(())
 }
 
-fn person(actor: &str) -> Result<String, DecisionError> {
+pub(crate) fn person(actor: &str) -> Result<String, DecisionError> {
     let a = actor.trim();
     if a.is_empty() {
         return Err(DecisionError::NoActor);
@@ -341,6 +346,26 @@ pub async fn resend(
     tx.commit().await?;
     applied.record();
     Ok(())
+}
+
+/// Send a `failed` action again ([`resend`]) or deliver a `dead` one again
+/// ([`crate::replay::revive`]): the one "send it again" a person has. Returns the state it
+/// went to (`retry_scheduled` or `received`).
+pub async fn send_again(
+    pool: &PgPool,
+    id: ActionId,
+    actor: &str,
+    reason: &str,
+) -> Result<State, DecisionError> {
+    match resend(pool, id, actor, reason).await {
+        Ok(()) => Ok(State::RetryScheduled),
+        Err(DecisionError::WrongState {
+            state: State::Dead, ..
+        }) => crate::replay::revive(pool, id, actor, reason)
+            .await
+            .map(|()| State::Received),
+        Err(e) => Err(e),
+    }
 }
 
 /// Have the partner checked again for a `needs_human` case: the action goes back to

@@ -20,6 +20,9 @@ pub struct NewAction {
     pub trace: TraceHeaders,
     /// The named intent the id was derived from, stored with the action.
     pub intent: Option<Intent>,
+    /// Who asks, shown to the person who approves it ("token:agent-7"). None: the database
+    /// role enqueue runs as is recorded.
+    pub submitter: Option<String>,
 }
 
 /// A named intent: the effect an agent means (`intent`) inside a scope (a session, a
@@ -40,6 +43,7 @@ impl NewAction {
             ordering_key: None,
             trace: TraceHeaders::default(),
             intent: None,
+            submitter: None,
         }
     }
 
@@ -69,6 +73,12 @@ impl NewAction {
     /// instead of the current span's.
     pub fn with_trace(mut self, trace: TraceHeaders) -> Self {
         self.trace = trace;
+        self
+    }
+
+    /// Record who submitted the action (a token's name, a service's).
+    pub fn submitted_by(mut self, who: impl Into<String>) -> Self {
+        self.submitter = Some(who.into());
         self
     }
 
@@ -106,19 +116,23 @@ pub async fn enqueue<'e, E: PgExecutor<'e>>(
     };
     let row: Result<(uuid::Uuid, String, bool), sqlx::Error> = match &action.intent {
         None => {
-            sqlx::query_as("SELECT action_id, state, created FROM idem.enqueue($1, $2, $3, $4, $5)")
-                .bind(action.action_id.as_uuid())
-                .bind(action.cell.as_str())
-                .bind(&action.args)
-                .bind(action.ordering_key.as_deref())
-                .bind(trace.to_json())
-                .fetch_one(executor)
-                .await
+            sqlx::query_as(
+                "SELECT action_id, state, created FROM idem.enqueue($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(action.action_id.as_uuid())
+            .bind(action.cell.as_str())
+            .bind(&action.args)
+            .bind(action.ordering_key.as_deref())
+            .bind(trace.to_json())
+            .bind(action.submitter.as_deref())
+            .fetch_one(executor)
+            .await
         }
         // The id is derived in SQL too; the vectors in testdata/ keep both the same.
         Some(i) => {
             sqlx::query_as(
-                "SELECT action_id, state, created FROM idem.enqueue_intent($1, $2, $3, $4, $5, $6)",
+                "SELECT action_id, state, created \
+                 FROM idem.enqueue_intent($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(&i.scope)
             .bind(&i.intent)
@@ -126,6 +140,7 @@ pub async fn enqueue<'e, E: PgExecutor<'e>>(
             .bind(&action.args)
             .bind(action.ordering_key.as_deref())
             .bind(trace.to_json())
+            .bind(action.submitter.as_deref())
             .fetch_one(executor)
             .await
         }

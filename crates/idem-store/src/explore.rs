@@ -98,13 +98,28 @@ pub struct DeadLetterRow {
     /// Outbox sequence, or Kafka topic, partition and offset.
     pub source: serde_json::Value,
     pub at: DateTime<Utc>,
+    /// Set once a person replayed it (see [`crate::replay::dead_letter`]).
+    pub replayed_at: Option<DateTime<Utc>>,
+    pub replayed_by: Option<String>,
+    pub replay_reason: Option<String>,
+}
+
+/// One dead letter, by id.
+pub async fn dead_letter(pool: &PgPool, id: i64) -> Result<Option<DeadLetterRow>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT id, action_id, raw, reason, source, at, replayed_at, replayed_by, replay_reason \
+         FROM idem.dead_letters WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?)
 }
 
 /// The newest `limit` dead letters.
 pub async fn dead_letters(pool: &PgPool, limit: i64) -> Result<Vec<DeadLetterRow>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT id, action_id, raw, reason, source, at FROM idem.dead_letters \
-         ORDER BY id DESC LIMIT $1",
+        "SELECT id, action_id, raw, reason, source, at, replayed_at, replayed_by, replay_reason \
+         FROM idem.dead_letters ORDER BY id DESC LIMIT $1",
     )
     .bind(limit.clamp(1, 500))
     .fetch_all(pool)

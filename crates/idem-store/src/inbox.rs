@@ -29,6 +29,9 @@ pub struct ActionRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub settled_at: Option<DateTime<Utc>>,
+    /// Who submitted it: "token:NAME" through the API or MCP, "role:NAME" for a SQL caller
+    /// that gave no name. None for actions enqueued before this was recorded.
+    pub submitted_by: Option<String>,
     /// Trace context of the enqueuing span, so later hops continue the agent's trace.
     #[serde(skip_serializing_if = "TraceHeaders::is_empty")]
     pub trace: TraceHeaders,
@@ -53,13 +56,14 @@ pub(crate) struct RawRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     settled_at: Option<DateTime<Utc>>,
+    submitted_by: Option<String>,
     trace: Option<serde_json::Value>,
 }
 
 pub(crate) const COLUMNS: &str =
     "action_id, cell, args, ordering_key, state, attempts, key_generation, \
      lease_owner, lease_until, due_at, doubt_since, reconcile_rounds, reason, receipt, \
-     created_at, updated_at, settled_at, trace";
+     created_at, updated_at, settled_at, submitted_by, trace";
 
 impl TryFrom<RawRow> for ActionRow {
     type Error = StoreError;
@@ -89,6 +93,7 @@ impl TryFrom<RawRow> for ActionRow {
             created_at: r.created_at,
             updated_at: r.updated_at,
             settled_at: r.settled_at,
+            submitted_by: r.submitted_by,
             trace: r
                 .trace
                 .as_ref()

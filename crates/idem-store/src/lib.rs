@@ -21,6 +21,7 @@ pub mod inbox;
 pub mod outbox;
 pub mod policy;
 pub mod queue;
+pub mod replay;
 pub mod retention;
 pub mod stats;
 pub mod tokens;

@@ -82,3 +82,26 @@ pub async fn try_lead(conn: &mut PgConnection, key: i64) -> Result<bool, sqlx::E
 pub async fn still_leading(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT 1").execute(conn).await.map(drop)
 }
+
+/// Queue `payload` for `action_id` again (a replayed dead letter, a revived action), inside
+/// the deciding transaction, and wake workers and relays at its commit.
+pub async fn put_back(
+    conn: &mut PgConnection,
+    action_id: idem_core::ActionId,
+    ordering_key: &str,
+    payload: &[u8],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO idem.outbox (action_id, ordering_key, payload, headers) \
+         VALUES ($1, $2, $3, '{}'::jsonb)",
+    )
+    .bind(action_id.as_uuid())
+    .bind(ordering_key)
+    .bind(payload)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("SELECT pg_notify('idem_outbox', '')")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
