@@ -174,8 +174,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// OpenAPI links from a submission's answer to what can be done with the action it names
-/// (read it, approve or reject it, resolve or resend it), so a client generator or a
-/// stateful tester follows the real `action_id` instead of guessing ids.
+/// (read it, approve or reject it, resolve or resend it), and from the dead-letter listing
+/// to a replay, so a client generator or a stateful tester follows real ids instead of
+/// guessing them.
 fn link_submissions(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::link::Link;
     use utoipa::openapi::RefOr;
@@ -206,6 +207,23 @@ fn link_submissions(doc: &mut utoipa::openapi::OpenApi) {
             "Send it again, after it failed or was rejected",
         ),
     ];
+    // The newest dead letter of a listing can be replayed.
+    if let Some(RefOr::T(response)) = doc
+        .paths
+        .paths
+        .get_mut("/v1/dead-letters")
+        .and_then(|p| p.get.as_mut())
+        .and_then(|op| op.responses.responses.get_mut("200"))
+    {
+        let link = Link::builder()
+            .operation_id("replay_dead_letter")
+            .parameter("id", "$response.body#/0/id")
+            .description("Replay the newest dead letter listed")
+            .build();
+        response
+            .links
+            .insert("ReplayDeadLetter".to_owned(), RefOr::T(link));
+    }
     let Some(submit) = doc
         .paths
         .paths
