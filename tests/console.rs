@@ -76,6 +76,28 @@ impl Driver {
     }
 }
 
+/// A headless Chromium session through chromedriver, with a profile directory of its own
+/// (remove it when done).
+async fn open_browser() -> (Driver, fantoccini::Client, std::path::PathBuf) {
+    let (driver, driver_url) = Driver::start().await;
+    let profile = std::env::temp_dir().join(format!("idem-chromium-{}", uuid::Uuid::new_v4()));
+    let caps = json!({
+        "browserName": "chrome",
+        "goog:chromeOptions": {
+            "binary": binary("CHROMIUM", "/usr/bin/chromium"),
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                     "--disable-dev-shm-usage", "--window-size=1280,1600",
+                     format!("--user-data-dir={}", profile.display())]
+        }
+    });
+    let browser = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps.as_object().unwrap().clone())
+        .connect(&driver_url)
+        .await
+        .expect("a Chromium session");
+    (driver, browser, profile)
+}
+
 /// `idem serve`'s router with charges of 500.00 and more held for a person, a worker, and
 /// a submit token and an approve token (named `approver`).
 struct Console {
@@ -170,22 +192,7 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let (_driver, driver_url) = Driver::start().await;
-    let profile = std::env::temp_dir().join(format!("idem-chromium-{}", uuid::Uuid::new_v4()));
-    let caps = json!({
-        "browserName": "chrome",
-        "goog:chromeOptions": {
-            "binary": binary("CHROMIUM", "/usr/bin/chromium"),
-            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                     "--disable-dev-shm-usage", "--window-size=1280,1600",
-                     format!("--user-data-dir={}", profile.display())]
-        }
-    });
-    let browser = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(caps.as_object().unwrap().clone())
-        .connect(&driver_url)
-        .await
-        .expect("a Chromium session");
+    let (_driver, browser, profile) = open_browser().await;
 
     // Signed out: the console asks for a token; a token without the approve scope is refused.
     browser.goto(&format!("{base}/console")).await.unwrap();
@@ -813,4 +820,112 @@ async fn a_decision_without_its_forms_token_is_refused() {
         .unwrap()
         .expect("settled");
     assert_eq!(done.state, idem_core::State::Succeeded);
+}
+
+/// Every built-in cell a policy can hold reads, in the browser, as the one sentence a person
+/// approves: held by a fleet rule ("always"), shown first on its card, money in major units.
+#[tokio::test]
+async fn every_held_cell_reads_as_one_sentence_in_the_browser() {
+    let db = TestDb::new().await;
+    let pool = db.store.pool();
+    // Nothing is sent: every action waits for a person, so the partners are never called.
+    let cells = idem_cells::builtin::registry(
+        |i| idem_cells::builtin::Access {
+            base: "http://127.0.0.1:9".into(),
+            credential: i.placeholder.into(),
+            ..Default::default()
+        },
+        &|_, _| {},
+    );
+    let app = router(ApiState::new(db.store.clone(), Arc::new(cells.clone())));
+    let server = SimServer::start(app, ([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let base = server.base_url();
+    let approver = tokens::create(pool, "ops-carol", &[Scope::Approve])
+        .await
+        .unwrap()
+        .1;
+    let examples = idem_cells::builtin::held_examples();
+    let mut ids = vec![];
+    for e in &examples {
+        idem_store::policy::set(
+            pool,
+            e.cell,
+            &idem_core::profile::ApprovalPolicy::Always,
+            "human:test",
+            "hold every cell for the sentence check",
+        )
+        .await
+        .unwrap();
+        let a = idem_store::NewAction::new(
+            idem_core::ActionId::random(),
+            idem_core::CellName::new(e.cell).unwrap(),
+            e.args.clone(),
+        )
+        .submitted_by("token:agent");
+        idem_store::enqueue(pool, &a).await.unwrap();
+        ids.push(a.action_id);
+    }
+    let worker = RunningWorker::start(&db.store, cells);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while idem_store::decisions::waiting(pool, idem_core::State::AwaitingApproval, 50)
+        .await
+        .unwrap()
+        .len()
+        < examples.len()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "every action is held"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (_driver, browser, profile) = open_browser().await;
+    browser.goto(&format!("{base}/console")).await.unwrap();
+    browser
+        .find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(&approver)
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Id("sign-in"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    for (e, id) in examples.iter().zip(&ids) {
+        let item = browser
+            .wait()
+            .for_element(Locator::Id(&format!("action-{id}")))
+            .await
+            .unwrap();
+        let sentence = item
+            .find(Locator::Css("p.summary"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(sentence, e.sentence, "{}", e.cell);
+        let text = item.text().await.unwrap();
+        assert!(
+            text.contains(&format!("the approval policy for {} (always)", e.cell))
+                && text.contains("by token:agent"),
+            "{}: {text}",
+            e.cell
+        );
+    }
+    std::fs::write(
+        env!("CARGO_TARGET_TMPDIR").to_owned() + "/console-every-cell.png",
+        browser.screenshot().await.unwrap(),
+    )
+    .ok();
+    browser.close().await.unwrap();
+    std::fs::remove_dir_all(&profile).ok();
+    worker.stop().await;
 }

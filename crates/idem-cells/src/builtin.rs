@@ -82,6 +82,49 @@ pub fn tuned<C: TypedCell>(cell: C, tune: &Tune<'_>) -> Arc<dyn Cell> {
     Arc::new(cell.with_profile(|p| tune(&name, p)))
 }
 
+/// An example action for a built-in cell and the sentence the approver console shows for
+/// it: the cells' own test and the console's browser test read the same list.
+#[derive(Debug, Clone)]
+pub struct HeldExample {
+    pub cell: &'static str,
+    pub args: serde_json::Value,
+    pub sentence: &'static str,
+}
+
+/// One example for every built-in cell with an effect (one a policy can hold).
+pub fn held_examples() -> Vec<HeldExample> {
+    use serde_json::json;
+    let offer = json!({"id": "1", "price": {"grandTotal": "512.40", "currency": "EUR"},
+        "itineraries": [{"segments": [
+            {"departure": {"iataCode": "LHR", "at": "2026-12-20T10:00:00"}, "arrival": {"iataCode": "DUB"}, "carrierCode": "EI", "number": "155"},
+            {"departure": {"iataCode": "DUB"}, "arrival": {"iataCode": "JFK"}, "carrierCode": "EI", "number": "105"}]}]});
+    let example = |cell, args, sentence| HeldExample {
+        cell,
+        args,
+        sentence,
+    };
+    vec![
+        example("stripe.charge", json!({"amount": 60000, "currency": "usd", "customer": "cus_big", "description": "Annual plan, ACME Corp"}),
+            "Charge $600.00 USD to cus_big — Annual plan, ACME Corp"),
+        example("stripe.refund", json!({"payment_intent": "pi_123", "reason": "requested_by_customer"}),
+            "Refund all of payment pi_123 — reason: requested by customer"),
+        example("twilio.sms.send", json!({"to": "+15005550006", "from": "+15005550001", "body": "Your code is 1234"}),
+            "Send SMS to +15005550006 from +15005550001: “Your code is 1234”"),
+        example("slack.post", json!({"channel": "C0123", "text": "deploy done"}),
+            "Post to Slack channel C0123: “deploy done”"),
+        example("gmail.send", json!({"to": "ana@example.com", "subject": "Invoice", "text": "Attached."}),
+            "Send email to ana@example.com, subject “Invoice”: “Attached.”"),
+        example("hubspot.upsert", json!({"id": "ana@example.com", "properties": {"firstname": "Ana"}}),
+            "Create or update the HubSpot contact whose email is ana@example.com, setting firstname"),
+        example("hubspot.company.upsert", json!({"domain": "acme.com", "properties": {"name": "ACME"}}),
+            "Create or update the HubSpot company whose domain is acme.com, setting name"),
+        example("amadeus.book", json!({"flight_offers": [offer], "travelers": [{"id": "1"}, {"id": "2"}]}),
+            "Book flight LHR→JFK (EI155, EI105), departing 2026-12-20T10:00:00, 512.40 EUR for 2 travellers"),
+        example("amadeus.cancel", json!({"order_id": "eJzTd9f3NjIJdzUCAAtXAmE="}),
+            "Cancel flight order eJzTd9f3NjIJdzUCAAtXAmE="),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,33 +146,24 @@ mod tests {
     #[test]
     fn every_builtin_cell_says_what_it_will_do() {
         let r = offline();
-        let offer = serde_json::json!({"id": "1", "price": {"grandTotal": "512.40", "currency": "EUR"},
-            "itineraries": [{"segments": [
-                {"departure": {"iataCode": "LHR", "at": "2026-12-20T10:00:00"}, "arrival": {"iataCode": "DUB"}, "carrierCode": "EI", "number": "155"},
-                {"departure": {"iataCode": "DUB"}, "arrival": {"iataCode": "JFK"}, "carrierCode": "EI", "number": "105"}]}]});
-        let cases = [
-            ("stripe.charge", serde_json::json!({"amount": 60000, "currency": "usd", "customer": "cus_big", "description": "Annual plan, ACME Corp"}),
-             "Charge $600.00 USD to cus_big — Annual plan, ACME Corp"),
-            ("stripe.refund", serde_json::json!({"payment_intent": "pi_123", "reason": "requested_by_customer"}),
-             "Refund all of payment pi_123 — reason: requested by customer"),
-            ("twilio.sms.send", serde_json::json!({"to": "+15005550006", "from": "+15005550001", "body": "Your code is 1234"}),
-             "Send SMS to +15005550006 from +15005550001: “Your code is 1234”"),
-            ("slack.post", serde_json::json!({"channel": "C0123", "text": "deploy done"}),
-             "Post to Slack channel C0123: “deploy done”"),
-            ("gmail.send", serde_json::json!({"to": "ana@example.com", "subject": "Invoice", "text": "Attached."}),
-             "Send email to ana@example.com, subject “Invoice”: “Attached.”"),
-            ("hubspot.upsert", serde_json::json!({"id": "ana@example.com", "properties": {"firstname": "Ana"}}),
-             "Create or update the HubSpot contact whose email is ana@example.com, setting firstname"),
-            ("hubspot.company.upsert", serde_json::json!({"domain": "acme.com", "properties": {"name": "ACME"}}),
-             "Create or update the HubSpot company whose domain is acme.com, setting name"),
-            ("amadeus.book", serde_json::json!({"flight_offers": [offer.clone()], "travelers": [{"id": "1"}, {"id": "2"}]}),
-             "Book flight LHR→JFK (EI155, EI105), departing 2026-12-20T10:00:00, 512.40 EUR for 2 travellers"),
-            ("amadeus.cancel", serde_json::json!({"order_id": "eJzTd9f3NjIJdzUCAAtXAmE="}),
-             "Cancel flight order eJzTd9f3NjIJdzUCAAtXAmE="),
-        ];
-        for (cell, args, want) in cases {
-            let c = r.get(cell).unwrap_or_else(|| panic!("{cell} is built in"));
-            assert_eq!(c.summary(&args).as_deref(), Some(want), "{cell}");
+        let examples = held_examples();
+        for cell in r.iter().filter(|c| c.effectful()) {
+            assert!(
+                examples.iter().any(|e| e.cell == cell.name().as_str()),
+                "{} has no example sentence",
+                cell.name()
+            );
+        }
+        for e in examples {
+            let c = r
+                .get(e.cell)
+                .unwrap_or_else(|| panic!("{} is built in", e.cell));
+            assert_eq!(
+                c.summary(&e.args).as_deref(),
+                Some(e.sentence),
+                "{}",
+                e.cell
+            );
         }
         // Invalid arguments get no sentence (the console falls back to the arguments).
         let c = r.get("stripe.charge").unwrap();

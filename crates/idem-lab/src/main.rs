@@ -63,6 +63,9 @@ enum BenchCommand {
     Enqueue(bench::EnqueueBenchArgs),
     /// Direct-Postgres worker throughput (no-op cell) vs a plain SKIP LOCKED job queue.
     PgWorker(bench::PgWorkerBenchArgs),
+    /// The same no-op workload through idem and through peer job queues (River), on the
+    /// same server, interleaved rounds; idem's ratio to each.
+    Peers(bench::PeersArgs),
     /// Throughput vs number of worker processes with a slow (20 ms) partner, vs linear.
     Scaling(bench::ScalingArgs),
     /// Seconds from a kill -9 of every worker to the last in-flight action settled, with
@@ -318,6 +321,7 @@ async fn run(cli: Cli, metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>
                 BenchCommand::Relay(a) => bench::relay(a).await?,
                 BenchCommand::KafkaWorker(a) => bench::kafka_worker(a).await?,
                 BenchCommand::PgWorker(a) => bench::pg_worker(a).await?,
+                BenchCommand::Peers(a) => bench::peers(a).await?,
                 BenchCommand::Enqueue(a) => bench::enqueue_bench(a).await?,
                 BenchCommand::Latency(a) => bench::latency(a).await?,
                 BenchCommand::Scaling(a) => bench::scaling(a).await?,

@@ -3,6 +3,7 @@
 mod enqueue;
 mod inbox_scale;
 mod latency;
+mod peers;
 mod pg_worker;
 mod recovery;
 mod scaling;
@@ -11,6 +12,7 @@ mod suite;
 pub use enqueue::{enqueue_bench, EnqueueBenchArgs};
 pub use inbox_scale::{inbox_scale, InboxScaleArgs};
 pub use latency::{latency, LatencyArgs};
+pub use peers::{peers, PeersArgs};
 pub use pg_worker::{pg_worker, PgWorkerBenchArgs};
 pub use recovery::{recovery, RecoveryArgs};
 pub use scaling::{scaling, ScalingArgs};

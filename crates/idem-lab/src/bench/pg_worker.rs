@@ -65,11 +65,36 @@ pub async fn pg_worker(args: PgWorkerBenchArgs) -> Result<Vec<Figure>> {
     let baseline = t.elapsed();
 
     // idem: the same number of actions through enqueue, then the worker.
+    let idem_time = idem_noop_run(&store, args.actions, args.batch, 32).await?;
+    Ok(vec![Figure::versus(
+        format!(
+            "worker throughput, direct Postgres transport, no-op cell, {} actions, batch {}",
+            args.actions, args.batch
+        ),
+        rate(args.actions, idem_time),
+        "actions/s",
+        format!(
+            "plain SKIP LOCKED job claim + delete of the same payloads ({} a batch)",
+            args.batch
+        ),
+        rate(args.actions, baseline),
+    )])
+}
+
+/// Enqueue `actions` no-op actions, then time one direct-Postgres worker (`in_flight` calls
+/// at once, `batch` claimed per transaction) until every one has settled. Used by the peer
+/// comparison too, so both measure the same thing.
+pub(super) async fn idem_noop_run(
+    store: &Store,
+    actions: i64,
+    batch: u32,
+    in_flight: usize,
+) -> Result<Duration> {
     sqlx::query(
         "SELECT idem.enqueue(gen_random_uuid(), 'bench.noop', jsonb_build_object('n', g)) \
          FROM generate_series(1, $1) g",
     )
-    .bind(args.actions)
+    .bind(actions)
     .execute(store.pool())
     .await?;
     // Fresh statistics, as the baseline got: a deployment's tables are analyzed.
@@ -80,7 +105,8 @@ pub async fn pg_worker(args: PgWorkerBenchArgs) -> Result<Vec<Figure>> {
         store.clone(),
         idem_cells::Registry::new().with(idem_cells::noop::Noop::default()),
         idem_worker::WorkerConfig {
-            batch: args.batch,
+            batch,
+            concurrency: in_flight,
             poll_interval: Duration::from_millis(20),
             ..Default::default()
         },
@@ -100,20 +126,8 @@ pub async fn pg_worker(args: PgWorkerBenchArgs) -> Result<Vec<Figure>> {
         // This count scans the table: ask seldom, so the probe does not compete.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let idem_time = t.elapsed();
+    let elapsed = t.elapsed();
     let _ = stop_tx.send(true);
     let _ = running.await;
-    Ok(vec![Figure::versus(
-        format!(
-            "worker throughput, direct Postgres transport, no-op cell, {} actions, batch {}",
-            args.actions, args.batch
-        ),
-        rate(args.actions, idem_time),
-        "actions/s",
-        format!(
-            "plain SKIP LOCKED job claim + delete of the same payloads ({} a batch)",
-            args.batch
-        ),
-        rate(args.actions, baseline),
-    )])
+    Ok(elapsed)
 }

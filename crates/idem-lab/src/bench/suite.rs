@@ -35,6 +35,7 @@ const RUNS: &[&[&str]] = &[
     &["kafka-worker"],
     &["kafka-worker", "--per-partition-batch", "32"],
     &["pg-worker"],
+    &["peers"],
     &["latency", "--transport", "postgres"],
     &["latency", "--transport", "kafka", "--rates", "50,200"],
     &["scaling"],

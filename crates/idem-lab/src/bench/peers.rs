@@ -1,0 +1,205 @@
+//! `idem-lab bench peers`: the same workload — N no-op jobs inserted up front, then
+//! processed with the same number in flight — through idem's direct-Postgres worker and
+//! through peer job queues, on the same PostgreSQL server, in interleaved rounds (median of
+//! each). Peers are built from their registries into a project-local place outside the
+//! product's workspace (`~/.cache/idem-peers`, or `IDEM_PEERS_DIR`): River (Go) from the
+//! Go module proxy, its source in `crates/idem-lab/peers/river`.
+//!
+//! The peers are at-least-once queues: they keep no partner key, write nothing ahead of the
+//! call and reconcile nothing, so the ratio says what exactly-once costs here, not a like
+//! for like.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use idem_store::Store;
+use serde::Deserialize;
+
+use super::{rate, Figure};
+
+#[derive(Args, Debug)]
+pub struct PeersArgs {
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// No-op jobs (actions) each system processes per round.
+    #[arg(long, default_value_t = 20_000)]
+    actions: i64,
+    /// Jobs in flight at once, for every system.
+    #[arg(long, default_value_t = 32)]
+    in_flight: usize,
+    /// Interleaved rounds; each figure is the median.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Peers to run beside idem.
+    #[arg(long, value_delimiter = ',', default_value = "river")]
+    peers: Vec<Peer>,
+}
+
+/// A peer job queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Peer {
+    /// River (github.com/riverqueue/river), Go.
+    River,
+}
+
+impl Peer {
+    fn name(self) -> &'static str {
+        match self {
+            Peer::River => "river",
+        }
+    }
+}
+
+/// What a peer's program prints: one JSON object.
+#[derive(Debug, Deserialize)]
+struct PeerRun {
+    version: String,
+    seconds: f64,
+    semantics: String,
+    /// The peer's settings that bear on throughput.
+    config: String,
+}
+
+fn peers_dir() -> PathBuf {
+    std::env::var_os("IDEM_PEERS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
+                .join(".cache/idem-peers")
+        })
+}
+
+/// Build `peer` if its binary is missing or older than its source; the binary's path.
+async fn build(peer: Peer) -> Result<PathBuf> {
+    let dir = peers_dir();
+    std::fs::create_dir_all(&dir)?;
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("peers")
+        .join(peer.name());
+    let bin = dir.join(format!("{}-peer", peer.name()));
+    let newer = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let source_time = ["main.go", "go.mod", "go.sum"]
+        .iter()
+        .filter_map(|f| newer(&source.join(f)))
+        .max();
+    if bin.exists() && newer(&bin) >= source_time {
+        return Ok(bin);
+    }
+    eprintln!("building the {} peer into {}", peer.name(), bin.display());
+    let status = match peer {
+        Peer::River => tokio::process::Command::new("go")
+            .args(["build", "-mod=readonly", "-o"])
+            .arg(&bin)
+            .arg(".")
+            .current_dir(&source)
+            .status()
+            .await
+            .context("running `go build` for the River peer (is Go installed?)")?,
+    };
+    if !status.success() {
+        bail!("building the {} peer failed: {status}", peer.name());
+    }
+    Ok(bin)
+}
+
+async fn run_peer(bin: &Path, url: &str, actions: i64, in_flight: usize) -> Result<PeerRun> {
+    let out = tokio::process::Command::new(bin)
+        .args(["-database-url", url])
+        .args(["-jobs", &actions.to_string()])
+        .args(["-workers", &in_flight.to_string()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "{} printed no result: {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub async fn peers(args: PeersArgs) -> Result<Vec<Figure>> {
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    let pg =
+        crate::services::Postgres::given_or_started(args.database_url.clone(), "idem-lab bench")
+            .await?;
+    let mut bins = vec![];
+    for &peer in &args.peers {
+        bins.push((peer, build(peer).await?));
+    }
+    let mut idem_rates = vec![];
+    let mut peer_rates: Vec<Vec<f64>> = vec![vec![]; bins.len()];
+    let mut versions = vec![String::new(); bins.len()];
+    let mut semantics = vec![String::new(); bins.len()];
+    let mut configs = vec![String::new(); bins.len()];
+    for round in 1..=args.rounds {
+        let url = crate::demo::fresh_database(pg.url(), "idem_bench_peers").await?;
+        let store = Store::connect(&url, 16).await?;
+        store.migrate().await?;
+        let t = super::pg_worker::idem_noop_run(&store, args.actions, 64, args.in_flight).await?;
+        store.pool().close().await;
+        idem_rates.push(rate(args.actions, t));
+        eprintln!("round {round}: idem {:.0}/s", rate(args.actions, t));
+        for (i, (peer, bin)) in bins.iter().enumerate() {
+            let url = crate::demo::fresh_database(pg.url(), &format!("idem_bench_{}", peer.name()))
+                .await?;
+            // sqlx's own URL parameters mean nothing to the peers' drivers.
+            let plain = format!("{}?sslmode=disable", url.split('?').next().unwrap_or(&url));
+            let r = run_peer(bin, &plain, args.actions, args.in_flight).await?;
+            let per_second = rate(args.actions, Duration::from_secs_f64(r.seconds));
+            eprintln!("round {round}: {} {per_second:.0}/s", peer.name());
+            peer_rates[i].push(per_second);
+            versions[i] = r.version;
+            semantics[i] = r.semantics;
+            configs[i] = r.config;
+        }
+    }
+    let idem = median(idem_rates);
+    let mut figures = vec![Figure::alone(
+        format!(
+            "peers: idem direct-Postgres worker, exactly-once, no-op, {} actions, {} in flight (median of {})",
+            args.actions, args.in_flight, args.rounds
+        ),
+        idem,
+        "actions/s",
+    )];
+    for (i, (peer, _)) in bins.iter().enumerate() {
+        figures.push(Figure::versus(
+            format!(
+                "peers: idem vs {}, the same workload and server (idem actions/s; ratio idem / peer)",
+                peer.name()
+            ),
+            idem,
+            "actions/s",
+            format!(
+                "{} {} ({}; {}), {} jobs, median of {}",
+                peer.name(),
+                versions[i],
+                semantics[i],
+                configs[i],
+                args.actions,
+                args.rounds
+            ),
+            median(peer_rates[i].clone()),
+        ));
+    }
+    Ok(figures)
+}
