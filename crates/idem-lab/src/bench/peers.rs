@@ -3,7 +3,8 @@
 //! through peer job queues, on the same PostgreSQL server, in interleaved rounds (median of
 //! each). Peers are built from their registries into a project-local place outside the
 //! product's workspace (`~/.cache/idem-peers`, or `IDEM_PEERS_DIR`): River (Go) from the
-//! Go module proxy, its source in `crates/idem-lab/peers/river`.
+//! Go module proxy and procrastinate (Python) from PyPI into a venv there, their sources in
+//! `crates/idem-lab/peers/<name>`.
 //!
 //! The peers are at-least-once queues: they keep no partner key, write nothing ahead of the
 //! call and reconcile nothing, so the ratio says what exactly-once costs here, not a like
@@ -33,7 +34,7 @@ pub struct PeersArgs {
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Peers to run beside idem.
-    #[arg(long, value_delimiter = ',', default_value = "river")]
+    #[arg(long, value_delimiter = ',', default_value = "river,procrastinate")]
     peers: Vec<Peer>,
 }
 
@@ -42,12 +43,15 @@ pub struct PeersArgs {
 pub enum Peer {
     /// River (github.com/riverqueue/river), Go.
     River,
+    /// procrastinate, Python.
+    Procrastinate,
 }
 
 impl Peer {
     fn name(self) -> &'static str {
         match self {
             Peer::River => "river",
+            Peer::Procrastinate => "procrastinate",
         }
     }
 }
@@ -71,41 +75,91 @@ fn peers_dir() -> PathBuf {
         })
 }
 
-/// Build `peer` if its binary is missing or older than its source; the binary's path.
-async fn build(peer: Peer) -> Result<PathBuf> {
+/// How to run a built peer: a program and the arguments before the workload's.
+#[derive(Debug)]
+struct Runnable {
+    program: PathBuf,
+    args: Vec<PathBuf>,
+}
+
+/// Build `peer` if its build is missing or older than its source; how to run it.
+async fn build(peer: Peer) -> Result<Runnable> {
     let dir = peers_dir();
     std::fs::create_dir_all(&dir)?;
     let source = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("peers")
         .join(peer.name());
-    let bin = dir.join(format!("{}-peer", peer.name()));
     let newer = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let source_time = ["main.go", "go.mod", "go.sum"]
-        .iter()
-        .filter_map(|f| newer(&source.join(f)))
-        .max();
-    if bin.exists() && newer(&bin) >= source_time {
-        return Ok(bin);
-    }
-    eprintln!("building the {} peer into {}", peer.name(), bin.display());
-    let status = match peer {
-        Peer::River => tokio::process::Command::new("go")
-            .args(["build", "-mod=readonly", "-o"])
-            .arg(&bin)
-            .arg(".")
-            .current_dir(&source)
-            .status()
-            .await
-            .context("running `go build` for the River peer (is Go installed?)")?,
+    let fresh = |built: &Path, sources: &[&str]| {
+        let source_time = sources.iter().filter_map(|f| newer(&source.join(f))).max();
+        built.exists() && newer(built) >= source_time
     };
-    if !status.success() {
-        bail!("building the {} peer failed: {status}", peer.name());
+    let done = |status: std::process::ExitStatus| {
+        if status.success() {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!(
+                "building the {} peer failed: {status}",
+                peer.name()
+            ))
+        }
+    };
+    match peer {
+        Peer::River => {
+            let bin = dir.join("river-peer");
+            if !fresh(&bin, &["main.go", "go.mod", "go.sum"]) {
+                eprintln!("building the river peer into {}", bin.display());
+                done(
+                    tokio::process::Command::new("go")
+                        .args(["build", "-mod=readonly", "-o"])
+                        .arg(&bin)
+                        .arg(".")
+                        .current_dir(&source)
+                        .status()
+                        .await
+                        .context("running `go build` for the River peer (is Go installed?)")?,
+                )?;
+            }
+            Ok(Runnable {
+                program: bin,
+                args: vec![],
+            })
+        }
+        Peer::Procrastinate => {
+            let venv = dir.join("procrastinate-venv");
+            let python = venv.join("bin/python");
+            let marker = venv.join("installed");
+            if !fresh(&marker, &["requirements.txt"]) {
+                eprintln!("installing the procrastinate peer into {}", venv.display());
+                done(
+                    tokio::process::Command::new("python3")
+                        .args(["-m", "venv"])
+                        .arg(&venv)
+                        .status()
+                        .await
+                        .context("creating the procrastinate peer's venv (is python3 there?)")?,
+                )?;
+                done(
+                    tokio::process::Command::new(&python)
+                        .args(["-m", "pip", "install", "-q", "-r"])
+                        .arg(source.join("requirements.txt"))
+                        .status()
+                        .await?,
+                )?;
+                std::fs::write(&marker, b"")?;
+            }
+            Ok(Runnable {
+                program: python,
+                args: vec![source.join("peer.py")],
+            })
+        }
     }
-    Ok(bin)
 }
 
-async fn run_peer(bin: &Path, url: &str, actions: i64, in_flight: usize) -> Result<PeerRun> {
+async fn run_peer(peer: &Runnable, url: &str, actions: i64, in_flight: usize) -> Result<PeerRun> {
+    let bin = &peer.program;
     let out = tokio::process::Command::new(bin)
+        .args(&peer.args)
         .args(["-database-url", url])
         .args(["-jobs", &actions.to_string()])
         .args(["-workers", &in_flight.to_string()])

@@ -1,0 +1,64 @@
+"""procrastinate (Python, PostgreSQL) running the peer workload of `idem-lab bench peers`.
+
+N no-op jobs are deferred up front, then one worker processes them with the given
+concurrency until the queue is empty; prints one JSON object with the time processing took.
+At-least-once: a job whose worker died runs again; nothing is written ahead of the call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+from importlib.metadata import version
+
+import procrastinate
+
+BATCH = 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-database-url", default=os.environ.get("DATABASE_URL", ""))
+    parser.add_argument("-jobs", type=int, default=20000)
+    parser.add_argument("-workers", type=int, default=32)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(run(args.database_url, args.jobs, args.workers))))
+
+
+async def run(url: str, jobs: int, workers: int) -> dict[str, object]:
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=url))
+
+    @app.task(name="noop")
+    async def noop(n: int) -> None:
+        return None
+
+    async with app.open_async():
+        await app.schema_manager.apply_schema_async()
+        for start in range(0, jobs, BATCH):
+            await noop.batch_defer_async(
+                *({"n": n} for n in range(start, min(jobs, start + BATCH)))
+            )
+        t = time.monotonic()
+        # wait=False: return once the queue is empty.
+        await app.run_worker_async(
+            concurrency=workers,
+            wait=False,
+            install_signal_handlers=False,
+            fetch_job_polling_interval=0.02,
+        )
+        elapsed = time.monotonic() - t
+    return {
+        "peer": "procrastinate",
+        "version": version("procrastinate"),
+        "jobs": jobs,
+        "seconds": elapsed,
+        "semantics": "at-least-once",
+        "config": f"concurrency {workers}, fetch_job_polling_interval 20 ms, jobs kept (status succeeded)",
+    }
+
+
+if __name__ == "__main__":
+    main()
