@@ -57,6 +57,9 @@ enum BenchCommand {
     Relay(bench::BenchArgs),
     /// Kafka worker throughput (no-op cell) vs a naive at-least-once consumer.
     KafkaWorker(bench::WorkerBenchArgs),
+    /// The whole Kafka path at once (relay + broker + consumer-group worker) vs the worker
+    /// alone on an already-published topic.
+    KafkaPath(bench::KafkaPathArgs),
     /// End-to-end latency p50/p99, enqueue → partner call, at fixed offered loads.
     Latency(bench::LatencyArgs),
     /// Enqueue inside an application transaction vs a plain INSERT of the same row.
@@ -320,6 +323,7 @@ async fn run(cli: Cli, metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>
             let figures = match what {
                 BenchCommand::Relay(a) => bench::relay(a).await?,
                 BenchCommand::KafkaWorker(a) => bench::kafka_worker(a).await?,
+                BenchCommand::KafkaPath(a) => bench::kafka_path(a).await?,
                 BenchCommand::PgWorker(a) => bench::pg_worker(a).await?,
                 BenchCommand::Peers(a) => bench::peers(a).await?,
                 BenchCommand::Enqueue(a) => bench::enqueue_bench(a).await?,

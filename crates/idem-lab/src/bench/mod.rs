@@ -2,6 +2,7 @@
 
 mod enqueue;
 mod inbox_scale;
+mod kafka_path;
 mod latency;
 mod peers;
 mod pg_worker;
@@ -11,6 +12,7 @@ mod suite;
 
 pub use enqueue::{enqueue_bench, EnqueueBenchArgs};
 pub use inbox_scale::{inbox_scale, InboxScaleArgs};
+pub use kafka_path::{kafka_path, KafkaPathArgs};
 pub use latency::{latency, LatencyArgs};
 pub use peers::{peers, PeersArgs};
 pub use pg_worker::{pg_worker, PgWorkerBenchArgs};

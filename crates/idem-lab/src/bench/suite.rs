@@ -34,6 +34,7 @@ const RUNS: &[&[&str]] = &[
     &["relay"],
     &["kafka-worker"],
     &["kafka-worker", "--per-partition-batch", "32"],
+    &["kafka-path"],
     &["pg-worker"],
     &["peers"],
     &["latency", "--transport", "postgres"],
@@ -78,7 +79,13 @@ pub async fn suite(args: SuiteArgs) -> Result<Vec<serde_json::Value>> {
         }
     }
     if let Some(path) = &args.markdown {
-        std::fs::write(path, markdown(&figures, kafka.broker()))
+        // The table is new; the notes people wrote under it (from its first `## ` heading
+        // on) are kept.
+        let notes = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|old| old.find("\n## ").map(|at| old[at..].to_owned()))
+            .unwrap_or_default();
+        std::fs::write(path, markdown(&figures, kafka.broker()) + &notes)
             .with_context(|| format!("write {}", path.display()))?;
     }
     if !failed.is_empty() {
@@ -121,7 +128,7 @@ fn markdown(figures: &[serde_json::Value], broker: &str) -> String {
     let mut s = String::from("# Benchmarks\n\n");
     let _ = writeln!(
         s,
-        "Produced by `cargo run --release --bin idem -- bench --json --markdown BENCHMARKS.md` \
+        "Produced by `cargo run --release --bin idem-lab -- bench --json --markdown BENCHMARKS.md` \
          (each row's own command is in the last column; every ratio is against a baseline \
          measured in the same run, because these machines are noisy).\n\nMachine: {}.\n\
          PostgreSQL and the Kafka broker ({broker}) ran on the same machine.\n",
