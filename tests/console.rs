@@ -76,6 +76,41 @@ impl Driver {
     }
 }
 
+/// Wait until `n` actions await approval.
+async fn wait_held(pool: &sqlx::PgPool, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while idem_store::decisions::waiting(pool, idem_core::State::AwaitingApproval, 50)
+        .await
+        .unwrap()
+        .len()
+        < n
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} actions wait for approval"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Type `token` into the sign-in form on the page and submit it.
+async fn sign_in(browser: &fantoccini::Client, token: &str) {
+    browser
+        .find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(token)
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Id("sign-in"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 /// A headless Chromium session through chromedriver, with a profile directory of its own
 /// (remove it when done).
 async fn open_browser() -> (Driver, fantoccini::Client, std::path::PathBuf) {
@@ -178,38 +213,13 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
         .unwrap()
         .expect("settled");
     assert_eq!(failed.state, idem_core::State::Failed);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while idem_store::decisions::waiting(pool, idem_core::State::AwaitingApproval, 10)
-        .await
-        .unwrap()
-        .len()
-        < 2
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "both wait for approval"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_held(pool, 2).await;
 
     let (_driver, browser, profile) = open_browser().await;
 
     // Signed out: the console asks for a token; a token without the approve scope is refused.
     browser.goto(&format!("{base}/console")).await.unwrap();
-    browser
-        .find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys(submit)
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Id("sign-in"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    sign_in(&browser, submit).await;
     // Wait for the answer page (the click returns before the navigation ends).
     let refused = browser
         .wait()
@@ -217,20 +227,7 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
         .await
         .expect("the refusal is shown");
     assert!(refused.text().await.unwrap().contains("approve scope"));
-    browser
-        .find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys(approver)
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Id("sign-in"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    sign_in(&browser, approver).await;
 
     // Both pending items are on the page, with arguments and the card, and on screen.
     let item = browser
@@ -732,18 +729,7 @@ async fn a_decision_without_its_forms_token_is_refused() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 201);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while idem_store::decisions::waiting(pool, idem_core::State::AwaitingApproval, 10)
-        .await
-        .unwrap()
-        .is_empty()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "it waits for approval"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_held(pool, 1).await;
     let cookie = format!("idem_console={approver}");
     let page = http
         .get(format!("{base}/console"))
@@ -868,36 +854,11 @@ async fn every_held_cell_reads_as_one_sentence_in_the_browser() {
         ids.push(a.action_id);
     }
     let worker = RunningWorker::start(&db.store, cells);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while idem_store::decisions::waiting(pool, idem_core::State::AwaitingApproval, 50)
-        .await
-        .unwrap()
-        .len()
-        < examples.len()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "every action is held"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_held(pool, examples.len()).await;
 
     let (_driver, browser, profile) = open_browser().await;
     browser.goto(&format!("{base}/console")).await.unwrap();
-    browser
-        .find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys(&approver)
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Id("sign-in"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    sign_in(&browser, &approver).await;
     for (e, id) in examples.iter().zip(&ids) {
         let item = browser
             .wait()

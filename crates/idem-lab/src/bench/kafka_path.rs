@@ -39,16 +39,7 @@ async fn setup(
     let mut kafka = idem_kafka::KafkaConfig::new(bootstrap);
     kafka.routing = idem_kafka::TopicRouting::Single(topic.clone());
     kafka.partitions = 6;
-    sqlx::query(
-        "SELECT idem.enqueue(gen_random_uuid(), 'bench.noop', jsonb_build_object('n', g)) \
-         FROM generate_series(1, $1) g",
-    )
-    .bind(actions)
-    .execute(store.pool())
-    .await?;
-    sqlx::query("VACUUM ANALYZE idem.actions, idem.outbox")
-        .execute(store.pool())
-        .await?;
+    super::enqueue_noop(&store, actions).await?;
     Ok((store, url, kafka, topic))
 }
 

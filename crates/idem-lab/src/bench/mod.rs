@@ -130,6 +130,22 @@ async fn preload(store: &Store, rows: i64) -> Result<()> {
     Ok(())
 }
 
+/// Enqueue `n` no-op actions through `idem.enqueue`, then analyze the tables, as a
+/// deployment's are (the baselines get the same).
+async fn enqueue_noop(store: &Store, n: i64) -> Result<()> {
+    sqlx::query(
+        "SELECT idem.enqueue(gen_random_uuid(), 'bench.noop', jsonb_build_object('n', g)) \
+         FROM generate_series(1, $1) g",
+    )
+    .bind(n)
+    .execute(store.pool())
+    .await?;
+    sqlx::query("VACUUM ANALYZE idem.actions, idem.outbox, idem.attempts, idem.transitions")
+        .execute(store.pool())
+        .await?;
+    Ok(())
+}
+
 fn rate(rows: i64, d: Duration) -> f64 {
     rows as f64 / d.as_secs_f64()
 }

@@ -90,17 +90,7 @@ pub(super) async fn idem_noop_run(
     batch: u32,
     in_flight: usize,
 ) -> Result<Duration> {
-    sqlx::query(
-        "SELECT idem.enqueue(gen_random_uuid(), 'bench.noop', jsonb_build_object('n', g)) \
-         FROM generate_series(1, $1) g",
-    )
-    .bind(actions)
-    .execute(store.pool())
-    .await?;
-    // Fresh statistics, as the baseline got: a deployment's tables are analyzed.
-    sqlx::query("VACUUM ANALYZE idem.actions, idem.outbox, idem.attempts, idem.transitions")
-        .execute(store.pool())
-        .await?;
+    super::enqueue_noop(store, actions).await?;
     let worker = idem_worker::Worker::new(
         store.clone(),
         idem_cells::Registry::new().with(idem_cells::noop::Noop::default()),
