@@ -240,7 +240,10 @@ pub async fn dead_letters(c: DeadLettersCommand) -> Result<()> {
                         (Some(at), Some(by)) => format!("replayed by {by} at {at}"),
                         _ => "not replayed".into(),
                     },
-                    String::from_utf8_lossy(&l.raw)
+                    match std::str::from_utf8(&l.raw) {
+                        Ok(text) => text.to_owned(),
+                        Err(_) => format!("(not UTF-8, hex) {}", hex::encode(&l.raw)),
+                    }
                 );
             }
         }

@@ -93,6 +93,8 @@ pub async fn transitions(pool: &PgPool, id: ActionId) -> Result<Vec<Transition>,
 pub struct DeadLetterRow {
     pub id: i64,
     pub action_id: Option<uuid::Uuid>,
+    /// As delivered; serialised as `raw_hex` (JSON has no bytes).
+    #[serde(rename = "raw_hex", serialize_with = "as_hex")]
     pub raw: Vec<u8>,
     pub reason: String,
     /// Outbox sequence, or Kafka topic, partition and offset.
@@ -102,6 +104,10 @@ pub struct DeadLetterRow {
     pub replayed_at: Option<DateTime<Utc>>,
     pub replayed_by: Option<String>,
     pub replay_reason: Option<String>,
+}
+
+fn as_hex<S: serde::Serializer>(raw: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode(raw))
 }
 
 /// One dead letter, by id.
