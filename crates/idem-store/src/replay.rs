@@ -34,7 +34,7 @@ pub enum ReplayError {
         action_id: ActionId,
         state: State,
     },
-    #[error("dead letter {id}: action {action_id} already exists with these arguments and is {state}: nothing to replay")]
+    #[error("dead letter {id}: action {action_id} already exists with these arguments and is {state}: nothing to replay (a dead action is sent again with resend)")]
     AlreadyAnAction {
         id: i64,
         action_id: ActionId,
