@@ -76,6 +76,32 @@ impl Driver {
     }
 }
 
+/// Wait until the page's flash says `want` (the page a form was sent from may still show
+/// an older one).
+async fn wait_flash(browser: &fantoccini::Client, want: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = match browser.find(Locator::Id("flash")).await {
+            Ok(f) => f.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if text.contains(want) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "flash: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Keep a screenshot beside the test binaries (`$CARGO_TARGET_TMPDIR/NAME.png`) to look at.
+async fn save_screenshot(browser: &fantoccini::Client, name: &str) {
+    std::fs::write(
+        format!("{}/{name}.png", env!("CARGO_TARGET_TMPDIR")),
+        browser.screenshot().await.unwrap(),
+    )
+    .ok();
+}
+
 /// Wait until `n` actions await approval.
 async fn wait_held(pool: &sqlx::PgPool, n: usize) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
@@ -265,11 +291,7 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
     assert!(page.contains(&format!("action-{drop_}")));
     let before = count_colour(&browser.screenshot().await.unwrap(), APPROVAL_RGB);
     assert!(before > 0);
-    std::fs::write(
-        env!("CARGO_TARGET_TMPDIR").to_owned() + "/console-before.png",
-        browser.screenshot().await.unwrap(),
-    )
-    .ok();
+    save_screenshot(&browser, "console-before").await;
 
     // Approve the first with a reason.
     let form = item
@@ -299,11 +321,7 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
         said.contains("Charge $600.00 USD — console test") && said.contains("held because"),
         "{said}"
     );
-    std::fs::write(
-        env!("CARGO_TARGET_TMPDIR").to_owned() + "/console-confirm.png",
-        browser.screenshot().await.unwrap(),
-    )
-    .ok();
+    save_screenshot(&browser, "console-confirm").await;
     browser
         .find(Locator::Id("confirm"))
         .await
@@ -385,18 +403,7 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
         .await
         .unwrap();
     // The page it was sent from shows the rejection's flash: wait for the new one.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = match browser.find(Locator::Id("flash")).await {
-            Ok(f) => f.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        if text.contains("sent again") {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "flash: {text}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_flash(&browser, "sent again").await;
 
     // The explorer: an agent's charge found by its named intent, and its history read.
     let r = http
@@ -519,11 +526,7 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
         .unwrap();
     assert!(receipt.contains("pi_"), "{receipt}");
     assert!(detail.text().await.unwrap().contains("conversation-7"));
-    std::fs::write(
-        env!("CARGO_TARGET_TMPDIR").to_owned() + "/console-explore.png",
-        browser.screenshot().await.unwrap(),
-    )
-    .ok();
+    save_screenshot(&browser, "console-explore").await;
 
     // Dead letters keep their raw bytes and where they came from.
     sqlx::query(
@@ -601,11 +604,7 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
         .send_keys("workers upgraded")
         .await
         .unwrap();
-    std::fs::write(
-        env!("CARGO_TARGET_TMPDIR").to_owned() + "/console-replay.png",
-        browser.screenshot().await.unwrap(),
-    )
-    .ok();
+    save_screenshot(&browser, "console-replay").await;
     confirmation
         .find(Locator::Id("confirm"))
         .await
@@ -613,17 +612,7 @@ async fn a_person_approves_one_charge_and_rejects_another_in_the_browser() {
         .click()
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(flash) = browser.find(Locator::Id("flash")).await {
-            let text = flash.text().await.unwrap_or_default();
-            if text.contains(&format!("dead letter {letter_id} replayed")) {
-                break;
-            }
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no replay flash");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_flash(&browser, &format!("dead letter {letter_id} replayed")).await;
     let settled = idem_store::await_settled(pool, replayed.into(), Duration::from_secs(20))
         .await
         .unwrap()
@@ -881,11 +870,7 @@ async fn every_held_cell_reads_as_one_sentence_in_the_browser() {
             e.cell
         );
     }
-    std::fs::write(
-        env!("CARGO_TARGET_TMPDIR").to_owned() + "/console-every-cell.png",
-        browser.screenshot().await.unwrap(),
-    )
-    .ok();
+    save_screenshot(&browser, "console-every-cell").await;
     browser.close().await.unwrap();
     std::fs::remove_dir_all(&profile).ok();
     worker.stop().await;
