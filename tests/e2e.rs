@@ -549,6 +549,108 @@ async fn malformed_actions_go_dead_and_the_worker_keeps_running() {
     assert_eq!(stripe.sim.ledger().len(), 1);
 }
 
+/// The direct transport's claim takes outbox rows and locks the inbox rows their
+/// `action_id` column names in one statement, but trusts nothing it did not check: a
+/// payload that names that action with other arguments is a conflict (dead letter, the
+/// first action stands), a payload naming another action goes through the full receive,
+/// and a second copy of the same message is a duplicate. One effect per action.
+#[tokio::test]
+async fn outbox_rows_that_disagree_with_their_action_are_checked_not_trusted() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let pool = db.store.pool();
+    let w = worker(&db.store, cell(&stripe.base_url(), |c| c), "claim-w");
+    w.register_with_fleet().await.unwrap();
+    let first = NewAction::new(ActionId::random(), cell_name(), charge_args(800));
+    enqueue(pool, &first).await.unwrap();
+    let other = ActionId::random();
+    let envelope = |id: ActionId, amount: i64| {
+        json!({"v": 1, "action_id": id, "cell": "stripe.charge", "args": charge_args(amount),
+               "ordering_key": id.to_string()})
+        .to_string()
+        .into_bytes()
+    };
+    // All three rows carry the first action's id in the outbox's own column.
+    let conflicting = envelope(first.action_id, 900);
+    for payload in [
+        conflicting.clone(),
+        envelope(other, 950),
+        envelope(first.action_id, 800),
+    ] {
+        sqlx::query(
+            "INSERT INTO idem.outbox (action_id, ordering_key, payload) VALUES ($1, 'k', $2)",
+        )
+        .bind(first.action_id.as_uuid())
+        .bind(payload)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    // A fourth action, not yet in the inbox, arrives twice in the batch with different
+    // arguments (outbox rows naming some other id): whichever is received first stands,
+    // the other is a conflict.
+    let twice = ActionId::random();
+    let versions = [envelope(twice, 960), envelope(twice, 970)];
+    for payload in &versions {
+        sqlx::query(
+            "INSERT INTO idem.outbox (action_id, ordering_key, payload) VALUES ($1, 'k', $2)",
+        )
+        .bind(uuid::Uuid::new_v4())
+        .bind(payload)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(async move { w.run(rx).await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for id in [first.action_id, other, twice] {
+        while !state(&db.store, id).await.state.is_settled() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{id} did not settle"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    tx.send(true).unwrap();
+    run.await.unwrap().unwrap();
+
+    let a = state(&db.store, first.action_id).await;
+    assert_eq!(a.state, State::Succeeded, "{a:?}");
+    assert_eq!(
+        a.args,
+        charge_args(800),
+        "the first action's arguments stand"
+    );
+    assert_eq!(state(&db.store, other).await.state, State::Succeeded);
+    assert_eq!(stripe.sim.effects_for(&first.action_id.to_string()), 1);
+    assert_eq!(stripe.sim.effects_for(&other.to_string()), 1);
+    let t = state(&db.store, twice).await;
+    assert_eq!(t.state, State::Succeeded, "{t:?}");
+    assert_eq!(stripe.sim.effects_for(&twice.to_string()), 1);
+    assert_eq!(stripe.sim.ledger().len(), 3);
+    let stood = if t.args == charge_args(960) { 0 } else { 1 };
+    assert_eq!(t.args, charge_args([960, 970][stood]));
+    let letters: Vec<(Vec<u8>, String)> =
+        sqlx::query_as("SELECT raw, reason FROM idem.dead_letters ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    let raws: Vec<&Vec<u8>> = letters.iter().map(|l| &l.0).collect();
+    assert!(raws.contains(&&conflicting), "{letters:?}");
+    assert!(raws.contains(&&versions[1 - stood]), "{letters:?}");
+    for (_, reason) in &letters {
+        assert!(reason.contains("conflict"), "{reason}");
+    }
+    let (left,): (i64,) = sqlx::query_as("SELECT count(*) FROM idem.outbox")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}
+
 /// Once a worker has registered a cell's input schema, enqueue checks the arguments' top
 /// level in SQL (for every language), SQLSTATE IDM05 with the field in DETAIL; the Rust
 /// surface maps it to an invalid-arguments error naming the field. Nothing is stored.

@@ -73,45 +73,89 @@ fn rule_str(r: SendRule) -> &'static str {
     }
 }
 
-/// Write attempts ahead (one statement for the batch).
+/// [`NewAttempt`]s as one array per column, for an `unnest()` insert.
+pub(crate) struct StartColumns {
+    pub ids: Vec<Uuid>,
+    pub numbers: Vec<i32>,
+    pub generations: Vec<i32>,
+    pub keys: Vec<Option<String>>,
+    pub fingerprints: Vec<String>,
+    pub rules: Vec<&'static str>,
+    pub pre_states: Vec<serde_json::Value>,
+    pub workers: Vec<String>,
+    pub started_at: Vec<DateTime<Utc>>,
+}
+
+impl StartColumns {
+    pub fn of(attempts: &[NewAttempt]) -> Self {
+        Self {
+            ids: attempts.iter().map(|a| a.action_id.as_uuid()).collect(),
+            numbers: attempts.iter().map(|a| a.number as i32).collect(),
+            generations: attempts.iter().map(|a| a.key_generation as i32).collect(),
+            keys: attempts.iter().map(|a| a.key.clone()).collect(),
+            fingerprints: attempts
+                .iter()
+                .map(|a| a.request_fingerprint.clone())
+                .collect(),
+            rules: attempts.iter().map(|a| rule_str(a.rule)).collect(),
+            pre_states: attempts.iter().map(|a| a.pre_state.clone()).collect(),
+            workers: attempts.iter().map(|a| a.worker.clone()).collect(),
+            started_at: attempts.iter().map(|a| a.started_at).collect(),
+        }
+    }
+}
+
+/// [`AttemptOutcome`]s as one array per column, for an `unnest()` update.
+pub(crate) struct FinishColumns {
+    pub ids: Vec<Uuid>,
+    pub numbers: Vec<i32>,
+    pub results: Vec<&'static str>,
+    pub details: Vec<serde_json::Value>,
+}
+
+impl FinishColumns {
+    pub fn of(outcomes: &[AttemptOutcome]) -> Self {
+        Self {
+            ids: outcomes.iter().map(|o| o.action_id.as_uuid()).collect(),
+            numbers: outcomes.iter().map(|o| o.number as i32).collect(),
+            results: outcomes.iter().map(|o| o.result.as_str()).collect(),
+            details: outcomes.iter().map(|o| o.detail.clone()).collect(),
+        }
+    }
+}
+
+/// Write attempts ahead (one statement for the batch). The worker writes them in the
+/// statement that starts their actions ([`crate::inbox::apply_with`]); this is for callers
+/// that write attempts alone.
 pub async fn insert(conn: &mut PgConnection, attempts: &[NewAttempt]) -> Result<(), StoreError> {
     if attempts.is_empty() {
         return Ok(());
     }
-    let ids: Vec<Uuid> = attempts.iter().map(|a| a.action_id.as_uuid()).collect();
-    let numbers: Vec<i32> = attempts.iter().map(|a| a.number as i32).collect();
-    let generations: Vec<i32> = attempts.iter().map(|a| a.key_generation as i32).collect();
-    let keys: Vec<Option<String>> = attempts.iter().map(|a| a.key.clone()).collect();
-    let fps: Vec<String> = attempts
-        .iter()
-        .map(|a| a.request_fingerprint.clone())
-        .collect();
-    let rules: Vec<&str> = attempts.iter().map(|a| rule_str(a.rule)).collect();
-    let pre: Vec<serde_json::Value> = attempts.iter().map(|a| a.pre_state.clone()).collect();
-    let workers: Vec<String> = attempts.iter().map(|a| a.worker.clone()).collect();
-    let started: Vec<DateTime<Utc>> = attempts.iter().map(|a| a.started_at).collect();
+    let c = StartColumns::of(attempts);
     sqlx::query(
         r#"INSERT INTO idem.attempts (action_id, number, key_generation, idem_key,
                request_fingerprint, rule, pre_state, worker, started_at)
            SELECT * FROM unnest($1::uuid[], $2::int4[], $3::int4[], $4::text[], $5::text[],
                                 $6::text[], $7::jsonb[], $8::text[], $9::timestamptz[])"#,
     )
-    .bind(&ids)
-    .bind(&numbers)
-    .bind(&generations)
-    .bind(&keys)
-    .bind(&fps)
-    .bind(&rules)
-    .bind(&pre)
-    .bind(&workers)
-    .bind(&started)
+    .bind(&c.ids)
+    .bind(&c.numbers)
+    .bind(&c.generations)
+    .bind(&c.keys)
+    .bind(&c.fingerprints)
+    .bind(&c.rules)
+    .bind(&c.pre_states)
+    .bind(&c.workers)
+    .bind(&c.started_at)
     .execute(conn)
     .await?;
     Ok(())
 }
 
 /// Record classified results (one statement for the batch). An attempt's result is written
-/// once: a late worker cannot overwrite what the sweeper recorded, nor the reverse.
+/// once: a late worker cannot overwrite what the sweeper recorded, nor the reverse. The
+/// worker records them in its settle statement ([`crate::inbox::apply_with`], the same
+/// condition).
 pub async fn record(
     conn: &mut PgConnection,
     outcomes: &[AttemptOutcome],
@@ -119,10 +163,7 @@ pub async fn record(
     if outcomes.is_empty() {
         return Ok(());
     }
-    let ids: Vec<Uuid> = outcomes.iter().map(|o| o.action_id.as_uuid()).collect();
-    let numbers: Vec<i32> = outcomes.iter().map(|o| o.number as i32).collect();
-    let results: Vec<&str> = outcomes.iter().map(|o| o.result.as_str()).collect();
-    let details: Vec<serde_json::Value> = outcomes.iter().map(|o| o.detail.clone()).collect();
+    let c = FinishColumns::of(outcomes);
     sqlx::query(
         r#"UPDATE idem.attempts t SET result = v.result, detail = v.detail, finished_at = now()
            FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::jsonb[]) AS v(id, number, result, detail)
@@ -131,10 +172,10 @@ pub async fn record(
     )
     // Planned per call: see the crate docs, "Plans".
     .persistent(false)
-    .bind(&ids)
-    .bind(&numbers)
-    .bind(&results)
-    .bind(&details)
+    .bind(&c.ids)
+    .bind(&c.numbers)
+    .bind(&c.results)
+    .bind(&c.details)
     .execute(conn)
     .await?;
     Ok(())

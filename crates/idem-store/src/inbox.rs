@@ -7,6 +7,7 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
+use crate::attempts::{AttemptOutcome, NewAttempt};
 use crate::StoreError;
 
 /// One inbox row.
@@ -221,6 +222,18 @@ impl Applied {
     }
 }
 
+/// Attempt rows written by the same statement as a batch of compare-and-sets, so that a
+/// claim or a settle is one statement, not three.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AttemptWrites<'a> {
+    /// Written ahead: each is inserted only if its action's change applies and takes the
+    /// action to this attempt number.
+    pub start: &'a [NewAttempt],
+    /// Classified results, recorded whether or not their action's change applies (an
+    /// outcome that arrives after the action moved on is kept in its attempt row).
+    pub finish: &'a [AttemptOutcome],
+}
+
 /// Apply changes as compare-and-sets in one statement, auditing each applied one. Returns
 /// the ids that were applied; a change whose guard no longer holds is skipped (someone
 /// else moved the action first).
@@ -229,9 +242,22 @@ pub async fn apply(
     changes: &[Change],
     actor: &str,
 ) -> Result<Applied, StoreError> {
-    if changes.is_empty() {
+    apply_with(conn, changes, AttemptWrites::default(), actor).await
+}
+
+/// [`apply`], writing `attempts` in the same statement (one round trip, one plan). Runs as
+/// its own transaction when `conn` is outside one: the statement is atomic either way.
+pub async fn apply_with(
+    conn: &mut PgConnection,
+    changes: &[Change],
+    attempts: AttemptWrites<'_>,
+    actor: &str,
+) -> Result<Applied, StoreError> {
+    if changes.is_empty() && attempts.finish.is_empty() {
         return Ok(Applied::default());
     }
+    let start = crate::attempts::StartColumns::of(attempts.start);
+    let finish = crate::attempts::FinishColumns::of(attempts.finish);
     let mut ids = Vec::with_capacity(changes.len());
     let mut from = Vec::with_capacity(changes.len());
     let mut expected = Vec::with_capacity(changes.len());
@@ -295,8 +321,22 @@ pub async fn apply(
                 updated_at = now()
             FROM v
             WHERE a.action_id = v.id AND a.state = v.from_state AND a.attempts = v.expected
-            RETURNING a.action_id, a.cell, v.from_state, v.to_state, v.event, v.reason,
-                      a.reason AS final_reason, a.receipt
+            RETURNING a.action_id, a.cell, a.attempts, v.from_state, v.to_state, v.event,
+                      v.reason, a.reason AS final_reason, a.receipt
+        ), started AS (
+            INSERT INTO idem.attempts (action_id, number, key_generation, idem_key,
+                request_fingerprint, rule, pre_state, worker, started_at)
+            SELECT n.* FROM unnest($17::uuid[], $18::int4[], $19::int4[], $20::text[],
+                                   $21::text[], $22::text[], $23::jsonb[], $24::text[],
+                                   $25::timestamptz[])
+                AS n(id, number, generation, key, fp, rule, pre, worker, started_at)
+            JOIN upd ON upd.action_id = n.id AND upd.attempts = n.number
+        ), finished AS (
+            UPDATE idem.attempts t SET result = f.result, detail = f.detail, finished_at = now()
+            FROM unnest($26::uuid[], $27::int4[], $28::text[], $29::jsonb[])
+                AS f(id, number, result, detail)
+            WHERE t.action_id = f.id AND t.number = f.number
+              AND (t.result IS NULL OR (t.result = 'lease_expired' AND f.result = 'succeeded'))
         ), audit AS (
             INSERT INTO idem.transitions (action_id, from_state, to_state, event, actor, reason)
             SELECT action_id, from_state, to_state, event, $16, reason FROM upd
@@ -333,6 +373,19 @@ pub async fn apply(
     .bind(&receipt)
     .bind(&settled)
     .bind(actor)
+    .bind(&start.ids)
+    .bind(&start.numbers)
+    .bind(&start.generations)
+    .bind(&start.keys)
+    .bind(&start.fingerprints)
+    .bind(&start.rules)
+    .bind(&start.pre_states)
+    .bind(&start.workers)
+    .bind(&start.started_at)
+    .bind(&finish.ids)
+    .bind(&finish.numbers)
+    .bind(&finish.results)
+    .bind(&finish.details)
     .fetch_all(conn)
     .await?;
     let mut out = Applied::default();

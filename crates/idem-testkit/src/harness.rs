@@ -22,6 +22,7 @@ pub fn worker_config(id: &str) -> WorkerConfig {
         approval_ttl: Duration::from_secs(3600),
         stranded_after: None,
         lease: Duration::from_secs(10),
+        ..WorkerConfig::default()
     }
 }
 

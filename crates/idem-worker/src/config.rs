@@ -13,7 +13,10 @@ pub struct WorkerConfig {
     pub batch: u32,
     /// Poll the outbox this often when no NOTIFY arrives.
     pub poll_interval: Duration,
-    /// Look for expired leases, due retries and doubts this often.
+    /// Look for expired leases, due retries and doubts this often. Short, because it bounds
+    /// how long a dead worker's expired leases wait to be noticed and how unevenly the
+    /// survivors share its actions (the first to sweep takes what its permits allow); a
+    /// sweep that finds nothing is a few index lookups.
     pub sweep_interval: Duration,
     /// Claim new actions from the outbox (direct transport). Off for a sweep-only process.
     pub claim_outbox: bool,
@@ -28,6 +31,9 @@ pub struct WorkerConfig {
     /// replayed or reconciled) within about this long, whatever the call timeout. A cell
     /// whose own lease (call timeout × 2 + 1 s) is shorter keeps that.
     pub lease: Duration,
+    /// How long the settler waits for more finished calls, while some are still in flight,
+    /// before it commits a batch: longer means fewer, larger commits and a later receipt.
+    pub settle_linger: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -37,11 +43,12 @@ impl Default for WorkerConfig {
             concurrency: 32,
             batch: 64,
             poll_interval: Duration::from_millis(500),
-            sweep_interval: Duration::from_secs(1),
+            sweep_interval: Duration::from_millis(250),
             claim_outbox: true,
             approval_ttl: Duration::from_secs(24 * 3600),
             stranded_after: Some(Duration::from_secs(600)),
             lease: Duration::from_secs(10),
+            settle_linger: Duration::from_millis(1),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! `idem-lab bench`: figures with the baselines they are compared to, measured in the same run.
 
+mod cpu;
 mod enqueue;
 mod inbox_scale;
 mod kafka_path;

@@ -61,6 +61,9 @@ impl Peer {
 struct PeerRun {
     version: String,
     seconds: f64,
+    /// The machine's busy CPU time while the jobs ran (from /proc/stat; absent off Linux).
+    #[serde(default)]
+    cpu_seconds: Option<f64>,
     semantics: String,
     /// The peer's settings that bear on throughput.
     config: String,
@@ -201,6 +204,8 @@ pub async fn peers(args: PeersArgs) -> Result<Vec<Figure>> {
     }
     let mut idem_rates = vec![];
     let mut peer_rates: Vec<Vec<f64>> = vec![vec![]; bins.len()];
+    let mut idem_cpu = vec![];
+    let mut peer_cpu: Vec<Vec<f64>> = vec![vec![]; bins.len()];
     let mut versions = vec![String::new(); bins.len()];
     let mut semantics = vec![String::new(); bins.len()];
     let mut configs = vec![String::new(); bins.len()];
@@ -208,10 +213,17 @@ pub async fn peers(args: PeersArgs) -> Result<Vec<Figure>> {
         let url = crate::demo::fresh_database(pg.url(), "idem_bench_peers").await?;
         let store = Store::connect(&url, 16).await?;
         store.migrate().await?;
-        let t = super::pg_worker::idem_noop_run(&store, args.actions, 64, args.in_flight).await?;
+        let run = super::pg_worker::idem_noop_run(&store, args.actions, 64, args.in_flight).await?;
         store.pool().close().await;
-        idem_rates.push(rate(args.actions, t));
-        eprintln!("round {round}: idem {:.0}/s", rate(args.actions, t));
+        idem_rates.push(rate(args.actions, run.elapsed));
+        if let Some(ms) = run.cpu_ms_per(args.actions) {
+            idem_cpu.push(ms);
+        }
+        eprintln!(
+            "round {round}: idem {:.0}/s, {:.3} ms CPU/action",
+            rate(args.actions, run.elapsed),
+            run.cpu_ms_per(args.actions).unwrap_or(f64::NAN)
+        );
         for (i, (peer, bin)) in bins.iter().enumerate() {
             let url = crate::demo::fresh_database(pg.url(), &format!("idem_bench_{}", peer.name()))
                 .await?;
@@ -219,8 +231,18 @@ pub async fn peers(args: PeersArgs) -> Result<Vec<Figure>> {
             let plain = format!("{}?sslmode=disable", url.split('?').next().unwrap_or(&url));
             let r = run_peer(bin, &plain, args.actions, args.in_flight).await?;
             let per_second = rate(args.actions, Duration::from_secs_f64(r.seconds));
-            eprintln!("round {round}: {} {per_second:.0}/s", peer.name());
+            let cpu_ms = r
+                .cpu_seconds
+                .map(|c| c * 1000.0 / args.actions.max(1) as f64);
+            eprintln!(
+                "round {round}: {} {per_second:.0}/s, {:.3} ms CPU/job",
+                peer.name(),
+                cpu_ms.unwrap_or(f64::NAN)
+            );
             peer_rates[i].push(per_second);
+            if let Some(ms) = cpu_ms {
+                peer_cpu[i].push(ms);
+            }
             versions[i] = r.version;
             semantics[i] = r.semantics;
             configs[i] = r.config;
@@ -254,6 +276,18 @@ pub async fn peers(args: PeersArgs) -> Result<Vec<Figure>> {
             ),
             median(peer_rates[i].clone()),
         ));
+        if !idem_cpu.is_empty() && !peer_cpu[i].is_empty() {
+            figures.push(Figure::versus(
+                format!(
+                    "peers: CPU per action, machine-wide, idem vs {} (ms; ratio idem / peer, lower is cheaper)",
+                    peer.name()
+                ),
+                median(idem_cpu.clone()),
+                "ms/action",
+                format!("{} CPU per job, the same runs", peer.name()),
+                median(peer_cpu[i].clone()),
+            ));
+        }
     }
     Ok(figures)
 }
