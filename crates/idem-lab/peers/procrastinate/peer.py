@@ -28,6 +28,17 @@ def main() -> None:
     print(json.dumps(asyncio.run(run(args.database_url, args.jobs, args.workers))))
 
 
+def machine_busy_ticks() -> int:
+    """The machine's busy CPU time so far in USER_HZ ticks (100 a second), from /proc/stat:
+    user + nice + system + irq + softirq of all cores; 0 where it is missing."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return 0
+    return sum(int(fields[i]) for i in (1, 2, 3, 6, 7) if i < len(fields))
+
+
 async def run(url: str, jobs: int, workers: int) -> dict[str, object]:
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=url))
 
@@ -65,14 +76,3 @@ async def run(url: str, jobs: int, workers: int) -> dict[str, object]:
 
 if __name__ == "__main__":
     main()
-
-
-def machine_busy_ticks() -> int:
-    """The machine's busy CPU time so far in USER_HZ ticks (100 a second), from /proc/stat:
-    user + nice + system + irq + softirq of all cores; 0 where it is missing."""
-    try:
-        with open("/proc/stat") as f:
-            fields = f.readline().split()
-    except OSError:
-        return 0
-    return sum(int(fields[i]) for i in (1, 2, 3, 6, 7) if i < len(fields))
