@@ -516,7 +516,8 @@ impl Worker {
         Ok(started.into_iter().map(Work::Execute).collect())
     }
 
-    /// Receive `deliveries` in `tx`, commit, count, and return what to execute.
+    /// Receive `deliveries` in `tx`, commit, count, and return what to execute. Callers
+    /// register the worker with the fleet first (it may seed the policy read here).
     async fn start_in(
         &self,
         mut tx: Transaction<'static, Postgres>,
@@ -524,8 +525,6 @@ impl Worker {
         reason: Option<&str>,
         known: &Prematched,
     ) -> Result<(Vec<Started>, ReceiveReport), WorkerError> {
-        // Once per process, before the first action is received (on another connection).
-        self.register_with_fleet().await?;
         let (started, report, applied) =
             self.receive_in(&mut tx, deliveries, reason, known).await?;
         tx.commit().await?;
@@ -543,6 +542,8 @@ impl Worker {
             return Ok(vec![]);
         };
         let older_than = Utc::now() - chrono::Duration::from_std(after).unwrap_or_default();
+        // Before the policy is read: registering may seed it.
+        self.register_with_fleet().await?;
         let mut tx = self.store.pool().begin().await?;
         let envelopes = queue::take_stranded(&mut tx, limit, older_than).await?;
         if envelopes.is_empty() {

@@ -54,14 +54,7 @@ async fn run_path(
     relay: bool,
 ) -> Result<Duration> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let worker = idem_worker::Worker::new(
-        store.clone(),
-        idem_cells::Registry::new().with(idem_cells::noop::Noop::default()),
-        idem_worker::WorkerConfig {
-            claim_outbox: false,
-            ..Default::default()
-        },
-    );
+    let worker = super::noop_kafka_worker(store);
     let group = format!("idem-{}", uuid::Uuid::new_v4().simple());
     let mut tconf = idem_kafka::TransportConfig::new(group, vec![topic.to_owned()]);
     tconf.per_partition_batch = per_partition_batch.max(1);

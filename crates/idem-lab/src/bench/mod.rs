@@ -331,14 +331,7 @@ pub async fn kafka_worker(args: WorkerBenchArgs) -> Result<Vec<Figure>> {
     drop(naive);
 
     // idem's Kafka worker with the no-op cell, timed from its first settled action.
-    let worker = idem_worker::Worker::new(
-        store.clone(),
-        idem_cells::Registry::new().with(idem_cells::noop::Noop::default()),
-        idem_worker::WorkerConfig {
-            claim_outbox: false,
-            ..Default::default()
-        },
-    );
+    let worker = noop_kafka_worker(&store);
     let mut tconf = idem_kafka::TransportConfig::new(format!("idem-{run}"), vec![topic.clone()]);
     tconf.per_partition_batch = args.per_partition_batch.max(1);
     let transport = idem_kafka::KafkaTransport::new(worker, kafka, tconf);
@@ -373,4 +366,17 @@ pub async fn kafka_worker(args: WorkerBenchArgs) -> Result<Vec<Figure>> {
         "naive at-least-once consumer on the same topic (consume, no-op call, commit)".into(),
         base,
     )])
+}
+
+/// idem's worker for the Kafka benchmarks: the no-op cell, outbox claims off (the relay
+/// drains the outbox), default settings otherwise.
+fn noop_kafka_worker(store: &Store) -> idem_worker::Worker {
+    idem_worker::Worker::new(
+        store.clone(),
+        idem_cells::Registry::new().with(idem_cells::noop::Noop::default()),
+        idem_worker::WorkerConfig {
+            claim_outbox: false,
+            ..Default::default()
+        },
+    )
 }
