@@ -530,6 +530,114 @@ async fn per_key_processing_order_is_enqueue_commit_order() {
     assert_eq!(stripe.sim.ledger().len(), 30);
 }
 
+/// One partition's lane busy with slow partner calls (one message at a time, room for one
+/// more) must not hold back the others: the reader pauses that partition alone and keeps
+/// handing the other partitions' messages to their lanes.
+#[tokio::test]
+async fn a_partition_with_slow_calls_does_not_hold_back_the_others() {
+    let db = TestDb::new().await;
+    // Every Stripe call is held 0.7 s (under the cell's 1 s timeout); the no-op cell
+    // answers at once.
+    let stripe = StripeFixture::start(StripeSimConfig {
+        faults: idem_sim::FaultRates {
+            delay: 1.0,
+            delay_ms: 700,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let topic = unique("idem.test");
+    let k = kafka(&topic);
+    let slow = enqueue_n(&db.store, 4, Some("slow-session")).await;
+    let noop = CellName::new("bench.noop").unwrap();
+    let mut fast = vec![];
+    for i in 0..30 {
+        let a = NewAction::new(ActionId::random(), noop.clone(), json!({ "n": i }))
+            .with_ordering_key(format!("fast-{i}"));
+        enqueue(db.store.pool(), &a).await.unwrap();
+        fast.push(a.action_id);
+    }
+    relay(&db, &k).drain_once().await.unwrap();
+    // Where each action landed: the slow session's partition, and the fast actions elsewhere.
+    let messages = read_all(&topic, 34).await;
+    let partition_of = |id: ActionId| {
+        messages
+            .iter()
+            .find(|m| {
+                serde_json::from_slice::<serde_json::Value>(m.payload().unwrap()).unwrap()
+                    ["action_id"]
+                    == json!(id.to_string())
+            })
+            .map(|m| m.partition())
+            .unwrap()
+    };
+    let slow_partition = partition_of(slow[0]);
+    let elsewhere: Vec<ActionId> = fast
+        .iter()
+        .copied()
+        .filter(|id| partition_of(*id) != slow_partition)
+        .collect();
+    assert!(
+        elsewhere.len() >= 5,
+        "only {} of 30 fast actions on other partitions than the slow one",
+        elsewhere.len()
+    );
+    let cells = cells(&stripe.base_url()).with(idem_cells::noop::Noop::default());
+    let worker = Worker::new(
+        db.store.clone(),
+        cells,
+        WorkerConfig {
+            claim_outbox: false,
+            ..worker_config("kafka-worker")
+        },
+    );
+    let mut config = TransportConfig::new(unique("group"), vec![topic.clone()]);
+    config.per_partition_batch = 1;
+    config.lane_capacity = 1;
+    let transport = KafkaTransport::new(worker, k, config);
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(async move { transport.run(rx).await });
+    let all: Vec<ActionId> = slow.iter().chain(&fast).copied().collect();
+    wait_settled(&db.store, &all, Duration::from_secs(60)).await;
+    tx.send(true).unwrap();
+    running.await.unwrap().unwrap();
+    // The slow lane takes four 0.7 s calls in series; every fast action on another
+    // partition settled before the slow session's last one did.
+    let settled_at = |ids: Vec<uuid::Uuid>| {
+        let pool = db.store.pool().clone();
+        async move {
+            sqlx::query_as::<_, (f64,)>(
+                "SELECT extract(epoch FROM settled_at)::float8 FROM idem.actions \
+                 WHERE action_id = ANY($1) AND state = 'succeeded' ORDER BY settled_at",
+            )
+            .bind(ids)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(t,)| t)
+            .collect::<Vec<_>>()
+        }
+    };
+    let slow_done = settled_at(slow.iter().map(|a| a.0).collect()).await;
+    let fast_done = settled_at(elsewhere.iter().map(|a| a.0).collect()).await;
+    assert_eq!(slow_done.len(), 4, "every slow action succeeded");
+    assert_eq!(
+        fast_done.len(),
+        elsewhere.len(),
+        "every fast action succeeded"
+    );
+    let last_fast = *fast_done.last().unwrap();
+    let last_slow = *slow_done.last().unwrap();
+    assert!(
+        last_fast < last_slow,
+        "the other partitions waited for the slow one: the last fast action settled {:.2} s after the slow session's last",
+        last_fast - last_slow
+    );
+    assert_eq!(stripe.sim.ledger().len(), 4, "one charge per slow action");
+}
+
 /// A three-node cluster of the test's own (so that crashing a node leaves the other tests
 /// alone), replication factor 3 and min.insync.replicas=2: with one node SIGKILLed the
 /// others take over its partitions, and it comes back on its own log directory.

@@ -5,12 +5,14 @@
 //! expired leases, due retries and doubts on. Claims and settlements are batched: one
 //! transaction per batch, not per action.
 
+mod combine;
 pub mod config;
 mod heartbeat;
 pub mod partner;
 pub mod runtime;
 pub mod steps;
 
+pub use combine::Combiner;
 pub use config::WorkerConfig;
 pub use idem_telemetry::TraceHeaders;
 pub use runtime::{Delivery, ReceiveReport, Worker, WorkerBuilder, WorkerError};

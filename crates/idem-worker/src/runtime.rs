@@ -39,6 +39,11 @@ pub enum WorkerError {
     Store(#[from] StoreError),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    /// A shared transaction of a [`crate::Combiner`] failed for every delivery in it.
+    #[error(transparent)]
+    Combined(std::sync::Arc<WorkerError>),
+    #[error("the delivery combiner stopped")]
+    CombinerStopped,
 }
 
 /// What one receive step did, for transports and tests.
@@ -576,6 +581,18 @@ impl Worker {
     /// Receive deliveries from any transport and run what they start to completion:
     /// call, classify, settle. For transports that hand over one batch at a time.
     pub async fn deliver(&self, deliveries: &[Delivery]) -> Result<ReceiveReport, WorkerError> {
+        let (started, report) = self.deliver_start(deliveries).await?;
+        let items = self.execute_all(started).await;
+        self.settle(&items).await?;
+        Ok(report)
+    }
+
+    /// The first half of [`Worker::deliver`]: match the deliveries to the inbox and write
+    /// their attempts ahead, in one committed transaction. What it returns may be sent.
+    pub(crate) async fn deliver_start(
+        &self,
+        deliveries: &[Delivery],
+    ) -> Result<(Vec<Started>, ReceiveReport), WorkerError> {
         // Before the policy is read below: registering may seed it.
         self.register_with_fleet().await?;
         let mut tx = self.store.pool().begin().await?;
@@ -594,7 +611,11 @@ impl Worker {
             .into_iter()
             .map(|(row, held)| (row.action_id, (row, held)))
             .collect();
-        let (started, report) = self.start_in(tx, deliveries, None, &known).await?;
+        self.start_in(tx, deliveries, None, &known).await
+    }
+
+    /// Send each started attempt to its partner, all at once; the outcomes, in no order.
+    pub(crate) async fn execute_all(&self, started: Vec<Started>) -> Vec<(Started, ExecOutcome)> {
         let mut set = JoinSet::new();
         for s in started {
             let call = self.execute(&s);
@@ -606,8 +627,7 @@ impl Worker {
                 items.push(item);
             }
         }
-        self.settle(&items).await?;
-        Ok(report)
+        items
     }
 
     /// Decode, match against the inbox, gate and write attempts ahead, inside `tx`.

@@ -1,0 +1,166 @@
+//! Deliveries from many callers at once (a Kafka consumer's partition lanes), combined into
+//! shared transactions.
+//!
+//! A lane that keeps per-key order hands over one batch and waits until it is settled, so
+//! with strict order (one message at a time) each lane alone would pay a write-ahead
+//! transaction and a settle transaction per message. A [`Combiner`] lets every waiting lane
+//! share them: the deliveries waiting when a write-ahead transaction starts go into it
+//! together, and the outcomes waiting when a settle starts are settled together. Calls are
+//! not combined: each caller sends its own started attempts and settles as soon as they
+//! are done, so a slow partner call holds back only the caller whose delivery it is.
+//!
+//! Order: a caller's next delivery starts only after this one returned, so combining never
+//! puts two of one caller's messages in flight at once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use idem_core::{ActionId, Envelope};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::runtime::{Delivery, ReceiveReport, Worker, WorkerError};
+use idem_core::ExecOutcome;
+
+use crate::steps::Started;
+
+/// Deliveries in one combined write-ahead transaction, at most.
+const MAX_COMBINED: usize = 256;
+
+type Reply<T> = oneshot::Sender<Result<T, Arc<WorkerError>>>;
+
+struct StartRequest {
+    deliveries: Vec<Delivery>,
+    reply: Reply<(Vec<Started>, ReceiveReport)>,
+}
+
+struct SettleRequest {
+    items: Vec<(Started, ExecOutcome)>,
+    reply: Reply<()>,
+}
+
+/// A handle for delivering through shared transactions; clone it for each caller. Its
+/// tasks end when the last handle is dropped.
+#[derive(Debug, Clone)]
+pub struct Combiner {
+    worker: Worker,
+    start: mpsc::Sender<StartRequest>,
+    settle: mpsc::Sender<SettleRequest>,
+}
+
+impl Combiner {
+    /// Start the combining tasks for `worker` (on the current Tokio runtime).
+    pub fn new(worker: Worker) -> Self {
+        let (start, start_rx) = mpsc::channel(MAX_COMBINED);
+        let (settle, settle_rx) = mpsc::channel(MAX_COMBINED);
+        tokio::spawn(starts(worker.clone(), start_rx));
+        tokio::spawn(settles(worker.clone(), settle_rx));
+        Self {
+            worker,
+            start,
+            settle,
+        }
+    }
+
+    /// Like [`Worker::deliver`]: receive `deliveries`, call the partner for what they
+    /// start and settle it; returns once all of it is committed. The report is that of the
+    /// combined write-ahead transaction this delivery was part of.
+    pub async fn deliver(&self, deliveries: Vec<Delivery>) -> Result<ReceiveReport, WorkerError> {
+        let (reply, answer) = oneshot::channel();
+        self.start
+            .send(StartRequest { deliveries, reply })
+            .await
+            .map_err(|_| WorkerError::CombinerStopped)?;
+        let (started, report) = answer
+            .await
+            .map_err(|_| WorkerError::CombinerStopped)?
+            .map_err(WorkerError::Combined)?;
+        if started.is_empty() {
+            return Ok(report);
+        }
+        let items = self.worker.execute_all(started).await;
+        let (reply, answer) = oneshot::channel();
+        self.settle
+            .send(SettleRequest { items, reply })
+            .await
+            .map_err(|_| WorkerError::CombinerStopped)?;
+        answer
+            .await
+            .map_err(|_| WorkerError::CombinerStopped)?
+            .map_err(WorkerError::Combined)?;
+        Ok(report)
+    }
+}
+
+/// Write-ahead transactions: each takes every request waiting when it begins.
+async fn starts(worker: Worker, mut rx: mpsc::Receiver<StartRequest>) {
+    while let Some(first) = rx.recv().await {
+        let mut requests = vec![first];
+        let mut count = requests[0].deliveries.len();
+        while count < MAX_COMBINED {
+            match rx.try_recv() {
+                Ok(r) => {
+                    count += r.deliveries.len();
+                    requests.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        // Whose delivery named each action (the first, when two named the same one).
+        let mut owner: HashMap<ActionId, usize> = HashMap::new();
+        for (i, r) in requests.iter().enumerate() {
+            for d in &r.deliveries {
+                if let Ok(env) = Envelope::decode(&d.payload) {
+                    owner.entry(env.action_id).or_insert(i);
+                }
+            }
+        }
+        let all: Vec<Delivery> = requests
+            .iter_mut()
+            .flat_map(|r| std::mem::take(&mut r.deliveries))
+            .collect();
+        match worker.deliver_start(&all).await {
+            Ok((started, report)) => {
+                let mut split: Vec<Vec<Started>> = requests.iter().map(|_| vec![]).collect();
+                for s in started {
+                    // Every started attempt comes from a delivery, so it has an owner.
+                    let i = owner.get(&s.row.action_id).copied().unwrap_or(0);
+                    split[i].push(s);
+                }
+                for (r, mine) in requests.into_iter().zip(split) {
+                    let _ = r.reply.send(Ok((mine, report.clone())));
+                }
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                for r in requests {
+                    let _ = r.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Settle transactions: each takes every outcome waiting when it begins.
+async fn settles(worker: Worker, mut rx: mpsc::Receiver<SettleRequest>) {
+    while let Some(first) = rx.recv().await {
+        let mut requests = vec![first];
+        let mut count = requests[0].items.len();
+        while count < MAX_COMBINED {
+            match rx.try_recv() {
+                Ok(r) => {
+                    count += r.items.len();
+                    requests.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        let items: Vec<(Started, ExecOutcome)> = requests
+            .iter_mut()
+            .flat_map(|r| std::mem::take(&mut r.items))
+            .collect();
+        let result = worker.settle(&items).await.map(|_| ()).map_err(Arc::new);
+        for r in requests {
+            let _ = r.reply.send(result.clone());
+        }
+    }
+}
