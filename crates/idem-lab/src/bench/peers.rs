@@ -3,8 +3,10 @@
 //! through peer job queues, on the same PostgreSQL server, in interleaved rounds (median of
 //! each). Peers are built from their registries into a project-local place outside the
 //! product's workspace (`~/.cache/idem-peers`, or `IDEM_PEERS_DIR`): River (Go) from the
-//! Go module proxy and procrastinate (Python) from PyPI into a venv there, their sources in
-//! `crates/idem-lab/peers/<name>`.
+//! Go module proxy, apalis + apalis-postgres (Rust) from crates.io, and procrastinate and
+//! DBOS (Python) from PyPI into venvs there, their sources in `crates/idem-lab/peers/<name>`.
+//! DBOS runs fewer jobs than the others (its rate is ~200/s here: 20,000 would take
+//! minutes a round); every figure is a rate, so the ratios compare.
 //!
 //! The peers are at-least-once queues: they keep no partner key, write nothing ahead of the
 //! call and reconcile nothing, so the ratio says what exactly-once costs here, not a like
@@ -34,7 +36,11 @@ pub struct PeersArgs {
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Peers to run beside idem.
-    #[arg(long, value_delimiter = ',', default_value = "river,procrastinate")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "river,apalis,procrastinate,dbos"
+    )]
     peers: Vec<Peer>,
 }
 
@@ -43,15 +49,29 @@ pub struct PeersArgs {
 pub enum Peer {
     /// River (github.com/riverqueue/river), Go.
     River,
+    /// apalis + apalis-postgres, Rust.
+    Apalis,
     /// procrastinate, Python.
     Procrastinate,
+    /// DBOS Transact (durable workflows), Python.
+    Dbos,
 }
 
 impl Peer {
     fn name(self) -> &'static str {
         match self {
             Peer::River => "river",
+            Peer::Apalis => "apalis",
             Peer::Procrastinate => "procrastinate",
+            Peer::Dbos => "dbos",
+        }
+    }
+
+    /// Jobs this peer runs when asked for `jobs`.
+    fn jobs(self, jobs: i64) -> i64 {
+        match self {
+            Peer::Dbos => jobs.min(2_000),
+            _ => jobs,
         }
     }
 }
@@ -128,19 +148,49 @@ async fn build(peer: Peer) -> Result<Runnable> {
                 args: vec![],
             })
         }
-        Peer::Procrastinate => {
-            let venv = dir.join("procrastinate-venv");
+        Peer::Apalis => {
+            let target = dir.join("apalis-target");
+            let bin = target.join("release/idem-apalis-peer");
+            if !fresh(&bin, &["src/main.rs", "Cargo.toml", "Cargo.lock"]) {
+                eprintln!("building the apalis peer into {}", target.display());
+                done(
+                    tokio::process::Command::new("cargo")
+                        .args(["build", "--release", "--locked"])
+                        // Its own target directory, never idem's.
+                        .env("CARGO_TARGET_DIR", &target)
+                        .current_dir(&source)
+                        .status()
+                        .await
+                        .context("running `cargo build` for the apalis peer")?,
+                )?;
+            }
+            Ok(Runnable {
+                program: bin,
+                args: vec![],
+            })
+        }
+        Peer::Procrastinate | Peer::Dbos => {
+            let venv = dir.join(format!("{}-venv", peer.name()));
             let python = venv.join("bin/python");
             let marker = venv.join("installed");
             if !fresh(&marker, &["requirements.txt"]) {
-                eprintln!("installing the procrastinate peer into {}", venv.display());
+                eprintln!(
+                    "installing the {} peer into {}",
+                    peer.name(),
+                    venv.display()
+                );
                 done(
                     tokio::process::Command::new("python3")
                         .args(["-m", "venv"])
                         .arg(&venv)
                         .status()
                         .await
-                        .context("creating the procrastinate peer's venv (is python3 there?)")?,
+                        .with_context(|| {
+                            format!(
+                                "creating the {} peer's venv (is python3 there?)",
+                                peer.name()
+                            )
+                        })?,
                 )?;
                 done(
                     tokio::process::Command::new(&python)
@@ -229,11 +279,10 @@ pub async fn peers(args: PeersArgs) -> Result<Vec<Figure>> {
                 .await?;
             // sqlx's own URL parameters mean nothing to the peers' drivers.
             let plain = format!("{}?sslmode=disable", url.split('?').next().unwrap_or(&url));
-            let r = run_peer(bin, &plain, args.actions, args.in_flight).await?;
-            let per_second = rate(args.actions, Duration::from_secs_f64(r.seconds));
-            let cpu_ms = r
-                .cpu_seconds
-                .map(|c| c * 1000.0 / args.actions.max(1) as f64);
+            let jobs = peer.jobs(args.actions);
+            let r = run_peer(bin, &plain, jobs, args.in_flight).await?;
+            let per_second = rate(jobs, Duration::from_secs_f64(r.seconds));
+            let cpu_ms = r.cpu_seconds.map(|c| c * 1000.0 / jobs.max(1) as f64);
             eprintln!(
                 "round {round}: {} {per_second:.0}/s, {:.3} ms CPU/job",
                 peer.name(),
@@ -271,7 +320,7 @@ pub async fn peers(args: PeersArgs) -> Result<Vec<Figure>> {
                 versions[i],
                 semantics[i],
                 configs[i],
-                args.actions,
+                peer.jobs(args.actions),
                 args.rounds
             ),
             median(peer_rates[i].clone()),

@@ -48,9 +48,15 @@ pub async fn recovery(args: RecoveryArgs) -> Result<Vec<Figure>> {
     store.migrate().await?;
     let heartbeat = round(&args, &store, &url, args.lease_ms, "beat").await?;
     let mut figures = vec![];
-    let lease = args
-        .lease_ms
-        .map_or("the default 10 s".to_owned(), |ms| format!("{ms} ms"));
+    let lease = args.lease_ms.map_or_else(
+        || {
+            format!(
+                "the default {} s",
+                idem_worker::WorkerConfig::default().lease.as_secs_f64()
+            )
+        },
+        |ms| format!("{ms} ms"),
+    );
     let name = format!(
         "settle after kill -9 of every worker ({} processes), stripe.charge, {} calls in flight, heartbeat lease {lease}",
         args.workers, args.in_flight
