@@ -355,8 +355,7 @@ pub async fn apply_with(
         FROM upd
         "#,
     )
-    // Planned per call: see the crate docs, "Plans".
-    .persistent(false)
+    // Prepared, re-prepared now and then: see the crate docs, "Plans".
     .bind(&ids)
     .bind(&from)
     .bind(&expected)

@@ -2,13 +2,18 @@
 //! called: every state change here is a compare-and-set on the expected state (and attempt
 //! number), applied in batches so that claim and settle cost one round trip per batch.
 //!
-//! **Plans.** The batch statements that join an `unnest()` of ids to `actions` or
-//! `attempts` are sent unprepared (`.persistent(false)`), so each call is planned against
-//! the table as it is: a prepared statement's generic plan, cached while the table was
-//! small, keeps seq-scanning it as it grows. In `idem-lab bench pg-worker` the settle's
-//! attempts UPDATE took 4.6 ms a call at 20,000 rows (pg_stat_statements), 0.38 ms planned
-//! per call. (A connection-wide `plan_cache_mode` would do the same, but it is a startup
-//! parameter that poolers such as PgBouncer refuse.)
+//! **Plans.** The hot batch statements (the claim, the Kafka delivery's lock, the
+//! compare-and-set with its attempts and audit) are prepared once per connection:
+//! unprepared, sqlx spends a second round trip on each (Parse/Describe, then Bind/Execute)
+//! and PostgreSQL re-parses it, which cost 30 % of the Kafka worker's one-at-a-time
+//! throughput (`idem-lab bench kafka-worker`, 918–930 against 1,325–1,423 actions/s). A
+//! prepared statement's generic plan, made while a table was small, can keep seq-scanning
+//! it as it grows (the settle's attempts UPDATE once took 4.6 ms a call at 20,000 rows),
+//! so every [`REPREPARE_EVERY`]th connection handed out drops its prepared statements and
+//! the next use plans against the table as it is. Colder statements that join an
+//! `unnest()` of ids to `actions` or `attempts` stay unprepared (`.persistent(false)`).
+//! (A connection-wide `plan_cache_mode` would be simpler, but it is a startup parameter that
+//! poolers such as PgBouncer refuse.)
 
 pub mod attempts;
 pub mod audit;
@@ -26,7 +31,17 @@ pub mod retention;
 pub mod stats;
 pub mod tokens;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use sqlx::Connection as _;
+
+/// One connection handed out in this many drops its prepared statements (see "Plans"):
+/// with 16 connections each is re-prepared about every 1,000 uses, a few seconds at load.
+pub const REPREPARE_EVERY: u64 = 64;
+
+/// Connections handed out by every pool of this process.
+static ACQUIRES: AtomicU64 = AtomicU64::new(0);
 
 use backon::{ExponentialBuilder, Retryable};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -67,6 +82,18 @@ impl Store {
                 PgPoolOptions::new()
                     .max_connections(max_connections)
                     .acquire_timeout(Duration::from_millis(1200))
+                    .before_acquire(|conn, _| {
+                        Box::pin(async move {
+                            // See "Plans" above.
+                            if ACQUIRES
+                                .fetch_add(1, Ordering::Relaxed)
+                                .is_multiple_of(REPREPARE_EVERY)
+                            {
+                                conn.clear_cached_statements().await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect_with(opts)
                     .await
             }

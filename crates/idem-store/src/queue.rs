@@ -90,8 +90,7 @@ pub async fn take_outbox_locked(
            ORDER BY t.seq"#
     );
     let rows = sqlx::query(&sql)
-        // Planned per call: see the crate docs, "Plans".
-        .persistent(false)
+        // Prepared, re-prepared now and then: see the crate docs, "Plans".
         .bind(limit as i64)
         .fetch_all(conn)
         .await?;
@@ -140,8 +139,7 @@ pub async fn lock_known(
            FROM locked l LEFT JOIN idem.policies p ON p.cell = l.cell"#
     );
     let rows = sqlx::query(&sql)
-        // Planned per call: see the crate docs, "Plans".
-        .persistent(false)
+        // Prepared, re-prepared now and then: see the crate docs, "Plans".
         .bind(ids)
         .fetch_all(conn)
         .await?;
