@@ -46,6 +46,11 @@ pub enum WorkerError {
     CombinerStopped,
 }
 
+/// Actions a worker may hold taken but not yet settled, per call slot: a call's slot is
+/// free as soon as the partner answered, so the next call does not wait for the settle
+/// (group commit) of the last one, while settles that fall behind still stop new claims.
+const UNSETTLED_PER_CALL: usize = 2;
+
 /// What one receive step did, for transports and tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReceiveReport {
@@ -134,10 +139,10 @@ type Prematched = std::collections::HashMap<ActionId, (ActionRow, Option<String>
 struct Settlement {
     started: Started,
     outcome: ExecOutcome,
-    /// The call's slot comes back once the settler has committed the outcome: claims never
-    /// run ahead of settles. (Freeing it at the hand-off instead made claims and settles
-    /// smaller and cost ~25 % more CPU per action in `idem-lab bench pg-worker`.)
-    _permit: OwnedSemaphorePermit,
+    /// The action's place among those taken but not settled, back once the settler has
+    /// committed the outcome: claims run at most [`UNSETTLED_PER_CALL`] × concurrency
+    /// ahead of settles. (The call's own slot is free already.)
+    _slot: OwnedSemaphorePermit,
     /// The lease stays renewed until the settler has committed the outcome.
     _in_flight: crate::heartbeat::Registration,
 }
@@ -259,6 +264,7 @@ impl Worker {
 
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
         let sem = Arc::new(Semaphore::new(self.config.concurrency));
+        let unsettled = Arc::new(Semaphore::new(self.config.concurrency * UNSETTLED_PER_CALL));
         let (settle_tx, settle_rx) = mpsc::channel::<Settlement>(self.config.concurrency * 2);
         let mut tasks = JoinSet::new();
         {
@@ -286,7 +292,7 @@ impl Worker {
                 break;
             }
             let mut busy = false;
-            let free = sem.available_permits() as u32;
+            let free = sem.available_permits().min(unsettled.available_permits()) as u32;
             // Every permit taken: there may be more work than capacity, so wake when permits
             // come back rather than after a poll interval.
             let saturated = free == 0;
@@ -294,7 +300,8 @@ impl Worker {
                 match self.claim_outbox(free.min(self.config.batch)).await {
                     Ok(work) => {
                         busy = work.len() as u32 == free.min(self.config.batch) && !work.is_empty();
-                        self.dispatch(work, &sem, &settle_tx, &mut tasks).await;
+                        self.dispatch(work, (&sem, &unsettled), &settle_tx, &mut tasks)
+                            .await;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "claim from outbox failed; retrying");
@@ -304,7 +311,7 @@ impl Worker {
             }
             if last_sweep.elapsed() >= self.config.sweep_interval {
                 last_sweep = Instant::now();
-                let free = sem.available_permits() as u32;
+                let free = sem.available_permits().min(unsettled.available_permits()) as u32;
                 if free > 0 {
                     match self.sweep(free.min(self.config.batch)).await {
                         Ok((work, full)) => {
@@ -314,15 +321,19 @@ impl Worker {
                                 last_sweep = Instant::now() - self.config.sweep_interval;
                                 busy = true;
                             }
-                            self.dispatch(work, &sem, &settle_tx, &mut tasks).await
+                            self.dispatch(work, (&sem, &unsettled), &settle_tx, &mut tasks)
+                                .await
                         }
                         Err(e) => tracing::warn!(error = %e, "sweep failed; retrying"),
                     }
                 }
-                let free = sem.available_permits() as u32;
+                let free = sem.available_permits().min(unsettled.available_permits()) as u32;
                 if free > 0 {
                     match self.claim_stranded(free.min(self.config.batch)).await {
-                        Ok(work) => self.dispatch(work, &sem, &settle_tx, &mut tasks).await,
+                        Ok(work) => {
+                            self.dispatch(work, (&sem, &unsettled), &settle_tx, &mut tasks)
+                                .await
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "stranded-action claim failed; retrying")
                         }
@@ -353,7 +364,8 @@ impl Worker {
                     if saturated {
                         // Half the claim size back (settlements return permits in batches).
                         let want = (self.config.batch.min(self.config.concurrency as u32) / 2).max(1);
-                        let _ = sem.acquire_many(want).await;
+                        let scarcer = if sem.available_permits() == 0 { &sem } else { &unsettled };
+                        let _ = scarcer.acquire_many(want).await;
                     } else {
                         std::future::pending::<()>().await
                     }
@@ -374,12 +386,17 @@ impl Worker {
     async fn dispatch(
         &self,
         work: Vec<Work>,
-        sem: &Arc<Semaphore>,
+        (sem, unsettled): (&Arc<Semaphore>, &Arc<Semaphore>),
         settle_tx: &mpsc::Sender<Settlement>,
         tasks: &mut JoinSet<()>,
     ) {
         for w in work {
             let permit = sem
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("semaphore is never closed");
+            let slot = unsettled
                 .clone()
                 .acquire_owned()
                 .await
@@ -391,11 +408,14 @@ impl Worker {
                     let in_flight = self.in_flight.enter(started.row.action_id);
                     tasks.spawn(async move {
                         let outcome = call.await;
+                        // The call is over: its slot goes to the next call; the action's
+                        // place among the unsettled comes back after the settle commits.
+                        drop(permit);
                         let _ = tx
                             .send(Settlement {
                                 started,
                                 outcome,
-                                _permit: permit,
+                                _slot: slot,
                                 _in_flight: in_flight,
                             })
                             .await;
@@ -405,7 +425,7 @@ impl Worker {
                     let me = self.clone();
                     tasks.spawn(async move {
                         me.reconcile(job).await;
-                        drop(permit);
+                        drop((permit, slot));
                     });
                 }
             }
