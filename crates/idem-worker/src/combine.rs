@@ -91,20 +91,26 @@ impl Combiner {
     }
 }
 
+/// `first` and the requests waiting behind it now, up to [`MAX_COMBINED`] items.
+fn gather<T>(rx: &mut mpsc::Receiver<T>, first: T, items: impl Fn(&T) -> usize) -> Vec<T> {
+    let mut count = items(&first);
+    let mut requests = vec![first];
+    while count < MAX_COMBINED {
+        match rx.try_recv() {
+            Ok(r) => {
+                count += items(&r);
+                requests.push(r);
+            }
+            Err(_) => break,
+        }
+    }
+    requests
+}
+
 /// Write-ahead transactions: each takes every request waiting when it begins.
 async fn starts(worker: Worker, mut rx: mpsc::Receiver<StartRequest>) {
     while let Some(first) = rx.recv().await {
-        let mut requests = vec![first];
-        let mut count = requests[0].deliveries.len();
-        while count < MAX_COMBINED {
-            match rx.try_recv() {
-                Ok(r) => {
-                    count += r.deliveries.len();
-                    requests.push(r);
-                }
-                Err(_) => break,
-            }
-        }
+        let mut requests = gather(&mut rx, first, |r| r.deliveries.len());
         // Whose delivery named each action (the first, when two named the same one).
         let mut owner: HashMap<ActionId, usize> = HashMap::new();
         for (i, r) in requests.iter().enumerate() {
@@ -143,17 +149,7 @@ async fn starts(worker: Worker, mut rx: mpsc::Receiver<StartRequest>) {
 /// Settle transactions: each takes every outcome waiting when it begins.
 async fn settles(worker: Worker, mut rx: mpsc::Receiver<SettleRequest>) {
     while let Some(first) = rx.recv().await {
-        let mut requests = vec![first];
-        let mut count = requests[0].items.len();
-        while count < MAX_COMBINED {
-            match rx.try_recv() {
-                Ok(r) => {
-                    count += r.items.len();
-                    requests.push(r);
-                }
-                Err(_) => break,
-            }
-        }
+        let mut requests = gather(&mut rx, first, |r| r.items.len());
         let items: Vec<(Started, ExecOutcome)> = requests
             .iter_mut()
             .flat_map(|r| std::mem::take(&mut r.items))

@@ -7,36 +7,25 @@ At-least-once: a job whose worker died runs again; nothing is written ahead of t
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
+import sys
 import time
 from importlib.metadata import version
 
 import procrastinate
 
+# peerkit.py sits one directory up, beside the other peers.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from peerkit import machine_busy_ticks, parse_args
+
 BATCH = 1000
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("-database-url", default=os.environ.get("DATABASE_URL", ""))
-    parser.add_argument("-jobs", type=int, default=20000)
-    parser.add_argument("-workers", type=int, default=32)
-    args = parser.parse_args()
+    args = parse_args(20000)
     print(json.dumps(asyncio.run(run(args.database_url, args.jobs, args.workers))))
-
-
-def machine_busy_ticks() -> int:
-    """The machine's busy CPU time so far in USER_HZ ticks (100 a second), from /proc/stat:
-    user + nice + system + irq + softirq of all cores; 0 where it is missing."""
-    try:
-        with open("/proc/stat") as f:
-            fields = f.readline().split()
-    except OSError:
-        return 0
-    return sum(int(fields[i]) for i in (1, 2, 3, 6, 7) if i < len(fields))
 
 
 async def run(url: str, jobs: int, workers: int) -> dict[str, object]:
