@@ -1008,6 +1008,58 @@ async fn enqueue_without_notify_is_found_by_polling() {
     worker.stop().await;
 }
 
+/// Enqueues inside one `notify_window_ms` share a notification (a notifying commit takes a
+/// database-wide lock, so one per enqueue serialises enqueuers), and the enqueues that sent
+/// none are still delivered, each charged once.
+#[tokio::test]
+async fn enqueues_in_one_notify_window_share_a_notification_and_are_all_delivered() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let pool = db.store.pool();
+    let window = |ms: i32| {
+        sqlx::query("UPDATE idem.settings SET notify_window_ms = $1")
+            .bind(ms)
+            .execute(pool)
+    };
+    window(10_000).await.unwrap();
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+    listener.listen("idem_outbox").await.unwrap();
+    let charge = |amount: i64| {
+        NewAction::new(
+            ActionId::random(),
+            CellName::new("stripe.charge").unwrap(),
+            json!({"amount": amount, "currency": "usd"}),
+        )
+    };
+    let first = charge(100);
+    enqueue(pool, &first).await.unwrap();
+    let heard = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await;
+    assert!(heard.is_ok(), "the first enqueue notifies");
+    let quiet: Vec<NewAction> = (0..5).map(|i| charge(200 + i)).collect();
+    for a in &quiet {
+        enqueue(pool, a).await.unwrap();
+    }
+    let heard = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await;
+    assert!(heard.is_err(), "no notification inside the window");
+    // Window 0: every enqueue notifies, as before migration 0016.
+    window(0).await.unwrap();
+    enqueue(pool, &charge(300)).await.unwrap();
+    let heard = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await;
+    assert!(heard.is_ok(), "window 0 notifies on every enqueue");
+
+    let worker =
+        idem_testkit::RunningWorker::start(&db.store, idem_testkit::stripe_cells(&stripe, None));
+    for a in std::iter::once(&first).chain(&quiet) {
+        let row = idem_store::await_settled(pool, a.action_id, Duration::from_secs(20))
+            .await
+            .unwrap()
+            .expect("settled without a notification of its own");
+        assert_eq!(row.state, State::Succeeded);
+        assert_eq!(stripe.sim.effects_for(&a.action_id.to_string()), 1);
+    }
+    worker.stop().await;
+}
+
 /// Retention deletes only old settled actions (with their attempts and transitions), in
 /// batches, and skips a row another transaction holds instead of waiting for it.
 #[tokio::test]

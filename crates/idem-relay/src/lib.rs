@@ -180,6 +180,8 @@ impl Relay {
         listener.listen_all(["idem_outbox", "idem_settled"]).await?;
         // From now on settled actions queue their receipts for the results topic.
         outbox::publish_results(self.store.pool()).await?;
+        // A drain due shortly after a notification (see `outbox::RECHECK_AFTER_NOTIFY`).
+        let mut recheck: Option<tokio::time::Instant> = None;
         loop {
             if *shutdown.borrow() {
                 return Ok(());
@@ -192,10 +194,16 @@ impl Relay {
             if n as i64 >= self.config.batch || r as i64 >= self.config.batch {
                 continue;
             }
+            let poll = tokio::time::Instant::now() + self.config.poll_interval;
+            let wake = recheck.map_or(poll, |at| at.min(poll));
             tokio::select! {
                 _ = shutdown.changed() => {}
-                _ = listener.recv() => {}
-                _ = tokio::time::sleep(self.config.poll_interval) => {}
+                _ = listener.recv() => {
+                    recheck = Some(tokio::time::Instant::now() + outbox::RECHECK_AFTER_NOTIFY);
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    recheck = recheck.filter(|at| *at > tokio::time::Instant::now());
+                }
             }
         }
     }

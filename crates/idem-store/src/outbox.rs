@@ -2,8 +2,17 @@
 //! acknowledged them; the results outbox likewise; and the advisory lock that makes one
 //! relay the leader.
 
+use std::time::Duration;
+
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
+
+/// Claim once more this long after a notification on `idem_outbox` woke the claimer. An
+/// enqueue does not notify when another did in the last `idem.settings.notify_window_ms`
+/// (5 ms by default: a notifying commit takes a database-wide lock, see migration 0016),
+/// so a row that committed just after the notified claim ran has no notification of its
+/// own; this second claim finds it instead of the next poll.
+pub const RECHECK_AFTER_NOTIFY: Duration = Duration::from_millis(20);
 
 /// One queued action, as enqueued.
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -287,6 +287,8 @@ impl Worker {
         };
         self.register_with_fleet().await?;
         let mut last_sweep = Instant::now() - self.config.sweep_interval;
+        // A claim due shortly after a notification (see `outbox::RECHECK_AFTER_NOTIFY`).
+        let mut recheck: Option<tokio::time::Instant> = None;
         loop {
             if *shutdown.borrow() {
                 break;
@@ -352,6 +354,8 @@ impl Worker {
                 continue;
             }
             let wait = self.config.poll_interval.min(self.config.sweep_interval);
+            let poll = tokio::time::Instant::now() + wait;
+            let wake = recheck.map_or(poll, |at| at.min(poll));
             tokio::select! {
                 _ = shutdown.changed() => {}
                 _ = async {
@@ -359,7 +363,11 @@ impl Worker {
                         Some(l) => { let _ = l.recv().await; }
                         None => std::future::pending::<()>().await,
                     }
-                } => {}
+                } => {
+                    recheck = Some(
+                        tokio::time::Instant::now() + idem_store::outbox::RECHECK_AFTER_NOTIFY,
+                    );
+                }
                 _ = async {
                     if saturated {
                         // Half the claim size back (settlements return permits in batches).
@@ -370,7 +378,9 @@ impl Worker {
                         std::future::pending::<()>().await
                     }
                 } => {}
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep_until(wake) => {
+                    recheck = recheck.filter(|at| *at > tokio::time::Instant::now());
+                }
             }
         }
         // Graceful stop: every permit back means every call settled or handed to the settler.
