@@ -9,7 +9,7 @@
 -- committed just after it), then fall back to polling. 0 notifies on every enqueue, as
 -- before. A role that enqueues needs UPDATE on idem.notify_clock (for setval).
 ALTER TABLE idem.settings
-    ADD COLUMN notify_window_ms integer NOT NULL DEFAULT 5
+    ADD COLUMN notify_window_ms integer NOT NULL DEFAULT 2
         CHECK (notify_window_ms BETWEEN 0 AND 10000);
 
 -- When an enqueue last sent a notification, in ms since the epoch.

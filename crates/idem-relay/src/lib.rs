@@ -180,8 +180,7 @@ impl Relay {
         listener.listen_all(["idem_outbox", "idem_settled"]).await?;
         // From now on settled actions queue their receipts for the results topic.
         outbox::publish_results(self.store.pool()).await?;
-        // A drain due shortly after a notification (see `outbox::RECHECK_AFTER_NOTIFY`).
-        let mut recheck: Option<tokio::time::Instant> = None;
+        let mut rechecks = outbox::Rechecks::default();
         loop {
             if *shutdown.borrow() {
                 return Ok(());
@@ -195,15 +194,11 @@ impl Relay {
                 continue;
             }
             let poll = tokio::time::Instant::now() + self.config.poll_interval;
-            let wake = recheck.map_or(poll, |at| at.min(poll));
+            let wake = rechecks.wake(poll);
             tokio::select! {
                 _ = shutdown.changed() => {}
-                _ = listener.recv() => {
-                    recheck = Some(tokio::time::Instant::now() + outbox::RECHECK_AFTER_NOTIFY);
-                }
-                _ = tokio::time::sleep_until(wake) => {
-                    recheck = recheck.filter(|at| *at > tokio::time::Instant::now());
-                }
+                _ = listener.recv() => rechecks.notified(),
+                _ = tokio::time::sleep_until(wake) => rechecks.fired(),
             }
         }
     }

@@ -7,12 +7,36 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-/// Claim once more this long after a notification on `idem_outbox` woke the claimer. An
+/// Claim again this long after a notification on `idem_outbox` woke the claimer. An
 /// enqueue does not notify when another did in the last `idem.settings.notify_window_ms`
-/// (5 ms by default: a notifying commit takes a database-wide lock, see migration 0016),
+/// (2 ms by default: a notifying commit takes a database-wide lock, see migration 0016),
 /// so a row that committed just after the notified claim ran has no notification of its
-/// own; this second claim finds it instead of the next poll.
-pub const RECHECK_AFTER_NOTIFY: Duration = Duration::from_millis(20);
+/// own; these claims find it instead of the next poll.
+pub const RECHECKS_AFTER_NOTIFY: [Duration; 2] =
+    [Duration::from_millis(4), Duration::from_millis(20)];
+
+/// The rechecks still due after a notification (see [`RECHECKS_AFTER_NOTIFY`]).
+#[derive(Debug, Default)]
+pub struct Rechecks(Vec<tokio::time::Instant>);
+
+impl Rechecks {
+    /// A notification arrived: claim again at each of [`RECHECKS_AFTER_NOTIFY`] from now.
+    pub fn notified(&mut self) {
+        let now = tokio::time::Instant::now();
+        self.0 = RECHECKS_AFTER_NOTIFY.iter().map(|d| now + *d).collect();
+    }
+
+    /// When to wake: the next recheck, or `poll` if that is sooner.
+    pub fn wake(&self, poll: tokio::time::Instant) -> tokio::time::Instant {
+        self.0.first().map_or(poll, |at| (*at).min(poll))
+    }
+
+    /// The timer fired: forget the rechecks that are past.
+    pub fn fired(&mut self) {
+        let now = tokio::time::Instant::now();
+        self.0.retain(|at| *at > now);
+    }
+}
 
 /// One queued action, as enqueued.
 #[derive(Debug, Clone, sqlx::FromRow)]

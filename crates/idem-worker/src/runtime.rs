@@ -287,8 +287,7 @@ impl Worker {
         };
         self.register_with_fleet().await?;
         let mut last_sweep = Instant::now() - self.config.sweep_interval;
-        // A claim due shortly after a notification (see `outbox::RECHECK_AFTER_NOTIFY`).
-        let mut recheck: Option<tokio::time::Instant> = None;
+        let mut rechecks = idem_store::outbox::Rechecks::default();
         loop {
             if *shutdown.borrow() {
                 break;
@@ -355,7 +354,7 @@ impl Worker {
             }
             let wait = self.config.poll_interval.min(self.config.sweep_interval);
             let poll = tokio::time::Instant::now() + wait;
-            let wake = recheck.map_or(poll, |at| at.min(poll));
+            let wake = rechecks.wake(poll);
             tokio::select! {
                 _ = shutdown.changed() => {}
                 _ = async {
@@ -363,11 +362,7 @@ impl Worker {
                         Some(l) => { let _ = l.recv().await; }
                         None => std::future::pending::<()>().await,
                     }
-                } => {
-                    recheck = Some(
-                        tokio::time::Instant::now() + idem_store::outbox::RECHECK_AFTER_NOTIFY,
-                    );
-                }
+                } => rechecks.notified(),
                 _ = async {
                     if saturated {
                         // Half the claim size back (settlements return permits in batches).
@@ -378,9 +373,7 @@ impl Worker {
                         std::future::pending::<()>().await
                     }
                 } => {}
-                _ = tokio::time::sleep_until(wake) => {
-                    recheck = recheck.filter(|at| *at > tokio::time::Instant::now());
-                }
+                _ = tokio::time::sleep_until(wake) => rechecks.fired(),
             }
         }
         // Graceful stop: every permit back means every call settled or handed to the settler.
