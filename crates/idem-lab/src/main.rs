@@ -196,6 +196,11 @@ impl FaultArgs {
     }
 }
 
+/// mimalloc instead of glibc's malloc: allocation and free were about a quarter of the
+/// worker process's CPU under load (`perf record` on `idem-lab bench pg-worker`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let (name, filter) = match cli.command {
