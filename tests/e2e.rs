@@ -244,6 +244,69 @@ async fn stored_500_after_effect_is_found_by_reconcile() {
     );
 }
 
+/// A start is audited on its attempt row (migration 0017), not as a second row: the
+/// `idem.transitions` view still shows every change in order, the log holds only the
+/// others, and a retried action has one start per attempt.
+#[tokio::test]
+async fn starts_are_audited_on_their_attempt_rows_and_read_in_order() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    stripe.sim.script([Fault::FailAfter]);
+    let w = worker(&db.store, cell(&stripe.base_url(), |c| c), "w1");
+    let action = NewAction::new(ActionId::random(), cell_name(), charge_args(2600));
+    enqueue(db.store.pool(), &action).await.unwrap();
+    w.deliver(&[take_delivery(&db.store).await]).await.unwrap();
+    let row = sweep_until_settled(&w, &db.store, action.action_id, Duration::from_secs(10)).await;
+    assert_eq!(row.state, State::Succeeded);
+    assert_eq!(stripe.sim.effects_for(&action.action_id.to_string()), 1);
+    let pool = db.store.pool();
+    let id = action.action_id.as_uuid();
+    let view: Vec<(i64, String, String, String)> = sqlx::query_as(
+        "SELECT id, from_state, to_state, actor FROM idem.transitions \
+         WHERE action_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let starts: Vec<(i64, i32, String)> = sqlx::query_as(
+        "SELECT audit_id, number, to_state FROM idem.attempts \
+         WHERE action_id = $1 ORDER BY number",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let (logged,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM idem.transition_log WHERE action_id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert!(!starts.is_empty());
+    assert_eq!(view.len() as i64, logged + starts.len() as i64, "{view:?}");
+    // Each attempt's start is in the view, in its place, going to executing.
+    for (audit_id, _, to) in &starts {
+        assert_eq!(to, "executing");
+        assert!(view.iter().any(|(v, ..)| v == audit_id), "{view:?}");
+    }
+    assert_eq!(
+        view[0].0, starts[0].0,
+        "the first change is the first start: {view:?}"
+    );
+    assert_eq!(view.last().unwrap().2, "succeeded", "{view:?}");
+    assert!(view.iter().all(|(.., actor)| !actor.is_empty()));
+    let (in_log,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM idem.transition_log WHERE action_id = $1 AND to_state = 'executing' \
+         AND from_state = 'received'",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(in_log, 0, "the start is not written twice");
+}
+
 #[tokio::test]
 async fn stored_500_before_effect_is_retried_once_under_a_new_key() {
     let db = TestDb::new().await;
@@ -1099,7 +1162,7 @@ async fn retention_purges_old_settled_actions_without_waiting_for_locked_rows() 
         .await
         .unwrap();
         sqlx::query(
-            "INSERT INTO idem.transitions (action_id, from_state, to_state, event, actor) \
+            "INSERT INTO idem.transition_log (action_id, from_state, to_state, event, actor) \
              VALUES ($1, 'received', $2, 'test', 'test')",
         )
         .bind(a.action_id.as_uuid())

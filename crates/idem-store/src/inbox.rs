@@ -324,13 +324,18 @@ pub async fn apply_with(
             RETURNING a.action_id, a.cell, a.attempts, v.from_state, v.to_state, v.event,
                       v.reason, a.reason AS final_reason, a.receipt
         ), started AS (
+            -- The attempt carries its start's transition (migration 0017).
             INSERT INTO idem.attempts (action_id, number, key_generation, idem_key,
-                request_fingerprint, rule, pre_state, worker, started_at)
-            SELECT n.* FROM unnest($17::uuid[], $18::int4[], $19::int4[], $20::text[],
-                                   $21::text[], $22::text[], $23::jsonb[], $24::text[],
-                                   $25::timestamptz[])
+                request_fingerprint, rule, pre_state, worker, started_at,
+                audit_id, from_state, to_state, event, actor, reason, at)
+            SELECT n.*, nextval('idem.transition_log_id_seq'), upd.from_state, upd.to_state,
+                   upd.event, $16, upd.reason, now()
+            FROM unnest($17::uuid[], $18::int4[], $19::int4[], $20::text[],
+                        $21::text[], $22::text[], $23::jsonb[], $24::text[],
+                        $25::timestamptz[])
                 AS n(id, number, generation, key, fp, rule, pre, worker, started_at)
             JOIN upd ON upd.action_id = n.id AND upd.attempts = n.number
+            RETURNING action_id
         ), finished AS (
             UPDATE idem.attempts t SET result = f.result, detail = f.detail, finished_at = now()
             FROM unnest($26::uuid[], $27::int4[], $28::text[], $29::jsonb[])
@@ -338,8 +343,9 @@ pub async fn apply_with(
             WHERE t.action_id = f.id AND t.number = f.number
               AND (t.result IS NULL OR (t.result = 'lease_expired' AND f.result = 'succeeded'))
         ), audit AS (
-            INSERT INTO idem.transitions (action_id, from_state, to_state, event, actor, reason)
+            INSERT INTO idem.transition_log (action_id, from_state, to_state, event, actor, reason)
             SELECT action_id, from_state, to_state, event, $16, reason FROM upd
+            WHERE action_id NOT IN (SELECT action_id FROM started)
         ), results AS (
             INSERT INTO idem.results_outbox (action_id, payload)
             SELECT upd.action_id, convert_to(jsonb_build_object(

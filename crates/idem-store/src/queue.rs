@@ -325,7 +325,7 @@ pub async fn expire_leases(
                UPDATE idem.attempts t SET result = 'lease_expired', finished_at = now()
                FROM u WHERE t.action_id = u.action_id AND t.number = u.attempts AND t.result IS NULL
            ), audit AS (
-               INSERT INTO idem.transitions (action_id, from_state, to_state, event, actor, reason)
+               INSERT INTO idem.transition_log (action_id, from_state, to_state, event, actor, reason)
                SELECT action_id, $1, $2, 'lease_expired', $4, 'worker lost its lease mid-call' FROM u
            )
            SELECT action_id FROM u"#,

@@ -61,7 +61,7 @@ pub async fn purge_batch(
                AND state IN ('succeeded', 'failed', 'rejected', 'dead') \
              ORDER BY settled_at LIMIT $2 \
              FOR UPDATE SKIP LOCKED), \
-         t AS (DELETE FROM idem.transitions WHERE action_id IN (SELECT action_id FROM doomed)), \
+         t AS (DELETE FROM idem.transition_log WHERE action_id IN (SELECT action_id FROM doomed)), \
          a AS (DELETE FROM idem.actions WHERE action_id IN (SELECT action_id FROM doomed) RETURNING 1) \
          SELECT count(*) FROM a",
     )

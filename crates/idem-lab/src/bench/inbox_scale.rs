@@ -152,7 +152,7 @@ async fn fill(store: &Store, rows: i64) -> Result<()> {
                      rule, worker, started_at, finished_at, result) \
                  SELECT id, 1, 0, id::text, md5(id::text), 'first', 'gen', at - interval '1 second', at, 'success' \
                  FROM ids) \
-             INSERT INTO idem.transitions (action_id, from_state, to_state, event, actor, at) \
+             INSERT INTO idem.transition_log (action_id, from_state, to_state, event, actor, at) \
              SELECT id, f, s, e, 'gen', at FROM ids, \
                  (VALUES ('received', 'executing', 'claimed'), ('executing', 'succeeded', 'success')) v(f, s, e)",
         )
@@ -165,7 +165,7 @@ async fn fill(store: &Store, rows: i64) -> Result<()> {
             n as f64 / t.elapsed().as_secs_f64()
         );
     }
-    sqlx::query("VACUUM ANALYZE idem.actions, idem.attempts, idem.transitions")
+    sqlx::query("VACUUM ANALYZE idem.actions, idem.attempts, idem.transition_log")
         .execute(store.pool())
         .await?;
     Ok(())
@@ -175,7 +175,7 @@ async fn fill(store: &Store, rows: i64) -> Result<()> {
 async fn size(store: &Store) -> Result<f64> {
     let (b,): (i64,) = sqlx::query_as(
         "SELECT (pg_total_relation_size('idem.actions') + pg_total_relation_size('idem.attempts') \
-                 + pg_total_relation_size('idem.transitions'))::bigint",
+                 + pg_total_relation_size('idem.transition_log'))::bigint",
     )
     .fetch_one(store.pool())
     .await?;
@@ -258,7 +258,7 @@ pub async fn inbox_scale(args: InboxScaleArgs) -> Result<Vec<Figure>> {
     eprintln!("during purge: {during:?}");
     let (purged, purge_time) = purger.await??;
     eprintln!("during purge: {during:?}; purged {purged} in {purge_time:?}");
-    sqlx::query("VACUUM ANALYZE idem.actions, idem.attempts, idem.transitions")
+    sqlx::query("VACUUM ANALYZE idem.actions, idem.attempts, idem.transition_log")
         .execute(store.pool())
         .await?;
     let after_size = size(&store).await?;

@@ -141,7 +141,7 @@ async fn enqueue_noop(store: &Store, n: i64) -> Result<()> {
     .bind(n)
     .execute(store.pool())
     .await?;
-    sqlx::query("VACUUM ANALYZE idem.actions, idem.outbox, idem.attempts, idem.transitions")
+    sqlx::query("VACUUM ANALYZE idem.actions, idem.outbox, idem.attempts, idem.transition_log")
         .execute(store.pool())
         .await?;
     Ok(())

@@ -84,7 +84,7 @@ async fn round(
     lease_ms: Option<u64>,
     tag: &str,
 ) -> Result<f64> {
-    sqlx::query("TRUNCATE idem.actions, idem.outbox, idem.attempts, idem.transitions CASCADE")
+    sqlx::query("TRUNCATE idem.actions, idem.outbox, idem.attempts, idem.transition_log CASCADE")
         .execute(store.pool())
         .await?;
     let sim = super::slow_stripe(args.partner_ms);

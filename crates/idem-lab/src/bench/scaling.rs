@@ -47,9 +47,11 @@ pub async fn scaling(args: ScalingArgs) -> Result<Vec<Figure>> {
         if n == 0 {
             bail!("--processes: counts start at 1");
         }
-        sqlx::query("TRUNCATE idem.actions, idem.outbox, idem.attempts, idem.transitions CASCADE")
-            .execute(store.pool())
-            .await?;
+        sqlx::query(
+            "TRUNCATE idem.actions, idem.outbox, idem.attempts, idem.transition_log CASCADE",
+        )
+        .execute(store.pool())
+        .await?;
         let mut children = vec![];
         for i in 0..n {
             children.push(super::worker_process(
