@@ -294,14 +294,10 @@ impl Worker {
             }
             let mut busy = false;
             let free = sem.available_permits().min(unsettled.available_permits()) as u32;
-            // Fewer permits free than half a claim while work is under way: wait for them
-            // rather than claim a few rows (a claim costs four round trips, whatever its
-            // size), and wake when they come back rather than after a poll interval.
-            let want = (self.config.batch.min(self.config.concurrency as u32) / 2).max(1);
-            let under_way =
-                unsettled.available_permits() < self.config.concurrency * UNSETTLED_PER_CALL;
-            let saturated = free == 0 || (free < want && under_way);
-            if self.config.claim_outbox && !saturated {
+            // Every permit taken: there may be more work than capacity, so wake when permits
+            // come back rather than after a poll interval.
+            let saturated = free == 0;
+            if self.config.claim_outbox && free > 0 {
                 match self.claim_outbox(free.min(self.config.batch)).await {
                     Ok(work) => {
                         busy = work.len() as u32 == free.min(self.config.batch) && !work.is_empty();
@@ -370,11 +366,8 @@ impl Worker {
                 _ = async {
                     if saturated {
                         // Half the claim size back (settlements return permits in batches).
-                        let scarcer = if sem.available_permits() <= unsettled.available_permits() {
-                            &sem
-                        } else {
-                            &unsettled
-                        };
+                        let want = (self.config.batch.min(self.config.concurrency as u32) / 2).max(1);
+                        let scarcer = if sem.available_permits() == 0 { &sem } else { &unsettled };
                         let _ = scarcer.acquire_many(want).await;
                     } else {
                         std::future::pending::<()>().await
