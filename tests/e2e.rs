@@ -1123,6 +1123,45 @@ async fn enqueues_in_one_notify_window_share_a_notification_and_are_all_delivere
     worker.stop().await;
 }
 
+/// A role that may enqueue (insert into the inbox and outbox) but has no privilege on the
+/// notification clock still enqueues, and its enqueue still wakes the workers: the clock is
+/// ticked by a function that runs as its owner (migration 0018).
+#[tokio::test]
+async fn a_role_without_rights_on_the_notify_clock_still_enqueues_and_notifies() {
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    let db = TestDb::new().await;
+    let pool = db.store.pool();
+    let role = format!("idem_app_{}", uuid::Uuid::new_v4().simple());
+    let password = uuid::Uuid::new_v4().simple().to_string();
+    for sql in [
+        format!("CREATE ROLE {role} LOGIN PASSWORD '{password}'"),
+        format!("GRANT USAGE ON SCHEMA idem TO {role}"),
+        format!("GRANT SELECT, INSERT ON idem.actions, idem.outbox TO {role}"),
+        format!("GRANT SELECT ON idem.cells, idem.settings TO {role}"),
+        format!("GRANT USAGE ON SEQUENCE idem.outbox_seq_seq TO {role}"),
+    ] {
+        sqlx::query(&sql).execute(pool).await.unwrap();
+    }
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+    listener.listen("idem_outbox").await.unwrap();
+    let opts: PgConnectOptions = db.url.parse().unwrap();
+    let app = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts.username(&role).password(&password))
+        .await
+        .unwrap();
+    let action = NewAction::new(ActionId::random(), cell_name(), charge_args(2700));
+    let result = enqueue(&app, &action).await;
+    app.close().await;
+    let heard = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await;
+    for sql in [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")] {
+        sqlx::query(&sql).execute(pool).await.unwrap();
+    }
+    let enqueued = result.expect("enqueue as a role without rights on idem.notify_clock");
+    assert!(enqueued.created);
+    assert!(heard.is_ok(), "its enqueue notifies");
+}
+
 /// Retention deletes only old settled actions (with their attempts and transitions), in
 /// batches, and skips a row another transaction holds instead of waiting for it.
 #[tokio::test]
