@@ -7,9 +7,7 @@
 //! - **Order**: one lane (task) per partition processes its messages in offset order, in
 //!   batches of up to `per_partition_batch` of what is already waiting, never two of one
 //!   key in a batch, so per-key order holds at any batch size (1 = strictly one at a time
-//!   per partition); partitions run in parallel. A batch's settle overlaps the next
-//!   batch's write-ahead and calls (those start only after this batch's calls returned, so
-//!   calls keep their order) and is committed before the next batch's is handed over.
+//!   per partition); partitions run in parallel.
 //! - **Backpressure per partition**: each lane holds at most `lane_capacity` messages.
 //!   When one is full, the reader keeps what it read for that lane in order, pauses that
 //!   partition alone and goes on reading the others; it resumes the partition once the lane
@@ -27,7 +25,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use idem_telemetry::TraceHeaders;
-use idem_worker::{Combiner, Delivery, Settling, Worker};
+use idem_worker::{Combiner, Delivery, Worker};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
@@ -348,24 +346,12 @@ async fn lane(
 ) {
     // A message whose key is already in the batch in hand waits for the next one.
     let mut carried: Option<OwnedMessage> = None;
-    // The last batch's settle, still committing, and its last message.
-    let mut settling: Option<(Settling, OwnedMessage)> = None;
     loop {
         let first = match carried.take() {
             Some(m) => m,
-            None => match rx.try_recv() {
-                Ok(m) => m,
-                Err(_) => {
-                    // Nothing waiting: acknowledge the last batch now, not when the next
-                    // message comes (which may be never).
-                    if let Some(previous) = settling.take() {
-                        acknowledge(&consumer, previous).await;
-                    }
-                    match rx.recv().await {
-                        Some(m) => m,
-                        None => break,
-                    }
-                }
+            None => match rx.recv().await {
+                Some(m) => m,
+                None => break,
             },
         };
         if *shutdown.borrow() {
@@ -399,11 +385,11 @@ async fn lane(
             })
             .collect();
         let mut delay = Duration::from_millis(100);
-        let items = loop {
-            match combiner.start_and_call(deliveries.clone()).await {
-                Ok((items, report)) => {
+        loop {
+            match combiner.deliver(deliveries.clone()).await {
+                Ok(report) => {
                     tracing::debug!(?report, "delivered");
-                    break items;
+                    break;
                 }
                 Err(e) => {
                     // Nothing is acknowledged: retry the same batch (the inbox makes the
@@ -413,48 +399,20 @@ async fn lane(
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
-        };
-        // The previous batch's settle overlapped this batch's write-ahead and calls; it is
-        // committed (and its offset stored) before this batch's is handed over.
-        if let Some(previous) = settling.take() {
-            acknowledge(&consumer, previous).await;
         }
-        let last = msgs.pop().expect("non-empty batch");
-        let handed = match combiner.settle(items).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "settle not handed over; the sweeper settles these");
-                Settling::default()
+        let last = msgs.last().expect("non-empty batch");
+        let mut tpl = TopicPartitionList::new();
+        if tpl
+            .add_partition_offset(
+                last.topic(),
+                last.partition(),
+                Offset::Offset(last.offset() + 1),
+            )
+            .is_ok()
+        {
+            if let Err(e) = consumer.store_offsets(&tpl) {
+                tracing::debug!(error = %e, "offset not stored (partition moved?); it will be re-read");
             }
-        };
-        settling = Some((handed, last));
-    }
-    if let Some(previous) = settling.take() {
-        acknowledge(&consumer, previous).await;
-    }
-}
-
-/// Wait for a batch's settle, then store the offset after its last message. A settle that
-/// failed leaves its actions leased and written ahead in the inbox, where the sweeper
-/// finishes them: the offset is stored either way.
-async fn acknowledge(
-    consumer: &StreamConsumer<LagContext>,
-    (settling, last): (Settling, OwnedMessage),
-) {
-    if let Err(e) = settling.committed().await {
-        tracing::warn!(error = %e, "settle failed; the sweeper settles these actions");
-    }
-    let mut tpl = TopicPartitionList::new();
-    if tpl
-        .add_partition_offset(
-            last.topic(),
-            last.partition(),
-            Offset::Offset(last.offset() + 1),
-        )
-        .is_ok()
-    {
-        if let Err(e) = consumer.store_offsets(&tpl) {
-            tracing::debug!(error = %e, "offset not stored (partition moved?); it will be re-read");
         }
     }
 }

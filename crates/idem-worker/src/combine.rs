@@ -9,10 +9,8 @@
 //! not combined: each caller sends its own started attempts and settles as soon as they
 //! are done, so a slow partner call holds back only the caller whose delivery it is.
 //!
-//! Order: a caller's next delivery starts only after its calls have returned, so combining
-//! never puts two of one caller's calls in flight at once. Its settle may still be
-//! committing then ([`Combiner::settle`]): the next write-ahead and call overlap it, and the
-//! caller waits for it before it acknowledges the next batch.
+//! Order: a caller's next delivery starts only after this one returned, so combining never
+//! puts two of one caller's messages in flight at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,17 +65,6 @@ impl Combiner {
     /// start and settle it; returns once all of it is committed. The report is that of the
     /// combined write-ahead transaction this delivery was part of.
     pub async fn deliver(&self, deliveries: Vec<Delivery>) -> Result<ReceiveReport, WorkerError> {
-        let (items, report) = self.start_and_call(deliveries).await?;
-        self.settle(items).await?.committed().await?;
-        Ok(report)
-    }
-
-    /// Receive `deliveries` in a shared write-ahead transaction and call the partner for
-    /// what they start; returns the outcomes, for [`Combiner::settle`].
-    pub async fn start_and_call(
-        &self,
-        deliveries: Vec<Delivery>,
-    ) -> Result<(Vec<(Started, ExecOutcome)>, ReceiveReport), WorkerError> {
         let (reply, answer) = oneshot::channel();
         self.start
             .send(StartRequest { deliveries, reply })
@@ -88,46 +75,19 @@ impl Combiner {
             .map_err(|_| WorkerError::CombinerStopped)?
             .map_err(WorkerError::Combined)?;
         if started.is_empty() {
-            return Ok((vec![], report));
+            return Ok(report);
         }
-        Ok((self.worker.execute_all(started).await, report))
-    }
-
-    /// Hand `items` to the next shared settle transaction. The caller may start its next
-    /// delivery meanwhile (its attempts are written ahead, so the order of calls holds)
-    /// and awaits [`Settling::committed`] before it acknowledges anything after them.
-    pub async fn settle(
-        &self,
-        items: Vec<(Started, ExecOutcome)>,
-    ) -> Result<Settling, WorkerError> {
-        if items.is_empty() {
-            return Ok(Settling(None));
-        }
+        let items = self.worker.execute_all(started).await;
         let (reply, answer) = oneshot::channel();
         self.settle
             .send(SettleRequest { items, reply })
             .await
             .map_err(|_| WorkerError::CombinerStopped)?;
-        Ok(Settling(Some(answer)))
-    }
-}
-
-/// Outcomes handed to a settle transaction (see [`Combiner::settle`]); the default has
-/// nothing to wait for.
-#[derive(Debug, Default)]
-pub struct Settling(Option<oneshot::Receiver<Result<(), Arc<WorkerError>>>>);
-
-impl Settling {
-    /// Wait until the outcomes are committed (or their transaction failed: then the
-    /// actions keep their leases, and the sweeper settles them by reconciling).
-    pub async fn committed(self) -> Result<(), WorkerError> {
-        match self.0 {
-            None => Ok(()),
-            Some(answer) => answer
-                .await
-                .map_err(|_| WorkerError::CombinerStopped)?
-                .map_err(WorkerError::Combined),
-        }
+        answer
+            .await
+            .map_err(|_| WorkerError::CombinerStopped)?
+            .map_err(WorkerError::Combined)?;
+        Ok(report)
     }
 }
 

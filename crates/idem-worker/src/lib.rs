@@ -12,7 +12,7 @@ pub mod partner;
 pub mod runtime;
 pub mod steps;
 
-pub use combine::{Combiner, Settling};
+pub use combine::Combiner;
 pub use config::WorkerConfig;
 pub use idem_telemetry::TraceHeaders;
 pub use runtime::{Delivery, ReceiveReport, Worker, WorkerBuilder, WorkerError};
