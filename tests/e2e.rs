@@ -248,7 +248,7 @@ async fn stored_500_after_effect_is_found_by_reconcile() {
 /// `idem.transitions` view still shows every change in order, the log holds only the
 /// others, and a retried action has one start per attempt.
 #[tokio::test]
-async fn starts_are_audited_on_their_attempt_rows_and_read_in_order() {
+async fn starts_and_settles_are_audited_on_their_attempt_rows_and_read_in_order() {
     let db = TestDb::new().await;
     let stripe = StripeFixture::start(StripeSimConfig::default()).await;
     stripe.sim.script([Fault::FailAfter]);
@@ -283,8 +283,28 @@ async fn starts_are_audited_on_their_attempt_rows_and_read_in_order() {
             .fetch_one(pool)
             .await
             .unwrap();
+    let settles: Vec<(i64, i32, String)> = sqlx::query_as(
+        "SELECT settle_audit_id, number, settle_to FROM idem.attempts \
+         WHERE action_id = $1 AND settle_audit_id IS NOT NULL ORDER BY number",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+    .unwrap();
     assert!(!starts.is_empty());
-    assert_eq!(view.len() as i64, logged + starts.len() as i64, "{view:?}");
+    assert_eq!(
+        view.len() as i64,
+        logged + starts.len() as i64 + settles.len() as i64,
+        "{view:?}"
+    );
+    // The first attempt's settle (its answer was lost: in doubt) rides on that attempt's
+    // finishing update (migration 0019), in its place right after the start.
+    let (first_settle, first_number, first_to) = settles.first().expect("a settle on its attempt");
+    assert_eq!(*first_number, starts[0].1);
+    assert_eq!(first_to, "in_doubt");
+    assert_eq!(view[1].0, *first_settle, "{view:?}");
+    let ids: std::collections::BTreeSet<i64> = view.iter().map(|v| v.0).collect();
+    assert_eq!(ids.len(), view.len(), "no transition twice: {view:?}");
     // Each attempt's start is in the view, in its place, going to executing.
     for (audit_id, _, to) in &starts {
         assert_eq!(to, "executing");
@@ -305,6 +325,15 @@ async fn starts_are_audited_on_their_attempt_rows_and_read_in_order() {
     .await
     .unwrap();
     assert_eq!(in_log, 0, "the start is not written twice");
+    let (settled_in_log,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM idem.transition_log WHERE action_id = $1 \
+         AND from_state = 'executing' AND to_state = 'in_doubt'",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(settled_in_log, 0, "the settle is not written twice");
 }
 
 #[tokio::test]
@@ -610,6 +639,69 @@ async fn malformed_actions_go_dead_and_the_worker_keeps_running() {
         "reason names the field"
     );
     assert_eq!(stripe.sim.ledger().len(), 1);
+}
+
+/// A worker keeps two outbox claims under way at once. Stopped meanwhile, it waits for
+/// the claims, runs and settles what they started, and leaves the rest in the outbox:
+/// nothing is left `executing` on a lease, and every settled action is one effect.
+#[tokio::test]
+async fn a_worker_stopped_with_claims_under_way_settles_what_they_started() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let pool = db.store.pool();
+    let mut ids = vec![];
+    for i in 0..400 {
+        let action = NewAction::new(ActionId::random(), cell_name(), charge_args(100 + i));
+        enqueue(pool, &action).await.unwrap();
+        ids.push(action.action_id.as_uuid());
+    }
+    let w = Worker::new(
+        db.store.clone(),
+        cell(&stripe.base_url(), |c| c),
+        WorkerConfig {
+            batch: 4,
+            ..idem_testkit::harness::worker_config("stopping-w")
+        },
+    );
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(async move { w.run(rx).await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (settled,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM idem.actions WHERE state = 'succeeded'")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        if settled >= 20 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{settled} settled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tx.send(true).unwrap();
+    run.await.unwrap().unwrap();
+    let states: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, count(*) FROM idem.actions GROUP BY state ORDER BY state")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let count = |s: &str| states.iter().find(|(st, _)| st == s).map_or(0, |(_, n)| *n);
+    assert_eq!(
+        count("succeeded") + count("received"),
+        400,
+        "only settled or untouched actions after a stop: {states:?}"
+    );
+    assert!(count("received") > 0, "stopped before the end: {states:?}");
+    let (queued,): (i64,) = sqlx::query_as("SELECT count(*) FROM idem.outbox")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        queued,
+        count("received"),
+        "each untouched action keeps its message"
+    );
+    assert_eq!(stripe.sim.ledger().len() as i64, count("succeeded"));
 }
 
 /// The direct transport's claim takes outbox rows and locks the inbox rows their

@@ -337,15 +337,26 @@ pub async fn apply_with(
             JOIN upd ON upd.action_id = n.id AND upd.attempts = n.number
             RETURNING action_id
         ), finished AS (
-            UPDATE idem.attempts t SET result = f.result, detail = f.detail, finished_at = now()
+            -- An attempt settled together with its action's transition carries that
+            -- transition (migration 0019).
+            UPDATE idem.attempts t SET result = f.result, detail = f.detail, finished_at = now(),
+                settle_audit_id = CASE WHEN u.action_id IS NOT NULL
+                                       THEN nextval('idem.transition_log_id_seq') END,
+                settle_from = u.from_state, settle_to = u.to_state, settle_event = u.event,
+                settle_actor = CASE WHEN u.action_id IS NOT NULL THEN $16 END,
+                settle_reason = u.reason
             FROM unnest($26::uuid[], $27::int4[], $28::text[], $29::jsonb[])
                 AS f(id, number, result, detail)
+            LEFT JOIN upd u ON u.action_id = f.id AND u.attempts = f.number
             WHERE t.action_id = f.id AND t.number = f.number
               AND (t.result IS NULL OR (t.result = 'lease_expired' AND f.result = 'succeeded'))
+              AND t.settle_audit_id IS NULL
+            RETURNING u.action_id
         ), audit AS (
             INSERT INTO idem.transition_log (action_id, from_state, to_state, event, actor, reason)
             SELECT action_id, from_state, to_state, event, $16, reason FROM upd
             WHERE action_id NOT IN (SELECT action_id FROM started)
+              AND action_id NOT IN (SELECT action_id FROM finished WHERE action_id IS NOT NULL)
         ), results AS (
             INSERT INTO idem.results_outbox (action_id, payload)
             SELECT upd.action_id, convert_to(jsonb_build_object(
