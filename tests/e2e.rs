@@ -641,11 +641,11 @@ async fn malformed_actions_go_dead_and_the_worker_keeps_running() {
     assert_eq!(stripe.sim.ledger().len(), 1);
 }
 
-/// A worker keeps two outbox claims under way at once. Stopped meanwhile, it waits for
-/// the claims, runs and settles what they started, and leaves the rest in the outbox:
-/// nothing is left `executing` on a lease, and every settled action is one effect.
+/// A worker stopped while it claims and calls finishes what it started: it runs and
+/// settles every action a claim of its started, and leaves the rest in the outbox. Nothing
+/// is left `executing` on a lease, and every settled action is one effect.
 #[tokio::test]
-async fn a_worker_stopped_with_claims_under_way_settles_what_they_started() {
+async fn a_worker_stopped_mid_run_settles_what_it_started() {
     let db = TestDb::new().await;
     let stripe = StripeFixture::start(StripeSimConfig::default()).await;
     let pool = db.store.pool();

@@ -49,63 +49,7 @@ pub enum WorkerError {
 /// Actions a worker may hold taken but not yet settled, per call slot: a call's slot is
 /// free as soon as the partner answered, so the next call does not wait for the settle
 /// (group commit) of the last one, while settles that fall behind still stop new claims.
-const UNSETTLED_PER_CALL: usize = 4;
-
-/// Settle transactions one worker commits at once. One at a time leaves the settler
-/// waiting on each commit's round trips and WAL flush while finished calls queue; two
-/// overlap one batch's commit with the next batch's statement. Batches never share an
-/// action (an action has one open attempt), so they cannot conflict.
-const SETTLES_IN_FLIGHT: usize = 2;
-
-/// Outbox claims one worker has under way at once. A claim is four round trips (begin,
-/// take, start, commit) during which the worker's own CPU and the database are mostly
-/// idle; a second claim taken meanwhile (SKIP LOCKED: other rows) overlaps them.
-const CLAIMS_IN_FLIGHT: usize = 2;
-
-/// Permits a claim holds while it runs, one (call, unsettled) pair per action it may take.
-struct Reserved {
-    calls: OwnedSemaphorePermit,
-    slots: OwnedSemaphorePermit,
-    len: u32,
-}
-
-impl Reserved {
-    /// As many pairs as are free, up to `batch`; None if none is.
-    fn take(calls: &Arc<Semaphore>, slots: &Arc<Semaphore>, batch: u32) -> Option<Self> {
-        let len = (calls.available_permits().min(slots.available_permits()) as u32).min(batch);
-        if len == 0 {
-            return None;
-        }
-        let calls = calls.clone().try_acquire_many_owned(len).ok()?;
-        let slots = slots.clone().try_acquire_many_owned(len).ok()?;
-        Some(Self { calls, slots, len })
-    }
-
-    /// Split one pair off.
-    fn one(&mut self) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
-        self.len -= 1;
-        (
-            self.calls.split(1).expect("a permit per claimed action"),
-            self.slots.split(1).expect("a permit per claimed action"),
-        )
-    }
-}
-
-/// A finished claim: what it took, the permits it reserved, and the wake-up count when it
-/// began.
-struct Claimed {
-    work: Result<Vec<Work>, WorkerError>,
-    permits: Reserved,
-    begun: u64,
-}
-
-/// How a claim ended: it filled its permits (claim again at once), took fewer (the
-/// outbox is drained as of `begun`, the wake-up count when it began), or failed.
-enum ClaimEnd {
-    Full,
-    Short { begun: u64 },
-    Failed,
-}
+const UNSETTLED_PER_CALL: usize = 2;
 
 /// What one receive step did, for transports and tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -344,32 +288,45 @@ impl Worker {
         self.register_with_fleet().await?;
         let mut last_sweep = Instant::now() - self.config.sweep_interval;
         let mut rechecks = idem_store::outbox::Rechecks::default();
-        let mut claims: JoinSet<Claimed> = JoinSet::new();
-        // Bumped by every notification, recheck and poll: a claim that found the outbox
-        // short marks it drained only if nothing woke us after it began, since rows
-        // enqueued after its snapshot may be what the wake-up announced.
-        let mut wakes: u64 = 0;
-        let mut drained = false;
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            // The sweep before new claims: a claim reserves every free permit, and the
-            // sweep (expired leases, due retries, approvals) must not wait behind them.
+            let mut busy = false;
             let free = sem.available_permits().min(unsettled.available_permits()) as u32;
-            if last_sweep.elapsed() >= self.config.sweep_interval && free > 0 {
-                last_sweep = Instant::now();
-                match self.sweep(free.min(self.config.batch)).await {
-                    Ok((work, full)) => {
-                        if full {
-                            // More is due than one sweep takes (after a worker died, say):
-                            // sweep again as soon as there are permits.
-                            last_sweep = Instant::now() - self.config.sweep_interval;
-                        }
+            // Every permit taken: there may be more work than capacity, so wake when permits
+            // come back rather than after a poll interval.
+            let saturated = free == 0;
+            if self.config.claim_outbox && free > 0 {
+                match self.claim_outbox(free.min(self.config.batch)).await {
+                    Ok(work) => {
+                        busy = work.len() as u32 == free.min(self.config.batch) && !work.is_empty();
                         self.dispatch(work, (&sem, &unsettled), &settle_tx, &mut tasks)
-                            .await
+                            .await;
                     }
-                    Err(e) => tracing::warn!(error = %e, "sweep failed; retrying"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "claim from outbox failed; retrying");
+                        tokio::time::sleep(self.config.poll_interval).await;
+                    }
+                }
+            }
+            if last_sweep.elapsed() >= self.config.sweep_interval {
+                last_sweep = Instant::now();
+                let free = sem.available_permits().min(unsettled.available_permits()) as u32;
+                if free > 0 {
+                    match self.sweep(free.min(self.config.batch)).await {
+                        Ok((work, full)) => {
+                            if full {
+                                // More is due than one sweep takes (after a worker died, say):
+                                // sweep again as soon as there are permits.
+                                last_sweep = Instant::now() - self.config.sweep_interval;
+                                busy = true;
+                            }
+                            self.dispatch(work, (&sem, &unsettled), &settle_tx, &mut tasks)
+                                .await
+                        }
+                        Err(e) => tracing::warn!(error = %e, "sweep failed; retrying"),
+                    }
                 }
                 let free = sem.available_permits().min(unsettled.available_permits()) as u32;
                 if free > 0 {
@@ -384,22 +341,6 @@ impl Worker {
                     }
                 }
             }
-            // New claims with what the sweep left.
-            while self.config.claim_outbox && !drained && claims.len() < CLAIMS_IN_FLIGHT {
-                let Some(permits) = Reserved::take(&sem, &unsettled, self.config.batch) else {
-                    break;
-                };
-                let me = self.clone();
-                let begun = wakes;
-                claims.spawn(async move {
-                    let work = me.claim_outbox(permits.len).await;
-                    Claimed {
-                        work,
-                        permits,
-                        begun,
-                    }
-                });
-            }
             // Reap finished tasks so the set does not grow.
             while let Some(r) = tasks.try_join_next() {
                 if let Err(e) = r {
@@ -408,12 +349,7 @@ impl Worker {
                     }
                 }
             }
-            let sweep_due = last_sweep.elapsed() >= self.config.sweep_interval;
-            let free = sem.available_permits().min(unsettled.available_permits());
-            // Every permit taken: there may be more work than capacity, so wake when permits
-            // come back rather than after a poll interval.
-            let saturated = free == 0 && (claims.len() < CLAIMS_IN_FLIGHT || sweep_due);
-            if sweep_due && free > 0 {
+            if busy {
                 continue;
             }
             let wait = self.config.poll_interval.min(self.config.sweep_interval);
@@ -421,25 +357,12 @@ impl Worker {
             let wake = rechecks.wake(poll);
             tokio::select! {
                 _ = shutdown.changed() => {}
-                Some(done) = claims.join_next() => {
-                    drained = match self.claimed(done, &settle_tx, &mut tasks).await {
-                        ClaimEnd::Full => false,
-                        // Short: the outbox is drained unless something woke us since.
-                        ClaimEnd::Short { begun } => begun == wakes,
-                        // Failed: try again on the next wake-up or poll.
-                        ClaimEnd::Failed => true,
-                    };
-                }
                 _ = async {
                     match listener.as_mut() {
                         Some(l) => { let _ = l.recv().await; }
                         None => std::future::pending::<()>().await,
                     }
-                } => {
-                    rechecks.notified();
-                    wakes += 1;
-                    drained = false;
-                }
+                } => rechecks.notified(),
                 _ = async {
                     if saturated {
                         // Half the claim size back (settlements return permits in batches).
@@ -450,16 +373,8 @@ impl Worker {
                         std::future::pending::<()>().await
                     }
                 } => {}
-                _ = tokio::time::sleep_until(wake) => {
-                    rechecks.fired();
-                    wakes += 1;
-                    drained = false;
-                }
+                _ = tokio::time::sleep_until(wake) => rechecks.fired(),
             }
-        }
-        // Claims under way committed their starts: their calls must run and settle.
-        while let Some(done) = claims.join_next().await {
-            self.claimed(done, &settle_tx, &mut tasks).await;
         }
         // Graceful stop: every permit back means every call settled or handed to the settler.
         let _all = sem
@@ -471,47 +386,6 @@ impl Worker {
         Ok(())
     }
 
-    /// Dispatch what a claim took, with the permits it reserved, and say how it ended.
-    async fn claimed(
-        &self,
-        done: Result<Claimed, tokio::task::JoinError>,
-        settle_tx: &mpsc::Sender<Settlement>,
-        tasks: &mut JoinSet<()>,
-    ) -> ClaimEnd {
-        let Claimed {
-            work,
-            permits,
-            begun,
-        } = match done {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "outbox claim panicked");
-                return ClaimEnd::Failed;
-            }
-        };
-        match work {
-            Ok(work) => {
-                let full = !work.is_empty() && work.len() == permits.len as usize;
-                let mut permits = permits;
-                let mut pairs = Vec::with_capacity(work.len());
-                for _ in 0..work.len() {
-                    pairs.push(permits.one());
-                }
-                drop(permits); // what the claim did not fill
-                self.dispatch_with(work, pairs, settle_tx, tasks);
-                if full {
-                    ClaimEnd::Full
-                } else {
-                    ClaimEnd::Short { begun }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "claim from outbox failed; retrying");
-                ClaimEnd::Failed
-            }
-        }
-    }
-
     async fn dispatch(
         &self,
         work: Vec<Work>,
@@ -519,8 +393,7 @@ impl Worker {
         settle_tx: &mpsc::Sender<Settlement>,
         tasks: &mut JoinSet<()>,
     ) {
-        let mut pairs = Vec::with_capacity(work.len());
-        for _ in 0..work.len() {
+        for w in work {
             let permit = sem
                 .clone()
                 .acquire_owned()
@@ -531,20 +404,6 @@ impl Worker {
                 .acquire_owned()
                 .await
                 .expect("semaphore is never closed");
-            pairs.push((permit, slot));
-        }
-        self.dispatch_with(work, pairs, settle_tx, tasks);
-    }
-
-    /// Run each piece of work with its (call, unsettled) permit pair.
-    fn dispatch_with(
-        &self,
-        work: Vec<Work>,
-        pairs: Vec<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
-        settle_tx: &mpsc::Sender<Settlement>,
-        tasks: &mut JoinSet<()>,
-    ) {
-        for (w, (permit, slot)) in work.into_iter().zip(pairs) {
             match w {
                 Work::Execute(started) => {
                     let tx = settle_tx.clone();
@@ -583,7 +442,6 @@ impl Worker {
     async fn settler(&self, mut rx: mpsc::Receiver<Settlement>, calls: Arc<Semaphore>) {
         let cap = self.config.batch.max(1) as usize;
         let linger = self.config.settle_linger;
-        let mut settling = JoinSet::new();
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
             let deadline = tokio::time::Instant::now() + linger;
@@ -602,36 +460,25 @@ impl Worker {
                     }
                 }
             }
-            if settling.len() >= SETTLES_IN_FLIGHT {
-                settling.join_next().await;
-            }
-            let me = self.clone();
-            settling.spawn(async move { me.settle_batch(batch).await });
-        }
-        while settling.join_next().await.is_some() {}
-    }
-
-    /// Commit one batch of settlements, retrying a failed commit with backoff; the permits
-    /// come back when the batch is dropped at the end.
-    async fn settle_batch(&self, batch: Vec<Settlement>) {
-        let items: Vec<(Started, ExecOutcome)> = batch
-            .iter()
-            .map(|s| (s.started.clone(), s.outcome.clone()))
-            .collect();
-        let mut delay = Duration::from_millis(50);
-        for round in 0..8 {
-            match self.settle(&items).await {
-                Ok(_) => break,
-                Err(e) => {
-                    // The actions keep their leases; if this never succeeds the sweeper
-                    // moves them to in_doubt and a replay or reconcile settles them.
-                    tracing::warn!(error = %e, round, "settle failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
+            let items: Vec<(Started, ExecOutcome)> = batch
+                .iter()
+                .map(|s| (s.started.clone(), s.outcome.clone()))
+                .collect();
+            let mut delay = Duration::from_millis(50);
+            for round in 0..8 {
+                match self.settle(&items).await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        // The actions keep their leases; if this never succeeds the sweeper
+                        // moves them to in_doubt and a replay or reconcile settles them.
+                        tracing::warn!(error = %e, round, "settle failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                    }
                 }
             }
+            drop(batch); // releases the permits
         }
-        drop(batch); // releases the permits
     }
 
     /// Settle executed attempts in one transaction. Returns how many compare-and-sets held.
