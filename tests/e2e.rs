@@ -704,6 +704,29 @@ async fn a_worker_stopped_mid_run_settles_what_it_started() {
     assert_eq!(stripe.sim.ledger().len() as i64, count("succeeded"));
 }
 
+/// A Kafka-style delivery's write-ahead and its settle run their prepared statements'
+/// generic plans (`SET LOCAL plan_cache_mode`), and the setting ends with each
+/// transaction: the one pooled connection they used answers `auto` afterwards, so nothing
+/// else that borrows it is planned differently.
+#[tokio::test]
+async fn generic_plans_for_a_delivery_do_not_leak_into_the_pool() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let one = Store::connect(&db.url, 1).await.unwrap();
+    let w = worker(&one, cell(&stripe.base_url(), |c| c), "plans-w");
+    let action = NewAction::new(ActionId::random(), cell_name(), charge_args(4200));
+    enqueue(one.pool(), &action).await.unwrap();
+    let report = w.deliver(&[take_delivery(&one).await]).await.unwrap();
+    assert_eq!(report.started, 1, "{report:?}");
+    assert_eq!(state(&one, action.action_id).await.state, State::Succeeded);
+    assert_eq!(stripe.sim.ledger().len(), 1);
+    let (mode,): (String,) = sqlx::query_as("SHOW plan_cache_mode")
+        .fetch_one(one.pool())
+        .await
+        .unwrap();
+    assert_eq!(mode, "auto");
+}
+
 /// The direct transport's claim takes outbox rows and locks the inbox rows their
 /// `action_id` column names in one statement, but trusts nothing it did not check: a
 /// payload that names that action with other arguments is a conflict (dead letter, the
