@@ -12,8 +12,15 @@
 //! so every [`REPREPARE_EVERY`]th connection handed out drops its prepared statements and
 //! the next use plans against the table as it is. Colder statements that join an
 //! `unnest()` of ids to `actions` or `attempts` stay unprepared (`.persistent(false)`).
-//! (A connection-wide `plan_cache_mode` would be simpler, but it is a startup parameter that
-//! poolers such as PgBouncer refuse.)
+//! The worker runs the hot statements inside `SET LOCAL plan_cache_mode =
+//! force_generic_plan` (its `GENERIC_PLANS`): left to choose, PostgreSQL re-planned them on
+//! every call, since a custom plan for a small batch is always the cheaper guess, and the
+//! planning cost more than the execution. So each must have a generic plan that is index
+//! lookups whatever `LIMIT $1` or an array's length turns out to be: `= ANY(ARRAY(…))`
+//! rather than a join where a generic estimate could pick a hash join over a sequential
+//! scan. (A connection-wide `plan_cache_mode` would be simpler, but it is a startup
+//! parameter that poolers such as PgBouncer refuse, and a session `SET` would follow the
+//! connection to whoever borrows it next.)
 
 pub mod attempts;
 pub mod audit;

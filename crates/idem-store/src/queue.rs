@@ -73,7 +73,10 @@ pub async fn take_outbox_locked(
         r#"WITH picked AS (
                SELECT seq FROM idem.outbox ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
            ), taken AS (
-               DELETE FROM idem.outbox o USING picked WHERE o.seq = picked.seq
+               -- `= ANY(ARRAY(…))`, not a join: the claim runs its generic plan, which
+               -- cannot know LIMIT $1 and planned the join as a hash join over a
+               -- sequential scan of the whole outbox; this is primary-key lookups.
+               DELETE FROM idem.outbox o WHERE o.seq = ANY (ARRAY(SELECT seq FROM picked))
                RETURNING o.seq, o.action_id AS outbox_action_id, o.payload, o.headers
            ), locked AS MATERIALIZED (
                SELECT {COLUMNS} FROM idem.actions

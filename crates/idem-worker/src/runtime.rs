@@ -51,16 +51,17 @@ pub enum WorkerError {
 /// (group commit) of the last one, while settles that fall behind still stop new claims.
 const UNSETTLED_PER_CALL: usize = 2;
 
-/// Begins a Kafka delivery's write-ahead transaction and every settle, in the same round
-/// trip: their prepared statements run their generic plans. Left to choose (`auto`),
-/// PostgreSQL kept planning the compare-and-set afresh for each call, because a custom plan
-/// for the few rows a Kafka batch carries always costs less than the generic one:
-/// `pg_stat_statements` on `bench kafka-worker --per-partition-batch 1` counted 1.9–2.3 s
-/// of planning against 1.2–1.3 s of execution (0.06 s of planning with this). The generic
-/// plans follow the tables' size because connections re-prepare now and then
-/// (`idem_store::REPREPARE_EVERY`). `LOCAL`: the setting ends with the transaction, so a
-/// pooled connection is left as it was. (Not for the direct claim: forcing generic plans
-/// there doubled its execution time in `bench pg-worker`.)
+/// Begins every write-ahead transaction (a Kafka delivery's, the direct claim's) and every
+/// settle, in the same round trip: their prepared statements run their generic plans.
+/// Left to choose (`auto`), PostgreSQL kept planning them afresh for each call, because a
+/// custom plan for the few rows a batch carries costs less than the generic one:
+/// `pg_stat_statements` counted, on `bench kafka-worker --per-partition-batch 1`, 1.9–2.3 s
+/// of planning against 1.2–1.3 s of execution, and on `bench pg-worker` the claim's
+/// statement planned for 0.44 s and ran for 0.27 s (0.03–0.06 s of planning with this).
+/// The generic plans follow the tables' size because connections re-prepare now and then
+/// (`idem_store::REPREPARE_EVERY`), and the statements are written so that a generic plan
+/// is index lookups (see `idem_store::queue::take_outbox_locked`). `LOCAL`: the setting
+/// ends with the transaction, so a pooled connection is left as it was.
 const GENERIC_PLANS: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan";
 
 /// What one receive step did, for transports and tests.
@@ -535,7 +536,7 @@ impl Worker {
     async fn claim_outbox(&self, limit: u32) -> Result<Vec<Work>, WorkerError> {
         // Before the policy is read below: registering may seed it.
         self.register_with_fleet().await?;
-        let mut tx = self.store.pool().begin().await?;
+        let mut tx = self.store.pool().begin_with(GENERIC_PLANS).await?;
         let taken = queue::take_outbox_locked(&mut tx, limit).await?;
         if taken.is_empty() {
             tx.rollback().await?;
