@@ -102,7 +102,7 @@ pub async fn waiting(pool: &PgPool, state: State, limit: i64) -> Result<Vec<Wait
     Ok(out)
 }
 
-/// How far back [`failed_recently`] looks.
+/// How far back [`ended_recently`] looks.
 pub const FAILED_WINDOW_DAYS: i64 = 7;
 
 /// Actions that ended `failed` or `dead` (`state`) in the last [`FAILED_WINDOW_DAYS`] days,
