@@ -658,6 +658,98 @@ async fn the_fleet_policy_holds_for_a_worker_started_without_flags() {
     assert_eq!(rules[0].rule, "never");
 }
 
+/// The database's fence (migration 0020) for each kind of rule: `always` holds every first
+/// start, `amount>=50000` only a number at or over it (a string or a missing amount is not
+/// held), `never` nothing; a start that is not the first (a retry) is not fenced.
+#[tokio::test]
+async fn the_database_fence_applies_each_kind_of_rule() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let cell = StripeCharge::new(stripe.base_url(), TEST_SECRET);
+    let w = worker(&db.store, cell, Duration::from_secs(3600));
+    w.register_with_fleet().await.unwrap();
+    let pool = db.store.pool();
+    let set = |rule: ApprovalPolicy| async move {
+        idem_store::policy::set(pool, "stripe.charge", &rule, "carol", "fence test")
+            .await
+            .unwrap();
+    };
+    // A forced first start, as a process that skipped the worker's check would make it.
+    let force = |id: ActionId, from: &'static str, attempts: i32| async move {
+        sqlx::query(
+            "UPDATE idem.actions SET state = 'executing', attempts = $3 \
+             WHERE action_id = $1 AND state = $2",
+        )
+        .bind(id.as_uuid())
+        .bind(from)
+        .bind(attempts)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected())
+    };
+    let refused = |r: Result<u64, sqlx::Error>| match r {
+        Err(sqlx::Error::Database(e)) => e.code().as_deref() == Some("IDM04"),
+        Ok(n) => {
+            assert_eq!(n, 1, "the start matched its row");
+            false
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let holds = |args: serde_json::Value| async move {
+        sqlx::query_scalar::<_, bool>("SELECT idem.policy_holds('stripe.charge', $1)")
+            .bind(args)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    };
+
+    set(ApprovalPolicy::Above {
+        argument: "amount".into(),
+        threshold: 50_000,
+    })
+    .await;
+    assert!(refused(
+        force(enqueue_charge(&db.store, 60_000).await, "received", 1).await
+    ));
+    assert!(refused(
+        force(enqueue_charge(&db.store, 50_000).await, "received", 1).await
+    ));
+    assert!(!refused(
+        force(enqueue_charge(&db.store, 49_999).await, "received", 1).await
+    ));
+    assert!(holds(json!({"amount": 50_000})).await);
+    assert!(
+        !holds(json!({"amount": "60000"})).await,
+        "a string is not a number"
+    );
+    assert!(!holds(json!({"currency": "usd"})).await, "no amount");
+    assert!(
+        !sqlx::query_scalar::<_, bool>("SELECT idem.policy_holds('gmail.send', '{}')")
+            .fetch_one(pool)
+            .await
+            .unwrap(),
+        "no rule for the cell"
+    );
+
+    set(ApprovalPolicy::Always).await;
+    let small = enqueue_charge(&db.store, 100).await;
+    assert!(refused(force(small, "received", 1).await));
+    // A retry of an action that already made an attempt is not a first start.
+    sqlx::query(
+        "UPDATE idem.actions SET state = 'retry_scheduled', attempts = 1 WHERE action_id = $1",
+    )
+    .bind(small.as_uuid())
+    .execute(pool)
+    .await
+    .unwrap();
+    assert!(!refused(force(small, "retry_scheduled", 2).await));
+
+    set(ApprovalPolicy::Never).await;
+    assert!(!refused(
+        force(enqueue_charge(&db.store, 90_000).await, "received", 1).await
+    ));
+}
+
 /// An outage longer than the cell's budget ends `failed` ("nothing reached the partner");
 /// a person sends it again with an audited decision and it goes out once, under a fresh
 /// key, with the same action id. Only a failed action can be sent again.
