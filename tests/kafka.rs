@@ -530,6 +530,69 @@ async fn per_key_processing_order_is_enqueue_commit_order() {
     assert_eq!(stripe.sim.ledger().len(), 30);
 }
 
+/// A partition lane with its next message already fetched settles the last one and writes
+/// the next ahead in one transaction (the settle first): the finished attempt of one
+/// action and the started attempt of the next carry the same transaction id, and every
+/// action is charged once, in order.
+#[tokio::test]
+async fn a_lane_settles_the_last_message_and_starts_the_next_in_one_commit() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let topic = unique("idem.test");
+    let mut k = kafka(&topic);
+    k.partitions = 1;
+    let ids = enqueue_n(&db.store, 12, Some("one-session")).await;
+    relay(&db, &k).drain_once().await.unwrap();
+    let transport = KafkaTransport::new(
+        worker(&db.store, &stripe.base_url()),
+        k,
+        TransportConfig::new(unique("group"), vec![topic.clone()]),
+    );
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(async move { transport.run(rx).await });
+    wait_settled(&db.store, &ids, Duration::from_secs(60)).await;
+    tx.send(true).unwrap();
+    running.await.unwrap().unwrap();
+    // A transition's time is now() of the transaction that made it: the settle of one
+    // action and the start of the next carry the same time when they shared a commit.
+    let rows: Vec<(uuid::Uuid, String, String)> = sqlx::query_as(
+        "SELECT action_id, to_state, at::text FROM idem.transitions \
+         WHERE (from_state = 'received' AND to_state = 'executing') \
+            OR (from_state = 'executing' AND to_state = 'succeeded') ORDER BY id",
+    )
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap();
+    let at = |id: &ActionId, to: &str| {
+        let found: Vec<_> = rows
+            .iter()
+            .filter(|(a, t, _)| *a == id.as_uuid() && t == to)
+            .map(|(_, _, at)| at.clone())
+            .collect();
+        assert_eq!(found.len(), 1, "{id} {to}: {rows:?}");
+        found[0].clone()
+    };
+    let starts: Vec<ActionId> = rows
+        .iter()
+        .filter(|(_, t, _)| t == "executing")
+        .map(|(id, _, _)| ActionId(*id))
+        .collect();
+    assert_eq!(starts, ids, "started one at a time, in enqueue order");
+    let shared = ids
+        .windows(2)
+        .filter(|w| at(&w[0], "succeeded") == at(&w[1], "executing"))
+        .count();
+    // Every next message was in hand (the topic was full before the worker started),
+    // bar the first few while the reader fills the lane.
+    assert!(
+        shared >= 6,
+        "{shared} of 11 settles shared the next start's commit"
+    );
+    for id in &ids {
+        assert_eq!(stripe.sim.effects_for(&id.to_string()), 1);
+    }
+}
+
 /// One partition's lane busy with slow partner calls (one message at a time, room for one
 /// more) must not hold back the others: the reader pauses that partition alone and keeps
 /// handing the other partitions' messages to their lanes.

@@ -24,7 +24,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use idem_core::ExecOutcome;
 use idem_telemetry::TraceHeaders;
+use idem_worker::steps::Started;
 use idem_worker::{Combiner, Delivery, Worker};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
@@ -337,6 +339,10 @@ enum Ended {
 
 /// One partition's messages, in order. On shutdown it finishes the batch in hand and hands
 /// the rest back (their offsets are not stored, so the next owner reads them).
+///
+/// When a batch's calls have returned and the next batch is already waiting, its settle
+/// and the next batch's write-ahead share one transaction (the settle first); otherwise it
+/// settles alone. The batch's offset is stored once its settle has committed.
 async fn lane(
     combiner: Combiner,
     consumer: Arc<StreamConsumer<LagContext>>,
@@ -346,17 +352,31 @@ async fn lane(
 ) {
     // A message whose key is already in the batch in hand waits for the next one.
     let mut carried: Option<OwnedMessage> = None;
+    // The last batch: its outcomes, not yet settled, and its last message.
+    let mut unsettled: Option<(Vec<(Started, ExecOutcome)>, OwnedMessage)> = None;
     loop {
         let first = match carried.take() {
-            Some(m) => m,
-            None => match rx.recv().await {
-                Some(m) => m,
-                None => break,
-            },
+            Some(m) => Some(m),
+            // Something to settle: take the next message only if it is already here.
+            None if unsettled.is_some() => rx.try_recv().ok(),
+            None => rx.recv().await,
         };
-        if *shutdown.borrow() {
-            break;
-        }
+        let stopping = *shutdown.borrow();
+        let first = match first {
+            Some(m) if !stopping => m,
+            // Nothing waiting yet (or stopping, or the partition went): settle what is
+            // in hand, then wait for the next message (or stop).
+            _ => {
+                if let Some((items, last)) = unsettled.take() {
+                    settle(&combiner, items).await;
+                    store_offset(&consumer, &last);
+                    if !stopping {
+                        continue;
+                    }
+                }
+                break;
+            }
+        };
         let mut msgs = vec![first];
         // Only what is already waiting (a batch never waits to fill), and never two
         // messages of one key: a batch's actions run concurrently, so this is what keeps
@@ -384,35 +404,66 @@ async fn lane(
                 trace: trace_of(m),
             })
             .collect();
+        let (items, settled_last) = match unsettled.take() {
+            Some((items, last)) => (items, Some(last)),
+            None => (vec![], None),
+        };
         let mut delay = Duration::from_millis(100);
-        loop {
-            match combiner.deliver(deliveries.clone()).await {
-                Ok(report) => {
+        let started = loop {
+            match combiner
+                .settle_and_start(items.clone(), deliveries.clone())
+                .await
+            {
+                Ok((started, report)) => {
                     tracing::debug!(?report, "delivered");
-                    break;
+                    break started;
                 }
                 Err(e) => {
-                    // Nothing is acknowledged: retry the same batch (the inbox makes the
-                    // retry safe) until the database answers again.
+                    // Nothing is acknowledged: retry the same settle and batch (the inbox
+                    // makes the retry safe) until the database answers again.
                     tracing::warn!(error = %e, "delivery failed; retrying the batch");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
+        };
+        if let Some(last) = settled_last {
+            store_offset(&consumer, &last);
         }
-        let last = msgs.last().expect("non-empty batch");
-        let mut tpl = TopicPartitionList::new();
-        if tpl
-            .add_partition_offset(
-                last.topic(),
-                last.partition(),
-                Offset::Offset(last.offset() + 1),
-            )
-            .is_ok()
-        {
-            if let Err(e) = consumer.store_offsets(&tpl) {
-                tracing::debug!(error = %e, "offset not stored (partition moved?); it will be re-read");
-            }
+        let last = msgs.pop().expect("non-empty batch");
+        if started.is_empty() {
+            // Nothing to call (duplicates, held for approval, …): done with this batch.
+            store_offset(&consumer, &last);
+        } else {
+            unsettled = Some((combiner.execute(started).await, last));
+        }
+    }
+}
+
+/// Settle a lane's last outcomes, retrying until the database answers (the actions keep
+/// their leases meanwhile; a worker that dies here leaves them to the sweep).
+async fn settle(combiner: &Combiner, items: Vec<(Started, ExecOutcome)>) {
+    let mut delay = Duration::from_millis(100);
+    while let Err(e) = combiner.settle(items.clone()).await {
+        tracing::warn!(error = %e, "settle failed; retrying");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Store the offset after `last` (for auto-commit): everything up to it is settled.
+fn store_offset(consumer: &StreamConsumer<LagContext>, last: &OwnedMessage) {
+    let mut tpl = TopicPartitionList::new();
+    if tpl
+        .add_partition_offset(
+            last.topic(),
+            last.partition(),
+            Offset::Offset(last.offset() + 1),
+        )
+        .is_ok()
+    {
+        if let Err(e) = consumer.store_offsets(&tpl) {
+            tracing::debug!(error = %e, "offset not stored (partition moved?); it will be re-read");
         }
     }
 }

@@ -9,8 +9,12 @@
 //! not combined: each caller sends its own started attempts and settles as soon as they
 //! are done, so a slow partner call holds back only the caller whose delivery it is.
 //!
-//! Order: a caller's next delivery starts only after this one returned, so combining never
-//! puts two of one caller's messages in flight at once.
+//! A caller that has its next delivery in hand when its calls return hands over both: the
+//! settle of the last and the write-ahead of the next go into one transaction (the settle
+//! first), one commit per message instead of two ([`Combiner::settle_and_start`]).
+//!
+//! Order: a caller's next delivery starts only after this one's calls returned, so
+//! combining never puts two of one caller's messages in flight at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +33,8 @@ const MAX_COMBINED: usize = 256;
 type Reply<T> = oneshot::Sender<Result<T, Arc<WorkerError>>>;
 
 struct StartRequest {
+    /// Outcomes to settle first, in the same transaction.
+    settle: Vec<(Started, ExecOutcome)>,
     deliveries: Vec<Delivery>,
     reply: Reply<(Vec<Started>, ReceiveReport)>,
 }
@@ -65,19 +71,49 @@ impl Combiner {
     /// start and settle it; returns once all of it is committed. The report is that of the
     /// combined write-ahead transaction this delivery was part of.
     pub async fn deliver(&self, deliveries: Vec<Delivery>) -> Result<ReceiveReport, WorkerError> {
-        let (reply, answer) = oneshot::channel();
-        self.start
-            .send(StartRequest { deliveries, reply })
-            .await
-            .map_err(|_| WorkerError::CombinerStopped)?;
-        let (started, report) = answer
-            .await
-            .map_err(|_| WorkerError::CombinerStopped)?
-            .map_err(WorkerError::Combined)?;
+        let (started, report) = self.settle_and_start(vec![], deliveries).await?;
         if started.is_empty() {
             return Ok(report);
         }
-        let items = self.worker.execute_all(started).await;
+        let items = self.execute(started).await;
+        self.settle(items).await?;
+        Ok(report)
+    }
+
+    /// Settle `items` and write `deliveries` ahead in one shared transaction, the settle
+    /// first; returns what the deliveries started, to [`Combiner::execute`]. Either both
+    /// commit or neither does: on an error, hand both over again.
+    pub async fn settle_and_start(
+        &self,
+        items: Vec<(Started, ExecOutcome)>,
+        deliveries: Vec<Delivery>,
+    ) -> Result<(Vec<Started>, ReceiveReport), WorkerError> {
+        let (reply, answer) = oneshot::channel();
+        self.start
+            .send(StartRequest {
+                settle: items,
+                deliveries,
+                reply,
+            })
+            .await
+            .map_err(|_| WorkerError::CombinerStopped)?;
+        answer
+            .await
+            .map_err(|_| WorkerError::CombinerStopped)?
+            .map_err(WorkerError::Combined)
+    }
+
+    /// Send each started attempt to its partner, all at once; the outcomes, in no order.
+    pub async fn execute(&self, started: Vec<Started>) -> Vec<(Started, ExecOutcome)> {
+        self.worker.execute_all(started).await
+    }
+
+    /// Settle `items` in a shared settle transaction (when there is nothing to start
+    /// after them); returns once it is committed.
+    pub async fn settle(&self, items: Vec<(Started, ExecOutcome)>) -> Result<(), WorkerError> {
+        if items.is_empty() {
+            return Ok(());
+        }
         let (reply, answer) = oneshot::channel();
         self.settle
             .send(SettleRequest { items, reply })
@@ -86,8 +122,7 @@ impl Combiner {
         answer
             .await
             .map_err(|_| WorkerError::CombinerStopped)?
-            .map_err(WorkerError::Combined)?;
-        Ok(report)
+            .map_err(WorkerError::Combined)
     }
 }
 
@@ -107,10 +142,11 @@ fn gather<T>(rx: &mut mpsc::Receiver<T>, first: T, items: impl Fn(&T) -> usize) 
     requests
 }
 
-/// Write-ahead transactions: each takes every request waiting when it begins.
+/// Write-ahead transactions (each with the settles handed over with its deliveries): each
+/// takes every request waiting when it begins.
 async fn starts(worker: Worker, mut rx: mpsc::Receiver<StartRequest>) {
     while let Some(first) = rx.recv().await {
-        let mut requests = gather(&mut rx, first, |r| r.deliveries.len());
+        let mut requests = gather(&mut rx, first, |r| r.deliveries.len() + r.settle.len());
         // Whose delivery named each action (the first, when two named the same one).
         let mut owner: HashMap<ActionId, usize> = HashMap::new();
         for (i, r) in requests.iter().enumerate() {
@@ -124,7 +160,11 @@ async fn starts(worker: Worker, mut rx: mpsc::Receiver<StartRequest>) {
             .iter_mut()
             .flat_map(|r| std::mem::take(&mut r.deliveries))
             .collect();
-        match worker.deliver_start(&all).await {
+        let settle: Vec<(Started, ExecOutcome)> = requests
+            .iter_mut()
+            .flat_map(|r| std::mem::take(&mut r.settle))
+            .collect();
+        match worker.settle_and_start(&settle, &all).await {
             Ok((started, report)) => {
                 let mut split: Vec<Vec<Started>> = requests.iter().map(|_| vec![]).collect();
                 for s in started {

@@ -504,6 +504,21 @@ impl Worker {
 
     /// Settle executed attempts in one transaction. Returns how many compare-and-sets held.
     pub async fn settle(&self, items: &[(Started, ExecOutcome)]) -> Result<usize, WorkerError> {
+        // One statement, in a transaction only for its generic plans: results,
+        // compare-and-sets, audit, receipts.
+        let mut tx = self.store.pool().begin_with(GENERIC_PLANS).await?;
+        let applied = self.settle_in(&mut tx, items).await?;
+        tx.commit().await?;
+        Ok(settled(&applied, items.len()))
+    }
+
+    /// The settle's statement for `items`, inside `tx`; nothing is counted until the
+    /// caller commits and hands the result to [`settled`].
+    async fn settle_in(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        items: &[(Started, ExecOutcome)],
+    ) -> Result<inbox::Applied, WorkerError> {
         let now = Utc::now();
         let mut audits = Vec::with_capacity(items.len());
         let mut changes = Vec::with_capacity(items.len());
@@ -519,23 +534,11 @@ impl Worker {
             audits.push(audit);
             changes.push(change);
         }
-        // One statement, in a transaction only for its generic plans: results,
-        // compare-and-sets, audit, receipts.
-        let mut tx = self.store.pool().begin_with(GENERIC_PLANS).await?;
         let writes = inbox::AttemptWrites {
             finish: &audits,
             ..Default::default()
         };
-        let applied = inbox::apply_with(&mut tx, &changes, writes, &self.config.id).await?;
-        tx.commit().await?;
-        applied.record();
-        if applied.len() < changes.len() {
-            tracing::info!(
-                lost = changes.len() - applied.len(),
-                "some outcomes arrived after the action moved on; kept in their attempt rows"
-            );
-        }
-        Ok(applied.len())
+        Ok(inbox::apply_with(tx, &changes, writes, &self.config.id).await?)
     }
 
     /// Take new actions from the outbox (direct transport) and start them: one statement
@@ -638,9 +641,26 @@ impl Worker {
         &self,
         deliveries: &[Delivery],
     ) -> Result<(Vec<Started>, ReceiveReport), WorkerError> {
+        self.settle_and_start(&[], deliveries).await
+    }
+
+    /// Settle `items` and start `deliveries` in one transaction, the settle first: a
+    /// partition lane settles its last message and writes its next one ahead with one
+    /// commit instead of two. Per-key order holds: the next message's call comes after the
+    /// commit, which is after the last one's call returned.
+    pub(crate) async fn settle_and_start(
+        &self,
+        items: &[(Started, ExecOutcome)],
+        deliveries: &[Delivery],
+    ) -> Result<(Vec<Started>, ReceiveReport), WorkerError> {
         // Before the policy is read below: registering may seed it.
         self.register_with_fleet().await?;
         let mut tx = self.store.pool().begin_with(GENERIC_PLANS).await?;
+        let settles = if items.is_empty() {
+            None
+        } else {
+            Some(self.settle_in(&mut tx, items).await?)
+        };
         // Lock the inbox rows the deliveries name and read their policy in one statement;
         // receive_in checks each delivery against its row and takes the full path for the
         // rest (a separate inbox database, an id reused with other arguments).
@@ -651,12 +671,25 @@ impl Worker {
             .collect();
         ids.sort();
         ids.dedup();
-        let known: Prematched = queue::lock_known(&mut tx, &ids)
-            .await?
-            .into_iter()
-            .map(|(row, held)| (row.action_id, (row, held)))
-            .collect();
-        self.start_in(tx, deliveries, None, &known).await
+        let known: Prematched = if ids.is_empty() {
+            Prematched::default()
+        } else {
+            queue::lock_known(&mut tx, &ids)
+                .await?
+                .into_iter()
+                .map(|(row, held)| (row.action_id, (row, held)))
+                .collect()
+        };
+        let started = if deliveries.is_empty() {
+            tx.commit().await?;
+            (vec![], ReceiveReport::default())
+        } else {
+            self.start_in(tx, deliveries, None, &known).await?
+        };
+        if let Some(applied) = settles {
+            settled(&applied, items.len());
+        }
+        Ok(started)
     }
 
     /// Send each started attempt to its partner, all at once; the outcomes, in no order.
@@ -1047,6 +1080,18 @@ impl Worker {
 
 /// Count what a committed receive step did: its transitions and the redeliveries it
 /// acknowledged without a partner call.
+/// Count a committed settle of `asked` outcomes; how many compare-and-sets held.
+fn settled(applied: &inbox::Applied, asked: usize) -> usize {
+    applied.record();
+    if applied.len() < asked {
+        tracing::info!(
+            lost = asked - applied.len(),
+            "some outcomes arrived after the action moved on; kept in their attempt rows"
+        );
+    }
+    applied.len()
+}
+
 fn counted(applied: &inbox::Applied, report: &ReceiveReport) {
     applied.record();
     metrics::duplicate_suppressed(metrics::Layer::Inbox, report.duplicates as u64);
