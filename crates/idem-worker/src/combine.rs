@@ -27,6 +27,13 @@ use idem_core::ExecOutcome;
 
 use crate::steps::Started;
 
+/// Write-ahead transactions under way at once: while one commits, the lanes that were
+/// not in it go into the next. Each lane has one request in flight, so per-key order is
+/// unaffected; two transactions lock disjoint inbox rows (a partition's actions are its
+/// lane's). `bench kafka-worker --per-partition-batch 1`: 1,790 -> 2,443 actions/s
+/// (medians of 4 interleaved) against one.
+const WRITE_AHEADS: usize = 2;
+
 /// Deliveries in one combined write-ahead transaction, at most.
 const MAX_COMBINED: usize = 256;
 
@@ -58,7 +65,10 @@ impl Combiner {
     pub fn new(worker: Worker) -> Self {
         let (start, start_rx) = mpsc::channel(MAX_COMBINED);
         let (settle, settle_rx) = mpsc::channel(MAX_COMBINED);
-        tokio::spawn(starts(worker.clone(), start_rx));
+        let start_rx = Arc::new(tokio::sync::Mutex::new(start_rx));
+        for _ in 0..WRITE_AHEADS {
+            tokio::spawn(starts(worker.clone(), start_rx.clone()));
+        }
         tokio::spawn(settles(worker.clone(), settle_rx));
         Self {
             worker,
@@ -144,9 +154,13 @@ fn gather<T>(rx: &mut mpsc::Receiver<T>, first: T, items: impl Fn(&T) -> usize) 
 
 /// Write-ahead transactions (each with the settles handed over with its deliveries): each
 /// takes every request waiting when it begins.
-async fn starts(worker: Worker, mut rx: mpsc::Receiver<StartRequest>) {
-    while let Some(first) = rx.recv().await {
-        let mut requests = gather(&mut rx, first, |r| r.deliveries.len() + r.settle.len());
+async fn starts(worker: Worker, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<StartRequest>>>) {
+    loop {
+        let mut requests = {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else { break };
+            gather(&mut rx, first, |r| r.deliveries.len() + r.settle.len())
+        };
         // Whose delivery named each action (the first, when two named the same one).
         let mut owner: HashMap<ActionId, usize> = HashMap::new();
         for (i, r) in requests.iter().enumerate() {
