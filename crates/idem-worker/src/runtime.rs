@@ -51,6 +51,10 @@ pub enum WorkerError {
 /// (group commit) of the last one, while settles that fall behind still stop new claims.
 const UNSETTLED_PER_CALL: usize = 2;
 
+/// How long a claim waits, with a backlog, for a claim's worth of room before it takes what
+/// is free: about one settle of a full batch.
+const CLAIM_PATIENCE: Duration = Duration::from_millis(3);
+
 /// Begins every write-ahead transaction (a Kafka delivery's, the direct claim's) and every
 /// settle, in the same round trip: their prepared statements run their generic plans.
 /// Left to choose (`auto`), PostgreSQL kept planning them afresh for each call, because a
@@ -304,6 +308,8 @@ impl Worker {
         let claim = self.config.batch.min(self.config.concurrency as u32).max(1);
         // The last claim took all it asked for: more is likely waiting in the outbox.
         let mut backlog = false;
+        // Cleared when a wait for a claim's worth of room ran out (claim what is free).
+        let mut patient = true;
         loop {
             if *shutdown.borrow() {
                 break;
@@ -314,23 +320,21 @@ impl Worker {
                 unsettled.available_permits() as u32,
             );
             let free = free_calls.min(free_slots);
-            // With a backlog held by settles, wait for a claim's worth of room instead of
-            // claiming the few permits one settle returned: a claim's round trips and
+            // With a backlog, wait (up to CLAIM_PATIENCE) for a claim's worth of room rather
+            // than claim the few permits one settle returned: a claim's round trips and
             // commit cost about the same for 16 actions as for 32 (`bench pg-worker`: the
-            // claim loop was busy 97 % of the time, claiming 16 at 2.2 ms a claim). Where
-            // calls hold the room, claim what is free (calls end one by one; waiting for
-            // more would idle call slots), and with none free wait for half a claim.
-            // Nothing free at all is saturated too: wake when permits come back rather
-            // than after a poll interval.
-            let calls_scarce = free_calls == 0 || free_calls < free_slots;
-            let enough = if calls_scarce {
-                if free == 0 {
-                    (claim / 2).max(1)
-                } else {
-                    1
-                }
-            } else if backlog || free == 0 {
+            // claim loop was busy 97 % of the time, claiming 16 at 2.2 ms a claim). A whole
+            // claim when settles hold the room (they return it a batch at a time), half of
+            // one when calls do (they end one by one). Nothing free at all is saturated
+            // too: wake when permits come back rather than after a poll interval.
+            let calls_scarce = free_calls < free_slots;
+            let whole = if calls_scarce {
+                (claim / 2).max(1)
+            } else {
                 claim
+            };
+            let enough = if (backlog && patient) || free == 0 {
+                whole
             } else {
                 1
             };
@@ -340,6 +344,7 @@ impl Worker {
                     Ok(work) => {
                         busy = work.len() as u32 == free.min(self.config.batch) && !work.is_empty();
                         backlog = busy;
+                        patient = true;
                         self.dispatch(work, (&sem, &unsettled), &settle_tx, &mut tasks)
                             .await;
                     }
@@ -402,14 +407,20 @@ impl Worker {
                         None => std::future::pending::<()>().await,
                     }
                 } => rechecks.notified(),
-                _ = async {
+                room = async {
                     if saturated {
                         let scarcer = if calls_scarce { &sem } else { &unsettled };
-                        let _ = scarcer.acquire_many(enough).await;
+                        let room = scarcer.acquire_many(enough);
+                        if free == 0 {
+                            let _ = room.await;
+                            true
+                        } else {
+                            tokio::time::timeout(CLAIM_PATIENCE, room).await.is_ok()
+                        }
                     } else {
-                        std::future::pending::<()>().await
+                        std::future::pending::<bool>().await
                     }
-                } => {}
+                } => patient = room,
                 _ = tokio::time::sleep_until(wake) => rechecks.fired(),
             }
         }
