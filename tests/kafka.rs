@@ -76,6 +76,27 @@ async fn enqueue_n(store: &Store, n: usize, key: Option<&str>) -> Vec<ActionId> 
     ids
 }
 
+/// Run a Kafka worker transport on `topic`, as a new group, until `ids` have settled; then
+/// stop it.
+async fn consume_until_settled(
+    db: &TestDb,
+    base: &str,
+    k: KafkaConfig,
+    topic: &str,
+    ids: &[ActionId],
+) {
+    let transport = KafkaTransport::new(
+        worker(&db.store, base),
+        k,
+        TransportConfig::new(unique("group"), vec![topic.to_owned()]),
+    );
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(async move { transport.run(rx).await });
+    wait_settled(&db.store, ids, Duration::from_secs(60)).await;
+    tx.send(true).unwrap();
+    running.await.unwrap().unwrap();
+}
+
 fn relay(db: &TestDb, k: &KafkaConfig) -> Relay {
     Relay::new(
         db.store.clone(),
@@ -349,16 +370,7 @@ async fn poison_message_goes_dead_and_the_partition_moves_on() {
         )
         .await
         .unwrap();
-    let transport = KafkaTransport::new(
-        worker(&db.store, &stripe.base_url()),
-        k,
-        TransportConfig::new(unique("group"), vec![topic.clone()]),
-    );
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(async move { transport.run(rx).await });
-    wait_settled(&db.store, &ids, Duration::from_secs(60)).await;
-    tx.send(true).unwrap();
-    running.await.unwrap().unwrap();
+    consume_until_settled(&db, &stripe.base_url(), k, &topic, &ids).await;
     let dead: Vec<(Vec<u8>, String, serde_json::Value)> =
         sqlx::query_as("SELECT raw, reason, source FROM idem.dead_letters ORDER BY id")
             .fetch_all(db.store.pool())
@@ -500,17 +512,8 @@ async fn per_key_processing_order_is_enqueue_commit_order() {
         expected.entry(key).or_default().push(a.action_id);
     }
     relay(&db, &k).drain_once().await.unwrap();
-    let transport = KafkaTransport::new(
-        worker(&db.store, &stripe.base_url()),
-        k,
-        TransportConfig::new(unique("group"), vec![topic.clone()]),
-    );
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(async move { transport.run(rx).await });
     let all: Vec<ActionId> = expected.values().flatten().copied().collect();
-    wait_settled(&db.store, &all, Duration::from_secs(60)).await;
-    tx.send(true).unwrap();
-    running.await.unwrap().unwrap();
+    consume_until_settled(&db, &stripe.base_url(), k, &topic, &all).await;
     // Processing order: the order in which attempts were written ahead (audit ids).
     let started: Vec<(uuid::Uuid, String)> = sqlx::query_as(
         "SELECT t.action_id, a.ordering_key FROM idem.transitions t JOIN idem.actions a USING (action_id) \
@@ -543,16 +546,7 @@ async fn a_lane_settles_the_last_message_and_starts_the_next_in_one_commit() {
     k.partitions = 1;
     let ids = enqueue_n(&db.store, 12, Some("one-session")).await;
     relay(&db, &k).drain_once().await.unwrap();
-    let transport = KafkaTransport::new(
-        worker(&db.store, &stripe.base_url()),
-        k,
-        TransportConfig::new(unique("group"), vec![topic.clone()]),
-    );
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(async move { transport.run(rx).await });
-    wait_settled(&db.store, &ids, Duration::from_secs(60)).await;
-    tx.send(true).unwrap();
-    running.await.unwrap().unwrap();
+    consume_until_settled(&db, &stripe.base_url(), k, &topic, &ids).await;
     // A transition's time is now() of the transaction that made it: the settle of one
     // action and the start of the next carry the same time when they shared a commit.
     let rows: Vec<(uuid::Uuid, String, String)> = sqlx::query_as(
