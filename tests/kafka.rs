@@ -587,6 +587,45 @@ async fn a_lane_settles_the_last_message_and_starts_the_next_in_one_commit() {
     }
 }
 
+/// The shared transaction fails after a call: the database refuses the third attempt's
+/// write-ahead, in the transaction that also settles the second action. Both roll back, the
+/// lane hands both over again, and the second action is settled without a second call:
+/// every action charged once, every one succeeded.
+#[tokio::test]
+async fn a_failed_settle_and_start_is_retried_without_a_second_call() {
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let topic = unique("idem.test");
+    let mut k = kafka(&topic);
+    k.partitions = 1;
+    let ids = enqueue_n(&db.store, 6, Some("one-session")).await;
+    relay(&db, &k).drain_once().await.unwrap();
+    // A sequence is not rolled back: the third attempt insert fails, its retry does not.
+    for sql in [
+        "CREATE SEQUENCE public.fault_inserts",
+        "CREATE FUNCTION public.fail_third_attempt() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF nextval('public.fault_inserts') = 3 THEN \
+           RAISE EXCEPTION 'injected: the third write-ahead fails'; END IF; RETURN NEW; END $$",
+        "CREATE TRIGGER fail_third_attempt BEFORE INSERT ON idem.attempts \
+         FOR EACH ROW EXECUTE FUNCTION public.fail_third_attempt()",
+    ] {
+        sqlx::query(sql).execute(db.store.pool()).await.unwrap();
+    }
+    consume_until_settled(&db, &stripe.base_url(), k, &topic, &ids).await;
+    let (inserts,): (i64,) = sqlx::query_as("SELECT last_value FROM public.fault_inserts")
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(inserts, 7, "six write-aheads and the one refused");
+    for id in &ids {
+        assert_eq!(stripe.sim.effects_for(&id.to_string()), 1, "{id}");
+        let row = inbox::get(db.store.pool(), *id).await.unwrap().unwrap();
+        assert_eq!(row.state, State::Succeeded, "{id}");
+        assert_eq!(row.attempts, 1, "{id}: one attempt");
+    }
+    assert_eq!(stripe.sim.ledger().len(), 6);
+}
+
 /// One partition's lane busy with slow partner calls (one message at a time, room for one
 /// more) must not hold back the others: the reader pauses that partition alone and keeps
 /// handing the other partitions' messages to their lanes.
