@@ -7,7 +7,10 @@ use std::time::Duration;
 pub struct WorkerConfig {
     /// Names this worker in leases and audit rows.
     pub id: String,
-    /// Partner calls in flight at once (backpressure: nothing is claimed beyond this).
+    /// Partner calls in flight at once. Claims stop here, except that with fast calls a
+    /// direct claim may queue what the slots will take within a few milliseconds (see
+    /// `idem_worker::pace`): queued actions are written ahead and leased, never called
+    /// beyond this many at once.
     pub concurrency: usize,
     /// Most actions claimed or settled in one transaction.
     pub batch: u32,

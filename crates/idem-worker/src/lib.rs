@@ -8,6 +8,7 @@
 mod combine;
 pub mod config;
 mod heartbeat;
+mod pace;
 pub mod partner;
 pub mod runtime;
 pub mod steps;
