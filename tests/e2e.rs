@@ -1741,3 +1741,98 @@ async fn a_killed_workers_long_call_is_taken_over_within_the_heartbeat_lease() {
         "settled {took:?} after the kill"
     );
 }
+
+/// With fast calls a direct claim takes more actions than there are free call slots and
+/// queues them (`idem_worker::pace`), yet no more than `concurrency` calls are ever made at
+/// once; a stop mid-run calls and settles every queued action, and each action that settled
+/// was charged once.
+#[tokio::test]
+async fn claims_run_ahead_of_fast_calls_but_calls_stay_within_the_slots() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tower::ServiceExt as _;
+
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let pool = db.store.pool();
+    for i in 0..600 {
+        let action = NewAction::new(ActionId::random(), cell_name(), charge_args(100 + i));
+        enqueue(pool, &action).await.unwrap();
+    }
+    let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let counting = {
+        let (now, most) = (now.clone(), most.clone());
+        tower::layer::layer_fn(move |inner: idem_worker::partner::PartnerService| {
+            let (now, most) = (now.clone(), most.clone());
+            tower::service_fn(move |call| {
+                let (inner, now, most) = (inner.clone(), now.clone(), most.clone());
+                async move {
+                    most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                    let answer = inner.oneshot(call).await;
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    answer
+                }
+            })
+        })
+    };
+    let w = Worker::builder(db.store.clone(), cell(&stripe.base_url(), |c| c))
+        .config(WorkerConfig {
+            concurrency: 4,
+            batch: 32,
+            ..idem_testkit::harness::worker_config("ahead-w")
+        })
+        .partner_layer(counting)
+        .build();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(async move { w.run(rx).await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (settled,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM idem.actions WHERE state = 'succeeded'")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        if settled >= 100 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{settled} settled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tx.send(true).unwrap();
+    run.await.unwrap().unwrap();
+
+    assert!(
+        most.load(Ordering::SeqCst) <= 4,
+        "{} calls at once with 4 slots",
+        most.load(Ordering::SeqCst)
+    );
+    // A claim's attempts share its transaction's now().
+    let (largest,): (i64,) = sqlx::query_as(
+        "SELECT max(n) FROM (SELECT count(*) AS n FROM idem.attempts GROUP BY at) c",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert!(
+        largest > 4,
+        "no claim ran ahead of the 4 slots: {largest} at most"
+    );
+    let states: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, count(*) FROM idem.actions GROUP BY state ORDER BY state")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let count = |s: &str| states.iter().find(|(st, _)| st == s).map_or(0, |(_, n)| *n);
+    assert_eq!(
+        count("succeeded") + count("received"),
+        600,
+        "a stop leaves only settled or untouched actions, queued ones settled: {states:?}"
+    );
+    assert!(count("received") > 0, "stopped before the end: {states:?}");
+    let ledger = stripe.sim.ledger();
+    assert_eq!(ledger.len() as i64, count("succeeded"));
+    let mut charged: Vec<_> = ledger.iter().map(|e| e.idem_action_id.clone()).collect();
+    charged.sort();
+    charged.dedup();
+    assert_eq!(charged.len(), ledger.len(), "an action charged twice");
+}
