@@ -7,7 +7,7 @@ pub mod headers;
 pub mod topics;
 
 pub use config::{KafkaConfig, TopicRouting};
-pub use consumer::{GroupProtocol, KafkaTransport, TransportConfig};
+pub use consumer::{GroupProtocol, KafkaTransport, TransportConfig, DEFAULT_LANE_CAPACITY};
 
 /// Kafka errors, with the broker named so that "is it running?" is answered at once.
 #[derive(Debug, thiserror::Error)]
