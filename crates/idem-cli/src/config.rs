@@ -122,6 +122,10 @@ pub struct WorkerSection {
     /// Static membership (`group.instance.id`) for the classic protocol.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
+    /// Messages each partition lane holds before its partition is paused (Kafka
+    /// transport). Memory: up to this many messages per assigned partition; below about a
+    /// second of a lane's work, a backlog stalls on librdkafka's resume.
+    pub lane_capacity: usize,
     /// Serve this worker's metrics at http://ADDR/metrics (read scope).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
@@ -144,6 +148,7 @@ impl Default for WorkerSection {
             group: "idem-workers".into(),
             group_protocol: GroupProtocol::Consumer,
             instance_id: None,
+            lane_capacity: idem_kafka::DEFAULT_LANE_CAPACITY,
             metrics_listen: None,
         }
     }

@@ -195,6 +195,7 @@ pub async fn run(args: WorkerArgs, metrics: Arc<Metrics>) -> Result<()> {
         let mut t = idem_kafka::TransportConfig::new(&settings.group, topics);
         t.protocol = settings.group_protocol.into();
         t.instance_id = settings.instance_id.clone();
+        t.lane_capacity = settings.lane_capacity.max(1);
         t
     });
     let sweeper = worker.clone();
