@@ -663,28 +663,8 @@ async fn a_worker_stopped_mid_run_settles_what_it_started() {
             ..idem_testkit::harness::worker_config("stopping-w")
         },
     );
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let run = tokio::spawn(async move { w.run(rx).await });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (settled,): (i64,) =
-            sqlx::query_as("SELECT count(*) FROM idem.actions WHERE state = 'succeeded'")
-                .fetch_one(pool)
-                .await
-                .unwrap();
-        if settled >= 20 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{settled} settled");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    tx.send(true).unwrap();
-    run.await.unwrap().unwrap();
-    let states: Vec<(String, i64)> =
-        sqlx::query_as("SELECT state, count(*) FROM idem.actions GROUP BY state ORDER BY state")
-            .fetch_all(pool)
-            .await
-            .unwrap();
+    stop_once_settled(w, pool, 20, Duration::from_secs(20)).await;
+    let states = state_counts(pool).await;
     let count = |s: &str| states.iter().find(|(st, _)| st == s).map_or(0, |(_, n)| *n);
     assert_eq!(
         count("succeeded") + count("received"),
@@ -702,6 +682,36 @@ async fn a_worker_stopped_mid_run_settles_what_it_started() {
         "each untouched action keeps its message"
     );
     assert_eq!(stripe.sim.ledger().len() as i64, count("succeeded"));
+}
+
+/// Run `w` until at least `settled` actions have succeeded, then stop it gracefully and
+/// wait for the stop.
+async fn stop_once_settled(w: Worker, pool: &sqlx::PgPool, settled: i64, within: Duration) {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(async move { w.run(rx).await });
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (done,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM idem.actions WHERE state = 'succeeded'")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        if done >= settled {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{done} settled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tx.send(true).unwrap();
+    run.await.unwrap().unwrap();
+}
+
+/// How many actions are in each state.
+async fn state_counts(pool: &sqlx::PgPool) -> Vec<(String, i64)> {
+    sqlx::query_as("SELECT state, count(*) FROM idem.actions GROUP BY state ORDER BY state")
+        .fetch_all(pool)
+        .await
+        .unwrap()
 }
 
 /// A Kafka-style delivery's write-ahead and its settle run their prepared statements'
@@ -1783,23 +1793,7 @@ async fn claims_run_ahead_of_fast_calls_but_calls_stay_within_the_slots() {
         })
         .partner_layer(counting)
         .build();
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let run = tokio::spawn(async move { w.run(rx).await });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (settled,): (i64,) =
-            sqlx::query_as("SELECT count(*) FROM idem.actions WHERE state = 'succeeded'")
-                .fetch_one(pool)
-                .await
-                .unwrap();
-        if settled >= 100 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{settled} settled");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    tx.send(true).unwrap();
-    run.await.unwrap().unwrap();
+    stop_once_settled(w, pool, 100, Duration::from_secs(30)).await;
 
     assert!(
         most.load(Ordering::SeqCst) <= 4,
@@ -1817,11 +1811,7 @@ async fn claims_run_ahead_of_fast_calls_but_calls_stay_within_the_slots() {
         largest > 4,
         "no claim ran ahead of the 4 slots: {largest} at most"
     );
-    let states: Vec<(String, i64)> =
-        sqlx::query_as("SELECT state, count(*) FROM idem.actions GROUP BY state ORDER BY state")
-            .fetch_all(pool)
-            .await
-            .unwrap();
+    let states = state_counts(pool).await;
     let count = |s: &str| states.iter().find(|(st, _)| st == s).map_or(0, |(_, n)| *n);
     assert_eq!(
         count("succeeded") + count("received"),
