@@ -85,11 +85,19 @@ async fn consume_until_settled(
     topic: &str,
     ids: &[ActionId],
 ) {
-    let transport = KafkaTransport::new(
-        worker(&db.store, base),
-        k,
-        TransportConfig::new(unique("group"), vec![topic.to_owned()]),
-    );
+    let config = TransportConfig::new(unique("group"), vec![topic.to_owned()]);
+    consume_with(worker(&db.store, base), k, config, db, ids).await;
+}
+
+/// Run `worker` on a Kafka transport with `config` until `ids` have settled; then stop it.
+async fn consume_with(
+    worker: Worker,
+    k: KafkaConfig,
+    config: TransportConfig,
+    db: &TestDb,
+    ids: &[ActionId],
+) {
+    let transport = KafkaTransport::new(worker, k, config);
     let (tx, rx) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(async move { transport.run(rx).await });
     wait_settled(&db.store, ids, Duration::from_secs(60)).await;
@@ -533,6 +541,32 @@ async fn per_key_processing_order_is_enqueue_commit_order() {
     assert_eq!(stripe.sim.ledger().len(), 30);
 }
 
+/// Stripe calls held 5 ms each: slower than the lanes' horizon (`Combiner::window`), so a
+/// lane with one call at a time writes one message ahead per transaction.
+fn held_calls() -> StripeSimConfig {
+    StripeSimConfig {
+        faults: idem_sim::FaultRates {
+            delay: 1.0,
+            delay_ms: 5,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// One partition, one call at a time, calls too slow to write more than one message ahead.
+async fn consume_one_at_a_time(
+    db: &TestDb,
+    base: &str,
+    k: KafkaConfig,
+    topic: &str,
+    ids: &[ActionId],
+) {
+    let mut config = TransportConfig::new(unique("group"), vec![topic.to_owned()]);
+    config.per_partition_batch = 1;
+    consume_with(worker(&db.store, base), k, config, db, ids).await;
+}
+
 /// A partition lane with its next message already fetched settles the last one and writes
 /// the next ahead in one transaction (the settle first): the finished attempt of one
 /// action and the started attempt of the next carry the same transaction id, and every
@@ -540,13 +574,13 @@ async fn per_key_processing_order_is_enqueue_commit_order() {
 #[tokio::test]
 async fn a_lane_settles_the_last_message_and_starts_the_next_in_one_commit() {
     let db = TestDb::new().await;
-    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let stripe = StripeFixture::start(held_calls()).await;
     let topic = unique("idem.test");
     let mut k = kafka(&topic);
     k.partitions = 1;
     let ids = enqueue_n(&db.store, 12, Some("one-session")).await;
     relay(&db, &k).drain_once().await.unwrap();
-    consume_until_settled(&db, &stripe.base_url(), k, &topic, &ids).await;
+    consume_one_at_a_time(&db, &stripe.base_url(), k, &topic, &ids).await;
     // A transition's time is now() of the transaction that made it: the settle of one
     // action and the start of the next carry the same time when they shared a commit.
     let rows: Vec<(uuid::Uuid, String, String)> = sqlx::query_as(
@@ -594,7 +628,7 @@ async fn a_lane_settles_the_last_message_and_starts_the_next_in_one_commit() {
 #[tokio::test]
 async fn a_failed_settle_and_start_is_retried_without_a_second_call() {
     let db = TestDb::new().await;
-    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let stripe = StripeFixture::start(held_calls()).await;
     let topic = unique("idem.test");
     let mut k = kafka(&topic);
     k.partitions = 1;
@@ -611,7 +645,7 @@ async fn a_failed_settle_and_start_is_retried_without_a_second_call() {
     ] {
         sqlx::query(sql).execute(db.store.pool()).await.unwrap();
     }
-    consume_until_settled(&db, &stripe.base_url(), k, &topic, &ids).await;
+    consume_one_at_a_time(&db, &stripe.base_url(), k, &topic, &ids).await;
     let (inserts,): (i64,) = sqlx::query_as("SELECT last_value FROM public.fault_inserts")
         .fetch_one(db.store.pool())
         .await
@@ -624,6 +658,78 @@ async fn a_failed_settle_and_start_is_retried_without_a_second_call() {
         assert_eq!(row.attempts, 1, "{id}: one attempt");
     }
     assert_eq!(stripe.sim.ledger().len(), 6);
+}
+
+/// With fast calls a lane that makes one call at a time writes several messages ahead in
+/// one transaction (`Combiner::window`) and then calls them one after another in offset
+/// order: never two calls at once on the partition, every key's actions (here each its
+/// own) called in enqueue order, and one charge per action.
+#[tokio::test]
+async fn strict_order_lanes_write_fast_calls_ahead_together_and_call_them_one_at_a_time() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use tower::ServiceExt as _;
+
+    let db = TestDb::new().await;
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let topic = unique("idem.test");
+    let mut k = kafka(&topic);
+    k.partitions = 1;
+    let ids = enqueue_n(&db.store, 150, None).await;
+    relay(&db, &k).drain_once().await.unwrap();
+    let now = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let order = Arc::new(Mutex::new(Vec::<ActionId>::new()));
+    let recording = {
+        let (now, most, order) = (now.clone(), most.clone(), order.clone());
+        tower::layer::layer_fn(move |inner: idem_worker::partner::PartnerService| {
+            let (now, most, order) = (now.clone(), most.clone(), order.clone());
+            tower::service_fn(move |call: idem_worker::partner::PartnerCall| {
+                let (inner, now, most, order) =
+                    (inner.clone(), now.clone(), most.clone(), order.clone());
+                async move {
+                    most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                    order.lock().unwrap().push(call.action);
+                    let answer = inner.oneshot(call).await;
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    answer
+                }
+            })
+        })
+    };
+    let w = Worker::builder(db.store.clone(), cells(&stripe.base_url()))
+        .config(WorkerConfig {
+            claim_outbox: false,
+            ..worker_config("kafka-worker")
+        })
+        .partner_layer(recording)
+        .build();
+    let mut config = TransportConfig::new(unique("group"), vec![topic.clone()]);
+    config.per_partition_batch = 1;
+    consume_with(w, k, config, &db, &ids).await;
+
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        1,
+        "two calls at once on one partition"
+    );
+    assert_eq!(
+        *order.lock().unwrap(),
+        ids,
+        "calls in offset (enqueue) order, each once"
+    );
+    // A transaction's attempts share its now().
+    let (largest,): (i64,) = sqlx::query_as(
+        "SELECT max(n) FROM (SELECT count(*) AS n FROM idem.attempts GROUP BY at) c",
+    )
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    assert!(largest > 1, "every message was written ahead alone");
+    for id in &ids {
+        assert_eq!(stripe.sim.effects_for(&id.to_string()), 1, "{id}");
+    }
+    assert_eq!(stripe.sim.ledger().len(), ids.len());
 }
 
 /// One partition's lane busy with slow partner calls (one message at a time, room for one

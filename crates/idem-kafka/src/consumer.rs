@@ -4,10 +4,11 @@
 //! - **Offsets** are stored (for auto-commit) only after a message's action is settled or
 //!   durably in the inbox with its attempt written ahead; a crash before that redelivers
 //!   the message, and the inbox absorbs the duplicate.
-//! - **Order**: one lane (task) per partition processes its messages in offset order, in
-//!   batches of up to `per_partition_batch` of what is already waiting, never two of one
-//!   key in a batch, so per-key order holds at any batch size (1 = strictly one at a time
-//!   per partition); partitions run in parallel.
+//! - **Order**: one lane (task) per partition calls its messages in offset order, up to
+//!   `per_partition_batch` at once and never two of one key at once, so per-key order
+//!   holds at any batch size (1 = strictly one call at a time per partition); partitions
+//!   run in parallel. With fast calls a lane writes several messages ahead in one
+//!   transaction and then calls them in that order ([`Combiner::window`]).
 //! - **Backpressure per partition**: each lane holds at most `lane_capacity` messages
 //!   (default 2,048: a pause is expensive, see [`DEFAULT_LANE_CAPACITY`]).
 //!   When one is full, the reader keeps what it read for that lane in order, pauses that
@@ -22,7 +23,7 @@
 //! - **Poison** (undecodable, unknown schema version) goes to `idem.dead_letters` with the
 //!   raw bytes and Kafka coordinates; the partition moves on.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use idem_core::ExecOutcome;
@@ -54,6 +55,8 @@ pub const DEFAULT_LANE_CAPACITY: usize = 2048;
 pub struct TransportConfig {
     pub group: String,
     pub topics: Vec<String>,
+    /// Calls a partition lane makes at once (never two of one key); 1 calls one message
+    /// at a time in offset order.
     pub per_partition_batch: usize,
     /// Messages a partition lane holds before its partition is paused (see
     /// [`DEFAULT_LANE_CAPACITY`]).
@@ -351,12 +354,16 @@ enum Ended {
     Fatal(String),
 }
 
-/// One partition's messages, in order. On shutdown it finishes the batch in hand and hands
-/// the rest back (their offsets are not stored, so the next owner reads them).
+/// One partition's messages, in order. On shutdown it finishes the window in hand and
+/// hands the rest back (their offsets are not stored, so the next owner reads them).
 ///
-/// When a batch's calls have returned and the next batch is already waiting, its settle
-/// and the next batch's write-ahead share one transaction (the settle first); otherwise it
-/// settles alone. The batch's offset is stored once its settle has committed.
+/// A window is what is waiting, up to [`Combiner::window`]: the batch, and with fast calls
+/// what they get through in a few ms more. Its messages are written ahead in one
+/// transaction and called in offset order, `batch` at most at once and never two of one
+/// key at once ([`Combiner::execute_in_order`]). When a window's calls have returned and
+/// the next messages are already waiting, its settle and the next window's write-ahead
+/// share one transaction (the settle first); otherwise it settles alone. The window's
+/// offset is stored once its settle has committed.
 async fn lane(
     combiner: Combiner,
     consumer: Arc<StreamConsumer<LagContext>>,
@@ -364,9 +371,9 @@ async fn lane(
     batch: usize,
     shutdown: watch::Receiver<bool>,
 ) {
-    // A message whose key is already in the batch in hand waits for the next one.
+    // A message that would open a round beyond the window waits for the next one.
     let mut carried: Option<OwnedMessage> = None;
-    // The last batch: its outcomes, not yet settled, and its last message.
+    // The last window: its outcomes, not yet settled, and its last message.
     let mut unsettled: Option<(Vec<(Started, ExecOutcome)>, OwnedMessage)> = None;
     loop {
         let first = match carried.take() {
@@ -391,18 +398,27 @@ async fn lane(
                 break;
             }
         };
-        let mut msgs = vec![first];
-        // Only what is already waiting (a batch never waits to fill), and never two
-        // messages of one key: a batch's actions run concurrently, so this is what keeps
-        // per-key order at any batch size.
-        while msgs.len() < batch {
-            match rx.try_recv() {
-                Ok(m) if msgs.iter().any(|b| b.key() == m.key()) => {
+        // Only what is already waiting (a window never waits to fill), in the rounds the
+        // calls will go out in: offset order, at most `batch` a round, never two of one
+        // key in a round.
+        let window = combiner.window(batch);
+        let mut msgs = Vec::with_capacity(window.deliveries);
+        let (mut rounds, mut round) = (0, HashSet::new());
+        let mut next = Some(first);
+        while let Some(m) = next.take() {
+            let key = m.key().map(<[u8]>::to_vec);
+            if rounds == 0 || round.len() == batch || round.contains(&key) {
+                if rounds == window.rounds {
                     carried = Some(m);
                     break;
                 }
-                Ok(m) => msgs.push(m),
-                Err(_) => break,
+                rounds += 1;
+                round.clear();
+            }
+            round.insert(key);
+            msgs.push(m);
+            if msgs.len() < window.deliveries {
+                next = rx.try_recv().ok();
             }
         }
         let deliveries: Vec<Delivery> = msgs
@@ -449,7 +465,7 @@ async fn lane(
             // Nothing to call (duplicates, held for approval, …): done with this batch.
             store_offset(&consumer, &last);
         } else {
-            unsettled = Some((combiner.execute(started).await, last));
+            unsettled = Some((combiner.execute_in_order(started, batch).await, last));
         }
     }
 }

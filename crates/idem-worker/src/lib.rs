@@ -13,7 +13,7 @@ pub mod partner;
 pub mod runtime;
 pub mod steps;
 
-pub use combine::Combiner;
+pub use combine::{Combiner, Window};
 pub use config::WorkerConfig;
 pub use idem_telemetry::TraceHeaders;
 pub use runtime::{Delivery, ReceiveReport, Worker, WorkerBuilder, WorkerError};

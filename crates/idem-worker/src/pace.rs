@@ -1,4 +1,5 @@
-//! How far a direct-transport claim may run ahead of the free call slots.
+//! How far work may run ahead of the calls: a direct-transport claim beyond the free call
+//! slots, a Kafka partition lane beyond the message it is calling (see `combine`).
 //!
 //! With calls that take microseconds (a no-op cell, a fast internal API) a claim capped at
 //! the free call slots is at most `concurrency` actions, and the claim's round trips,
@@ -35,12 +36,18 @@ impl CallPace {
     /// How many actions a claim may take beyond the free call slots (at most `slots`
     /// more): none until a call has been timed.
     pub(crate) fn ahead(&self, slots: usize) -> usize {
+        self.within_horizon(slots).min(slots)
+    }
+
+    /// How many calls `slots` running at once get through in [`HORIZON`] at the mean call
+    /// time: none until a call has been timed, none for calls slower than the horizon.
+    pub(crate) fn within_horizon(&self, slots: usize) -> usize {
         let mean = self.mean_us.load(Ordering::Relaxed);
         if mean == 0 {
             return 0;
         }
         let drained = (slots as u128 * HORIZON.as_micros()) / u128::from(mean);
-        drained.min(slots as u128) as usize
+        drained.min(usize::MAX as u128) as usize
     }
 }
 
@@ -73,5 +80,14 @@ mod tests {
             pace.observe(Duration::from_millis(300));
         }
         assert_eq!(pace.ahead(32), 0, "slow calls claim only free slots");
+        assert_eq!(pace.within_horizon(1), 0, "one slot: not one 300 ms call");
+        for _ in 0..200 {
+            pace.observe(Duration::from_micros(100));
+        }
+        let n = pace.within_horizon(1);
+        assert!(
+            (27..=31).contains(&n),
+            "one slot: ~30 calls of 100 µs, not {n}"
+        );
     }
 }

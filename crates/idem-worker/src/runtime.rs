@@ -263,7 +263,7 @@ impl Worker {
 
     /// Send a written-ahead attempt through the partner stack (tracing, rate limit,
     /// metrics, timeout; see [`crate::partner`]). The future owns what it needs.
-    fn execute(
+    pub(crate) fn execute(
         &self,
         s: &Started,
     ) -> impl std::future::Future<Output = ExecOutcome> + Send + 'static {
