@@ -1758,6 +1758,18 @@ async fn a_killed_workers_long_call_is_taken_over_within_the_heartbeat_lease() {
 /// was charged once.
 #[tokio::test]
 async fn claims_run_ahead_of_fast_calls_but_calls_stay_within_the_slots() {
+    claims_ahead_with_batch(32).await;
+}
+
+/// With claims of two slots' worth (batch 8, 4 slots) a second claim runs while the first
+/// commits (`CLAIMS_AT_ONCE`); the same holds: never more calls than slots, a stop settles
+/// every claimed action (including a claim under way), each charged once.
+#[tokio::test]
+async fn overlapping_claims_keep_calls_within_the_slots_and_stop_cleanly() {
+    claims_ahead_with_batch(8).await;
+}
+
+async fn claims_ahead_with_batch(batch: u32) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use tower::ServiceExt as _;
@@ -1788,7 +1800,7 @@ async fn claims_run_ahead_of_fast_calls_but_calls_stay_within_the_slots() {
     let w = Worker::builder(db.store.clone(), cell(&stripe.base_url(), |c| c))
         .config(WorkerConfig {
             concurrency: 4,
-            batch: 32,
+            batch,
             ..idem_testkit::harness::worker_config("ahead-w")
         })
         .partner_layer(counting)
