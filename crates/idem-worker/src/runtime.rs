@@ -195,6 +195,17 @@ impl Room {
         (self.calls.available_permits() + ahead).saturating_sub(promised) as u32
     }
 
+    /// Room for a sweep's actions: call slots neither taken nor promised to a queued action
+    /// (a claim under way is not counted: its actions may queue behind the sweep's), and
+    /// places among the unsettled not promised to a claim.
+    fn sweep_room(&self) -> u32 {
+        (self
+            .calls
+            .available_permits()
+            .saturating_sub(self.queued.load(Ordering::Relaxed)) as u32)
+            .min(self.free_slots())
+    }
+
     /// Places among the unsettled not promised to a claim under way.
     fn free_slots(&self) -> u32 {
         self.unsettled
@@ -433,33 +444,6 @@ impl Worker {
                     claim_due = true;
                 }
             }
-            // Before a claim takes the room; a sweep that finds none now runs on the next
-            // turn (a claim under way holds its room until it is dispatched).
-            let sweep_room = room.free_calls(0).min(room.free_slots());
-            if last_sweep.elapsed() >= self.config.sweep_interval && sweep_room > 0 {
-                last_sweep = Instant::now();
-                match self.sweep(sweep_room.min(self.config.batch)).await {
-                    Ok((work, full)) => {
-                        if full {
-                            // More is due than one sweep takes (after a worker died, say):
-                            // sweep again as soon as there are permits.
-                            last_sweep = Instant::now() - self.config.sweep_interval;
-                            busy = true;
-                        }
-                        self.dispatch(work, &room, &settle_tx, &mut tasks).await
-                    }
-                    Err(e) => tracing::warn!(error = %e, "sweep failed; retrying"),
-                }
-                let free = room.free_calls(0).min(room.free_slots());
-                if free > 0 {
-                    match self.claim_stranded(free.min(self.config.batch)).await {
-                        Ok(work) => self.dispatch(work, &room, &settle_tx, &mut tasks).await,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "stranded-action claim failed; retrying")
-                        }
-                    }
-                }
-            }
             // With fast calls a claim may queue up to a claim's worth behind the slots.
             let ahead = room.pace.ahead(self.config.concurrency);
             let claim = self
@@ -501,6 +485,33 @@ impl Worker {
                 // With a backlog a second claim may start at once.
                 claim_due = backlog;
                 busy = backlog;
+            }
+            // After the claim, so that a wake's claim never waits for a sweep; a sweep that
+            // finds no room runs on a later turn.
+            let sweep_room = room.sweep_room();
+            if last_sweep.elapsed() >= self.config.sweep_interval && sweep_room > 0 {
+                last_sweep = Instant::now();
+                match self.sweep(sweep_room.min(self.config.batch)).await {
+                    Ok((work, full)) => {
+                        if full {
+                            // More is due than one sweep takes (after a worker died, say):
+                            // sweep again as soon as there are permits.
+                            last_sweep = Instant::now() - self.config.sweep_interval;
+                            busy = true;
+                        }
+                        self.dispatch(work, &room, &settle_tx, &mut tasks).await
+                    }
+                    Err(e) => tracing::warn!(error = %e, "sweep failed; retrying"),
+                }
+                let free = room.free_calls(0).min(room.free_slots());
+                if free > 0 {
+                    match self.claim_stranded(free.min(self.config.batch)).await {
+                        Ok(work) => self.dispatch(work, &room, &settle_tx, &mut tasks).await,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "stranded-action claim failed; retrying")
+                        }
+                    }
+                }
             }
             // Reap finished tasks so the set does not grow.
             while let Some(r) = tasks.try_join_next() {
@@ -1325,8 +1336,10 @@ mod tests {
             (8, 8),
             "a second claim sees only what the first was not promised"
         );
+        assert_eq!(room.sweep_room(), 4, "a sweep may queue behind a claim's calls");
         let second = room.ticket(8);
         assert_eq!((room.free_calls(12), room.free_slots()), (0, 0));
+        assert_eq!(room.sweep_room(), 0, "but not take places promised to claims");
         drop(first);
         assert_eq!((room.free_calls(12), room.free_slots()), (8, 8));
         drop(second);
