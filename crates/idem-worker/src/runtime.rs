@@ -1336,10 +1336,18 @@ mod tests {
             (8, 8),
             "a second claim sees only what the first was not promised"
         );
-        assert_eq!(room.sweep_room(), 4, "a sweep may queue behind a claim's calls");
+        assert_eq!(
+            room.sweep_room(),
+            4,
+            "a sweep may queue behind a claim's calls"
+        );
         let second = room.ticket(8);
         assert_eq!((room.free_calls(12), room.free_slots()), (0, 0));
-        assert_eq!(room.sweep_room(), 0, "but not take places promised to claims");
+        assert_eq!(
+            room.sweep_room(),
+            0,
+            "but not take places promised to claims"
+        );
         drop(first);
         assert_eq!((room.free_calls(12), room.free_slots()), (8, 8));
         drop(second);

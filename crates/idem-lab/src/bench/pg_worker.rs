@@ -30,43 +30,18 @@ pub async fn pg_worker(args: PgWorkerBenchArgs) -> Result<Vec<Figure>> {
     let store = Store::connect(&url, 16).await?;
     store.migrate().await?;
 
-    // Baseline: a plain SKIP LOCKED job queue holding the same payloads.
+    // Baseline: a plain SKIP LOCKED job queue holding the same payloads. One drain takes
+    // about a quarter of a second, and single drains gave from about 60,000 to 120,000
+    // jobs/s on this machine from one run to the next: the median of three counts.
     sqlx::query("CREATE TABLE bench_jobs (id bigserial PRIMARY KEY, payload jsonb NOT NULL)")
         .execute(store.pool())
         .await?;
-    sqlx::query(
-        "INSERT INTO bench_jobs (payload) SELECT jsonb_build_object('cell', 'bench.noop', 'args', jsonb_build_object('n', g)) \
-         FROM generate_series(1, $1) g",
-    )
-    .bind(args.actions)
-    .execute(store.pool())
-    .await?;
-    sqlx::query("VACUUM ANALYZE bench_jobs")
-        .execute(store.pool())
-        .await?;
-    let base_cpu = super::cpu::MachineCpu::now();
-    let t = Instant::now();
-    loop {
-        let mut tx = store.pool().begin().await?;
-        let rows: Vec<(serde_json::Value,)> = sqlx::query_as(
-            "DELETE FROM bench_jobs WHERE id IN \
-             (SELECT id FROM bench_jobs ORDER BY id FOR UPDATE SKIP LOCKED LIMIT $1) RETURNING payload",
-        )
-        .bind(i64::from(args.batch))
-        .fetch_all(&mut *tx)
-        .await?;
-        for r in &rows {
-            std::hint::black_box(&r.0);
-        }
-        tx.commit().await?;
-        if rows.is_empty() {
-            break;
-        }
+    let mut drains = Vec::with_capacity(BASELINE_DRAINS);
+    for _ in 0..BASELINE_DRAINS {
+        drains.push(raw_drain(&store, args.actions, args.batch).await?);
     }
-    let baseline = Run {
-        elapsed: t.elapsed(),
-        cpu: base_cpu.and_then(|c| c.since()).map(|(busy, _)| busy),
-    };
+    drains.sort_by_key(|r| r.elapsed);
+    let baseline = drains[drains.len() / 2];
 
     // idem: the same number of actions through enqueue, then the worker.
     let idem = idem_noop_run(&store, args.actions, args.batch, 32).await?;
@@ -78,7 +53,7 @@ pub async fn pg_worker(args: PgWorkerBenchArgs) -> Result<Vec<Figure>> {
         rate(args.actions, idem.elapsed),
         "actions/s",
         format!(
-            "plain SKIP LOCKED job claim + delete of the same payloads ({} a batch)",
+            "plain SKIP LOCKED job claim + delete of the same payloads ({} a batch, median of {BASELINE_DRAINS} drains)",
             args.batch
         ),
         rate(args.actions, baseline.elapsed),
@@ -102,6 +77,47 @@ pub async fn pg_worker(args: PgWorkerBenchArgs) -> Result<Vec<Figure>> {
         ));
     }
     Ok(figures)
+}
+
+/// Drains of the plain queue timed; the median is the baseline.
+const BASELINE_DRAINS: usize = 3;
+
+/// Fill the plain queue with `jobs` payloads and time one consumer draining it, `batch` a
+/// transaction.
+async fn raw_drain(store: &Store, jobs: i64, batch: u32) -> Result<Run> {
+    sqlx::query(
+        "INSERT INTO bench_jobs (payload) SELECT jsonb_build_object('cell', 'bench.noop', 'args', jsonb_build_object('n', g)) \
+         FROM generate_series(1, $1) g",
+    )
+    .bind(jobs)
+    .execute(store.pool())
+    .await?;
+    sqlx::query("VACUUM ANALYZE bench_jobs")
+        .execute(store.pool())
+        .await?;
+    let cpu = super::cpu::MachineCpu::now();
+    let t = Instant::now();
+    loop {
+        let mut tx = store.pool().begin().await?;
+        let rows: Vec<(serde_json::Value,)> = sqlx::query_as(
+            "DELETE FROM bench_jobs WHERE id IN \
+             (SELECT id FROM bench_jobs ORDER BY id FOR UPDATE SKIP LOCKED LIMIT $1) RETURNING payload",
+        )
+        .bind(i64::from(batch))
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in &rows {
+            std::hint::black_box(&r.0);
+        }
+        tx.commit().await?;
+        if rows.is_empty() {
+            break;
+        }
+    }
+    Ok(Run {
+        elapsed: t.elapsed(),
+        cpu: cpu.and_then(|c| c.since()).map(|(busy, _)| busy),
+    })
 }
 
 /// What one timed run took: wall time, and the machine's busy CPU time meanwhile
