@@ -576,7 +576,7 @@ mod tests {
     fn each_apply_statement_numbers_its_parameters_without_gaps() {
         for (start, finish) in [(false, false), (true, false), (false, true), (true, true)] {
             let sql = apply_sql(start, finish);
-            let want = 16 + 9 * usize::from(start) + 4 * usize::from(finish);
+            let want = 16 + 9 * usize::from(start) + 5 * usize::from(finish);
             let mut used = std::collections::BTreeSet::new();
             let mut rest = sql;
             while let Some(i) = rest.find('$') {
