@@ -444,7 +444,7 @@ impl Worker {
                     claim_due = true;
                 }
             }
-            // With fast calls a claim may queue up to a claim's worth behind the slots.
+            // With fast calls claims may queue up to three slots' worth behind the slots.
             let ahead = room.pace.ahead(self.config.concurrency);
             let claim = self
                 .config
@@ -594,9 +594,6 @@ impl Worker {
         Ok(())
     }
 
-    /// Start a task per taken action. Each holds its place among the unsettled from now
-    /// on and its lease is renewed from now on (queued ones too); it calls once it has a
-    /// call slot.
     /// Dispatch what a claim took; whether it took all it asked for (more is likely
     /// waiting), or None if it failed.
     async fn claimed(
@@ -625,6 +622,9 @@ impl Worker {
         }
     }
 
+    /// Start a task per taken action. Each holds its place among the unsettled from now
+    /// on and its lease is renewed from now on (queued ones too); it calls once it has a
+    /// call slot.
     async fn dispatch(
         &self,
         work: Vec<Work>,
