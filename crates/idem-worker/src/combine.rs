@@ -20,7 +20,7 @@
 //! never two of one ordering key in a round. With one call at a time per partition (strict order)
 //! each message otherwise paid one commit of its own: `bench kafka-worker
 //! --per-partition-batch 1` ran at 2,415 actions/s with 2 messages per combined
-//! transaction, PostgreSQL and the broker three quarters idle.
+//! transaction, no process above a quarter of a core and the machine a quarter idle.
 //!
 //! Order: a caller's next delivery starts only after this one's calls returned, so
 //! combining never puts two of one caller's messages in flight at once.
