@@ -17,10 +17,11 @@
 //! [`Combiner::window`] says how much (what its calls get through within
 //! `pace::HORIZON` at the running mean call time, so nothing extra for slow partners), and
 //! [`Combiner::execute_in_order`] calls it in order, in rounds of at most `batch` calls,
-//! never two of one ordering key in a round. With one call at a time per partition (strict order)
-//! each message otherwise paid one commit of its own: `bench kafka-worker
+//! never two of one ordering key in a round. With one call at a time per partition
+//! (strict order) each message otherwise paid one commit of its own: `bench kafka-worker
 //! --per-partition-batch 1` ran at 2,415 actions/s with 2 messages per combined
-//! transaction, no process above a quarter of a core and the machine a quarter idle.
+//! transaction, no process above a quarter of a core and the machine a quarter idle;
+//! with windows, 11,004 (medians of 3).
 //!
 //! Order: a caller's next delivery starts only after this one's calls returned, so
 //! combining never puts two of one caller's messages in flight at once.
