@@ -234,6 +234,17 @@ async fn approvals_bind_to_the_reviewed_arguments_reject_and_expire() {
     .await
     .unwrap();
     assert_eq!(actor, "human:bob");
+    // The worker starts the approved charge; its transition names the person who approved.
+    let (actor, reason): (String, Option<String>) = sqlx::query_as(
+        "SELECT actor, reason FROM idem.transitions WHERE action_id = $1 AND event = 'approve'",
+    )
+    .bind(approve_me.as_uuid())
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    assert!(!actor.starts_with("human:"), "{actor}");
+    let reason = reason.unwrap_or_default();
+    assert!(reason.starts_with("approved by alice"), "{reason}");
 
     // Nobody decides on the third: after the approval window it is rejected, never sent.
     sweep_until(

@@ -219,7 +219,7 @@ pub(crate) async fn submit_action(
         (status = 200, description = "Already submitted with these arguments", body = Submitted),
         (status = 400, description = "Malformed JSON", body = Problem),
         (status = 401, description = "Missing or invalid token", body = Problem),
-        (status = 403, description = "Token lacks the submit scope", body = Problem),
+        (status = 403, description = "Token lacks the submit scope, or is bound to a scope prefix this action is outside", body = Problem),
         (status = 409, description = "The action id or named intent exists with other arguments; `action_id` names it", body = Problem),
         (status = 413, description = "Body over 64 KiB", body = Problem),
         (status = 415, description = "Not application/json", body = Problem),
@@ -243,6 +243,19 @@ pub(crate) async fn submit(
         Ok(a) => a.submitted_by(format!("token:{}", token.name)),
         Err(r) => return r,
     };
+    if let Some(prefix) = token.scope_prefix.as_deref() {
+        let refusal = match &action.intent {
+            Some(i) => token.scope_refusal(&i.scope),
+            None => Some(format!(
+                "token {} is bound to scopes starting with {prefix:?}: name the action with \
+                 intent_scope + intent inside it, not with action_id",
+                token.name
+            )),
+        };
+        if let Some(why) = refusal {
+            return problem(StatusCode::FORBIDDEN, why);
+        }
+    }
     // A caller that sends `traceparent` gets the whole path in its own trace.
     let incoming = idem_telemetry::TraceHeaders::from_pairs(
         headers
@@ -304,9 +317,10 @@ pub(crate) async fn read(
     Path(id): Path<String>,
     q: Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, Scope::Read).await {
-        return r;
-    }
+    let token = match authorize(&state, &headers, Scope::Read).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
     // A query the server cannot read (`?wait=1s&wait=2s`) is a 400 in the API's problem
     // form, not axum's plain text.
     let Ok(Query(q)) = q.map_err(|e| tracing::debug!(error = %e, "bad query")) else {
@@ -319,6 +333,18 @@ pub(crate) async fn read(
         return problem(StatusCode::BAD_REQUEST, "action id must be a UUID");
     };
     let id = ActionId::from(id);
+    // A token bound to a scope prefix reads only actions named inside it: any other is a
+    // 404, as if it did not exist.
+    if let Some(prefix) = token.scope_prefix.as_deref() {
+        match inbox::intent_scope(state.store.pool(), id).await {
+            Ok(s)
+                if s.as_ref()
+                    .and_then(Option::as_deref)
+                    .is_some_and(|s| s.starts_with(prefix)) => {}
+            Ok(_) => return problem(StatusCode::NOT_FOUND, format!("no action {id}")),
+            Err(e) => return unavailable("read", e),
+        }
+    }
     let wait = match q.wait.as_deref().map(wait_seconds) {
         None => None,
         Some(Some(s)) => Some(Duration::from_secs(s).min(MAX_WAIT)),

@@ -26,6 +26,7 @@ async fn require_submit(State(state): State<ApiState>, mut req: Request, next: N
             req.extensions_mut().insert(Caller {
                 token_id: t.id,
                 name: t.name,
+                scope_prefix: t.scope_prefix,
             });
             next.run(req).await
         }

@@ -147,7 +147,10 @@ pub(crate) async fn call(
     }
     let scope = match c.scope {
         Some(s) => match idem_core::check_intent_part("scope", &s) {
-            Ok(()) => s,
+            Ok(()) => match token.scope_refusal(&s) {
+                Some(why) if !is_status => return problem(StatusCode::FORBIDDEN, why),
+                _ => s,
+            },
             Err(e) => return invalid_field("/scope".into(), e.to_string()),
         },
         None => {
@@ -176,17 +179,15 @@ pub(crate) async fn call(
         .map(Duration::from_secs)
         .unwrap_or(state.tool_wait)
         .min(MAX_WAIT);
-    match idem_mcp::call_tool(
-        &state.store,
-        &state.cells,
-        &scope,
-        Some(&format!("token:{}", token.name)),
-        &name,
-        c.arguments,
+    let submitter = format!("token:{}", token.name);
+    let call = idem_mcp::ToolCall {
+        scope: &scope,
+        legacy_scopes: &[],
+        submitter: Some(&submitter),
+        bound: token.scope_prefix.as_deref(),
         wait,
-    )
-    .await
-    {
+    };
+    match idem_mcp::call_tool(&state.store, &state.cells, call, &name, c.arguments).await {
         Ok(r) => Json(ToolAnswer {
             is_error: r.is_error.unwrap_or(false),
             result: r.structured_content.unwrap_or(Value::Null),

@@ -275,6 +275,10 @@ pub enum TokensCommand {
         /// submit, read or approve (repeatable).
         #[arg(long = "scope", required = true)]
         scopes: Vec<idem_store::tokens::Scope>,
+        /// Bind the token to intent scopes starting with this (e.g. `tenant-7/`): it
+        /// submits only there and reads only actions named there, on every surface.
+        #[arg(long)]
+        scope_prefix: Option<String>,
     },
     /// List tokens (never their secrets).
     List {
@@ -294,9 +298,15 @@ pub enum TokensCommand {
 pub async fn tokens(cmd: TokensCommand) -> Result<()> {
     use idem_store::tokens;
     match cmd {
-        TokensCommand::Create { db, name, scopes } => {
+        TokensCommand::Create {
+            db,
+            name,
+            scopes,
+            scope_prefix,
+        } => {
             let store = connect(&db).await?;
-            let (info, secret) = tokens::create(store.pool(), &name, &scopes).await?;
+            let (info, secret) =
+                tokens::create_bound(store.pool(), &name, &scopes, scope_prefix.as_deref()).await?;
             eprintln!(
                 "token {} ({}) created; the secret below is shown once",
                 info.id, info.name
@@ -312,7 +322,7 @@ pub async fn tokens(cmd: TokensCommand) -> Result<()> {
                 for t in all {
                     let scopes: Vec<&str> = t.scopes.iter().map(|s| s.as_str()).collect();
                     println!(
-                        "{}  {:<20} {:<22} {}",
+                        "{}  {:<20} {:<22} {:<8} {}",
                         t.id,
                         t.name,
                         scopes.join(","),
@@ -320,7 +330,11 @@ pub async fn tokens(cmd: TokensCommand) -> Result<()> {
                             "revoked"
                         } else {
                             "live"
-                        }
+                        },
+                        t.scope_prefix
+                            .as_deref()
+                            .map(|p| format!("scopes {p:?}…"))
+                            .unwrap_or_else(|| "any scope".into())
                     );
                 }
             }

@@ -15,6 +15,11 @@ pub const STATUS_TOOL: &str = "idem_status";
 /// Longest wait a call may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
+/// How long a call waits for a worker to take a new action before answering at once that
+/// none has: a direct-Postgres worker claims in milliseconds and the Kafka path in well
+/// under a second, so a longer silence means no worker is running (or all are busy).
+const UNTAKEN_GRACE: Duration = Duration::from_secs(2);
+
 /// Longest intent accepted (it names an action; it is not a payload).
 const MAX_INTENT: usize = idem_core::action::MAX_INTENT_CHARS;
 
@@ -56,8 +61,11 @@ pub(crate) fn list(cells: &Registry) -> Vec<Tool> {
             };
             let description = format!(
                 "{what} Runs at most once per intent through idem ({}); the result is the receipt, \
-                 or awaiting_approval / needs_human with an action_id to check with {STATUS_TOOL}.",
-                c.name()
+                 or awaiting_approval / needs_human with an action_id to check with {STATUS_TOOL}. \
+                 Waits for the receipt (up to the server's tool wait, 20 s by default), but \
+                 answers in about {} s, still in progress, if no worker has taken the action.",
+                c.name(),
+                UNTAKEN_GRACE.as_secs()
             );
             Tool::new(tool_name(c.name().as_str()), description, object).with_annotations(
                 ToolAnnotations::new()
@@ -91,7 +99,7 @@ pub(crate) fn list(cells: &Registry) -> Vec<Tool> {
     tools
 }
 
-fn refused(kind: &str, message: impl Into<String>, extra: Value) -> CallToolResult {
+pub(crate) fn refused(kind: &str, message: impl Into<String>, extra: Value) -> CallToolResult {
     let mut v = json!({"error": kind, "message": message.into()});
     if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
         o.extend(e);
@@ -108,12 +116,17 @@ fn store_error(e: impl std::fmt::Display) -> ErrorData {
 pub(crate) async fn call(
     store: &Store,
     cells: &Registry,
-    scope: &str,
-    submitter: Option<&str>,
+    call: crate::ToolCall<'_>,
     tool: &str,
     mut args: JsonObject,
-    wait: Duration,
 ) -> Result<CallToolResult, ErrorData> {
+    let crate::ToolCall {
+        scope,
+        legacy_scopes,
+        submitter,
+        wait,
+        ..
+    } = call;
     let Some(cell) = cells.iter().find(|c| tool_name(c.name().as_str()) == tool) else {
         return Err(ErrorData::invalid_params(
             format!("no tool {tool:?}; list_tools names them"),
@@ -153,8 +166,22 @@ pub(crate) async fn call(
             ))
         }
     };
-    // The same (scope, intent) is one action on every surface (HTTP, SQL, Rust, MCP).
-    let mut action = NewAction::from_intent(scope, intent.clone(), cell, args);
+    // The same (scope, intent) is one action on every surface (HTTP, SQL, Rust, MCP)...
+    let mut action = NewAction::from_intent(scope, intent.clone(), cell.clone(), args.clone());
+    // ...unless an older idem named it under its prefixed MCP scope: then that action is
+    // the one this call means (its receipt, or a conflict), never a second one.
+    for old in legacy_scopes {
+        let legacy =
+            NewAction::from_intent(old.as_str(), intent.clone(), cell.clone(), args.clone());
+        if inbox::get(store.pool(), legacy.action_id)
+            .await
+            .map_err(store_error)?
+            .is_some()
+        {
+            action = legacy;
+            break;
+        }
+    }
     action.submitter = submitter.map(str::to_owned);
     let id = action.action_id;
     let created = match enqueue(store.pool(), &action).await {
@@ -187,8 +214,9 @@ pub(crate) async fn call(
 pub(crate) async fn status(
     store: &Store,
     args: JsonObject,
-    default_wait: Duration,
+    call: crate::ToolCall<'_>,
 ) -> Result<CallToolResult, ErrorData> {
+    let default_wait = call.wait;
     let Some(id) = args
         .get("action_id")
         .and_then(Value::as_str)
@@ -206,9 +234,20 @@ pub(crate) async fn status(
         .map(Duration::from_secs)
         .unwrap_or(default_wait)
         .min(MAX_WAIT);
+    let id = ActionId::from(id);
+    // A token bound to a scope prefix reads only actions named inside it; any other is
+    // "no such action", as if it did not exist.
+    if let Some(prefix) = call.bound {
+        let named = inbox::intent_scope(store.pool(), id)
+            .await
+            .map_err(store_error)?;
+        if !named.flatten().is_some_and(|s| s.starts_with(prefix)) {
+            return Ok(answer(None, None));
+        }
+    }
     // A status call waits through a hold: after an approval the action stays
     // awaiting_approval until a worker takes it, and the caller asked to wait for the end.
-    let row = settle(store, ActionId::from(id), wait, false).await?;
+    let row = settle(store, id, wait, false).await?;
     Ok(answer(row, None))
 }
 
@@ -220,19 +259,28 @@ async fn settle(
     wait: Duration,
     stop_on_hold: bool,
 ) -> Result<Option<inbox::ActionRow>, ErrorData> {
-    let deadline = tokio::time::Instant::now() + wait;
+    let start = tokio::time::Instant::now();
+    let deadline = start + wait;
     let mut pause = Duration::from_millis(20);
     loop {
         let row = inbox::get(store.pool(), id).await.map_err(store_error)?;
         let done = row.as_ref().is_none_or(|r| {
             r.state.is_settled() || (stop_on_hold && r.state == State::AwaitingApproval)
         });
-        if done || tokio::time::Instant::now() >= deadline {
+        // A tool call does not hold a model for its whole wait when nothing will happen.
+        let untaken =
+            stop_on_hold && start.elapsed() >= UNTAKEN_GRACE && row.as_ref().is_some_and(untaken);
+        if done || untaken || tokio::time::Instant::now() >= deadline {
             return Ok(row);
         }
         tokio::time::sleep(pause.min(deadline - tokio::time::Instant::now())).await;
         pause = (pause * 2).min(Duration::from_millis(250));
     }
+}
+
+/// Received and never attempted: no worker has taken it yet.
+fn untaken(r: &inbox::ActionRow) -> bool {
+    r.state == State::Received && r.attempts == 0 && r.lease_owner.is_none()
 }
 
 /// The tool result for an action: the receipt, or what the caller should do next.
@@ -246,6 +294,7 @@ fn answer(row: Option<inbox::ActionRow>, repeated: Option<bool>) -> CallToolResu
         State::NeedsHuman => "idem could not tell whether the partner acted; a person will decide — do not retry under a new intent",
         State::Failed => "it did not happen: the partner confirmed no effect (see reason); idem will not send it again on its own, a person can; calling again with this intent returns this answer, and a different action needs a different intent",
         State::Rejected | State::Dead => "it did not happen and will not; see reason",
+        _ if untaken(&r) => "accepted, but no worker has taken it yet (is an idem worker running?); it will run once one does — call idem_status with this action_id (optionally wait_seconds), and do not call again under a new intent",
         _ => "still in progress; call idem_status with this action_id (optionally wait_seconds)",
     };
     let mut body = json!({

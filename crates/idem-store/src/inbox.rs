@@ -117,6 +117,20 @@ pub async fn get<'e, E: PgExecutor<'e>>(
     row.map(ActionRow::try_from).transpose()
 }
 
+/// The scope that named an action: `None` if there is no such action, `Some(None)` if its
+/// id was chosen by the caller. Tokens bound to a scope prefix read only inside it.
+pub async fn intent_scope<'e, E: PgExecutor<'e>>(
+    executor: E,
+    id: ActionId,
+) -> Result<Option<Option<String>>, StoreError> {
+    let row: Option<(Option<String>,)> =
+        sqlx::query_as("SELECT intent_scope FROM idem.actions WHERE action_id = $1")
+            .bind(id.as_uuid())
+            .fetch_optional(executor)
+            .await?;
+    Ok(row.map(|r| r.0))
+}
+
 /// Lock the given actions for the rest of the transaction (waiting for any other holder:
 /// a concurrent delivery of the same action sees the state the winner committed).
 pub async fn lock(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<ActionRow>, StoreError> {

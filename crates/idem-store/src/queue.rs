@@ -345,21 +345,25 @@ pub async fn expire_leases(
 
 /// Lock up to `limit` actions awaiting approval that a person approved on their current
 /// fingerprint, or whose approval window (`due_at`) has ended, skipping rows another
-/// worker holds. Returns each row with whether it was approved.
+/// worker holds. Returns each row with its approval, if it has one: who approved and why,
+/// as "approved by alice: looks right", for the transition that starts it.
 pub async fn take_approvals(
     conn: &mut PgConnection,
     limit: u32,
     now: DateTime<Utc>,
-) -> Result<Vec<(ActionRow, bool)>, StoreError> {
-    const APPROVED: &str =
-        "EXISTS (SELECT 1 FROM idem.decisions d WHERE d.action_id = a.action_id \
-                            AND d.kind = 'approve' AND d.fingerprint = a.fingerprint)";
+) -> Result<Vec<(ActionRow, Option<String>)>, StoreError> {
+    const APPROVAL: &str = "(SELECT 'approved by ' || regexp_replace(d.actor, '^human:', '') \
+                 || coalesce(': ' || d.reason, '') \
+          FROM idem.decisions d WHERE d.action_id = a.action_id \
+          AND d.kind = 'approve' AND d.fingerprint = a.fingerprint ORDER BY d.id LIMIT 1)";
     let sql = format!(
-        "SELECT {COLUMNS}, {APPROVED} AS approved FROM idem.actions a \
-         WHERE state = 'awaiting_approval' AND ({APPROVED} OR due_at <= $2) \
-         ORDER BY updated_at LIMIT $1 FOR UPDATE SKIP LOCKED"
+        "SELECT * FROM (SELECT {COLUMNS}, {APPROVAL} AS approval FROM idem.actions a \
+         WHERE state = 'awaiting_approval' AND (EXISTS (SELECT 1 FROM idem.decisions d \
+         WHERE d.action_id = a.action_id AND d.kind = 'approve' \
+         AND d.fingerprint = a.fingerprint) OR due_at <= $2) \
+         ORDER BY updated_at LIMIT $1 FOR UPDATE SKIP LOCKED) t"
     );
-    let rows: Vec<(RawRow, bool)> = sqlx::query(&sql)
+    let rows: Vec<(RawRow, Option<String>)> = sqlx::query(&sql)
         .bind(limit as i64)
         .bind(now)
         .fetch_all(conn)
@@ -367,10 +371,13 @@ pub async fn take_approvals(
         .iter()
         .map(|r| {
             use sqlx::{FromRow, Row};
-            Ok((RawRow::from_row(r)?, r.try_get::<bool, _>("approved")?))
+            Ok((
+                RawRow::from_row(r)?,
+                r.try_get::<Option<String>, _>("approval")?,
+            ))
         })
         .collect::<Result<_, sqlx::Error>>()?;
     rows.into_iter()
-        .map(|(r, approved)| Ok((ActionRow::try_from(r)?, approved)))
+        .map(|(r, approval)| Ok((ActionRow::try_from(r)?, approval)))
         .collect()
 }

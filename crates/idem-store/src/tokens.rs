@@ -54,11 +54,32 @@ pub struct TokenInfo {
     pub created_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// Every scope this token submits in, or reads actions from, starts with this (a
+    /// tenant's prefix); `None`: any scope.
+    pub scope_prefix: Option<String>,
 }
 
 impl TokenInfo {
     pub fn allows(&self, scope: Scope) -> bool {
         self.revoked_at.is_none() && self.scopes.contains(&scope)
+    }
+
+    /// Whether an intent scope is one this token may use: inside its prefix, if bound.
+    pub fn admits_scope(&self, scope: &str) -> bool {
+        self.scope_prefix
+            .as_deref()
+            .is_none_or(|p| scope.starts_with(p))
+    }
+
+    /// Why `scope` is refused for this token, if it is: the message names the prefix.
+    pub fn scope_refusal(&self, scope: &str) -> Option<String> {
+        match self.scope_prefix.as_deref() {
+            Some(p) if !scope.starts_with(p) => Some(format!(
+                "token {} is bound to scopes starting with {p:?}; {scope:?} is outside it",
+                self.name
+            )),
+            _ => None,
+        }
     }
 }
 
@@ -69,6 +90,7 @@ type Row = (
     DateTime<Utc>,
     Option<DateTime<Utc>>,
     Option<DateTime<Utc>>,
+    Option<String>,
 );
 
 fn info(r: Row) -> TokenInfo {
@@ -79,6 +101,7 @@ fn info(r: Row) -> TokenInfo {
         created_at: r.3,
         last_used_at: r.4,
         revoked_at: r.5,
+        scope_prefix: r.6,
     }
 }
 
@@ -92,10 +115,36 @@ pub async fn create(
     name: &str,
     scopes: &[Scope],
 ) -> Result<(TokenInfo, String), StoreError> {
+    create_bound(pool, name, scopes, None).await
+}
+
+/// As [`create`], bound to `scope_prefix` when given: the token submits only intents whose
+/// scope starts with it and reads only actions named in such scopes. A bound token cannot
+/// approve: decisions are fleet-wide.
+pub async fn create_bound(
+    pool: &PgPool,
+    name: &str,
+    scopes: &[Scope],
+    scope_prefix: Option<&str>,
+) -> Result<(TokenInfo, String), StoreError> {
     if name.trim().is_empty() || scopes.is_empty() {
         return Err(StoreError::Config(
             "a token needs a name and at least one scope".into(),
         ));
+    }
+    if let Some(p) = scope_prefix {
+        if p.is_empty() || p.chars().count() > 200 {
+            return Err(StoreError::Config(
+                "a scope prefix is 1 to 200 characters".into(),
+            ));
+        }
+        if scopes.contains(&Scope::Approve) {
+            return Err(StoreError::Config(
+                "a token bound to a scope prefix cannot have the approve scope: decisions \
+                 are fleet-wide"
+                    .into(),
+            ));
+        }
     }
     let mut bytes = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);
@@ -104,12 +153,14 @@ pub async fn create(
     names.sort_unstable();
     names.dedup();
     let row: Row = sqlx::query_as(
-        "INSERT INTO idem.api_tokens (name, secret_hash, scopes) VALUES ($1, $2, $3) \
-         RETURNING id, name, scopes, created_at, last_used_at, revoked_at",
+        "INSERT INTO idem.api_tokens (name, secret_hash, scopes, scope_prefix) \
+         VALUES ($1, $2, $3, $4) \
+         RETURNING id, name, scopes, created_at, last_used_at, revoked_at, scope_prefix",
     )
     .bind(name.trim())
     .bind(hash(&secret))
     .bind(&names)
+    .bind(scope_prefix)
     .fetch_one(pool)
     .await?;
     Ok((info(row), secret))
@@ -117,7 +168,7 @@ pub async fn create(
 
 pub async fn list(pool: &PgPool) -> Result<Vec<TokenInfo>, StoreError> {
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT id, name, scopes, created_at, last_used_at, revoked_at FROM idem.api_tokens \
+        "SELECT id, name, scopes, created_at, last_used_at, revoked_at, scope_prefix FROM idem.api_tokens \
          ORDER BY created_at",
     )
     .fetch_all(pool)
@@ -145,7 +196,7 @@ pub async fn authenticate(pool: &PgPool, secret: &str) -> Result<Option<TokenInf
     let row: Option<Row> = sqlx::query_as(
         "UPDATE idem.api_tokens SET last_used_at = now() \
          WHERE secret_hash = $1 AND revoked_at IS NULL \
-         RETURNING id, name, scopes, created_at, last_used_at, revoked_at",
+         RETURNING id, name, scopes, created_at, last_used_at, revoked_at, scope_prefix",
     )
     .bind(hash(secret))
     .fetch_optional(pool)

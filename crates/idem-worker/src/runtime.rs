@@ -1242,21 +1242,22 @@ impl Worker {
         changes: &mut Vec<Change>,
         new_attempts: &mut Vec<NewAttempt>,
     ) -> Result<(), WorkerError> {
-        for (row, approved) in queue::take_approvals(tx, limit, now).await? {
-            if !approved {
+        for (row, approval) in queue::take_approvals(tx, limit, now).await? {
+            let Some(approval) = approval else {
                 changes.push(Change::new(&row, Event::Reject, now)?.reason(Some(format!(
                     "approval expired: no decision within {:?}",
                     self.config.approval_ttl
                 ))));
                 continue;
-            }
+            };
             let Some(cell) = self.cells.get(&row.cell).cloned() else {
                 tracing::error!(action = %row.action_id, cell = %row.cell, "approved action for a cell this worker lacks; leaving it to another worker");
                 continue;
             };
             match steps::start_attempt(&row, &cell, &[], Event::Approve, self.lessee(), now) {
                 Ok((change, attempt, s)) => {
-                    changes.push(change);
+                    // The worker moves it; the person who decided is named in the audit.
+                    changes.push(change.reason(Some(approval)));
                     new_attempts.push(attempt);
                     work.push(Work::Execute(s));
                 }
