@@ -66,8 +66,10 @@ fi
 # idem binary (simulators, a worker they kill, `idem serve`) on the same PostgreSQL.
 cargo build -q --bin idem --bin idem-lab
 export IDEM_BIN="$CARGO_TARGET_DIR/debug/idem"
-./clients/python/run-tests.sh || failed+=(python)
+# TypeScript first: its build (dist/examples/surface.js) is one of the surfaces the Python
+# cross-surface test (tests/test_surfaces.py) drives.
 ./clients/typescript/run-tests.sh || failed+=(typescript)
+./clients/python/run-tests.sh || failed+=(python)
 # The HTTP API against its OpenAPI document (schemathesis, every check and phase).
 ./scripts/api-check.sh || failed+=(api)
 

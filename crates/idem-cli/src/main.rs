@@ -100,9 +100,10 @@ enum Command {
     },
     /// The HTTP API: submit actions, read receipts (bearer tokens with scopes).
     Serve(serve::ServeArgs),
-    /// MCP server: each cell is a tool. Over stdin/stdout by default (one session per
-    /// process; --session pins it); with --listen, streamable HTTP at /mcp behind bearer
-    /// tokens (submit scope), as `serve` also offers.
+    /// MCP server: each cell is a tool. Over stdin/stdout by default (the session, which is
+    /// the intents' scope, is --session, else random per process); with --listen,
+    /// streamable HTTP at /mcp behind bearer tokens (submit scope), each request naming its
+    /// session (?session= or Idem-Session), as `serve` also offers.
     Mcp(mcp::McpArgs),
     /// Print the effective configuration (defaults ← --config file ← IDEM__… environment)
     /// as TOML, secrets redacted.

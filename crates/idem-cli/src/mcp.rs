@@ -17,9 +17,10 @@ pub struct McpArgs {
     pub db: Db,
     #[command(flatten)]
     pub cells: cells::CellArgs,
-    /// The session intents are scoped to (e.g. the agent's conversation id); a new
-    /// random one per process if not given.
-    #[arg(long)]
+    /// The session intents are scoped to (e.g. the agent's conversation id), the same
+    /// string HTTP's `intent_scope` takes; a new random one per process if not given. Over
+    /// --listen each request names its own (`?session=` or `Idem-Session`).
+    #[arg(long, conflicts_with = "listen")]
     pub session: Option<String>,
     /// Seconds a tool call waits for its action to settle before answering "in progress".
     #[arg(long, default_value_t = 20)]
