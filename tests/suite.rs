@@ -7,6 +7,7 @@ mod api;
 mod conformance;
 mod console;
 mod e2e;
+mod failover;
 mod human;
 mod kafka;
 mod mcp;

@@ -6,6 +6,10 @@ use idem_core::ActionId;
 pub enum StoreError {
     #[error("cannot reach PostgreSQL at {target}: {source}. Start it, or set DATABASE_URL to a server that runs")]
     Unreachable { target: String, source: sqlx::Error },
+    #[error(
+        "no primary among the PostgreSQL hosts {hosts}: {why}. Start one, or promote a standby"
+    )]
+    NoPrimary { hosts: String, why: String },
     #[error("PostgreSQL at {server} answers, but has no database {database:?}: create it (`createdb {database}`) or fix DATABASE_URL")]
     NoDatabase { server: String, database: String },
     #[error("PostgreSQL at {server} refused the credentials in DATABASE_URL: {source}")]

@@ -29,6 +29,7 @@ pub mod decisions;
 pub mod enqueue;
 pub mod error;
 pub mod explore;
+pub mod failover;
 pub mod inbox;
 pub mod outbox;
 pub mod policy;
@@ -39,6 +40,7 @@ pub mod stats;
 pub mod tokens;
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::Connection as _;
@@ -51,7 +53,7 @@ pub const REPREPARE_EVERY: u64 = 64;
 static ACQUIRES: AtomicU64 = AtomicU64::new(0);
 
 use backon::{ExponentialBuilder, Retryable};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 pub use attempts::{AttemptOutcome, AttemptRow, NewAttempt};
@@ -71,16 +73,40 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postg
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: PgPool,
+    /// With several hosts: the one written to now, and the watcher that follows promotions.
+    primary: Option<(failover::Current, Arc<failover::Watch>)>,
 }
 
 impl Store {
     /// Connect, retrying briefly so that a database still starting up is not an error, and
     /// giving up within about 5 s. The error says which of "server down", "no such
     /// database" and "bad credentials" it is, naming the server (never the password).
+    ///
+    /// A URL with several hosts (`postgres://u@a:5432,b:5432/db`) is a primary and its
+    /// standbys: idem writes to the one that is not in recovery and follows a promotion
+    /// (see [`failover`]).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
-        let opts: PgConnectOptions = url
-            .parse()
-            .map_err(|e: sqlx::Error| StoreError::Config(e.to_string()))?;
+        let hosts = failover::hosts(url)?;
+        let several = hosts.len() > 1;
+        let opts = if several {
+            let names = hosts.iter().map(|h| h.label.as_str()).collect::<Vec<_>>();
+            let find = || failover::find_primary(&hosts);
+            let primary = find
+                .retry(
+                    ExponentialBuilder::default()
+                        .with_min_delay(Duration::from_millis(200))
+                        .with_max_times(4),
+                )
+                .await
+                .map_err(|why| StoreError::NoPrimary {
+                    hosts: names.join(", "),
+                    why,
+                })?;
+            tracing::info!(primary = %primary.label, hosts = %names.join(", "), "PostgreSQL primary found");
+            primary.options.clone()
+        } else {
+            hosts[0].options.clone()
+        };
         let server = format!("{}:{}", opts.get_host(), opts.get_port());
         let database = opts.get_database().unwrap_or("postgres").to_owned();
         let connect = || {
@@ -89,6 +115,20 @@ impl Store {
                 PgPoolOptions::new()
                     .max_connections(max_connections)
                     .acquire_timeout(Duration::from_millis(1200))
+                    .after_connect(move |conn, _| {
+                        Box::pin(async move {
+                            // A promoted standby's old primary may come back as a standby (or a
+                            // host list may name one first): never write through it.
+                            if several && failover::in_recovery(conn).await? {
+                                return Err(sqlx::Error::Protocol(
+                                    "this PostgreSQL is a standby (in recovery); waiting for \
+                                     the primary"
+                                        .into(),
+                                ));
+                            }
+                            Ok(())
+                        })
+                    })
                     .before_acquire(|conn, _| {
                         Box::pin(async move {
                             // See "Plans" above.
@@ -115,14 +155,31 @@ impl Store {
             .when(|e| sql_state(e).is_none())
             .await
             .map_err(|e| match sql_state(&e).as_deref() {
-                Some("3D000") => StoreError::NoDatabase { server, database },
-                Some("28P01") | Some("28000") => StoreError::Auth { server, source: e },
+                Some("3D000") => StoreError::NoDatabase {
+                    server: server.clone(),
+                    database,
+                },
+                Some("28P01") | Some("28000") => StoreError::Auth {
+                    server: server.clone(),
+                    source: e,
+                },
                 _ => StoreError::Unreachable {
                     target: format!("{server}/{database}"),
                     source: e,
                 },
             })?;
-        Ok(Self { pool })
+        let primary = several.then(|| {
+            let current: failover::Current = Arc::new(Mutex::new(server));
+            let watch = failover::watch(pool.clone(), hosts, current.clone());
+            (current, Arc::new(watch))
+        });
+        Ok(Self { pool, primary })
+    }
+
+    /// The host written to now (`host:port`), for a store with several hosts.
+    pub fn primary(&self) -> Option<String> {
+        let (current, _) = self.primary.as_ref()?;
+        current.lock().ok().map(|c| c.clone())
     }
 
     /// Connect and check the schema is this idem's: a database not migrated (or migrated
@@ -158,7 +215,10 @@ impl Store {
     }
 
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            primary: None,
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
