@@ -11,3 +11,4 @@ mod failover;
 mod human;
 mod kafka;
 mod mcp;
+mod stores;

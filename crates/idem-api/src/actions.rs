@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use idem_cells::ArgError;
 use idem_core::{ActionId, CellName};
 use idem_store::tokens::Scope;
-use idem_store::{enqueue, inbox, EnqueueError, NewAction};
+use idem_store::{inbox, EnqueueError, NewAction};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::Instrument as _;
@@ -59,12 +59,16 @@ pub struct Submitted {
     pub action_id: uuid::Uuid,
     /// `received`, `awaiting_approval`, … or a settled state.
     pub state: String,
+    /// The store (PostgreSQL database) that holds the action: `default` with one.
+    pub store: String,
 }
 
 /// An action's state and, once settled, its receipt.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ActionView {
     pub action_id: uuid::Uuid,
+    /// The store (PostgreSQL database) that holds the action: `default` with one.
+    pub store: String,
     pub cell: String,
     pub state: String,
     /// True for succeeded, failed, rejected, needs_human and dead.
@@ -80,10 +84,12 @@ pub struct ActionView {
     pub settled_at: Option<DateTime<Utc>>,
 }
 
-impl From<inbox::ActionRow> for ActionView {
-    fn from(r: inbox::ActionRow) -> Self {
+impl ActionView {
+    /// The action `r` as read from store `store`.
+    pub fn on(store: &str, r: inbox::ActionRow) -> Self {
         Self {
             action_id: r.action_id.as_uuid(),
+            store: store.to_owned(),
             cell: r.cell,
             state: r.state.as_str().to_owned(),
             settled: r.state.is_settled(),
@@ -167,22 +173,26 @@ pub(crate) fn new_action(state: &ApiState, s: Submit) -> Result<NewAction, Respo
 }
 
 /// Enqueue `action`: (created?, its current state), or the response for a refusal.
+/// `scope` places an action whose id came from its arguments (an intent's own scope
+/// places the others).
 pub(crate) async fn submit_action(
     state: &ApiState,
     action: &NewAction,
+    scope: Option<&str>,
 ) -> Result<(bool, Submitted), Response> {
-    match enqueue(state.store.pool(), action).await {
-        Ok(e) => {
-            let row = inbox::get(state.store.pool(), e.action_id)
-                .await
-                .ok()
-                .flatten();
+    match state.stores.enqueue(action, scope).await {
+        Ok((store, e)) => {
+            let row = match state.stores.get(store) {
+                Some(s) => inbox::get(s.pool(), e.action_id).await.ok().flatten(),
+                None => None,
+            };
             let current = row.map(|r| r.state).unwrap_or(e.state);
             Ok((
                 e.created,
                 Submitted {
                     action_id: e.action_id.as_uuid(),
                     state: current.as_str().to_owned(),
+                    store: store.to_owned(),
                 },
             ))
         }
@@ -239,6 +249,7 @@ pub(crate) async fn submit(
         Ok(b) => b,
         Err(e) => return bad_body(e),
     };
+    let scope = s.intent_scope.clone();
     let action = match new_action(&state, s) {
         Ok(a) => a.submitted_by(format!("token:{}", token.name)),
         Err(r) => return r,
@@ -269,7 +280,10 @@ pub(crate) async fn submit(
     };
     let span =
         tracing::info_span!("idem.api.submit", cell = %action.cell, action_id = %action.action_id);
-    match submit_action(&state, &action).instrument(span).await {
+    match submit_action(&state, &action, scope.as_deref())
+        .instrument(span)
+        .await
+    {
         Ok((created, s)) => {
             let status = if created {
                 StatusCode::CREATED
@@ -333,10 +347,16 @@ pub(crate) async fn read(
         return problem(StatusCode::BAD_REQUEST, "action id must be a UUID");
     };
     let id = ActionId::from(id);
+    let (store, found) = match state.stores.find(id).await {
+        Ok(Some((name, row))) => (name, row),
+        Ok(None) => return problem(StatusCode::NOT_FOUND, format!("no action {id}")),
+        Err(e) => return unavailable("read", e),
+    };
+    let pool = state.stores.get(store).expect("find names a store").pool();
     // A token bound to a scope prefix reads only actions named inside it: any other is a
     // 404, as if it did not exist.
     if let Some(prefix) = token.scope_prefix.as_deref() {
-        match inbox::intent_scope(state.store.pool(), id).await {
+        match inbox::intent_scope(pool, id).await {
             Ok(s)
                 if s.as_ref()
                     .and_then(Option::as_deref)
@@ -356,15 +376,17 @@ pub(crate) async fn read(
         }
     };
     let row = match wait {
-        Some(w) if !w.is_zero() => match inbox::await_settled(state.store.pool(), id, w).await {
-            Ok(Some(r)) => Ok(Some(r)),
-            Ok(None) => inbox::get(state.store.pool(), id).await,
-            Err(e) => Err(e),
-        },
-        _ => inbox::get(state.store.pool(), id).await,
+        Some(w) if !w.is_zero() && !found.state.is_settled() => {
+            match inbox::await_settled(pool, id, w).await {
+                Ok(Some(r)) => Ok(Some(r)),
+                Ok(None) => inbox::get(pool, id).await,
+                Err(e) => Err(e),
+            }
+        }
+        _ => Ok(Some(found)),
     };
     match row {
-        Ok(Some(r)) => Json(ActionView::from(r)).into_response(),
+        Ok(Some(r)) => Json(ActionView::on(store, r)).into_response(),
         Ok(None) => problem(StatusCode::NOT_FOUND, format!("no action {id}")),
         Err(e) => unavailable("read", e),
     }

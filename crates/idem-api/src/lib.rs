@@ -31,7 +31,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use axum::{Json, Router};
 use idem_cells::Registry;
-use idem_store::Store;
+use idem_store::{Store, Stores};
 use serde_json::json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::OpenApi;
@@ -52,7 +52,10 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct ApiState {
+    /// The default store: tokens, policy, the console's fleet views.
     pub store: Store,
+    /// Every store; actions are submitted to and read from their home store.
+    pub stores: Stores,
     pub cells: Arc<Registry>,
     limiter: auth::Limiter,
     /// Host names (or host:port) `/mcp` accepts besides loopback.
@@ -71,6 +74,7 @@ impl ApiState {
 
     pub fn with_rate_limit(store: Store, cells: Arc<Registry>, limit: RateLimit) -> Self {
         Self {
+            stores: Stores::single(store.clone()),
             store,
             cells,
             limiter: auth::Limiter::new(limit),
@@ -78,6 +82,13 @@ impl ApiState {
             tool_wait: mcp::TOOL_WAIT,
             metrics: None,
         }
+    }
+
+    /// Submit to and read from these stores (the default one keeps tokens and policy).
+    pub fn with_stores(mut self, stores: Stores) -> Self {
+        self.store = stores.default_store().clone();
+        self.stores = stores;
+        self
     }
 
     /// Serve these metrics at `/metrics`.

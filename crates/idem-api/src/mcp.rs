@@ -49,13 +49,13 @@ async fn deleted_is_no_content(req: Request, next: Next) -> Response {
 /// `/mcp`, authenticated. `hosts` are the Host values accepted besides loopback (DNS
 /// rebinding protection: a public deployment lists its own names).
 pub fn routes(state: &ApiState) -> Router {
-    let (store, cells, wait) = (state.store.clone(), state.cells.clone(), state.tool_wait);
+    let (stores, cells, wait) = (state.stores.clone(), state.cells.clone(), state.tool_wait);
     let mut config = StreamableHttpServerConfig::default();
     config
         .allowed_hosts
         .extend(state.public_hosts.iter().cloned());
     let service = StreamableHttpService::new(
-        move || Ok(IdemMcp::new(store.clone(), cells.clone(), "http", wait)),
+        move || Ok(IdemMcp::new(stores.clone(), cells.clone(), "http", wait)),
         Arc::new(LocalSessionManager::default()),
         config,
     );

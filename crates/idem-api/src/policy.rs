@@ -109,8 +109,12 @@ pub(crate) async fn set(
         return invalid_field("/reason".into(), "reason: say why (no NUL)".into());
     }
     let by = format!("human:api:{}", token.name);
-    if let Err(e) = policy::set(state.store.pool(), cell.as_str(), &rule, &by, &body.reason).await {
-        return unavailable("policy set", e);
+    // The rule is enforced by each store's own database (IDM04): every store gets it. A
+    // store that fails is named; setting the same rule again finishes the job.
+    for (name, store) in state.stores.iter() {
+        if let Err(e) = policy::set(store.pool(), cell.as_str(), &rule, &by, &body.reason).await {
+            return unavailable(&format!("policy set on store {name:?}"), e);
+        }
     }
     match policy::list(state.store.pool()).await {
         Ok(rules) => match rules.into_iter().find(|p| p.cell == cell.as_str()) {

@@ -187,7 +187,7 @@ pub(crate) async fn call(
         bound: token.scope_prefix.as_deref(),
         wait,
     };
-    match idem_mcp::call_tool(&state.store, &state.cells, call, &name, c.arguments).await {
+    match idem_mcp::call_tool(&state.stores, &state.cells, call, &name, c.arguments).await {
         Ok(r) => Json(ToolAnswer {
             is_error: r.is_error.unwrap_or(false),
             result: r.structured_content.unwrap_or(Value::Null),

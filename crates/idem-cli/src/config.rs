@@ -25,6 +25,12 @@ use idem_store::DEFAULT_DATABASE_URL;
 #[serde(default, deny_unknown_fields)]
 pub struct IdemConfig {
     pub database: DatabaseSection,
+    /// Several PostgreSQL databases (`[[stores]]`, each a `name` and a `url`); the first is
+    /// the default (tokens, the placement directory). Empty: the one `[database] url`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stores: Vec<idem_store::StoreSpec>,
+    /// Scope prefix → store: `[placement.prefixes] "tenant-7/" = "b"`.
+    pub placement: PlacementSection,
     pub worker: WorkerSection,
     pub relay: RelaySection,
     pub kafka: KafkaSection,
@@ -51,6 +57,14 @@ impl Default for DatabaseSection {
             url: DEFAULT_DATABASE_URL.into(),
         }
     }
+}
+
+/// Explicit placements over the default (recorded, hashed) one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlacementSection {
+    /// Scope prefix → store name; the longest matching prefix wins.
+    pub prefixes: BTreeMap<String, String>,
 }
 
 /// Where a worker takes actions from.
@@ -424,6 +438,8 @@ pub enum ConfigError {
     Missing(PathBuf),
     #[error("configuration: {0}")]
     Invalid(#[from] Box<figment::Error>),
+    #[error("configuration: {0}")]
+    Stores(#[from] idem_store::StoresError),
     #[error("configuration: [partners.{0}] is not an integration idem ships (known: {known})", known = idem_cells::builtin::INTEGRATIONS.iter().map(|i| i.partner).collect::<Vec<_>>().join(", "))]
     UnknownPartner(String),
 }
@@ -442,6 +458,10 @@ pub fn load(file: Option<&Path>) -> Result<IdemConfig, ConfigError> {
     let mut c: IdemConfig = f.extract().map_err(Box::new)?;
     if let Some(name) = c.partners.unknown() {
         return Err(ConfigError::UnknownPartner(name));
+    }
+    if !c.stores.is_empty() || !c.placement.prefixes.is_empty() {
+        let specs = c.stores_or_database();
+        idem_store::stores::validate(&specs, &c.placement.prefixes)?;
     }
     if let Some(dir) = file.and_then(Path::parent) {
         for p in &mut c.cells {
@@ -463,6 +483,34 @@ pub struct Db {
 }
 
 impl Db {
+    /// The stores this command works on: `[[stores]]` from the configuration, else the one
+    /// database of `--database-url` / `DATABASE_URL` / `[database] url`. With `[[stores]]`,
+    /// a database URL given besides must be the default store's (else which one is meant?).
+    pub fn stores(&self) -> Result<(Vec<idem_store::StoreSpec>, BTreeMap<String, String>), String> {
+        let c = get();
+        if c.stores.is_empty() {
+            return Ok((
+                vec![idem_store::StoreSpec {
+                    name: "default".into(),
+                    url: self.database_url(),
+                    new_scopes: true,
+                }],
+                c.placement.prefixes.clone(),
+            ));
+        }
+        if let Some(url) = &self.database_url_flag {
+            if *url != c.stores[0].url {
+                return Err(format!(
+                    "both [[stores]] and a database URL (--database-url or DATABASE_URL: {}) are \
+                     given: unset it, or make it the first store's ({})",
+                    idem_store::redact_url(url),
+                    idem_store::redact_url(&c.stores[0].url)
+                ));
+            }
+        }
+        Ok((c.stores.clone(), c.placement.prefixes.clone()))
+    }
+
     pub fn database_url(&self) -> String {
         self.database_url_flag
             .clone()
@@ -491,26 +539,28 @@ fn is_secret(key: &str) -> bool {
         .any(|s| k.contains(s))
 }
 
-/// A URL with its password replaced.
-fn without_password(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = &url[s + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:<redacted>{}", &url[..s + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
 impl IdemConfig {
+    /// `[[stores]]`, or the one `[database] url` as a store named `default`.
+    pub fn stores_or_database(&self) -> Vec<idem_store::StoreSpec> {
+        if self.stores.is_empty() {
+            vec![idem_store::StoreSpec {
+                name: "default".into(),
+                url: self.database.url.clone(),
+                new_scopes: true,
+            }]
+        } else {
+            self.stores.clone()
+        }
+    }
+
     /// The same configuration with secrets replaced (database password, secret-looking
     /// Kafka properties); credentials are never in it, only the variables' names.
     pub fn redacted(&self) -> IdemConfig {
         let mut shown = self.clone();
-        shown.database.url = without_password(&shown.database.url);
+        shown.database.url = idem_store::redact_url(&shown.database.url);
+        for st in &mut shown.stores {
+            st.url = idem_store::redact_url(&st.url);
+        }
         for (k, v) in shown.kafka.properties.iter_mut() {
             if is_secret(k) {
                 *v = "<redacted>".into();

@@ -3,10 +3,10 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use idem_core::{ActionId, CellName};
-use idem_store::{enqueue, NewAction};
+use idem_store::NewAction;
 
 use crate::config::Db;
-use crate::{cells, connect, exit};
+use crate::{cells, connect_stores, exit};
 
 #[derive(Args, Debug)]
 pub struct EnqueueArgs {
@@ -41,7 +41,7 @@ pub struct EnqueueArgs {
 }
 
 pub async fn run(a: EnqueueArgs) -> Result<()> {
-    let store = connect(&a.db).await?;
+    let stores = connect_stores(&a.db, 4).await?;
     let args: serde_json::Value = serde_json::from_str(&a.args).context("--args must be JSON")?;
     let registry = cells::CellArgs {
         cell_configs: a.cell_configs.clone(),
@@ -57,6 +57,7 @@ pub async fn run(a: EnqueueArgs) -> Result<()> {
         );
     };
     cell.validate(&args)?;
+    let scope = a.intent_scope.clone();
     let mut action = match (a.id, a.intent_scope, a.intent) {
         (Some(id), _, _) => NewAction::new(id, a.cell, args),
         (None, Some(scope), Some(intent)) => NewAction::from_intent(scope, intent, a.cell, args),
@@ -68,8 +69,12 @@ pub async fn run(a: EnqueueArgs) -> Result<()> {
     if let Some(k) = a.ordering_key {
         action = action.with_ordering_key(k);
     }
-    match enqueue(store.pool(), &action).await {
-        Ok(done) => println!("{}", serde_json::to_string_pretty(&done)?),
+    match stores.enqueue(&action, scope.as_deref()).await {
+        Ok((store, done)) => {
+            let mut out = serde_json::to_value(&done)?;
+            out["store"] = store.into();
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
         Err(e @ idem_store::EnqueueError::Conflict { .. }) => {
             eprintln!("idem enqueue: {e}");
             std::process::exit(exit::CONFLICT);

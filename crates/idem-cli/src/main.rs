@@ -42,7 +42,7 @@ mod exit {
     }
 }
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use idem_store::Store;
 
@@ -185,9 +185,20 @@ impl Command {
 async fn run(cli: Cli, metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>) -> Result<()> {
     match cli.command {
         Command::Migrate(db) => {
-            let store = Store::connect(&db.database_url(), 8).await?;
-            store.migrate().await?;
-            println!("migrated");
+            let (specs, prefixes) = db.stores().map_err(anyhow::Error::msg)?;
+            let stores = idem_store::Stores::connect(&specs, &prefixes, 4, false).await?;
+            for (name, store) in stores.iter() {
+                store
+                    .migrate()
+                    .await
+                    .with_context(|| format!("migrate store {name:?}"))?;
+            }
+            if stores.len() == 1 {
+                println!("migrated");
+            } else {
+                let names: Vec<&str> = stores.iter().map(|(n, _)| n).collect();
+                println!("migrated stores {}", names.join(", "));
+            }
         }
         Command::Worker(args) => worker::run(args, metrics).await?,
         Command::Sweep(args) => worker::sweep(args).await?,
@@ -230,6 +241,19 @@ async fn run(cli: Cli, metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>
 /// Every command but `migrate`: the schema must be this idem's.
 pub(crate) async fn connect(db: &Db) -> Result<Store> {
     Ok(Store::connect_migrated(&db.database_url(), 8).await?)
+}
+
+/// Every store of the configuration (or the one database), connected and migrated.
+pub(crate) async fn connect_stores(db: &Db, max_connections: u32) -> Result<idem_store::Stores> {
+    let (specs, prefixes) = db.stores().map_err(anyhow::Error::msg)?;
+    if specs.len() == 1 {
+        let store = Store::connect_migrated(&specs[0].url, max_connections).await?;
+        return Ok(idem_store::Stores::from_stores(
+            vec![(specs[0].name.clone(), store)],
+            &prefixes,
+        )?);
+    }
+    Ok(idem_store::Stores::connect(&specs, &prefixes, max_connections, true).await?)
 }
 
 pub(crate) fn shutdown_channel() -> tokio::sync::watch::Receiver<bool> {

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::config::Db;
-use crate::{cells, connect};
+use crate::{cells, connect_stores};
 
 #[derive(Args, Debug)]
 pub struct McpArgs {
@@ -38,17 +38,18 @@ pub async fn run(args: McpArgs) -> Result<()> {
         wait_secs,
         listen,
     } = args;
-    let store = connect(&db).await?;
+    let stores = connect_stores(&db, 8).await?;
     let registry = Arc::new(cells.registry().map_err(anyhow::Error::msg)?);
     match listen {
         None => {
             let session = session.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-            idem_mcp::IdemMcp::new(store, registry, session, Duration::from_secs(wait_secs))
+            idem_mcp::IdemMcp::new(stores, registry, session, Duration::from_secs(wait_secs))
                 .serve_stdio()
                 .await?;
         }
         Some(addr) => {
-            let state = idem_api::ApiState::new(store, registry)
+            let state = idem_api::ApiState::new(stores.default_store().clone(), registry)
+                .with_stores(stores)
                 .with_tool_wait(Duration::from_secs(wait_secs));
             let app = idem_api::mcp::routes(&state);
             let listener = tokio::net::TcpListener::bind(addr)

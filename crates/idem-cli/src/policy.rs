@@ -2,7 +2,7 @@
 //! holds for every worker at once (they read it in the transaction that starts an action)
 //! and is audited with who and why.
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::Subcommand;
 use idem_core::profile::ApprovalPolicy;
 use idem_store::{policy, Store};
@@ -69,19 +69,29 @@ pub async fn run(cmd: PolicyCommand) -> Result<()> {
             actor,
             reason,
         } => {
-            let store = Store::connect_migrated(&db.database_url(), 2).await?;
-            let old = policy::set(
-                store.pool(),
-                cell.as_str(),
-                &rule,
-                &format!("human:cli:{actor}"),
-                &reason,
-            )
-            .await?;
-            let old = old
-                .filter(|o| !o.is_empty())
-                .unwrap_or_else(|| "none".into());
-            println!("{cell}: {old} → {}", describe(&rule));
+            // Each store's database enforces its own copy of the rule: set it on every one.
+            let stores = crate::connect_stores(&db, 2).await?;
+            for (name, store) in stores.iter() {
+                let old = policy::set(
+                    store.pool(),
+                    cell.as_str(),
+                    &rule,
+                    &format!("human:cli:{actor}"),
+                    &reason,
+                )
+                .await
+                .with_context(|| {
+                    format!("policy set on store {name:?} (run it again to finish)")
+                })?;
+                let old = old
+                    .filter(|o| !o.is_empty())
+                    .unwrap_or_else(|| "none".into());
+                if stores.len() == 1 {
+                    println!("{cell}: {old} → {}", describe(&rule));
+                } else {
+                    println!("{cell} on store {name}: {old} → {}", describe(&rule));
+                }
+            }
         }
         PolicyCommand::History { db, limit, json } => {
             let store = Store::connect_migrated(&db.database_url(), 2).await?;

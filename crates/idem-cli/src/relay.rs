@@ -28,7 +28,15 @@ pub struct RelayArgs {
 }
 
 pub async fn run(args: RelayArgs) -> Result<()> {
-    let store = Store::connect_migrated(&args.db.database_url(), 4).await?;
+    let (specs, _) = args.db.stores().map_err(anyhow::Error::msg)?;
+    if specs.len() > 1 {
+        anyhow::bail!(
+            "a relay over several [[stores]] is not built yet: run one relay per store \
+             (--database-url of each, without the [[stores]] configuration) or the postgres \
+             worker transport"
+        );
+    }
+    let store = Store::connect_migrated(&specs[0].url, 4).await?;
     let r = &config::get().relay;
     let config = idem_relay::RelayConfig {
         batch: args.batch.unwrap_or(r.batch).max(1),
@@ -42,8 +50,7 @@ pub async fn run(args: RelayArgs) -> Result<()> {
             .unwrap_or(r.poll_interval),
         ..idem_relay::RelayConfig::default()
     };
-    let relay =
-        idem_relay::Relay::new(store, &args.db.database_url(), args.kafka.config()?, config)?;
+    let relay = idem_relay::Relay::new(store, &specs[0].url, args.kafka.config()?, config)?;
     tracing::info!("relay started; waiting to be elected");
     relay.run(shutdown_channel()).await?;
     Ok(())

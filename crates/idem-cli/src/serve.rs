@@ -10,7 +10,7 @@ use clap::Args;
 use idem_telemetry::metrics::Metrics;
 
 use crate::config::Db;
-use crate::{cells, connect};
+use crate::{cells, connect_stores};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -40,16 +40,17 @@ pub async fn run(args: ServeArgs, metrics: Arc<Metrics>) -> Result<()> {
         rate_burst,
         public_hosts,
     } = args;
-    let store = connect(&db).await?;
+    let stores = connect_stores(&db, 8).await?;
     let registry = cells.registry().map_err(anyhow::Error::msg)?;
     let state = idem_api::ApiState::with_rate_limit(
-        store,
+        stores.default_store().clone(),
         Arc::new(registry),
         idem_api::RateLimit {
             per_second: rate_limit,
             burst: rate_burst,
         },
     )
+    .with_stores(stores)
     .with_public_hosts(public_hosts)
     .with_metrics(metrics);
     // Keep the fleet gauges fresh for OTLP export (a scrape refreshes them too).

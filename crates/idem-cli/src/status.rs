@@ -8,7 +8,7 @@ use clap::Args;
 use idem_core::ActionId;
 
 use crate::config::Db;
-use crate::{connect, exit};
+use crate::{connect_stores, exit};
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
@@ -28,26 +28,27 @@ pub async fn run(args: StatusArgs) -> Result<()> {
         action_id,
         wait,
     } = args;
-    let store = connect(&db).await?;
-    let row = if wait > 0 {
-        idem_store::await_settled(store.pool(), action_id, Duration::from_secs(wait)).await?
-    } else {
-        idem_store::inbox::get(store.pool(), action_id).await?
+    let stores = connect_stores(&db, 4).await?;
+    let Some((name, found)) = stores.find(action_id).await? else {
+        eprintln!("idem status: no action {action_id}");
+        std::process::exit(exit::NOT_FOUND);
     };
-    let row = match row {
-        Some(r) => r,
-        // await_settled gives None when the wait ended first: read it as it stands.
-        None => match idem_store::inbox::get(store.pool(), action_id).await? {
+    let store = stores.get(name).expect("a store find named").clone();
+    let row = if wait > 0 {
+        match idem_store::await_settled(store.pool(), action_id, Duration::from_secs(wait)).await? {
             Some(r) => r,
-            None => {
-                eprintln!("idem status: no action {action_id}");
-                std::process::exit(exit::NOT_FOUND);
-            }
-        },
+            // await_settled gives None when the wait ended first: read it as it stands.
+            None => idem_store::inbox::get(store.pool(), action_id)
+                .await?
+                .unwrap_or(found),
+        }
+    } else {
+        found
     };
     let attempts = idem_store::attempts::load(store.pool(), &[action_id.as_uuid()]).await?;
     let state = row.state;
     let out = serde_json::json!({
+        "store": name,
         "action": row,
         "attempts": attempts.get(&action_id).cloned().unwrap_or_default(),
     });

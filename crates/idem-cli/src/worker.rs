@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use idem_store::Store;
 use idem_telemetry::metrics::Metrics;
 use idem_worker::{Worker, WorkerConfig};
 
@@ -122,15 +121,15 @@ impl WorkerArgs {
     }
 }
 
-async fn build(args: &WorkerArgs) -> Result<Worker> {
+/// One worker per store (the first is the default store's): with several stores, each
+/// gets an equal share of the concurrency and claims from its own store on its own loop,
+/// so a store that is down holds back only its own actions.
+async fn build(args: &WorkerArgs) -> Result<Vec<Worker>> {
     let w = args.effective();
-    let store = Store::connect_migrated(
-        &args.db.database_url(),
-        (w.concurrency as u32 / 4).clamp(4, 32),
-    )
-    .await?;
+    let stores = crate::connect_stores(&args.db, (w.concurrency as u32 / 4).clamp(4, 32)).await?;
+    let n = stores.len();
     let mut config = WorkerConfig {
-        concurrency: w.concurrency.max(1),
+        concurrency: (w.concurrency / n).max(1),
         batch: w.batch.max(1),
         poll_interval: w.poll_interval,
         sweep_interval: w.sweep_interval,
@@ -150,13 +149,26 @@ async fn build(args: &WorkerArgs) -> Result<Worker> {
             bail!("refusing to start: cell {}: {why}", cell.name());
         }
     }
-    Ok(Worker::builder(store, registry).config(config).build())
+    Ok(stores
+        .iter()
+        .map(|(name, store)| {
+            let mut config = config.clone();
+            if n > 1 {
+                config.id = format!("{}@{name}", config.id);
+            }
+            Worker::builder(store.clone(), registry.clone())
+                .config(config)
+                .build()
+        })
+        .collect())
 }
 
 /// `idem sweep`: one pass, then exit.
 pub async fn sweep(args: WorkerArgs) -> Result<()> {
-    let worker = build(&args).await?;
-    let n = worker.sweep_once().await?;
+    let mut n = 0;
+    for worker in build(&args).await? {
+        n += worker.sweep_once().await?;
+    }
     println!("{n} actions moved on");
     Ok(())
 }
@@ -164,7 +176,7 @@ pub async fn sweep(args: WorkerArgs) -> Result<()> {
 pub async fn run(args: WorkerArgs, metrics: Arc<Metrics>) -> Result<()> {
     let settings = args.effective();
     let kafka = settings.transport == config::Transport::Kafka;
-    let mut worker = build(&args).await?;
+    let mut workers = build(&args).await?;
     if let Some(addr) = settings.metrics_listen {
         let state = idem_api::ApiState::new(
             connect(&args.db).await?,
@@ -182,11 +194,26 @@ pub async fn run(args: WorkerArgs, metrics: Arc<Metrics>) -> Result<()> {
         });
     }
     let rx = shutdown_channel();
-    tracing::info!(worker = worker.id(), transport = ?settings.transport, "worker started");
     if !kafka {
-        worker.run(rx).await?;
+        let mut running = vec![];
+        for worker in workers {
+            tracing::info!(worker = worker.id(), transport = ?settings.transport, "worker started");
+            let rx = rx.clone();
+            running.push(tokio::spawn(async move { worker.run(rx).await }));
+        }
+        for r in running {
+            r.await??;
+        }
         return Ok(());
     }
+    if workers.len() > 1 {
+        bail!(
+            "--transport kafka over several [[stores]] is not built yet: run the postgres \
+             transport (it claims from every store), or one store per worker"
+        );
+    }
+    let mut worker = workers.remove(0);
+    tracing::info!(worker = worker.id(), transport = ?settings.transport, "worker started");
     // Kafka: the consumer group delivers new actions; this process still sweeps (leases,
     // retries, doubts) but does not claim from the outbox, which the relay drains.
     worker = worker.without_outbox_claims();

@@ -66,6 +66,8 @@ enum BenchCommand {
     Enqueue(bench::EnqueueBenchArgs),
     /// Direct-Postgres worker throughput (no-op cell) vs a plain SKIP LOCKED job queue.
     PgWorker(bench::PgWorkerBenchArgs),
+    /// Enqueue over 1, 2 and 3 stores, and routed vs straight to the home store.
+    Stores(bench::StoresBenchArgs),
     /// The same no-op workload through idem and through peer job queues (River), on the
     /// same server, interleaved rounds; idem's ratio to each.
     Peers(bench::PeersArgs),
@@ -332,6 +334,7 @@ async fn run(cli: Cli, metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>
                 BenchCommand::PgWorker(a) => bench::pg_worker(a).await?,
                 BenchCommand::Peers(a) => bench::peers(a).await?,
                 BenchCommand::Enqueue(a) => bench::enqueue_bench(a).await?,
+                BenchCommand::Stores(a) => bench::stores_bench(a).await?,
                 BenchCommand::Latency(a) => bench::latency(a).await?,
                 BenchCommand::Scaling(a) => bench::scaling(a).await?,
                 BenchCommand::Recovery(a) => bench::recovery(a).await?,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use idem_cells::Registry;
-use idem_store::Store;
+use idem_store::Stores;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, Implementation, ListToolsResult,
     PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
@@ -50,16 +50,16 @@ pub struct ToolCall<'a> {
 }
 
 pub async fn call_tool(
-    store: &Store,
+    stores: &Stores,
     cells: &Registry,
     call: ToolCall<'_>,
     name: &str,
     args: rmcp::model::JsonObject,
 ) -> Result<rmcp::model::CallToolResult, ErrorData> {
     if name == STATUS_TOOL {
-        tools::status(store, args, call).await
+        tools::status(stores, args, call).await
     } else {
-        tools::call(store, cells, call, name, args).await
+        tools::call(stores, cells, call, name, args).await
     }
 }
 
@@ -88,10 +88,10 @@ pub enum McpError {
     Session(String),
 }
 
-/// One MCP session's server: the store to enqueue into and the cells it exposes.
+/// One MCP session's server: the stores to enqueue into and the cells it exposes.
 #[derive(Debug, Clone)]
 pub struct IdemMcp {
-    store: Store,
+    stores: Stores,
     cells: Arc<Registry>,
     session: String,
     wait: Duration,
@@ -103,14 +103,14 @@ impl IdemMcp {
     /// its own); `wait` is how long a tool call waits for the action to settle before
     /// answering "in progress".
     pub fn new(
-        store: Store,
+        stores: Stores,
         cells: Arc<Registry>,
         session: impl Into<String>,
         wait: Duration,
     ) -> Self {
         let tools = Arc::new(tools::list(&cells));
         Self {
-            store,
+            stores,
             cells,
             session: session.into(),
             wait,
@@ -308,7 +308,7 @@ impl ServerHandler for IdemMcp {
                 .and_then(|c| c.scope_prefix.as_deref()),
             wait: self.wait,
         };
-        let result = call_tool(&self.store, &self.cells, call, &request.name, args).await?;
+        let result = call_tool(&self.stores, &self.cells, call, &request.name, args).await?;
         Ok(result.into())
     }
 }

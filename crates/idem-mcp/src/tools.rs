@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use idem_cells::{ArgError, Registry};
 use idem_core::{ActionId, CellName, State};
-use idem_store::{enqueue, inbox, EnqueueError, NewAction, Store};
+use idem_store::{inbox, EnqueueError, NewAction, Stores};
 use rmcp::model::{CallToolResult, JsonObject, Tool, ToolAnnotations};
 use rmcp::ErrorData;
 use serde_json::{json, Value};
@@ -114,7 +114,7 @@ fn store_error(e: impl std::fmt::Display) -> ErrorData {
 
 /// One tool call: check the arguments, derive the action id, enqueue, wait for an answer.
 pub(crate) async fn call(
-    store: &Store,
+    stores: &Stores,
     cells: &Registry,
     call: crate::ToolCall<'_>,
     tool: &str,
@@ -173,7 +173,8 @@ pub(crate) async fn call(
     for old in legacy_scopes {
         let legacy =
             NewAction::from_intent(old.as_str(), intent.clone(), cell.clone(), args.clone());
-        if inbox::get(store.pool(), legacy.action_id)
+        if stores
+            .find(legacy.action_id)
             .await
             .map_err(store_error)?
             .is_some()
@@ -184,8 +185,8 @@ pub(crate) async fn call(
     }
     action.submitter = submitter.map(str::to_owned);
     let id = action.action_id;
-    let created = match enqueue(store.pool(), &action).await {
-        Ok(e) => e.created,
+    let (store, created) = match stores.enqueue(&action, None).await {
+        Ok((name, e)) => (name, e.created),
         Err(EnqueueError::Conflict { action_id }) => {
             return Ok(refused(
                 "intent_conflict",
@@ -206,13 +207,14 @@ pub(crate) async fn call(
         }
         Err(EnqueueError::Db(e)) => return Err(store_error(e)),
     };
-    let row = settle(store, id, wait, true).await?;
-    Ok(answer(row, Some(!created)))
+    let home = stores.get(store).expect("enqueue names a store");
+    let row = settle(home, id, wait, true).await?;
+    Ok(answer(store, row, Some(!created)))
 }
 
 /// `idem_status`: read an action, waiting up to `wait_seconds` for it to settle.
 pub(crate) async fn status(
-    store: &Store,
+    stores: &Stores,
     args: JsonObject,
     call: crate::ToolCall<'_>,
 ) -> Result<CallToolResult, ErrorData> {
@@ -235,26 +237,30 @@ pub(crate) async fn status(
         .unwrap_or(default_wait)
         .min(MAX_WAIT);
     let id = ActionId::from(id);
+    let Some((store, _)) = stores.find(id).await.map_err(store_error)? else {
+        return Ok(answer("", None, None));
+    };
+    let home = stores.get(store).expect("find names a store");
     // A token bound to a scope prefix reads only actions named inside it; any other is
     // "no such action", as if it did not exist.
     if let Some(prefix) = call.bound {
-        let named = inbox::intent_scope(store.pool(), id)
+        let named = inbox::intent_scope(home.pool(), id)
             .await
             .map_err(store_error)?;
         if !named.flatten().is_some_and(|s| s.starts_with(prefix)) {
-            return Ok(answer(None, None));
+            return Ok(answer(store, None, None));
         }
     }
     // A status call waits through a hold: after an approval the action stays
     // awaiting_approval until a worker takes it, and the caller asked to wait for the end.
-    let row = settle(store, id, wait, false).await?;
-    Ok(answer(row, None))
+    let row = settle(home, id, wait, false).await?;
+    Ok(answer(store, row, None))
 }
 
 /// The action once it settles (or, with `stop_on_hold`, waits for a person), or as it
 /// stands when `wait` ends.
 async fn settle(
-    store: &Store,
+    home: &idem_store::Store,
     id: ActionId,
     wait: Duration,
     stop_on_hold: bool,
@@ -263,7 +269,7 @@ async fn settle(
     let deadline = start + wait;
     let mut pause = Duration::from_millis(20);
     loop {
-        let row = inbox::get(store.pool(), id).await.map_err(store_error)?;
+        let row = inbox::get(home.pool(), id).await.map_err(store_error)?;
         let done = row.as_ref().is_none_or(|r| {
             r.state.is_settled() || (stop_on_hold && r.state == State::AwaitingApproval)
         });
@@ -284,7 +290,7 @@ fn untaken(r: &inbox::ActionRow) -> bool {
 }
 
 /// The tool result for an action: the receipt, or what the caller should do next.
-fn answer(row: Option<inbox::ActionRow>, repeated: Option<bool>) -> CallToolResult {
+fn answer(store: &str, row: Option<inbox::ActionRow>, repeated: Option<bool>) -> CallToolResult {
     let Some(r) = row else {
         return refused("not_found", "no such action", json!({}));
     };
@@ -299,6 +305,7 @@ fn answer(row: Option<inbox::ActionRow>, repeated: Option<bool>) -> CallToolResu
     };
     let mut body = json!({
         "action_id": r.action_id,
+        "store": store,
         "cell": r.cell,
         "state": r.state,
         "settled": r.state.is_settled(),

@@ -16,6 +16,8 @@ pub enum StoreError {
     Auth { server: String, source: sqlx::Error },
     #[error("the database is not migrated for this idem (schema version {have}, this binary needs {want}): run `idem migrate`")]
     NotMigrated { have: i64, want: i64 },
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     #[error("invalid database configuration: {0}")]
     Config(String),
     #[error("migration failed: {0}")]

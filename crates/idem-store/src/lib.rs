@@ -37,6 +37,7 @@ pub mod queue;
 pub mod replay;
 pub mod retention;
 pub mod stats;
+pub mod stores;
 pub mod tokens;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +63,7 @@ pub use enqueue::{enqueue, Enqueued, Intent, NewAction};
 pub use error::{EnqueueError, StoreError};
 pub use inbox::{await_settled, ActionRow, Change};
 pub use queue::{DeadLetter, OutboxMessage, Received};
+pub use stores::{StoreSpec, Stores, StoresError};
 
 /// The migrations under `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
@@ -237,5 +239,19 @@ fn sql_state(e: &sqlx::Error) -> Option<String> {
     match e {
         sqlx::Error::Database(d) => d.code().map(|c| c.into_owned()),
         _ => None,
+    }
+}
+
+/// A URL with its password replaced, for logs and `idem config`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:<redacted>{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
     }
 }

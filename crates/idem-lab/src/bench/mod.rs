@@ -9,6 +9,7 @@ mod peers;
 mod pg_worker;
 mod recovery;
 mod scaling;
+mod stores;
 mod suite;
 
 pub use enqueue::{enqueue_bench, EnqueueBenchArgs};
@@ -19,6 +20,7 @@ pub use peers::{peers, PeersArgs};
 pub use pg_worker::{pg_worker, PgWorkerBenchArgs};
 pub use recovery::{recovery, RecoveryArgs};
 pub use scaling::{scaling, ScalingArgs};
+pub use stores::{stores_bench, StoresBenchArgs};
 pub use suite::{suite, SuiteArgs};
 
 use std::time::{Duration, Instant};
