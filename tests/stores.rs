@@ -569,3 +569,89 @@ async fn a_policy_set_once_holds_actions_on_every_store() {
         w.stop().await;
     }
 }
+
+/// The Kafka path over two stores: one `idem relay` process publishes each store's outbox
+/// to that store's topics, one `idem worker --transport kafka` process consumes them in a
+/// consumer group per store and settles each action on its home store — one charge each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_kafka_path_over_two_stores_settles_each_action_on_its_home_store() {
+    let (a, b) = (TestDb::new().await, TestDb::new().await);
+    let config = config_file(&[("a", &a.url), ("b", &b.url)], "");
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let bootstrap = idem_testkit::kafka_bootstrap();
+    let topic = format!("idem.test.{}", ActionId::random());
+    let conf = config.to_str().unwrap().to_owned();
+    let env = [
+        ("DATABASE_URL", a.url.as_str()),
+        ("KAFKA_BOOTSTRAP", bootstrap.as_str()),
+    ];
+    let _relay = spawn_idem(
+        IDEM,
+        &[
+            "--config",
+            &conf,
+            "relay",
+            "--topic",
+            &topic,
+            "--partitions",
+            "3",
+            "--poll-interval-ms",
+            "50",
+        ],
+        &env,
+    );
+    let group = format!("g-{}", ActionId::random());
+    let _worker = spawn_idem(
+        IDEM,
+        &[
+            "--config",
+            &conf,
+            "worker",
+            "--transport",
+            "kafka",
+            "--group",
+            &group,
+            "--topic",
+            &topic,
+            "--partitions",
+            "3",
+            "--stripe-base",
+            &stripe.base_url(),
+            "--stripe-secret",
+            TEST_SECRET,
+            "--poll-interval-ms",
+            "50",
+        ],
+        &env,
+    );
+    let stores = Stores::from_stores(
+        vec![("a".into(), a.store.clone()), ("b".into(), b.store.clone())],
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    let mut placed = vec![];
+    for k in 0..16 {
+        let act = named(&format!("kafka-conv-{k}"), "charge", charge_args(k));
+        let (store, _) = stores.enqueue(&act, None).await.unwrap();
+        placed.push((store.to_owned(), act.action_id));
+    }
+    let on: BTreeSet<&str> = placed.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(on.len(), 2, "{placed:?}");
+    for (store, id) in &placed {
+        wait_settled(stores.get(store).unwrap(), &[*id], Duration::from_secs(60)).await;
+        let row = inbox::get(stores.get(store).unwrap().pool(), *id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.state, idem_core::State::Succeeded, "{id}");
+        assert_eq!(stripe.sim.effects_for(&id.to_string()), 1, "{id}");
+    }
+    for s in [&a.store, &b.store] {
+        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM idem.outbox")
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "each store's relay drained its outbox");
+    }
+    assert_eq!(stripe.sim.ledger().len(), placed.len());
+}

@@ -40,16 +40,4 @@ impl KafkaArgs {
         }
         k.to_kafka().map_err(anyhow::Error::msg)
     }
-
-    /// Topics a worker subscribes to for the cells it runs.
-    pub fn topics(&self, cells: &idem_cells::Registry) -> Result<Vec<String>> {
-        let c = self.config()?;
-        let mut t: Vec<String> = cells
-            .iter()
-            .map(|cell| c.routing.topic_for(cell.name().as_str()))
-            .collect();
-        t.sort();
-        t.dedup();
-        Ok(t)
-    }
 }

@@ -239,8 +239,10 @@ async fn run(cli: Cli, metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>
 }
 
 /// Every command but `migrate`: the schema must be this idem's.
+/// With `[[stores]]`, the default store (tokens, approvals and decisions read there).
 pub(crate) async fn connect(db: &Db) -> Result<Store> {
-    Ok(Store::connect_migrated(&db.database_url(), 8).await?)
+    let (specs, _) = db.stores().map_err(anyhow::Error::msg)?;
+    Ok(Store::connect_migrated(&specs[0].url, 8).await?)
 }
 
 /// Every store of the configuration (or the one database), connected and migrated.

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use crate::config::Db;
-use crate::{cells, connect};
+use crate::{cells, connect_stores};
 
 #[derive(Args, Debug)]
 pub struct PurgeArgs {
@@ -38,18 +38,26 @@ pub async fn run(args: PurgeArgs) -> Result<()> {
             bail!("refusing to purge: cell {}: {why}", cell.name());
         }
     }
-    let store = connect(&args.db).await?;
-    let purged = idem_store::retention::purge_settled(
-        store.pool(),
-        retention,
-        args.batch.max(1),
-        args.max_batches,
-        Duration::from_millis(args.pause_ms),
-    )
-    .await?;
-    println!(
-        "{} settled actions purged in {} batches",
-        purged.actions, purged.batches
-    );
+    // Every store keeps its own inbox: each is purged in turn.
+    let stores = connect_stores(&args.db, 4).await?;
+    for (name, store) in stores.iter() {
+        let purged = idem_store::retention::purge_settled(
+            store.pool(),
+            retention,
+            args.batch.max(1),
+            args.max_batches,
+            Duration::from_millis(args.pause_ms),
+        )
+        .await?;
+        let on = if stores.len() > 1 {
+            format!(" on store {name}")
+        } else {
+            String::new()
+        };
+        println!(
+            "{} settled actions purged in {} batches{on}",
+            purged.actions, purged.batches
+        );
+    }
     Ok(())
 }

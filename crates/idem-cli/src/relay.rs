@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::Args;
 use idem_store::Store;
 
@@ -29,14 +29,6 @@ pub struct RelayArgs {
 
 pub async fn run(args: RelayArgs) -> Result<()> {
     let (specs, _) = args.db.stores().map_err(anyhow::Error::msg)?;
-    if specs.len() > 1 {
-        anyhow::bail!(
-            "a relay over several [[stores]] is not built yet: run one relay per store \
-             (--database-url of each, without the [[stores]] configuration) or the postgres \
-             worker transport"
-        );
-    }
-    let store = Store::connect_migrated(&specs[0].url, 4).await?;
     let r = &config::get().relay;
     let config = idem_relay::RelayConfig {
         batch: args.batch.unwrap_or(r.batch).max(1),
@@ -50,8 +42,27 @@ pub async fn run(args: RelayArgs) -> Result<()> {
             .unwrap_or(r.poll_interval),
         ..idem_relay::RelayConfig::default()
     };
-    let relay = idem_relay::Relay::new(store, &specs[0].url, args.kafka.config()?, config)?;
-    tracing::info!("relay started; waiting to be elected");
-    relay.run(shutdown_channel()).await?;
+    let kafka = args.kafka.config()?;
+    let shutdown = shutdown_channel();
+    // One relay per store, each elected by an advisory lock in its own store and
+    // publishing to that store's topics (with several stores, `KafkaConfig::for_store`).
+    let mut running = vec![];
+    for spec in &specs {
+        let store = Store::connect_migrated(&spec.url, 4)
+            .await
+            .with_context(|| format!("store {:?}", spec.name))?;
+        let kafka = if specs.len() > 1 {
+            kafka.for_store(&spec.name)
+        } else {
+            kafka.clone()
+        };
+        let relay = idem_relay::Relay::new(store, &spec.url, kafka, config.clone())?;
+        tracing::info!(store = %spec.name, "relay started; waiting to be elected");
+        let rx = shutdown.clone();
+        running.push(tokio::spawn(async move { relay.run(rx).await }));
+    }
+    for r in running {
+        r.await??;
+    }
     Ok(())
 }

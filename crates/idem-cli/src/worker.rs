@@ -176,7 +176,7 @@ pub async fn sweep(args: WorkerArgs) -> Result<()> {
 pub async fn run(args: WorkerArgs, metrics: Arc<Metrics>) -> Result<()> {
     let settings = args.effective();
     let kafka = settings.transport == config::Transport::Kafka;
-    let mut workers = build(&args).await?;
+    let workers = build(&args).await?;
     if let Some(addr) = settings.metrics_listen {
         let state = idem_api::ApiState::new(
             connect(&args.db).await?,
@@ -206,29 +206,57 @@ pub async fn run(args: WorkerArgs, metrics: Arc<Metrics>) -> Result<()> {
         }
         return Ok(());
     }
-    if workers.len() > 1 {
-        bail!(
-            "--transport kafka over several [[stores]] is not built yet: run the postgres \
-             transport (it claims from every store), or one store per worker"
-        );
-    }
-    let mut worker = workers.remove(0);
-    tracing::info!(worker = worker.id(), transport = ?settings.transport, "worker started");
     // Kafka: the consumer group delivers new actions; this process still sweeps (leases,
-    // retries, doubts) but does not claim from the outbox, which the relay drains.
-    worker = worker.without_outbox_claims();
-    let topics = args.kafka.topics(worker.cells())?;
-    let transport = idem_kafka::KafkaTransport::new(worker.clone(), args.kafka.config()?, {
-        let mut t = idem_kafka::TransportConfig::new(&settings.group, topics);
-        t.protocol = settings.group_protocol.into();
-        t.instance_id = settings.instance_id.clone();
-        t.lane_capacity = settings.lane_capacity.max(1);
-        t
-    });
-    let sweeper = worker.clone();
-    let sweep_rx = rx.clone();
-    let sweeping = tokio::spawn(async move { sweeper.run(sweep_rx).await });
-    transport.run(rx).await?;
-    sweeping.await??;
+    // retries, doubts) but does not claim from the outbox, which the relay drains. With
+    // several stores, one consumer group per store on that store's topics
+    // (`KafkaConfig::for_store`): a message's topic names its home store, and a lane
+    // writes its inbox and attempts there.
+    let (specs, _) = args.db.stores().map_err(anyhow::Error::msg)?;
+    let several = workers.len() > 1;
+    let kafka = args.kafka.config()?;
+    let mut running = vec![];
+    for (worker, spec) in workers.into_iter().zip(&specs) {
+        tracing::info!(worker = worker.id(), store = %spec.name, transport = ?settings.transport, "worker started");
+        let worker = worker.without_outbox_claims();
+        let (kafka, group) = if several {
+            (
+                kafka.for_store(&spec.name),
+                format!("{}.{}", settings.group, spec.name),
+            )
+        } else {
+            (kafka.clone(), settings.group.clone())
+        };
+        let mut topics: Vec<String> = worker
+            .cells()
+            .iter()
+            .map(|cell| kafka.routing.topic_for(cell.name().as_str()))
+            .collect();
+        topics.sort();
+        topics.dedup();
+        let transport = idem_kafka::KafkaTransport::new(worker.clone(), kafka, {
+            let mut t = idem_kafka::TransportConfig::new(&group, topics);
+            t.protocol = settings.group_protocol.into();
+            t.instance_id = settings.instance_id.clone().map(|i| {
+                if several {
+                    format!("{i}.{}", spec.name)
+                } else {
+                    i
+                }
+            });
+            t.lane_capacity = settings.lane_capacity.max(1);
+            t
+        });
+        let sweeper = worker.clone();
+        let (sweep_rx, rx) = (rx.clone(), rx.clone());
+        running.push(tokio::spawn(async move {
+            sweeper.run(sweep_rx).await.map_err(anyhow::Error::from)
+        }));
+        running.push(tokio::spawn(async move {
+            transport.run(rx).await.map_err(anyhow::Error::from)
+        }));
+    }
+    for r in running {
+        r.await??;
+    }
     Ok(())
 }

@@ -75,6 +75,21 @@ pub struct KafkaConfig {
 }
 
 impl KafkaConfig {
+    /// The topics of one store of several: every topic name gains `.{store}` after its
+    /// prefix (`idem.actions` → `idem.actions.b`, `idem.results` → `idem.results.b`), so a
+    /// message's topic names its home store and each store's relay and consumer group
+    /// never meet another store's actions.
+    pub fn for_store(&self, store: &str) -> Self {
+        let mut k = self.clone();
+        k.routing = match &self.routing {
+            TopicRouting::Single(t) => TopicRouting::Single(format!("{t}.{store}")),
+            TopicRouting::PerCell(p) => TopicRouting::PerCell(format!("{p}.{store}")),
+            TopicRouting::PerIntegration(p) => TopicRouting::PerIntegration(format!("{p}.{store}")),
+        };
+        k.results_topic = format!("{}.{store}", self.results_topic);
+        k
+    }
+
     pub fn new(bootstrap: impl Into<String>) -> Self {
         Self {
             bootstrap: bootstrap.into(),
