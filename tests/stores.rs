@@ -69,6 +69,26 @@ fn idem_cli(config: &PathBuf, default_url: &str, args: &[&str]) -> std::process:
         .unwrap()
 }
 
+/// `idem enqueue` of a charge named (scope, intent), in a process of its own.
+fn cli_enqueue(
+    config: &PathBuf,
+    default_url: &str,
+    scope: &str,
+    intent: &str,
+    args: Value,
+) -> std::process::Output {
+    let args = args.to_string();
+    let argv = [
+        "enqueue",
+        "--cell",
+        "stripe.charge",
+        "--intent-scope",
+        scope,
+    ];
+    let rest = ["--intent", intent, "--args", &args];
+    idem_cli(config, default_url, &[&argv[..], &rest[..]].concat())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_scope_and_intent_is_one_action_on_one_of_three_stores_through_http_mcp_and_the_cli() {
     let (a, b, c) = (
@@ -118,21 +138,7 @@ async fn one_scope_and_intent_is_one_action_on_one_of_three_stores_through_http_
         let store = r["store"].as_str().unwrap().to_owned();
 
         // The CLI, in a process of its own with the same [[stores]]: the same action.
-        let args = charge_args(k).to_string();
-        let out = idem_cli(
-            &config,
-            &a.url,
-            &[
-                "enqueue",
-                "--cell",
-                "stripe.charge",
-                "--intent-scope",
-                &scope,
-            ]
-            .into_iter()
-            .chain(["--intent", &intent, "--args", &args])
-            .collect::<Vec<_>>(),
-        );
+        let out = cli_enqueue(&config, &a.url, &scope, &intent, charge_args(k));
         assert!(
             out.status.success(),
             "{}",
@@ -145,21 +151,7 @@ async fn one_scope_and_intent_is_one_action_on_one_of_three_stores_through_http_
         );
         assert_eq!(cli["store"], store.as_str());
         if k == 0 {
-            let other = charge_args(99).to_string();
-            let out = idem_cli(
-                &config,
-                &a.url,
-                &[
-                    "enqueue",
-                    "--cell",
-                    "stripe.charge",
-                    "--intent-scope",
-                    &scope,
-                ]
-                .into_iter()
-                .chain(["--intent", &intent, "--args", &other])
-                .collect::<Vec<_>>(),
-            );
+            let out = cli_enqueue(&config, &a.url, &scope, &intent, charge_args(99));
             assert_eq!(out.status.code(), Some(3), "another amount is a conflict");
             let r = http
                 .post(format!("{api}/v1/actions"))
