@@ -55,6 +55,7 @@ async fn take_delivery(store: &Store) -> Delivery {
         payload: m.payload,
         source: json!({"outbox_seq": m.seq}),
         trace: idem_worker::TraceHeaders::from_json(&m.headers),
+        misrouted: None,
     }
 }
 

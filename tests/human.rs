@@ -58,6 +58,7 @@ async fn take_deliveries(store: &Store) -> Vec<Delivery> {
             payload: m.payload,
             source: json!({"outbox_seq": m.seq}),
             trace: TraceHeaders::default(),
+            misrouted: None,
         })
         .collect()
 }
@@ -310,6 +311,7 @@ async fn needs_human_cases_are_resolved_with_audited_decisions() {
             payload: m.payload,
             source: json!({"outbox_seq": m.seq}),
             trace: TraceHeaders::default(),
+            misrouted: None,
         }])
         .await
         .unwrap();
@@ -1069,6 +1071,7 @@ async fn dead_work_is_put_back_by_audited_decisions_and_acts_once() {
         payload,
         source: json!({"topic": "idem.actions", "partition": 0, "offset": offset}),
         trace: TraceHeaders::default(),
+        misrouted: None,
     };
     w.deliver(&[delivery(raw_v9, 41), delivery(forged.encode(), 42)])
         .await

@@ -646,4 +646,327 @@ async fn the_kafka_path_over_two_stores_settles_each_action_on_its_home_store() 
         assert_eq!(n, 0, "each store's relay drained its outbox");
     }
     assert_eq!(stripe.sim.ledger().len(), placed.len());
+
+    // Every message names its home store; one that names another store than the group's
+    // (two stores' topics shared by mistake) goes dead with its bytes: no action, no charge.
+    let stray = idem_core::Envelope {
+        v: idem_core::envelope::ENVELOPE_VERSION,
+        action_id: ActionId::random(),
+        cell: "stripe.charge".into(),
+        args: charge_args(99),
+        ordering_key: "stray".into(),
+    };
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let payload = stray.encode();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&format!("{topic}.b"))
+                .key("stray")
+                .payload(&payload)
+                .headers(
+                    rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+                        key: idem_kafka::headers::STORE,
+                        value: Some("a"),
+                    }),
+                ),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let reason = loop {
+        let letters = idem_store::explore::dead_letters(b.store.pool(), 10)
+            .await
+            .unwrap();
+        if let Some(l) = letters.iter().find(|l| l.raw == payload) {
+            break l.reason.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stray message never went dead"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        reason.contains("for store \"a\", consumed by store \"b\""),
+        "{reason}"
+    );
+    assert_eq!(
+        holders(&[("a", &a.store), ("b", &b.store)], stray.action_id).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(stripe.sim.effects_for(&stray.action_id.to_string()), 0);
+    // And the relay names the store on what it publishes (checked on store b's topic).
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", format!("peek-{}", ActionId::random()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    rdkafka::consumer::Consumer::subscribe(&consumer, &[&format!("{topic}.b")]).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let named_b = loop {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
+            use rdkafka::message::{Headers, Message};
+            if m.payload() != Some(&payload[..]) {
+                let h = m.headers().unwrap();
+                break h
+                    .iter()
+                    .find(|h| h.key == idem_kafka::headers::STORE)
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned());
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no relayed message on b's topic"
+        );
+    };
+    assert_eq!(named_b.as_deref(), Some("b"));
+}
+
+/// A person's side over three stores: `/v1/approvals`, `idem approvals list` and the
+/// console list every store's waiting actions and name each one's store; a decision on any
+/// store reaches its home (one charge each); the explorer shows the store; with a store
+/// down the others are still listed, and the missing one is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn approvals_the_console_and_the_explorer_work_across_stores() {
+    let (a, b) = (TestDb::new().await, TestDb::new().await);
+    let dir = idem_services::run_dir("stores-people").unwrap();
+    idem_services::remove_when_process_exits(&dir);
+    let pg = Arc::new(
+        LocalPostgres::start(
+            &dir.join("c"),
+            &PostgresOptions {
+                fast_unsafe: true,
+                ..PostgresOptions::default()
+            },
+        )
+        .unwrap(),
+    );
+    let c = Store::connect(&pg.url(), 8).await.unwrap();
+    c.migrate().await.unwrap();
+    let rules = "[placement.prefixes]\n\"tenant-c/\" = \"c\"\n";
+    let config = config_file(&[("a", &a.url), ("b", &b.url), ("c", &pg.url())], rules);
+    let stores = Stores::from_stores(
+        vec![
+            ("a".into(), a.store.clone()),
+            ("b".into(), b.store.clone()),
+            ("c".into(), c.clone()),
+        ],
+        &BTreeMap::from([("tenant-c/".to_owned(), "c".to_owned())]),
+    )
+    .unwrap();
+    let out = idem_cli(
+        &config,
+        &a.url,
+        &[
+            "policy",
+            "set",
+            "stripe.charge",
+            "always",
+            "--as",
+            "alice",
+            "--reason",
+            "review all",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let workers: Vec<RunningWorker> = [&a.store, &b.store, &c]
+        .into_iter()
+        .map(|s| RunningWorker::start(s, stripe_cells(&stripe, None)))
+        .collect();
+    let mut homes = BTreeMap::new();
+    for k in 0..9 {
+        let scope = if k < 2 {
+            format!("tenant-c/conv-{k}")
+        } else {
+            format!("conv-{k}")
+        };
+        let act = named(&scope, "charge", charge_args(k));
+        let (store, _) = stores.enqueue(&act, None).await.unwrap();
+        homes.insert(act.action_id.to_string(), store.to_owned());
+    }
+    for (id, store) in &homes {
+        idem_testkit::harness::wait_for(
+            stores.get(store).unwrap(),
+            id.parse().unwrap(),
+            idem_core::State::AwaitingApproval,
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    let on: BTreeSet<&String> = homes.values().collect();
+    assert_eq!(on.len(), 3, "all three stores hold some: {homes:?}");
+
+    let app = router(
+        ApiState::new(a.store.clone(), Arc::new(stripe_cells(&stripe, None))).with_stores(stores),
+    );
+    let server = SimServer::start(app, ([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let (_, token) = tokens::create(a.store.pool(), "approver", &[Scope::Approve, Scope::Read])
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let api = server.base_url();
+    let listed = |r: Value| -> BTreeMap<String, (String, String)> {
+        r.as_array()
+            .unwrap()
+            .iter()
+            .map(|w| {
+                (
+                    w["action_id"].as_str().unwrap().to_owned(),
+                    (
+                        w["store"].as_str().unwrap().to_owned(),
+                        w["fingerprint"].as_str().unwrap().to_owned(),
+                    ),
+                )
+            })
+            .collect()
+    };
+    // The HTTP list: every store's actions, each with its store.
+    let r = http
+        .get(format!("{api}/v1/approvals"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get(idem_api::UNAVAILABLE_STORES).is_none());
+    let waiting = listed(r.json().await.unwrap());
+    let stores_of: BTreeMap<String, String> = waiting
+        .iter()
+        .map(|(id, (s, _))| (id.clone(), s.clone()))
+        .collect();
+    assert_eq!(stores_of, homes);
+    // The CLI list, through the same configuration.
+    let out = idem_cli(&config, &a.url, &["approvals", "list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli = listed(serde_json::from_slice(&out.stdout).unwrap());
+    assert_eq!(cli, waiting);
+    // The console page names each action's store.
+    let console = |path: String| {
+        let (http, token) = (http.clone(), token.clone());
+        async move {
+            let r = http
+                .get(path)
+                .header("cookie", format!("idem_console={token}"))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, page) = console(format!("{api}/console")).await;
+    assert_eq!(status, 200, "{page}");
+    for (id, store) in &homes {
+        let at = page
+            .find(&format!("id=\"action-{id}\""))
+            .unwrap_or_else(|| panic!("{id} not on the console"));
+        let item = &page[at..];
+        let item = &item[..item[1..]
+            .find("<section")
+            .map(|e| e + 1)
+            .unwrap_or(item.len())];
+        assert!(
+            item.contains(&format!("store <code class=store>{store}</code>")),
+            "{item}"
+        );
+    }
+
+    // Decide one on b over HTTP and one on c through the CLI: each settles on its home.
+    let pick = |s: &str| {
+        homes
+            .iter()
+            .find(|(_, h)| *h == s)
+            .map(|(id, _)| id.clone())
+            .unwrap()
+    };
+    let (on_b, on_c) = (pick("b"), pick("c"));
+    let r = http
+        .post(format!("{api}/v1/approvals/{on_b}/approve"))
+        .bearer_auth(&token)
+        .json(&json!({"fingerprint": waiting[&on_b].1, "reason": "ok"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let out = idem_cli(
+        &config,
+        &a.url,
+        &[
+            "approvals",
+            "approve",
+            &on_c,
+            "--as",
+            "alice",
+            "--fingerprint",
+            &waiting[&on_c].1,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_settled(&b.store, &[on_b.parse().unwrap()], Duration::from_secs(20)).await;
+    wait_settled(&c, &[on_c.parse().unwrap()], Duration::from_secs(20)).await;
+    assert_eq!(stripe.sim.effects_for(&on_b), 1);
+    assert_eq!(stripe.sim.effects_for(&on_c), 1);
+    assert_eq!(
+        stripe.sim.ledger().len(),
+        2,
+        "only the two approved were charged"
+    );
+    // The explorer finds them all, with their stores, and shows the home on the detail.
+    let (status, found) = console(format!("{api}/console/explore?cell=stripe.charge")).await;
+    assert_eq!(status, 200, "{found}");
+    for (id, store) in &homes {
+        assert!(
+            found.contains(&format!(
+                "class=found>{id}</a></td><td class=store>{store}</td>"
+            )),
+            "{id} on {store} not in {found}"
+        );
+    }
+    let (status, detail) = console(format!("{api}/console/explore/{on_c}")).await;
+    assert_eq!(status, 200, "{detail}");
+    assert!(detail.contains("<code id=store>c</code>"), "{detail}");
+
+    // Store c goes down: a and b are still listed, and c is named as missing.
+    pg.kill().unwrap();
+    let r = http
+        .get(format!("{api}/v1/approvals"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()[idem_api::UNAVAILABLE_STORES], "c");
+    let left = listed(r.json().await.unwrap());
+    let expect: BTreeSet<String> = homes
+        .iter()
+        .filter(|(id, s)| *s != "c" && **id != on_b)
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!(left.keys().cloned().collect::<BTreeSet<_>>(), expect);
+    let (status, page) = console(format!("{api}/console")).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("id=stores-down"), "{page}");
+    for w in workers {
+        w.stop().await;
+    }
 }

@@ -18,6 +18,7 @@ use axum::{Form, Router};
 use idem_core::ActionId;
 use idem_store::decisions::{self, Waiting};
 use idem_store::tokens::{Scope, TokenInfo};
+use idem_store::Placed;
 use serde::Deserialize;
 
 use crate::auth::authorize_secret;
@@ -173,23 +174,47 @@ async fn page(
         Err(r) => return r,
     };
     let secret = cookie_secret(&headers).unwrap_or_default();
-    let pool = state.store.pool();
-    let (approvals, doubts, failed, dead) = match tokio::try_join!(
-        decisions::waiting(pool, idem_core::State::AwaitingApproval, PAGE),
-        decisions::waiting(pool, idem_core::State::NeedsHuman, PAGE),
-        decisions::ended_recently(pool, idem_core::State::Failed, PAGE),
-        decisions::ended_recently(pool, idem_core::State::Dead, PAGE),
-    ) {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::error!(error = %e, "console listing failed");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Html("store unavailable".to_owned()),
-            )
-                .into_response();
-        }
+    use idem_core::State as S;
+    let list = |which: S, ended: bool| {
+        state.stores.gather(move |pool| async move {
+            if ended {
+                decisions::ended_recently(&pool, which, PAGE).await
+            } else {
+                decisions::waiting(&pool, which, PAGE).await
+            }
+        })
     };
+    let (mut approvals, mut doubts, mut failed, mut dead) = tokio::join!(
+        list(S::AwaitingApproval, false),
+        list(S::NeedsHuman, false),
+        list(S::Failed, true),
+        list(S::Dead, true),
+    );
+    if approvals.all_down() {
+        tracing::error!(error = %approvals.unavailable.join("; "), "console listing failed");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Html("store unavailable".to_owned()),
+        )
+            .into_response();
+    }
+    // Waiting: oldest first; ended: newest first — across stores as within one.
+    approvals.items.sort_by_key(|p| p.item.row.updated_at);
+    doubts.items.sort_by_key(|p| p.item.row.updated_at);
+    failed
+        .items
+        .sort_by_key(|p| std::cmp::Reverse(p.item.row.updated_at));
+    dead.items
+        .sort_by_key(|p| std::cmp::Reverse(p.item.row.updated_at));
+    let mut down: Vec<String> = [&approvals, &doubts, &failed, &dead]
+        .iter()
+        .flat_map(|g| g.unavailable.iter())
+        .map(|u| u.split(':').next().unwrap_or(u).to_owned())
+        .collect();
+    down.sort_unstable();
+    down.dedup();
+    let (approvals, doubts, failed, dead) =
+        (approvals.items, doubts.items, failed.items, dead.items);
     let mut html = format!(
         "<!doctype html><html><head><meta charset=utf-8><title>idem console</title>\
          <style>{STYLE}</style></head><body><h1>idem approver console</h1>\
@@ -198,6 +223,14 @@ async fn page(
     );
     if let Some(done) = flash.done {
         let _ = write!(html, "<p class=flash id=flash>{}</p>", esc(&done));
+    }
+    if !down.is_empty() {
+        let _ = write!(
+            html,
+            "<p class=flash id=stores-down>Not listed: the actions on store(s) {}, which did not answer. \
+             Everything else is.</p>",
+            esc(&down.join(", "))
+        );
     }
     html.push_str(&crate::explorer::counts(&state).await);
     let _ = write!(html, "<h2>Awaiting approval ({})</h2>", approvals.len());
@@ -249,10 +282,20 @@ async fn page(
 }
 
 /// One waiting action: what it is, what the cell is, what happened so far, and the forms.
-async fn item(state: &ApiState, secret: &str, html: &mut String, w: &Waiting, kind: Kind) {
+async fn item(
+    state: &ApiState,
+    secret: &str,
+    html: &mut String,
+    placed: &Placed<Waiting>,
+    kind: Kind,
+) {
+    let w = &placed.item;
     let r = &w.row;
     let id = r.action_id.to_string();
-    let pool = state.store.pool();
+    let Some(home) = state.stores.get(&placed.store) else {
+        return;
+    };
+    let pool = home.pool();
     let attempts = idem_store::attempts::load(pool, &[r.action_id.as_uuid()])
         .await
         .ok()
@@ -270,7 +313,7 @@ async fn item(state: &ApiState, secret: &str, html: &mut String, w: &Waiting, ki
         "<section class=\"item {}\" id=\"action-{id}\" data-state=\"{}\">\
          <h3>{} <code>{id}</code></h3>\
          <p class=summary>{}</p>\
-         <p>created {} by {} · {} attempt(s){}</p>{}\
+         <p>created {} by {} · {} attempt(s) · store <code class=store>{}</code>{}</p>{}\
          <h4>Arguments</h4><pre class=args>{}</pre>\
          <p>fingerprint <code>{}</code></p>\
          <h4>The cell</h4><div class=card>{}</div>",
@@ -285,6 +328,7 @@ async fn item(state: &ApiState, secret: &str, html: &mut String, w: &Waiting, ki
         r.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
         submitter(r),
         r.attempts,
+        esc(&placed.store),
         r.reason
             .as_deref()
             .map(|why| format!(" · <b>why:</b> {}", esc(why)))
@@ -488,8 +532,8 @@ async fn confirm(
     let Ok(action) = id.parse::<ActionId>() else {
         return (StatusCode::NOT_FOUND, Html("no such action".to_owned())).into_response();
     };
-    let row = match idem_store::inbox::get(state.store.pool(), action).await {
-        Ok(Some(r)) => r,
+    let row = match state.stores.find(action).await {
+        Ok(Some((_, r))) => r,
         Ok(None) => {
             return (StatusCode::NOT_FOUND, Html("no such action".to_owned())).into_response()
         }
@@ -622,7 +666,7 @@ pub(crate) fn after(result: Result<String, Response>) -> Response {
     }
 }
 
-fn url_escape(s: &str) -> String {
+pub(crate) fn url_escape(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),

@@ -3,7 +3,7 @@
 //! `POST /v1/dead-letters/{id}/replay`). Like every console form it carries a token bound
 //! to the session and to this letter.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -11,7 +11,7 @@ use axum::{Form, Router};
 use serde::Deserialize;
 
 use crate::console::{after, cookie_secret, csrf_token, esc, form_session, signed_in, STYLE};
-use crate::dead_letters::replay_letter;
+use crate::dead_letters::{replay_letter, store_named, OnStore};
 use crate::ApiState;
 
 pub(crate) fn routes() -> Router<ApiState> {
@@ -39,10 +39,28 @@ pub(crate) fn raw_for_people(raw: &[u8]) -> String {
     }
 }
 
+/// The form's own path: the letter's id and, where it is not the default, its store (ids
+/// are per store), so the CSRF token is bound to exactly this letter.
+fn replay_path(id: i64, on: &OnStore) -> String {
+    match &on.store {
+        Some(s) => format!(
+            "/console/dead-letters/{id}/replay?store={}",
+            crate::console::url_escape(s)
+        ),
+        None => format!("/console/dead-letters/{id}/replay"),
+    }
+}
+
+fn html_store(state: &ApiState, on: &OnStore) -> Result<idem_store::Store, Response> {
+    store_named(state, on)
+        .map_err(|_| (StatusCode::NOT_FOUND, Html("no such store".to_owned())).into_response())
+}
+
 async fn confirm(
     State(state): State<ApiState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    Query(on): Query<OnStore>,
 ) -> Response {
     if let Err(r) = signed_in(&state, &headers).await {
         return r;
@@ -51,7 +69,11 @@ async fn confirm(
         Ok(id) => id,
         Err(r) => return r,
     };
-    let letter = match idem_store::explore::dead_letter(state.store.pool(), id).await {
+    let store = match html_store(&state, &on) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let letter = match idem_store::explore::dead_letter(store.pool(), id).await {
         Ok(Some(l)) => l,
         Ok(None) => {
             return (
@@ -69,7 +91,7 @@ async fn confirm(
                 .into_response();
         }
     };
-    let path = format!("/console/dead-letters/{id}/replay");
+    let path = replay_path(id, &on);
     let csrf = csrf_token(cookie_secret(&headers).unwrap_or_default(), &path);
     let form = match (&letter.replayed_at, &letter.replayed_by) {
         (Some(at), by) => format!(
@@ -116,25 +138,23 @@ async fn replay(
     State(state): State<ApiState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    Query(on): Query<OnStore>,
     Form(f): Form<ReplayForm>,
 ) -> Response {
-    let who = match form_session(
-        &state,
-        &headers,
-        &format!("/console/dead-letters/{id}/replay"),
-        &f.csrf,
-    )
-    .await
-    {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
     let id = match letter_id(&id) {
         Ok(id) => id,
         Err(r) => return r,
     };
+    let who = match form_session(&state, &headers, &replay_path(id, &on), &f.csrf).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let store = match html_store(&state, &on) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
     after(
-        replay_letter(&state, &who, id, f.reason)
+        replay_letter(&store, &who, id, f.reason)
             .await
             .map(|action| format!("dead letter {id} replayed: action {action} delivered again")),
     )

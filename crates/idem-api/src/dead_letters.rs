@@ -2,7 +2,7 @@
 //! it came from, and a person's audited replay of one.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -25,6 +25,8 @@ const PAGE: i64 = 100;
 /// One dead letter as kept: the bytes exactly as delivered.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DeadLetterView {
+    /// Ids are per store: the store a replay names (`?store=`).
+    pub store: String,
     pub id: i64,
     /// The action the bytes name, when that much could be read.
     pub action_id: Option<uuid::Uuid>,
@@ -43,9 +45,10 @@ pub struct DeadLetterView {
     pub replay_reason: Option<String>,
 }
 
-impl From<DeadLetterRow> for DeadLetterView {
-    fn from(l: DeadLetterRow) -> Self {
+impl DeadLetterView {
+    fn new(store: String, l: DeadLetterRow) -> Self {
         Self {
+            store,
             id: l.id,
             action_id: l.action_id,
             reason: l.reason,
@@ -72,15 +75,40 @@ pub(crate) async fn list(State(state): State<ApiState>, headers: HeaderMap) -> R
     if let Err(r) = authorize(&state, &headers, Scope::Approve).await {
         return r;
     }
-    match explore::dead_letters(state.store.pool(), PAGE).await {
-        Ok(letters) => Json(
-            letters
-                .into_iter()
-                .map(DeadLetterView::from)
-                .collect::<Vec<_>>(),
-        )
-        .into_response(),
-        Err(e) => unavailable("dead letters", e),
+    let mut g = state
+        .stores
+        .gather(|pool| async move { explore::dead_letters(&pool, PAGE).await })
+        .await;
+    if g.all_down() {
+        return unavailable("dead letters", g.unavailable.join("; "));
+    }
+    g.items.sort_by_key(|p| std::cmp::Reverse(p.item.at));
+    g.items.truncate(PAGE as usize);
+    let views: Vec<DeadLetterView> = g
+        .items
+        .into_iter()
+        .map(|p| DeadLetterView::new(p.store, p.item))
+        .collect();
+    crate::partial(Json(views).into_response(), &g.unavailable)
+}
+
+/// Which store a dead letter is on (`?store=`; the default store when not given).
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+pub struct OnStore {
+    /// The store's name, as `GET /v1/dead-letters` gives it.
+    pub store: Option<String>,
+}
+
+/// The store named by `?store=`, or the default one.
+pub(crate) fn store_named(state: &ApiState, on: &OnStore) -> Result<idem_store::Store, Response> {
+    match on.store.as_deref() {
+        None => Ok(state.store.clone()),
+        Some(name) => state.stores.get(name).cloned().ok_or_else(|| {
+            problem(
+                StatusCode::NOT_FOUND,
+                format!("store: no store is named {name:?}"),
+            )
+        }),
     }
 }
 
@@ -108,7 +136,7 @@ pub struct Replayed {
 /// cannot be read, name an unregistered cell, or name an action that already exists.
 #[utoipa::path(post, path = "/v1/dead-letters/{id}/replay", tag = "decisions",
     operation_id = "replay_dead_letter",
-    params(("id" = i64, Path, description = "The dead letter's id")), request_body = Replay,
+    params(("id" = i64, Path, description = "The dead letter's id"), OnStore), request_body = Replay,
     security(("bearer" = ["approve"])),
     responses(
         (status = 200, body = Replayed),
@@ -124,6 +152,7 @@ pub(crate) async fn replay(
     State(state): State<ApiState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    Query(on): Query<OnStore>,
     body: Result<Json<Replay>, JsonRejection>,
 ) -> Response {
     let token = match authorize(&state, &headers, Scope::Approve).await {
@@ -141,7 +170,11 @@ pub(crate) async fn replay(
         Err(e) => return bad_body(e),
     };
     let who = format!("token:{}", token.name);
-    match replay_letter(&state, &who, id, r.reason).await {
+    let store = match store_named(&state, &on) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match replay_letter(&store, &who, id, r.reason).await {
         Ok(action_id) => Json(Replayed {
             dead_letter: id,
             action_id,
@@ -154,13 +187,13 @@ pub(crate) async fn replay(
 
 /// Replay a letter (shared by the API and the console); the action id its bytes name.
 pub(crate) async fn replay_letter(
-    state: &ApiState,
+    store: &idem_store::Store,
     who: &str,
     id: i64,
     reason: String,
 ) -> Result<uuid::Uuid, Response> {
     let reason = required_reason(reason)?;
-    replay::dead_letter(state.store.pool(), id, who, &reason)
+    replay::dead_letter(store.pool(), id, who, &reason)
         .await
         .map(|a| a.as_uuid())
         .map_err(|e| match e {

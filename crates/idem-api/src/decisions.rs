@@ -27,10 +27,16 @@ pub(crate) async fn waiting(
     if let Err(r) = authorize(state, headers, Scope::Approve).await {
         return r;
     }
-    match decisions::waiting(state.store.pool(), which, PAGE).await {
-        Ok(items) => Json(items).into_response(),
-        Err(e) => unavailable("listing", e),
+    let mut g = state
+        .stores
+        .gather(move |pool| async move { decisions::waiting(&pool, which, PAGE).await })
+        .await;
+    if g.all_down() {
+        return unavailable("listing", g.unavailable.join("; "));
     }
+    g.items.sort_by_key(|p| p.item.row.updated_at);
+    g.items.truncate(PAGE as usize);
+    crate::partial(Json(g.items).into_response(), &g.unavailable)
 }
 
 /// Actions awaiting approval, oldest first: arguments, state and the `fingerprint` an
@@ -101,7 +107,8 @@ pub(crate) async fn record_decision(
     approve: bool,
     d: &Decision,
 ) -> Result<(), Response> {
-    let pool = state.store.pool();
+    let home = crate::pool_of(state, id).await?;
+    let pool = home.pool();
     let done = if approve {
         decisions::approve(pool, id, who, d.reason.as_deref(), Some(&d.fingerprint)).await
     } else {
@@ -281,7 +288,15 @@ pub(crate) async fn resolve_case(
         }
     };
     let reason = required_reason(reason)?;
-    match decisions::resolve(state.store.pool(), id, &resolution, who, &reason).await {
+    match decisions::resolve(
+        crate::pool_of(state, id).await?.pool(),
+        id,
+        &resolution,
+        who,
+        &reason,
+    )
+    .await
+    {
         Ok(to) => Ok(to.as_str().to_owned()),
         Err(e) => Err(decision_error(e)),
     }
@@ -304,7 +319,7 @@ async fn recheck_case(
     id: ActionId,
     reason: &str,
 ) -> Result<String, Response> {
-    match decisions::recheck(state.store.pool(), id, who, reason).await {
+    match decisions::recheck(crate::pool_of(state, id).await?.pool(), id, who, reason).await {
         Ok(()) => Ok(idem_core::State::InDoubt.as_str().to_owned()),
         Err(e) => Err(decision_error(e)),
     }
@@ -367,7 +382,7 @@ pub(crate) async fn resend_action(
     reason: String,
 ) -> Result<String, Response> {
     let reason = required_reason(reason)?;
-    match decisions::send_again(state.store.pool(), id, who, &reason).await {
+    match decisions::send_again(crate::pool_of(state, id).await?.pool(), id, who, &reason).await {
         Ok(to) => Ok(to.as_str().to_owned()),
         Err(e) => Err(decision_error(e)),
     }

@@ -47,8 +47,13 @@ fn unavailable(e: impl std::fmt::Display) -> Response {
 
 /// The fleet's live counts and the explorer's links, for the top of the console.
 pub(crate) async fn counts(state: &ApiState) -> String {
-    let Ok(fleet) = idem_store::stats::fleet(state.store.pool()).await else {
+    let (Some(fleet), down) = state.stores.fleet().await else {
         return "<p class=none>Live counts unavailable.</p>".into();
+    };
+    let partial = if down.is_empty() {
+        String::new()
+    } else {
+        " (stores that did not answer are not counted)".to_owned()
     };
     let count = |s: &str| -> u64 {
         fleet
@@ -60,7 +65,7 @@ pub(crate) async fn counts(state: &ApiState) -> String {
     };
     format!(
         "<p id=counts>in doubt <b>{}</b> · needs a person <b>{}</b> · awaiting approval <b>{}</b> · \
-         executing <b>{}</b> · outbox <b>{}</b> waiting (oldest {:.0} s)</p>\
+         executing <b>{}</b> · outbox <b>{}</b> waiting (oldest {:.0} s){partial}</p>\
          <p><a href=/console/explore id=explore>Find an action</a> · \
          <a href=/console/dead-letters id=dead-letters>Dead letters</a></p>",
         count("in_doubt"),
@@ -171,10 +176,33 @@ async fn search(
             return (StatusCode::BAD_REQUEST, page("find an action", &body)).into_response();
         }
     };
-    let found = match explore::search(state.store.pool(), &filter).await {
-        Ok(f) => f,
-        Err(e) => return unavailable(e),
-    };
+    let limit = filter.limit.max(1) as usize;
+    let mut g = state
+        .stores
+        .gather(move |pool| {
+            let filter = filter.clone();
+            async move { explore::search(&pool, &filter).await }
+        })
+        .await;
+    if g.all_down() {
+        return unavailable(g.unavailable.join("; "));
+    }
+    g.items
+        .sort_by_key(|p| std::cmp::Reverse(p.item.row.created_at));
+    g.items.truncate(limit);
+    if !g.unavailable.is_empty() {
+        let names: Vec<&str> = g
+            .unavailable
+            .iter()
+            .map(|u| u.split(':').next().unwrap_or(u))
+            .collect();
+        let _ = write!(
+            body,
+            "<p class=flash id=stores-down>Not searched: store(s) {}, which did not answer.</p>",
+            esc(&names.join(", "))
+        );
+    }
+    let found = g.items;
     let _ = write!(
         body,
         "<h2>{} found (newest first, at most 100)</h2>",
@@ -184,13 +212,15 @@ async fn search(
         body.push_str("<p class=none id=none-found>No action matches.</p>");
     } else {
         body.push_str(
-            "<table id=results><tr><th>action</th><th>cell</th><th>state</th><th>created</th><th>intent</th><th>what</th></tr>",
+            "<table id=results><tr><th>action</th><th>store</th><th>cell</th><th>state</th><th>created</th><th>intent</th><th>what</th></tr>",
         );
-        for f in &found {
+        for p in &found {
+            let f = &p.item;
             let r = &f.row;
             let _ = write!(
                 body,
-                "<tr><td><a href=/console/explore/{id} class=found>{id}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td><a href=/console/explore/{id} class=found>{id}</a></td><td class=store>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&p.store),
                 esc(&r.cell),
                 esc(r.state.as_str()),
                 r.created_at.format("%Y-%m-%d %H:%M:%S"),
@@ -222,7 +252,18 @@ async fn detail(
         )
             .into_response();
     };
-    let pool = state.store.pool();
+    let (store_name, home) = match state.stores.locate(action).await {
+        Ok(Some((n, s))) => (n.to_owned(), s.clone()),
+        Ok(None) => {
+            return (
+                StatusCode::NOT_FOUND,
+                page("action", "<p id=not-found>No such action.</p>"),
+            )
+                .into_response()
+        }
+        Err(e) => return unavailable(e),
+    };
+    let pool = home.pool();
     let filter = Filter {
         id: Some(action),
         limit: 1,
@@ -250,7 +291,7 @@ async fn detail(
         "<h1>{} <code>{}</code></h1><section class=item id=detail data-state=\"{}\">\
          <p class=summary>{}</p>\
          <p>state <b id=state>{}</b>{} · created {} by {} · updated {}{}</p>\
-         <p>intent {} · ordering key <code>{}</code> · trace {}</p>\
+         <p>intent {} · ordering key <code>{}</code> · trace {} · store <code id=store>{}</code></p>\
          <h4>Arguments</h4><pre class=args>{}</pre>\
          <h4>Receipt</h4><pre id=receipt>{}</pre>",
         esc(&r.cell),
@@ -277,6 +318,7 @@ async fn detail(
             .get(idem_telemetry::TRACEPARENT)
             .map(|t| format!("<code id=trace>{}</code>", esc(t)))
             .unwrap_or_else(|| "none recorded".into()),
+        esc(&store_name),
         esc(&serde_json::to_string_pretty(&r.args).unwrap_or_default()),
         esc(&r
             .receipt
@@ -336,10 +378,17 @@ async fn dead_letters(State(state): State<ApiState>, headers: HeaderMap) -> Resp
     if let Err(r) = signed_in(&state, &headers).await {
         return r;
     }
-    let letters = match explore::dead_letters(state.store.pool(), 100).await {
-        Ok(l) => l,
-        Err(e) => return unavailable(e),
-    };
+    let mut g = state
+        .stores
+        .gather(|pool| async move { explore::dead_letters(&pool, 100).await })
+        .await;
+    if g.all_down() {
+        return unavailable(g.unavailable.join("; "));
+    }
+    g.items.sort_by_key(|p| std::cmp::Reverse(p.item.at));
+    g.items.truncate(100);
+    let several = state.stores.len() > 1;
+    let letters = g.items;
     let mut body = format!(
         "<h1>Dead letters</h1><p>Deliveries that could not become an action (undecodable, an \
          unknown cell, an id reused with other arguments), kept with their raw bytes. Newest \
@@ -349,7 +398,21 @@ async fn dead_letters(State(state): State<ApiState>, headers: HeaderMap) -> Resp
     if letters.is_empty() {
         body.push_str("<p class=none id=no-dead-letters>No dead letters.</p>");
     }
-    for l in &letters {
+    for p in &letters {
+        let l = &p.item;
+        // Ids are per store; the default store's need no `?store=` (as with one store).
+        let on = if p.store
+            == state
+                .stores
+                .iter()
+                .next()
+                .map(|(n, _)| n)
+                .unwrap_or_default()
+        {
+            String::new()
+        } else {
+            format!("?store={}", crate::console::url_escape(&p.store))
+        };
         let raw = crate::console_replay::raw_for_people(&l.raw);
         let replay = match (&l.replayed_at, &l.replayed_by) {
             (Some(at), by) => format!(
@@ -359,14 +422,14 @@ async fn dead_letters(State(state): State<ApiState>, headers: HeaderMap) -> Resp
                 esc(l.replay_reason.as_deref().unwrap_or(""))
             ),
             _ => format!(
-                "<p><a href=/console/dead-letters/{0}/replay id=replay-{0}>Replay…</a></p>",
+                "<p><a href=\"/console/dead-letters/{0}/replay{on}\" id=replay-{0}>Replay…</a></p>",
                 l.id
             ),
         };
         let _ = write!(
             body,
             "<section class=\"item failed dead-letter\" id=\"dead-{}\"><p><b>{}</b> · {} · action {}</p>\
-             <p>from <code>{}</code></p><pre class=raw>{raw}</pre>{replay}</section>",
+             <p>from <code>{}</code>{}</p><pre class=raw>{raw}</pre>{replay}</section>",
             l.id,
             esc(&l.reason),
             l.at.format("%Y-%m-%d %H:%M:%S UTC"),
@@ -374,6 +437,11 @@ async fn dead_letters(State(state): State<ApiState>, headers: HeaderMap) -> Resp
                 .map(|a| format!("<a href=/console/explore/{a}>{a}</a>"))
                 .unwrap_or_else(|| "unknown".into()),
             esc(&l.source.to_string()),
+            if several {
+                format!(" · store <code class=store>{}</code>", esc(&p.store))
+            } else {
+                String::new()
+            },
         );
     }
     page("dead letters", &body)

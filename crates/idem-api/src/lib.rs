@@ -110,6 +110,39 @@ impl ApiState {
     }
 }
 
+/// The store that holds action `id`; the default store's when none does, so
+/// the decision or read there answers "not found" as it does with one store.
+pub(crate) async fn pool_of(
+    state: &ApiState,
+    id: idem_core::ActionId,
+) -> Result<Store, axum::response::Response> {
+    match state.stores.locate(id).await {
+        Ok(Some((_, s))) => Ok(s.clone()),
+        Ok(None) => Ok(state.store.clone()),
+        Err(e) => Err(problem::unavailable("finding the action's store", e)),
+    }
+}
+
+/// The header naming the stores a listing could not read (the rest are listed).
+pub const UNAVAILABLE_STORES: &str = "idem-unavailable-stores";
+
+/// Mark a listing that lacks some stores' items: the header names them.
+pub(crate) fn partial(
+    mut r: axum::response::Response,
+    unavailable: &[String],
+) -> axum::response::Response {
+    if !unavailable.is_empty() {
+        let names: Vec<&str> = unavailable
+            .iter()
+            .map(|u| u.split(':').next().unwrap_or(u))
+            .collect();
+        if let Ok(v) = axum::http::HeaderValue::from_str(&names.join(",")) {
+            r.headers_mut().insert(UNAVAILABLE_STORES, v);
+        }
+    }
+    r
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(

@@ -13,11 +13,19 @@ use crate::auth::authorize;
 use crate::problem::{problem, unavailable, Problem};
 use crate::ApiState;
 
-/// Read the fleet figures into the gauges.
+/// Read the fleet figures, summed over every store, into the gauges.
 pub async fn refresh(state: &ApiState) -> Result<(), idem_store::StoreError> {
-    let fleet = idem_store::stats::fleet(state.store.pool()).await?;
-    idem_telemetry::metrics::observe_fleet(fleet);
-    Ok(())
+    // Summed over the stores that answer; one store down leaves the others' gauges fresh.
+    match state.stores.fleet().await {
+        (Some(fleet), down) => {
+            if !down.is_empty() {
+                tracing::warn!(stores = %down.join("; "), "fleet gauges lack stores that did not answer");
+            }
+            idem_telemetry::metrics::observe_fleet(fleet);
+            Ok(())
+        }
+        (None, down) => Err(idem_store::StoreError::Unavailable(down.join("; "))),
+    }
 }
 
 /// Counters of this process and fleet gauges, Prometheus text format.

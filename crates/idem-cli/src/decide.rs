@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use idem_core::{ActionId, State};
 use idem_store::decisions::{self, Resolution};
-use idem_store::Store;
+use idem_store::{Gathered, Placed, Store};
 
 pub use crate::config::Db;
 
@@ -66,11 +66,44 @@ pub struct ResolveArgs {
     reason: String,
 }
 
+/// The default store: tokens live there.
 async fn connect(db: &Db) -> Result<Store> {
-    Ok(Store::connect_migrated(&db.database_url(), 2).await?)
+    crate::connect(db).await
 }
 
-fn print_waiting(items: &[decisions::Waiting], json: bool) -> Result<()> {
+/// The store that holds `id` (the default one when none does, so the decision there
+/// answers "no such action").
+async fn home(db: &Db, id: ActionId) -> Result<Store> {
+    let stores = crate::connect_stores(db, 2).await?;
+    Ok(match stores.locate(id).await? {
+        Some((_, s)) => s.clone(),
+        None => stores.default_store().clone(),
+    })
+}
+
+/// Warn, on stderr, about stores a listing could not read; fail when none answered.
+fn partial<T>(g: &Gathered<T>) -> Result<()> {
+    if g.all_down() {
+        bail!("no store answered: {}", g.unavailable.join("; "));
+    }
+    for u in &g.unavailable {
+        eprintln!("warning: not listed, the store did not answer: {u}");
+    }
+    Ok(())
+}
+
+/// Awaiting approval or needs_human on every store, oldest first.
+async fn waiting(db: &Db, which: State) -> Result<Vec<Placed<decisions::Waiting>>> {
+    let stores = crate::connect_stores(db, 2).await?;
+    let mut g = stores
+        .gather(move |pool| async move { decisions::waiting(&pool, which, 500).await })
+        .await;
+    partial(&g)?;
+    g.items.sort_by_key(|p| p.item.row.updated_at);
+    Ok(g.items)
+}
+
+fn print_waiting(items: &[Placed<decisions::Waiting>], json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(items)?);
         return Ok(());
@@ -78,9 +111,9 @@ fn print_waiting(items: &[decisions::Waiting], json: bool) -> Result<()> {
     if items.is_empty() {
         println!("nothing waiting");
     }
-    for w in items {
+    for Placed { store, item: w } in items {
         println!(
-            "{}  {}  since {}  fingerprint {}\n    args: {}\n    reason: {}",
+            "{}  {}  on {store}  since {}  fingerprint {}\n    args: {}\n    reason: {}",
             w.row.action_id,
             w.row.cell,
             w.row.updated_at.format("%Y-%m-%d %H:%M:%S"),
@@ -95,12 +128,10 @@ fn print_waiting(items: &[decisions::Waiting], json: bool) -> Result<()> {
 pub async fn approvals(cmd: ApprovalsCommand) -> Result<()> {
     match cmd {
         ApprovalsCommand::List { db, json } => {
-            let store = connect(&db).await?;
-            let items = decisions::waiting(store.pool(), State::AwaitingApproval, 500).await?;
-            print_waiting(&items, json)
+            print_waiting(&waiting(&db, State::AwaitingApproval).await?, json)
         }
         ApprovalsCommand::Approve(d) => {
-            let store = connect(&d.db).await?;
+            let store = home(&d.db, d.action_id).await?;
             decisions::approve(
                 store.pool(),
                 d.action_id,
@@ -113,7 +144,7 @@ pub async fn approvals(cmd: ApprovalsCommand) -> Result<()> {
             Ok(())
         }
         ApprovalsCommand::Reject(d) => {
-            let store = connect(&d.db).await?;
+            let store = home(&d.db, d.action_id).await?;
             decisions::reject(
                 store.pool(),
                 d.action_id,
@@ -129,9 +160,7 @@ pub async fn approvals(cmd: ApprovalsCommand) -> Result<()> {
 }
 
 pub async fn needs_human(db: Db, json: bool) -> Result<()> {
-    let store = connect(&db).await?;
-    let items = decisions::waiting(store.pool(), State::NeedsHuman, 500).await?;
-    print_waiting(&items, json)
+    print_waiting(&waiting(&db, State::NeedsHuman).await?, json)
 }
 
 pub async fn resolve(a: ResolveArgs) -> Result<()> {
@@ -139,7 +168,7 @@ pub async fn resolve(a: ResolveArgs) -> Result<()> {
         bail!("--reason must say why");
     }
     if a.recheck {
-        let store = connect(&a.db).await?;
+        let store = home(&a.db, a.action_id).await?;
         decisions::recheck(store.pool(), a.action_id, &a.actor, &a.reason).await?;
         println!(
             "{} is in_doubt again; a worker asks the partner now (`idem status {} --wait 60s`)",
@@ -157,7 +186,7 @@ pub async fn resolve(a: ResolveArgs) -> Result<()> {
             bail!("give exactly one of --recheck, --happened PARTNER_REF, --not-happened, --retry")
         }
     };
-    let store = connect(&a.db).await?;
+    let store = home(&a.db, a.action_id).await?;
     let to =
         decisions::resolve(store.pool(), a.action_id, &resolution, &a.actor, &a.reason).await?;
     println!("{} is now {to}", a.action_id);
@@ -181,7 +210,7 @@ pub async fn resend(a: ResendArgs) -> Result<()> {
     if a.reason.trim().is_empty() {
         bail!("--reason must say why");
     }
-    let store = connect(&a.db).await?;
+    let store = home(&a.db, a.action_id).await?;
     match decisions::send_again(store.pool(), a.action_id, &a.actor, &a.reason).await? {
         State::Received => println!(
             "{} is received again (it was dead, never attempted); a worker takes it now",
@@ -212,6 +241,10 @@ pub enum DeadLettersCommand {
         #[command(flatten)]
         db: Db,
         id: i64,
+        /// The store the letter is on (ids are per store; `list` shows it). Default: the
+        /// default store.
+        #[arg(long)]
+        store: Option<String>,
         #[arg(long = "as", env = "IDEM_ACTOR")]
         actor: String,
         /// What was fixed (required: the audit trail is the point).
@@ -223,15 +256,23 @@ pub enum DeadLettersCommand {
 pub async fn dead_letters(c: DeadLettersCommand) -> Result<()> {
     match c {
         DeadLettersCommand::List { db, limit, json } => {
-            let store = connect(&db).await?;
-            let letters = idem_store::explore::dead_letters(store.pool(), limit).await?;
+            let stores = crate::connect_stores(&db, 2).await?;
+            let mut g =
+                stores
+                    .gather(move |pool| async move {
+                        idem_store::explore::dead_letters(&pool, limit).await
+                    })
+                    .await;
+            partial(&g)?;
+            g.items.sort_by_key(|p| std::cmp::Reverse(p.item.at));
+            g.items.truncate(limit.max(1) as usize);
             if json {
-                println!("{}", serde_json::to_string_pretty(&letters)?);
+                println!("{}", serde_json::to_string_pretty(&g.items)?);
                 return Ok(());
             }
-            for l in letters {
+            for Placed { store, item: l } in g.items {
                 println!(
-                    "{}\t{}\t{}\t{}\t{}\n\t{}",
+                    "{}\t{store}\t{}\t{}\t{}\t{}\n\t{}",
                     l.id,
                     l.at.format("%Y-%m-%d %H:%M:%S"),
                     l.reason,
@@ -250,13 +291,24 @@ pub async fn dead_letters(c: DeadLettersCommand) -> Result<()> {
         DeadLettersCommand::Replay {
             db,
             id,
+            store,
             actor,
             reason,
         } => {
             if reason.trim().is_empty() {
                 bail!("--reason must say what was fixed");
             }
-            let store = connect(&db).await?;
+            let stores = crate::connect_stores(&db, 2).await?;
+            let store = match store.as_deref() {
+                None => stores.default_store().clone(),
+                Some(name) => match stores.get(name) {
+                    Some(s) => s.clone(),
+                    None => bail!(
+                        "--store {name:?}: no such store (these are: {})",
+                        stores.iter().map(|(n, _)| n).collect::<Vec<_>>().join(", ")
+                    ),
+                },
+            };
             let action = idem_store::replay::dead_letter(store.pool(), id, &actor, &reason).await?;
             println!("dead letter {id} replayed: action {action} is delivered again");
         }

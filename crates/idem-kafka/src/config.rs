@@ -72,6 +72,9 @@ pub struct KafkaConfig {
     pub client_id: String,
     /// Passed through to librdkafka after idem's own settings.
     pub properties: Properties,
+    /// The store these topics belong to ([`Self::for_store`]): the relay names it in every
+    /// message's `idem-store` header and a consumer refuses a message naming another.
+    pub store: Option<String>,
 }
 
 impl KafkaConfig {
@@ -87,6 +90,7 @@ impl KafkaConfig {
             TopicRouting::PerIntegration(p) => TopicRouting::PerIntegration(format!("{p}.{store}")),
         };
         k.results_topic = format!("{}.{store}", self.results_topic);
+        k.store = Some(store.to_owned());
         k
     }
 
@@ -100,6 +104,7 @@ impl KafkaConfig {
             results_topic: "idem.results".into(),
             client_id: "idem".into(),
             properties: Properties::default(),
+            store: None,
         }
     }
 

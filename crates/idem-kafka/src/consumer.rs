@@ -37,7 +37,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::{KafkaConfig, KafkaError};
+use crate::{headers, KafkaConfig, KafkaError};
 
 /// A lane's room, in messages. A paused partition must be rare and cheap: librdkafka drops
 /// what it had fetched for a partition at `pause` and fetches again only at its broker
@@ -242,7 +242,14 @@ impl KafkaTransport {
                 let combiner = combiner.clone();
                 let consumer = consumer.clone();
                 let batch = self.config.per_partition_batch.max(1);
-                tasks.spawn(lane(combiner, consumer, rx, batch, shutdown.clone()));
+                tasks.spawn(lane(
+                    combiner,
+                    consumer,
+                    rx,
+                    batch,
+                    self.kafka.store.clone(),
+                    shutdown.clone(),
+                ));
                 LaneSlot::new(tx)
             });
             slot.push(msg, &consumer, &topic, partition);
@@ -369,6 +376,7 @@ async fn lane(
     consumer: Arc<StreamConsumer<LagContext>>,
     mut rx: mpsc::Receiver<OwnedMessage>,
     batch: usize,
+    store: Option<String>,
     shutdown: watch::Receiver<bool>,
 ) {
     // A message that would open a round beyond the window waits for the next one.
@@ -432,6 +440,7 @@ async fn lane(
                     "offset": m.offset(),
                 }),
                 trace: trace_of(m),
+                misrouted: misrouted(m, store.as_deref()),
             })
             .collect();
         let (items, settled_last) = match unsettled.take() {
@@ -495,6 +504,28 @@ fn store_offset(consumer: &StreamConsumer<LagContext>, last: &OwnedMessage) {
         if let Err(e) = consumer.store_offsets(&tpl) {
             tracing::debug!(error = %e, "offset not stored (partition moved?); it will be re-read");
         }
+    }
+}
+
+/// Why a message is not for this consumer group's store: its `idem-store` header names
+/// another (topics shared by mistake between stores). A message without the header (a
+/// relay of one store, or from before the header) is taken as the topic's.
+fn misrouted(m: &OwnedMessage, ours: Option<&str>) -> Option<String> {
+    let theirs = m
+        .headers()?
+        .iter()
+        .find(|h| h.key == headers::STORE)?
+        .value?;
+    let theirs = String::from_utf8_lossy(theirs);
+    match ours {
+        Some(ours) if ours == theirs => None,
+        Some(ours) => Some(format!(
+            "the message is for store {theirs:?}, consumed by store {ours:?}'s group: not taken, \
+             so no action is made on the wrong store (are two stores' topics the same?)"
+        )),
+        None => Some(format!(
+            "the message is for store {theirs:?}, consumed by a worker without [[stores]]: not taken"
+        )),
     }
 }
 

@@ -72,7 +72,7 @@ pub struct DemoArgs {
 pub(crate) enum Transport {
     Postgres,
     Kafka {
-        config: idem_kafka::KafkaConfig,
+        config: Box<idem_kafka::KafkaConfig>,
         topic: String,
         group: String,
         kafka: Box<crate::services::Kafka>,
@@ -96,7 +96,7 @@ impl Transport {
         config.partitions = 6;
         idem_kafka::topics::ensure(&config, std::slice::from_ref(&topic)).await?;
         Ok(Self::Kafka {
-            config,
+            config: Box::new(config),
             topic,
             group: format!("idem-{label}-{run}"),
             kafka: Box::new(kafka),
@@ -120,7 +120,7 @@ impl Transport {
                 let worker = worker.without_outbox_claims();
                 let transport = idem_kafka::KafkaTransport::new(
                     worker.clone(),
-                    config.clone(),
+                    (**config).clone(),
                     idem_kafka::TransportConfig::new(group, vec![topic.clone()]),
                 );
                 tokio::spawn(async move {
@@ -153,7 +153,7 @@ impl Transport {
         let relay = idem_relay::Relay::new(
             store.clone(),
             url,
-            config.clone(),
+            (**config).clone(),
             idem_relay::RelayConfig {
                 poll_interval: Duration::from_millis(100),
                 pause_after_ack: None,

@@ -256,6 +256,12 @@ impl Relay {
                     key: headers::CELL,
                     value: Some(cell.as_str()),
                 });
+                if let Some(store) = &self.kafka.store {
+                    h = h.insert(Header {
+                        key: headers::STORE,
+                        value: Some(store.as_str()),
+                    });
+                }
                 if let Some((_, trace)) = span {
                     for (name, value) in trace.iter() {
                         h = h.insert(Header {

@@ -22,6 +22,7 @@
 //! parameter that poolers such as PgBouncer refuse, and a session `SET` would follow the
 //! connection to whoever borrows it next.)
 
+pub mod across;
 pub mod attempts;
 pub mod audit;
 pub mod cells;
@@ -57,6 +58,7 @@ use backon::{ExponentialBuilder, Retryable};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
+pub use across::{Gathered, Placed};
 pub use attempts::{AttemptOutcome, AttemptRow, NewAttempt};
 pub use decisions::{DecisionError, Resolution};
 pub use enqueue::{enqueue, Enqueued, Intent, NewAction};

@@ -152,6 +152,7 @@ impl Run {
             payload: m.payload,
             source: serde_json::json!({"outbox_seq": m.seq}),
             trace: TraceHeaders::from_json(&m.headers),
+            misrouted: None,
         }
     }
 
@@ -469,6 +470,7 @@ pub async fn malformed_arguments(s: &dyn Subject) -> Coverage {
                     .into_bytes(),
                     source: serde_json::json!({"test": "malformed"}),
                     trace: TraceHeaders::default(),
+                    misrouted: None,
                 }
             }
             Err(e) => panic!("{}: {args}: {e}", run.cell.name()),

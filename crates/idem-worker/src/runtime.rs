@@ -33,6 +33,10 @@ pub struct Delivery {
     /// Trace context of the hop that delivered it (the relay's publish span); empty to
     /// continue from the enqueuing span stored on the action.
     pub trace: TraceHeaders,
+    /// Why the delivery is not this worker's to take, seen before decoding (a Kafka
+    /// message whose `idem-store` header names another store than the consumer group's):
+    /// it goes dead with its bytes rather than become an action on the wrong store.
+    pub misrouted: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -782,6 +786,7 @@ impl Worker {
                 payload: t.message.payload,
                 source: serde_json::json!({ "transport": "postgres", "outbox_seq": t.message.seq }),
                 trace: TraceHeaders::from_json(&t.message.headers),
+                misrouted: None,
             });
         }
         let (started, _) = self.start_in(tx, &deliveries, None, &known).await?;
@@ -828,6 +833,7 @@ impl Worker {
                 payload: e.encode(),
                 source: serde_json::json!({ "transport": "inbox", "stranded_after_ms": after.as_millis() as u64 }),
                 trace: TraceHeaders::default(),
+                misrouted: None,
             })
             .collect();
         let reason = format!(
@@ -943,6 +949,15 @@ impl Worker {
         let mut letters = vec![];
         let mut envelopes = vec![];
         for d in deliveries {
+            if let Some(why) = &d.misrouted {
+                letters.push(DeadLetter {
+                    action_id: None,
+                    raw: d.payload.clone(),
+                    reason: why.clone(),
+                    source: d.source.clone(),
+                });
+                continue;
+            }
             match Envelope::decode(&d.payload) {
                 Ok(env) => envelopes.push((env, d)),
                 Err(e) => letters.push(DeadLetter {
