@@ -32,6 +32,10 @@ macro_rules! suite {
                 c::expect(c::server_error_before_effect(&$subject).await, "server_error_before_effect", &[$(stringify!($na)),*]);
             }
             #[tokio::test]
+            async fn rate_limited() {
+                c::expect(c::rate_limited(&$subject).await, "rate_limited", &[$(stringify!($na)),*]);
+            }
+            #[tokio::test]
             async fn server_error_after_effect() {
                 c::expect(c::server_error_after_effect(&$subject).await, "server_error_after_effect", &[$(stringify!($na)),*]);
             }

@@ -1839,3 +1839,107 @@ async fn claims_ahead_with_batch(batch: u32) {
     charged.dedup();
     assert_eq!(charged.len(), ledger.len(), "an action charged twice");
 }
+
+/// The Slack simulator holds callers to what Slack gives an app outside the Marketplace
+/// (2025 limits): 15 messages a history page whatever `limit` asks, one history request a
+/// minute (the next is HTTP 429 with `Retry-After`); and the cell, asking for 15 within the
+/// window its attempt can have landed in, finds a lost post and never posts it again.
+#[tokio::test]
+async fn slack_history_is_held_to_fifteen_a_page_and_one_request_a_minute() {
+    use idem_cells::SlackPost;
+    use idem_sim::{FaultRates, SimServer, SlackSim};
+
+    let sim = SlackSim::new(1, FaultRates::default(), Duration::ZERO);
+    let server = SimServer::start(sim.router(), ([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let base = server.base_url();
+    for i in 0..20 {
+        let r: serde_json::Value = http
+            .post(format!("{base}/api/chat.postMessage"))
+            .bearer_auth("xoxb-limits")
+            .json(&json!({"channel": "C0LIMITS", "text": format!("chatter {i}")}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let history = || {
+        http.get(format!("{base}/api/conversations.history"))
+            .bearer_auth("xoxb-limits")
+            .query(&[("channel", "C0LIMITS"), ("limit", "200")])
+            .send()
+    };
+    let r = history().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let page: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(page["messages"].as_array().unwrap().len(), 15, "{page}");
+    assert_eq!(page["has_more"], true);
+    let r = history().await.unwrap();
+    assert_eq!(r.status(), 429, "a second request inside the minute");
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((55..=60).contains(&wait), "Retry-After {wait}");
+
+    // The cell's lookup, on a simulator whose minute is a second: a post whose answer was
+    // lost, after 20 others in the channel, is found.
+    let sim = SlackSim::new(2, FaultRates::default(), Duration::ZERO)
+        .with_history_rate(Duration::from_secs(1));
+    let server = SimServer::start(sim.router(), ([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let db = TestDb::new().await;
+    let slack = SlackPost::new(server.base_url(), "xoxb-limits").with_profile(|p| {
+        p.lookup = idem_core::profile::Lookup::Eventual {
+            lag_bound: Duration::from_millis(200),
+        };
+        p.settle_time = Duration::from_millis(200);
+        p.retry.base = Duration::from_millis(50);
+    });
+    let w = worker(&db.store, Registry::new().with(slack), "w-slack-limits");
+    w.register_with_fleet().await.unwrap();
+    for i in 0..20 {
+        http.post(format!("{}/api/chat.postMessage", server.base_url()))
+            .bearer_auth("xoxb-limits")
+            .json(&json!({"channel": "C0LIMITS", "text": format!("chatter {i}")}))
+            .send()
+            .await
+            .unwrap();
+    }
+    sim.core.script([idem_sim::Fault::DropAfterEffect]);
+    let a = NewAction::new(
+        ActionId::random(),
+        CellName::new("slack.post").unwrap(),
+        json!({"channel": "C0LIMITS", "text": "the one that matters"}),
+    );
+    enqueue(db.store.pool(), &a).await.unwrap();
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn({
+        let w = w.clone();
+        async move { w.run(shutdown).await }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let row = loop {
+        let row = state(&db.store, a.action_id).await;
+        if row.state.is_settled() {
+            break row;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not settled: {row:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+    assert_eq!(row.state, State::Succeeded, "{row:?}");
+    assert_eq!(sim.core.effects_for(&a.action_id.to_string()), 1);
+    assert_eq!(sim.post_requests(), 21, "posted once, never again");
+}

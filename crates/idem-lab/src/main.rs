@@ -152,6 +152,10 @@ enum SimCommand {
         /// Seconds before a post shows in conversations.history.
         #[arg(long, default_value_t = 0.0)]
         history_lag_secs: f64,
+        /// One conversations.history request per this many seconds (Slack, for an app
+        /// outside the Marketplace: 60); the next inside it is a 429.
+        #[arg(long, default_value_t = 60.0)]
+        history_every_secs: f64,
     },
     /// The HubSpot CRM simulator (batch upsert by unique property, read; ledger at
     /// /_sim/ledger).
@@ -304,12 +308,14 @@ async fn run(cli: Cli, metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>
                     listen,
                     faults,
                     history_lag_secs,
+                    history_every_secs,
                 } => {
                     let sim = idem_sim::SlackSim::new(
                         faults.seed,
                         faults.rates(),
                         Duration::from_secs_f64(history_lag_secs),
-                    );
+                    )
+                    .with_history_rate(Duration::from_secs_f64(history_every_secs.max(0.0)));
                     ("slack", listen, sim.router())
                 }
                 SimCommand::Hubspot { listen, faults } => {

@@ -4,6 +4,13 @@
 //! `ratelimited` with `Retry-After`, and `internal_error`/`fatal_error` mean "possibly some
 //! aspect succeeded" [SL3] — the simulator's `fail_after` posts and then answers that.
 //!
+//! Since 2025 an app outside the Slack Marketplace gets `conversations.history` at 1
+//! request a minute and `limit` at most 15 [SL6]; the simulator holds every caller to that
+//! by default (`with_history_rate` shortens the minute for tests, never the 15), answering
+//! the next request inside the window HTTP 429 `ratelimited` with `Retry-After`. A
+//! `RateLimit` fault on a post alternates between the two documented answers: HTTP 429
+//! `ratelimited` and HTTP 200 `{"ok":false,"error":"rate_limited"}` [SL7] — neither posted.
+//!
 //! Guessed (n/d), worse case by default: history visibility lag (`history_lag`), and a
 //! `fail_before` answered as HTTP 503 with no post.
 
@@ -23,6 +30,7 @@ use crate::partner::{dropped, Effect, PartnerCore, Request};
 use crate::{Fault, FaultRates};
 
 const POST: &str = "POST /api/chat.postMessage";
+const HISTORY: &str = "GET /api/conversations.history";
 
 #[derive(Debug, Clone)]
 struct Message {
@@ -35,7 +43,14 @@ struct Message {
 struct Workspace {
     messages: Vec<Message>,
     seq: u64,
+    /// Rate-limit faults answered so far (they alternate between the two answers).
+    rate_limited: u64,
+    /// When the last `conversations.history` request was let through.
+    last_history: Option<Instant>,
 }
+
+/// The largest `limit` `conversations.history` honours for an app outside the Marketplace.
+pub const HISTORY_LIMIT_MAX: usize = 15;
 
 /// The simulator: partner core, channels' messages, and the history lag knob.
 #[derive(Debug, Clone)]
@@ -43,6 +58,8 @@ pub struct SlackSim {
     pub core: PartnerCore,
     workspace: Arc<Mutex<Workspace>>,
     history_lag: Arc<Mutex<Duration>>,
+    /// One `conversations.history` request per this long (Slack: a minute).
+    history_every: Duration,
 }
 
 impl SlackSim {
@@ -51,7 +68,20 @@ impl SlackSim {
             core: PartnerCore::new(seed, faults),
             workspace: Arc::new(Mutex::new(Workspace::default())),
             history_lag: Arc::new(Mutex::new(history_lag)),
+            history_every: Duration::from_secs(60),
         }
+    }
+
+    /// Let one history request through per `every` instead of per minute (tests run the
+    /// minute faster; the limit of 15 and the 429 stay).
+    pub fn with_history_rate(mut self, every: Duration) -> Self {
+        self.history_every = every;
+        self
+    }
+
+    /// History requests answered so far (429s included).
+    pub fn history_requests(&self) -> usize {
+        self.core.requests_on(HISTORY)
     }
 
     fn ws(&self) -> MutexGuard<'_, Workspace> {
@@ -124,6 +154,15 @@ async fn post_inner(
         .map(str::to_owned);
     let fault = sim.core.pick(POST, action.as_deref());
     match fault {
+        Some(Fault::RateLimit)
+            if {
+                let mut ws = sim.ws();
+                ws.rate_limited += 1;
+                ws.rate_limited.is_multiple_of(2)
+            } =>
+        {
+            return (slack_error("rate_limited"), 200, fault, action);
+        }
         Some(Fault::RateLimit) => {
             let mut r = (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -199,18 +238,59 @@ async fn history(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if !authorized(&headers) {
-        return slack_error("not_authed");
+    let (r, status) = history_inner(&sim, &headers, &q);
+    sim.core.log(Request {
+        route: HISTORY.into(),
+        key: None,
+        status,
+        fault: None,
+        replayed: false,
+    });
+    r
+}
+
+fn history_inner(
+    sim: &SlackSim,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+) -> (Response, u16) {
+    if !authorized(headers) {
+        return (slack_error("not_authed"), 200);
+    }
+    {
+        let mut ws = sim.ws();
+        let now = Instant::now();
+        if let Some(wait) = ws
+            .last_history
+            .map(|t| sim.history_every.saturating_sub(now - t))
+            .filter(|w| !w.is_zero())
+        {
+            let mut r = (
+                StatusCode::TOO_MANY_REQUESTS,
+                Json(json!({"ok": false, "error": "ratelimited"})),
+            )
+                .into_response();
+            if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+                r.headers_mut().insert("retry-after", v);
+            }
+            return (r, 429);
+        }
+        ws.last_history = Some(now);
     }
     let Some(channel) = q.get("channel") else {
-        return slack_error("channel_not_found");
+        return (slack_error("channel_not_found"), 200);
     };
     let oldest: f64 = q.get("oldest").and_then(|o| o.parse().ok()).unwrap_or(0.0);
+    let latest: f64 = q
+        .get("latest")
+        .and_then(|o| o.parse().ok())
+        .unwrap_or(f64::MAX);
+    // Asked for more, an app outside the Marketplace still gets 15 a page.
     let limit: usize = q
         .get("limit")
         .and_then(|l| l.parse().ok())
-        .unwrap_or(100)
-        .clamp(1, 999);
+        .unwrap_or(HISTORY_LIMIT_MAX)
+        .clamp(1, HISTORY_LIMIT_MAX);
     let offset: usize = q.get("cursor").and_then(|c| c.parse().ok()).unwrap_or(0);
     let with_meta = q.get("include_all_metadata").is_some_and(|v| v == "true");
     let now = Instant::now();
@@ -221,11 +301,11 @@ async fn history(
         .rev()
         .filter(|m| &m.channel == channel && m.visible_at <= now)
         .filter(|m| {
-            m.body["ts"]
+            let ts = m.body["ts"]
                 .as_str()
                 .and_then(|t| t.parse::<f64>().ok())
-                .unwrap_or(0.0)
-                >= oldest
+                .unwrap_or(0.0);
+            ts >= oldest && ts <= latest
         })
         .map(|m| {
             let mut b = m.body.clone();
@@ -239,9 +319,10 @@ async fn history(
         .collect();
     let page: Vec<Value> = all.iter().skip(offset).take(limit).cloned().collect();
     let more = all.len() > offset + limit;
-    Json(json!({
+    let r = Json(json!({
         "ok": true, "messages": page, "has_more": more,
         "response_metadata": {"next_cursor": if more { (offset + limit).to_string() } else { String::new() }},
     }))
-    .into_response()
+    .into_response();
+    (r, 200)
 }

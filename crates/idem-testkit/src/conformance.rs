@@ -271,6 +271,26 @@ pub async fn server_error_before_effect(s: &dyn Subject) -> Coverage {
     Coverage::Tested
 }
 
+/// The partner rate-limits twice (each simulator answers the ways its partner documents;
+/// Slack's alternate HTTP 429 and `ok:false, rate_limited`): nothing happened either time,
+/// so the action is sent again after the wait and succeeds with one effect.
+pub async fn rate_limited(s: &dyn Subject) -> Coverage {
+    let (run, row) = one(s, vec![Fault::RateLimit, Fault::RateLimit], &no_change).await;
+    assert_eq!(
+        row.state,
+        State::Succeeded,
+        "{}: a rate limit is not a failure: {row:?}",
+        run.cell.name()
+    );
+    assert_eq!(s.effects_for(row.action_id), one_effect(s));
+    assert!(
+        s.effect_requests() >= 3,
+        "{}: sent again after each limit",
+        run.cell.name()
+    );
+    Coverage::Tested
+}
+
 /// A 5xx after the effect.
 pub async fn server_error_after_effect(s: &dyn Subject) -> Coverage {
     let (run, row) = one(s, vec![Fault::FailAfter], &no_change).await;

@@ -3,12 +3,16 @@
 //! Failure modes and recovery (partners.md, Slack): there is **no idempotency key**. The
 //! post carries `metadata {event_type: "idem", event_payload: {idem_action_id}}`, so the
 //! cell can ask afterwards: `conversations.history?channel&oldest=t0&include_all_metadata`
-//! and look for its action id (query-then-act).
+//! and look for its action id (query-then-act). An app outside the Marketplace gets one
+//! history request a minute and 15 messages a page, so the lookup reads only the window the
+//! post can be in — from the first attempt's start to the last one's end, each side widened
+//! by the clock-skew allowance — and a 429 is "cannot tell yet", asked again later.
 //! - `ok:true` → succeeded (receipt: channel and `ts`).
 //! - lost response, timeout, 5xx, `internal_error`/`fatal_error`/`request_timeout`/
 //!   `service_unavailable` ("possibly some aspect succeeded") → ambiguous; never resent
 //!   blindly: the history decides, and a miss counts only after the lag bound.
-//! - 429 `ratelimited` → not processed; retry after `Retry-After`.
+//! - 429 `ratelimited`, or HTTP 200 `ok:false, error: rate_limited` (chat.postMessage's own
+//!   "posted too many messages") → not processed; retry after `Retry-After`.
 //! - other `ok:false` errors (`channel_not_found`, `not_in_channel`, `is_archived`,
 //!   `msg_too_long`, `no_text`, `invalid_auth`, …) → failed.
 
@@ -36,6 +40,9 @@ const AMBIGUOUS: [&str; 4] = [
 
 /// Slack for clock skew between us and Slack when reading history from `t0`.
 const SKEW_SECS: i64 = 120;
+
+/// Messages per history page: the most Slack gives an app outside the Marketplace.
+const PAGE: usize = 15;
 
 /// The `slack.post` cell.
 #[derive(Clone, Debug)]
@@ -135,6 +142,11 @@ impl TypedCell for SlackPost {
                 reason: "429 ratelimited".into(),
                 retry_after,
             },
+            // chat.postMessage's own rate limit: "has posted too many messages" — not posted.
+            (200, Some(false)) if error == "rate_limited" => ExecOutcome::NotProcessed {
+                reason: "rate_limited: not posted".into(),
+                retry_after,
+            },
             (200, Some(false)) if AMBIGUOUS.contains(&error) => ExecOutcome::Ambiguous {
                 reason: format!("{error}: possibly posted"),
                 replayed_error: false,
@@ -151,19 +163,27 @@ impl TypedCell for SlackPost {
 
     async fn find(&self, action: ActionId, args: &Args, attempts: &[Attempt]) -> Verdict {
         let channel = args.channel.as_str();
-        let t0 = attempts
+        let starts: Vec<i64> = attempts
             .iter()
             .filter_map(|a| a.pre_state["t0"].as_i64())
-            .min()
-            .unwrap_or(0);
+            .collect();
+        let (Some(&first), Some(&last)) = (starts.iter().min(), starts.iter().max()) else {
+            return Verdict::Unknown {
+                reason: "no attempt recorded when it started".into(),
+            };
+        };
+        // A post the client gave up on lands within the call's timeout of its start.
+        let end = last + self.parts.profile.call_timeout.as_secs() as i64 + 1;
         let me = action.to_string();
         let mut cursor = String::new();
         for _page in 0..50 {
             let mut q = vec![
                 ("channel", channel.to_owned()),
-                ("oldest", (t0 - SKEW_SECS).max(0).to_string()),
+                ("oldest", (first - SKEW_SECS).max(0).to_string()),
+                ("latest", (end + SKEW_SECS).to_string()),
+                ("inclusive", "true".to_owned()),
                 ("include_all_metadata", "true".to_owned()),
-                ("limit", "200".to_owned()),
+                ("limit", PAGE.to_string()),
             ];
             if !cursor.is_empty() {
                 q.push(("cursor", cursor.clone()));
@@ -172,6 +192,18 @@ impl TypedCell for SlackPost {
             let body: Value =
                 match crate::http::send_traced(req, "slack.conversations_history").await {
                     Ok(r) if r.status().is_success() => r.json().await.unwrap_or(Value::Null),
+                    Ok(r) if r.status().as_u16() == 429 => {
+                        return Verdict::Unknown {
+                            reason: format!(
+                                "history rate-limited (Retry-After {} s; 1 request a minute \
+                                 outside the Marketplace): asked again later",
+                                r.headers()
+                                    .get("retry-after")
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("?")
+                            ),
+                        }
+                    }
                     Ok(r) => {
                         return Verdict::Unknown {
                             reason: format!("history answered {}", r.status()),
