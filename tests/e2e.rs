@@ -1943,3 +1943,96 @@ async fn slack_history_is_held_to_fifteen_a_page_and_one_request_a_minute() {
     assert_eq!(sim.core.effects_for(&a.action_id.to_string()), 1);
     assert_eq!(sim.post_requests(), 21, "posted once, never again");
 }
+
+/// A queued SMS has no send date at Twilio, so a `DateSent` filter never lists it: the
+/// cell lists by To/From only, page after page, and finds a queued message whose answer
+/// was lost among 1,200 others to the same number — succeeded, sent once, no person asked.
+#[tokio::test]
+async fn a_queued_sms_whose_answer_was_lost_is_found_without_a_send_date() {
+    use idem_cells::TwilioSms;
+    use idem_sim::{FaultRates, SimServer, TwilioSim};
+
+    let sim = TwilioSim::new(3, FaultRates::default(), Duration::ZERO);
+    sim.set_queued_for(Duration::from_secs(3600));
+    let server = SimServer::start(sim.router(), ([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let account = idem_testkit::subjects::TWILIO_TEST_ACCOUNT;
+    let http = reqwest::Client::new();
+    let create = format!(
+        "{}/2010-04-01/Accounts/{account}/Messages.json",
+        server.base_url()
+    );
+    for i in 0..1200 {
+        let r = http
+            .post(&create)
+            .basic_auth(account, Some("twilio-test-token"))
+            .form(&[
+                ("To", "+15550001111"),
+                ("From", "+15550002222"),
+                ("Body", &format!("reminder {i}")),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    // The Twilio list, as documented: a DateSent filter finds none of the queued messages.
+    let listed: serde_json::Value = http
+        .get(&create)
+        .basic_auth(account, Some("twilio-test-token"))
+        .query(&[("To", "+15550001111"), ("DateSent>", "2000-01-01")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["messages"].as_array().unwrap().len(), 0, "{listed}");
+
+    let db = TestDb::new().await;
+    let cell = TwilioSms::new(
+        server.base_url(),
+        account,
+        "twilio-test-token",
+        "https://hooks.example/s",
+    )
+    .with_profile(|p| {
+        p.lookup = idem_core::profile::Lookup::Eventual {
+            lag_bound: Duration::from_millis(300),
+        };
+        p.settle_time = Duration::from_millis(300);
+        p.retry.base = Duration::from_millis(50);
+    });
+    let w = worker(&db.store, Registry::new().with(cell), "w-twilio-queued");
+    w.register_with_fleet().await.unwrap();
+    sim.core.script([idem_sim::Fault::DropAfterEffect]);
+    let a = NewAction::new(
+        ActionId::random(),
+        CellName::new("twilio.sms.send").unwrap(),
+        json!({"to": "+15550001111", "from": "+15550002222", "body": "your code is 4711"}),
+    );
+    enqueue(db.store.pool(), &a).await.unwrap();
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn({
+        let w = w.clone();
+        async move { w.run(shutdown).await }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let row = loop {
+        let row = state(&db.store, a.action_id).await;
+        if row.state.is_settled() || row.state == State::NeedsHuman {
+            break row;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not settled: {row:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+    assert_eq!(row.state, State::Succeeded, "{row:?}");
+    assert_eq!(sim.core.effects_for(&a.action_id.to_string()), 1);
+    assert_eq!(sim.create_requests(), 1201, "sent once, never again");
+}

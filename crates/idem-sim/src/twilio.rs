@@ -2,7 +2,15 @@
 //! `POST /2010-04-01/Accounts/{AccountSid}/Messages.json` (form: `To`, `From` or
 //! `MessagingServiceSid`, `Body`, `StatusCallback`) → 201 `queued`, and the Messages list
 //! with `To`, `From`, `DateSent`, `DateSent<`, `DateSent>` (day granularity, GMT) and
-//! `PageSize`. No REST idempotency key exists. 429 carries code 20429 ("never processed").
+//! `PageSize`, paged by `next_page_uri` (`Page`, `PageToken`). No REST idempotency key
+//! exists. 429 carries code 20429 ("never processed").
+//!
+//! As at Twilio [T7]: a message is `queued` with `date_sent: null` until it leaves the
+//! queue (`queued_for`, default 60 s — a long code sends 1 message a second, so a burst
+//! waits), and the `DateSent` filters match only messages that have a send date, so a
+//! queued or scheduled message is in the unfiltered list but in no `DateSent` one. The
+//! list is sorted by send date, newest first; where unsent messages fall is not
+//! documented, so they come last (the worse case for a reader that stops early).
 //! The ledger attributes each message to the action named by `idem=` in its
 //! StatusCallback URL.
 //!
@@ -31,6 +39,7 @@ const CREATE: &str = "POST /2010-04-01/Accounts/{sid}/Messages.json";
 struct Sms {
     account: String,
     body: Value,
+    /// When it leaves the queue (its `date_sent`).
     sent: DateTime<Utc>,
     visible_at: Instant,
 }
@@ -47,6 +56,7 @@ pub struct TwilioSim {
     pub core: PartnerCore,
     messages: Arc<Mutex<Messages>>,
     list_lag: Arc<Mutex<Duration>>,
+    queued_for: Arc<Mutex<Duration>>,
 }
 
 fn twilio_error(status: StatusCode, code: u32, message: &str) -> Response {
@@ -90,7 +100,17 @@ impl TwilioSim {
             core: PartnerCore::new(seed, faults),
             messages: Arc::new(Mutex::new(Messages::default())),
             list_lag: Arc::new(Mutex::new(list_lag)),
+            queued_for: Arc::new(Mutex::new(Duration::from_secs(60))),
         }
+    }
+
+    /// How long a new message stays `queued` (no `date_sent`) before it is sent.
+    pub fn set_queued_for(&self, d: Duration) {
+        *self.queued_for.lock().unwrap_or_else(|p| p.into_inner()) = d;
+    }
+
+    fn queue_time(&self) -> Duration {
+        *self.queued_for.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn msgs(&self) -> MutexGuard<'_, Messages> {
@@ -241,7 +261,7 @@ async fn create_inner(
         m.all.push(Sms {
             account: account.to_owned(),
             body: msg.clone(),
-            sent: now,
+            sent: now + chrono::Duration::from_std(sim.queue_time()).unwrap_or_default(),
             visible_at: Instant::now() + lag,
         });
         msg
@@ -273,7 +293,9 @@ async fn create_inner(
     }
 }
 
-/// Messages, newest first; `DateSent`, `DateSent<`, `DateSent>` are GMT days (inclusive).
+/// Messages sent newest first, then the unsent; `DateSent`, `DateSent<`, `DateSent>` are
+/// GMT days (inclusive) and match only sent messages; `PageSize` up to 1000, then
+/// `next_page_uri`.
 async fn list(
     State(sim): State<TwilioSim>,
     Path(account): Path<String>,
@@ -283,40 +305,72 @@ async fn list(
     if !authorized(&headers, &account) {
         return twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
     }
+    let pairs = q.clone();
     let q: HashMap<String, String> = q.into_iter().collect();
     let day = |k: &str| {
         q.get(k)
             .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
     };
+    let dated = ["DateSent", "DateSent>", "DateSent<"]
+        .iter()
+        .any(|k| q.contains_key(*k));
     let size: usize = q
         .get("PageSize")
         .and_then(|s| s.parse().ok())
         .unwrap_or(50)
         .clamp(1, 1000);
+    let page_no: usize = q.get("Page").and_then(|p| p.parse().ok()).unwrap_or(0);
     let now = Instant::now();
+    let wall = Utc::now();
     let m = sim.msgs();
-    let page: Vec<Value> = m
+    let mut all: Vec<&Sms> = m
         .all
         .iter()
-        .rev()
         .filter(|s| s.account == account && s.visible_at <= now)
         .filter(|s| q.get("To").is_none_or(|t| s.body["to"] == t.as_str()))
         .filter(|s| q.get("From").is_none_or(|f| s.body["from"] == f.as_str()))
         .filter(|s| {
+            if !dated {
+                return true;
+            }
+            // A queued message has no send date: no DateSent filter matches it.
+            if s.sent > wall {
+                return false;
+            }
             let d = s.sent.date_naive();
             day("DateSent").is_none_or(|x| d == x)
                 && day("DateSent>").is_none_or(|x| d >= x)
                 && day("DateSent<").is_none_or(|x| d <= x)
         })
+        .collect();
+    all.sort_by_key(|s| (s.sent > wall, std::cmp::Reverse(s.sent)));
+    let page: Vec<Value> = all
+        .iter()
+        .skip(page_no * size)
         .take(size)
         .map(|s| {
             let mut b = s.body.clone();
-            b["status"] = json!("sent");
-            b["date_sent"] = json!(rfc2822(s.sent));
+            if s.sent <= wall {
+                b["status"] = json!("sent");
+                b["date_sent"] = json!(rfc2822(s.sent));
+            }
             b
         })
         .collect();
-    Json(json!({"messages": page, "page": 0, "page_size": size, "next_page_uri": null}))
+    let next = (all.len() > (page_no + 1) * size).then(|| {
+        let mut kept: Vec<(String, String)> = pairs
+            .iter()
+            .filter(|(k, _)| k != "Page" && k != "PageToken")
+            .cloned()
+            .collect();
+        kept.push(("Page".into(), (page_no + 1).to_string()));
+        kept.push(("PageToken".into(), format!("PA{}", (page_no + 1) * size)));
+        format!(
+            "/2010-04-01/Accounts/{account}/Messages.json?{}",
+            serde_urlencoded::to_string(&kept).unwrap_or_default()
+        )
+    });
+    Json(json!({"messages": page, "page": page_no, "page_size": size, "next_page_uri": next}))
         .into_response()
 }
 

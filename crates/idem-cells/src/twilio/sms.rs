@@ -8,8 +8,9 @@
 //! - 429 / code 20429 → "never processed" [T3]: safe to retry.
 //! - 400 codes (21211 invalid To, 21602 no body, 21603 no sender, …), 401, 403, 404 →
 //!   failed.
-//! - lost response, timeout, 5xx → ambiguous: list Messages by To/From and `DateSent>=`
-//!   the attempt's day [T5], match body and `date_created ≥ t0`; found → succeeded; not
+//! - lost response, timeout, 5xx → ambiguous: list Messages by To/From — no `DateSent`
+//!   filter, which misses queued and scheduled messages [T7] — every page (`next_page_uri`),
+//!   match body and `date_created ≥ t0`; found → succeeded; not
 //!   found → wait out the lag bound, then **needs_human** (never an automatic resend).
 //! - the action id rides in the StatusCallback URL (`?idem=<action>`), so status
 //!   callbacks and people can tie a message to its action.
@@ -31,6 +32,10 @@ use crate::kit::{Card, CellArgs, Parts, TypedCell};
 
 /// Clock skew allowed between us and Twilio when matching `date_created` against t0.
 const SKEW_SECS: i64 = 120;
+
+/// Pages of 1000 read before the lookup gives up for this round (10,000 messages to one
+/// number from one sender).
+const PAGES: usize = 10;
 
 /// The `twilio.sms.send` cell; the partner client uses HTTP Basic with the account SID
 /// and the auth token.
@@ -217,42 +222,60 @@ impl TypedCell for TwilioSms {
             .map(|a| a.started_at)
             .min()
             .unwrap_or_else(Utc::now);
-        let day = DateTime::from_timestamp(t0 - SKEW_SECS, 0)
-            .unwrap_or_default()
-            .format("%Y-%m-%d")
-            .to_string();
-        let mut q = vec![
-            ("To", args.to.clone()),
-            ("DateSent>", day),
-            ("PageSize", "1000".to_owned()),
-        ];
+        // No `DateSent` filter: it matches only messages that have a send date, and a
+        // queued or scheduled message has none yet [T7]. So every message to this number
+        // (from this sender) is read, page after page, matched on body and creation time.
+        let mut q = vec![("To", args.to.clone()), ("PageSize", "1000".to_owned())];
         if let Some(f) = &args.from {
             q.push(("From", f.clone()));
         }
-        let req = self.parts.api.get(&self.messages_path()).query(&q);
-        let body: Value = match crate::http::send_traced(req, "twilio.messages_list").await {
-            Ok(r) if r.status().is_success() => r.json().await.unwrap_or(Value::Null),
-            Ok(r) => {
-                return Verdict::Unknown {
-                    reason: format!("list answered {}", r.status()),
-                }
-            }
-            Err(e) => {
-                return Verdict::Unknown {
-                    reason: format!("list failed: {}", crate::http::without_url(&e)),
-                }
-            }
-        };
         let body_text = args.body.as_str();
-        let found = body["messages"].as_array().and_then(|ms| {
-            ms.iter().find(|m| {
-                m["body"].as_str() == Some(body_text)
-                    && m["date_created"]
-                        .as_str()
-                        .and_then(|d| DateTime::parse_from_rfc2822(d).ok())
-                        .is_some_and(|d| d.timestamp() >= t0 - SKEW_SECS)
-            })
-        });
+        let own = format!("{}?", self.messages_path());
+        let mut req = self.parts.api.get(&self.messages_path()).query(&q);
+        let mut found = None;
+        for page in 0.. {
+            if page == PAGES {
+                return Verdict::Unknown {
+                    reason: format!("more than {PAGES} pages of messages to this number"),
+                };
+            }
+            let body: Value = match crate::http::send_traced(req, "twilio.messages_list").await {
+                Ok(r) if r.status().is_success() => r.json().await.unwrap_or(Value::Null),
+                Ok(r) => {
+                    return Verdict::Unknown {
+                        reason: format!("list answered {}", r.status()),
+                    }
+                }
+                Err(e) => {
+                    return Verdict::Unknown {
+                        reason: format!("list failed: {}", crate::http::without_url(&e)),
+                    }
+                }
+            };
+            found = body["messages"].as_array().and_then(|ms| {
+                ms.iter()
+                    .find(|m| {
+                        m["body"].as_str() == Some(body_text)
+                            && m["date_created"]
+                                .as_str()
+                                .and_then(|d| DateTime::parse_from_rfc2822(d).ok())
+                                .is_some_and(|d| d.timestamp() >= t0 - SKEW_SECS)
+                    })
+                    .cloned()
+            });
+            match body["next_page_uri"].as_str() {
+                _ if found.is_some() => break,
+                // Only this account's list is followed (the credential goes with it).
+                Some(next) if next.starts_with(&own) => req = self.parts.api.get(next),
+                Some(next) => {
+                    return Verdict::Unknown {
+                        reason: format!("next_page_uri outside this account's messages: {next}"),
+                    }
+                }
+                None => break,
+            }
+        }
+        let found = found.as_ref();
         match found {
             Some(m) => Verdict::Happened(Self::receipt(m)),
             None if Utc::now() - first
