@@ -2036,3 +2036,35 @@ async fn a_queued_sms_whose_answer_was_lost_is_found_without_a_send_date() {
     assert_eq!(sim.core.effects_for(&a.action_id.to_string()), 1);
     assert_eq!(sim.create_requests(), 1201, "sent once, never again");
 }
+
+/// The IETF draft makes `Idempotency-Key` an RFC 8941 String: the generic simulator refuses
+/// a bare key with a 400 that says so (and creates nothing), and takes the quoted one.
+#[tokio::test]
+async fn the_ietf_simulator_takes_the_key_only_as_a_structured_header_string() {
+    use idem_sim::{FaultRates, IetfConfig, IetfSim, SimServer};
+    let sim = IetfSim::new(1, FaultRates::default(), IetfConfig::default());
+    let server = SimServer::start(sim.router(), ([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let post = |key: &'static str| {
+        http.post(format!("{}/v1/payouts", server.base_url()))
+            .bearer_auth("tok")
+            .header("Idempotency-Key", key)
+            .json(&json!({"amount": 100, "currency": "eur", "destination": "acct 1"}))
+            .send()
+    };
+    let bare = post("8e03978e-40d5-43e8-bc93-6894a57f9324").await.unwrap();
+    assert_eq!(bare.status(), 400);
+    let body: serde_json::Value = bare.json().await.unwrap();
+    assert!(body.to_string().contains("RFC 8941"), "{body}");
+    assert!(
+        sim.core.ledger().is_empty(),
+        "nothing created under a malformed key"
+    );
+    let quoted = post("\"8e03978e-40d5-43e8-bc93-6894a57f9324\"")
+        .await
+        .unwrap();
+    assert_eq!(quoted.status(), 201, "{}", quoted.text().await.unwrap());
+    assert_eq!(sim.core.ledger().len(), 1);
+}

@@ -155,10 +155,30 @@ async fn create(
     body: Bytes,
 ) -> Response {
     tokio::spawn(async move {
-        let key = headers
+        let key = match headers
             .get("idempotency-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+            .map(|v| sf_string(v.as_bytes()))
+        {
+            None => None,
+            Some(Ok(k)) => Some(k),
+            Some(Err(raw)) => {
+                sim.core.log(Request {
+                    route: ROUTE.into(),
+                    key: None,
+                    status: 400,
+                    fault: None,
+                    replayed: false,
+                });
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "Idempotency-Key is malformed",
+                    &format!(
+                        "The Idempotency-Key header must be an RFC 8941 Structured Header \
+                         String, such as \"8e03978e-40d5-43e8-bc93-6894a57f9324\"; got {raw}"
+                    ),
+                );
+            }
+        };
         let (resp, status, fault, replayed) =
             create_inner(&sim, &resource, &headers, key.as_deref(), &body).await;
         sim.core.log(Request {
@@ -172,6 +192,20 @@ async fn create(
     })
     .await
     .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// The key of an `Idempotency-Key` header: the draft (§2) makes it an Item Structured
+/// Header whose value is a String (RFC 8941 §3.3.3); anything else is refused, with what
+/// was sent.
+fn sf_string(raw: &[u8]) -> Result<String, String> {
+    match sfv::Parser::new(raw).parse::<sfv::Item>() {
+        Ok(sfv::Item {
+            bare_item: sfv::BareItem::String(s),
+            ..
+        }) => Ok(s.as_str().to_owned()),
+        Ok(_) => Err(format!("{:?} (not a String)", String::from_utf8_lossy(raw))),
+        Err(e) => Err(format!("{:?} ({e})", String::from_utf8_lossy(raw))),
+    }
 }
 
 async fn create_inner(

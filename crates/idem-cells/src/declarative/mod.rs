@@ -46,6 +46,10 @@ struct Config {
     token_env: Option<String>,
     #[serde(default = "idempotency_key")]
     key_header: String,
+    /// How the key is written in its header: `sf-string` (the draft's: an RFC 8941 String,
+    /// `"…"`) or `token` (bare, for partners that predate the draft, such as Stripe).
+    #[serde(default)]
+    key_format: KeyFormat,
     #[serde(default = "max_len")]
     key_max_len: usize,
     key_retention_secs: u64,
@@ -62,6 +66,17 @@ struct Config {
     lookup: Option<LookupSpec>,
     #[serde(default)]
     status: StatusSpec,
+}
+
+/// The key header's syntax.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum KeyFormat {
+    /// `Idempotency-Key: "8e03978e-40d5-43e8-bc93-6894a57f9324"` (the draft, §2).
+    #[default]
+    SfString,
+    /// `Idempotency-Key: 8e03978e-40d5-43e8-bc93-6894a57f9324`.
+    Token,
 }
 
 fn post() -> String {
@@ -334,7 +349,17 @@ impl DeclarativeCell {
         self
     }
 
-    fn render(&self, template: &str, action: ActionId, key: Option<&str>, args: &Value) -> String {
+    /// Fill a template. `url` percent-encodes the `{args.NAME}` values (they go into a URL);
+    /// without it they stay as they are (a lookup's `match_value` compares them with the
+    /// partner's JSON).
+    fn render(
+        &self,
+        template: &str,
+        action: ActionId,
+        key: Option<&str>,
+        args: &Value,
+        url: bool,
+    ) -> String {
         let mut out = template
             .replace("{base}", &self.config.base)
             .replace("{action_id}", &action.to_string())
@@ -349,16 +374,20 @@ impl DeclarativeCell {
                 Value::Null => String::new(),
                 v => v.to_string(),
             };
-            let encoded: String = value
-                .bytes()
-                .map(|b| match b {
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                        (b as char).to_string()
-                    }
-                    _ => format!("%{b:02X}"),
-                })
-                .collect();
-            out.replace_range(start..start + len + 1, &encoded);
+            let filled = if url {
+                value
+                    .bytes()
+                    .map(|b| match b {
+                        b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                            (b as char).to_string()
+                        }
+                        _ => format!("%{b:02X}"),
+                    })
+                    .collect()
+            } else {
+                value
+            };
+            out.replace_range(start..start + len + 1, &filled);
         }
         out
     }
@@ -452,12 +481,24 @@ impl Cell for DeclarativeCell {
     }
 
     async fn execute(&self, action: ActionId, args: &Value, attempt: &Attempt) -> ExecOutcome {
-        let url = self.render(&self.config.url, action, attempt.key.as_deref(), args);
+        let url = self.render(&self.config.url, action, attempt.key.as_deref(), args, true);
         let method = reqwest::Method::from_bytes(self.config.method.as_bytes())
             .unwrap_or(reqwest::Method::POST);
         let mut req = self.authed(self.http.request(method, url)).json(args);
         if let Some(key) = &attempt.key {
-            req = req.header(self.config.key_header.as_str(), key);
+            let value = match self.config.key_format {
+                KeyFormat::Token => key.clone(),
+                // idem's keys are printable ASCII, so every one is a valid sf-string.
+                KeyFormat::SfString => match sfv::StringRef::from_str(key) {
+                    Ok(k) => sfv::ItemSerializer::new().bare_item(k).finish(),
+                    Err(e) => {
+                        return ExecOutcome::Failed {
+                            reason: format!("the key cannot be an RFC 8941 String: {e}"),
+                        }
+                    }
+                },
+            };
+            req = req.header(self.config.key_header.as_str(), value);
         }
         let crate::http::Answer {
             status,
@@ -513,8 +554,8 @@ impl Cell for DeclarativeCell {
         let mut keys: Vec<Option<&str>> = attempts.iter().map(|a| a.key.as_deref()).collect();
         keys.dedup();
         for key in keys {
-            let url = self.render(&l.url, action, key, args);
-            let want = self.render(&l.match_value, action, key, args);
+            let url = self.render(&l.url, action, key, args, true);
+            let want = self.render(&l.match_value, action, key, args, false);
             let req = self.authed(self.http.get(url));
             let resp = match crate::http::send_traced(req, "http.idempotent.lookup").await {
                 Ok(r) => r,
@@ -621,8 +662,18 @@ mod tests {
             id,
             Some("idem-1-g0"),
             &json!({"destination": "a b/c"}),
+            true,
         );
         assert_eq!(url, format!("http://h/x/a%20b%2Fc?k=idem-1-g0&a={id}"));
+        // A lookup's match_value is compared with the partner's JSON: not encoded.
+        let want = c.render(
+            "{args.destination}",
+            id,
+            None,
+            &json!({"destination": "a b/c"}),
+            false,
+        );
+        assert_eq!(want, "a b/c");
         assert!(in_class(&["2xx".into()], 201));
         assert!(!in_class(&["2xx".into()], 301));
         assert!(in_class(&["429".into()], 429));
