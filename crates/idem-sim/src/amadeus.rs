@@ -115,7 +115,8 @@ impl AmadeusSim {
     pub fn seed_order(&self) -> String {
         let mut o = self.orders();
         o.seq += 1;
-        let id = format!("eJzTd9f3MjJ{:08}", o.seq);
+        // As Amadeus mints them: base64, URL-encoded in the JSON (`%2F`, `%3D`).
+        let id = format!("eJzTd9f3MjJ{:08}%2FAAt8Ans%3D", o.seq);
         o.orders
             .push((id.clone(), json!({"type": "flight-order", "id": id}), false));
         id
@@ -289,7 +290,7 @@ async fn book(State(sim): State<AmadeusSim>, h: HeaderMap, body: Bytes) -> Respo
         let order = {
             let mut os = s.orders();
             os.seq += 1;
-            let id = format!("eJzTd9f3MjIz{:08}", os.seq);
+            let id = format!("eJzTd9f3MjIz{:08}%2FMEAAt8Ans%3D", os.seq);
             let pnr: String = format!("{:06X}", 0x2A0000 + os.seq).chars().take(6).collect();
             let order = json!({
                 "type": "flight-order", "id": id, "queuingOfficeId": "NCE4D31SB",
@@ -316,6 +317,12 @@ async fn book(State(sim): State<AmadeusSim>, h: HeaderMap, body: Bytes) -> Respo
     .await
 }
 
+/// Whether the order whose id is `stored` (URL-encoded, as returned) is the one a request
+/// path names (`decoded`: the router has decoded it once, as Amadeus's server does).
+fn same_order(stored: &str, decoded: &str) -> bool {
+    percent_encoding::percent_decode_str(stored).decode_utf8_lossy() == decoded
+}
+
 async fn read(State(sim): State<AmadeusSim>, h: HeaderMap, Path(id): Path<String>) -> Response {
     if !authorized(&h) {
         return unauthorized();
@@ -324,7 +331,7 @@ async fn read(State(sim): State<AmadeusSim>, h: HeaderMap, Path(id): Path<String
     match os
         .orders
         .iter()
-        .find(|(i, _, cancelled)| *i == id && !cancelled)
+        .find(|(i, _, cancelled)| same_order(i, &id) && !cancelled)
     {
         Some((_, o, _)) => amadeus(StatusCode::OK, json!({"data": o})),
         None => not_found(),
@@ -376,7 +383,7 @@ async fn cancel(State(sim): State<AmadeusSim>, h: HeaderMap, Path(id): Path<Stri
             match os
                 .orders
                 .iter_mut()
-                .find(|(i, _, cancelled)| *i == id && !*cancelled)
+                .find(|(i, _, cancelled)| same_order(i, &id) && !*cancelled)
             {
                 Some(o) => {
                     o.2 = true;

@@ -24,7 +24,9 @@ pub struct AmadeusCancel {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Args {
-    #[schemars(pattern("^[A-Za-z0-9_=-]{1,128}$"))]
+    /// The flight order's id as Amadeus returned it (URL-encoded base64, e.g.
+    /// `eJzTd9f3s4gKC%2FMEAAt8Ans%3D`), or the same id decoded.
+    #[schemars(pattern("^([A-Za-z0-9_=+/-]|%[0-9A-Fa-f]{2}){1,256}$"))]
     pub order_id: String,
 }
 
@@ -34,9 +36,23 @@ impl CellArgs for Args {
     }
 }
 
+/// What a path segment keeps unescaped (RFC 3986 unreserved).
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 impl Args {
+    /// The order's URL: Amadeus ids are base64 (`/`, `+`, `=`), returned URL-encoded; the
+    /// id is decoded once and encoded as one path segment, so both spellings reach the
+    /// same order and a `/` never splits the path.
     fn path(&self) -> String {
-        format!("/v1/booking/flight-orders/{}", self.order_id)
+        let id = percent_encoding::percent_decode_str(&self.order_id).decode_utf8_lossy();
+        format!(
+            "/v1/booking/flight-orders/{}",
+            percent_encoding::utf8_percent_encode(&id, SEGMENT)
+        )
     }
 }
 
