@@ -1091,6 +1091,8 @@ async fn stripe_simulator_reproduces_idempotency_semantics() {
                 ("amount", amount),
                 ("currency", "usd"),
                 ("confirm", "true"),
+                ("payment_method", "pm_card_visa"),
+                ("automatic_payment_methods[allow_redirects]", "never"),
                 ("metadata[idem_action_id]", "a1"),
             ])
             .send()
@@ -2067,4 +2069,100 @@ async fn the_ietf_simulator_takes_the_key_only_as_a_structured_header_string() {
         .unwrap();
     assert_eq!(quoted.status(), 201, "{}", quoted.text().await.unwrap());
     assert_eq!(sim.core.ledger().len(), 1);
+}
+
+/// Stripe as published: confirming needs a payment method (Stripe does not take the
+/// customer's by itself) and, with automatic payment methods, a `return_url` unless
+/// redirects are ruled out; a card that needs 3-D Secure waits in `requires_action` unless
+/// `error_on_requires_action`. The cell charges the customer's default payment method when
+/// none is given, rules redirects out, and a card that needs authentication fails at once —
+/// never a charge, never days in doubt.
+#[tokio::test]
+async fn stripe_charges_need_a_payment_method_and_fail_at_once_when_authentication_is_required() {
+    let stripe = StripeFixture::start(StripeSimConfig::default()).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/payment_intents", stripe.base_url());
+    let post = |form: Vec<(&'static str, &'static str)>| {
+        http.post(&url).bearer_auth(TEST_SECRET).form(&form).send()
+    };
+    let base = vec![("amount", "500"), ("currency", "usd"), ("confirm", "true")];
+    let r = post(base.clone()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("missing a payment method"));
+    let mut with_pm = base.clone();
+    with_pm.push(("payment_method", "pm_card_visa"));
+    let r = post(with_pm.clone()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("return_url"));
+    with_pm.push(("automatic_payment_methods[allow_redirects]", "never"));
+    assert_eq!(post(with_pm).await.unwrap().status(), 200);
+    assert_eq!(stripe.sim.ledger().len(), 1);
+
+    let db = TestDb::new().await;
+    stripe.sim.add_customer("cus_nodefault", None);
+    stripe
+        .sim
+        .add_customer("cus_card", Some("pm_card_mastercard"));
+    let cell = StripeCharge::new(stripe.base_url(), TEST_SECRET).with_profile(|p| {
+        p.retry.base = Duration::from_millis(50);
+        p.settle_time = Duration::from_millis(300);
+    });
+    let w = worker(&db.store, Registry::new().with(cell), "w-stripe-contract");
+    w.register_with_fleet().await.unwrap();
+    let charge = CellName::new("stripe.charge").unwrap();
+    let cases = [
+        (
+            json!({"amount": 900, "currency": "usd", "payment_method": "pm_card_authenticationRequired"}),
+            State::Failed,
+            "authentication_required",
+        ),
+        (
+            json!({"amount": 901, "currency": "usd", "customer": "cus_nodefault"}),
+            State::Failed,
+            "no default payment method",
+        ),
+        (
+            json!({"amount": 902, "currency": "usd", "customer": "cus_card"}),
+            State::Succeeded,
+            "",
+        ),
+    ];
+    let mut ids = vec![];
+    for (args, _, _) in &cases {
+        let a = NewAction::new(ActionId::random(), charge.clone(), args.clone());
+        enqueue(db.store.pool(), &a).await.unwrap();
+        ids.push(a.action_id);
+    }
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn({
+        let w = w.clone();
+        async move { w.run(shutdown).await }
+    });
+    for (id, (_, want, why)) in ids.iter().zip(&cases) {
+        let row = wait_until(&db.store, *id, Duration::from_secs(10), |r| {
+            r.state.is_settled()
+        })
+        .await;
+        assert_eq!(row.state, *want, "{row:?}");
+        assert!(row.reason.as_deref().unwrap_or("").contains(why), "{row:?}");
+    }
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+    assert_eq!(stripe.sim.effects_for(&ids[0].to_string()), 0);
+    assert_eq!(stripe.sim.effects_for(&ids[1].to_string()), 0);
+    assert_eq!(stripe.sim.effects_for(&ids[2].to_string()), 1);
+    // The customer's default was the card charged.
+    let row = state(&db.store, ids[2]).await;
+    let receipt = row.receipt.unwrap();
+    let pi_id = receipt["partner_ref"].as_str().unwrap();
+    let pi: serde_json::Value = http
+        .get(format!("{}/v1/payment_intents/{pi_id}", stripe.base_url()))
+        .bearer_auth(TEST_SECRET)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(pi["payment_method"], "pm_card_mastercard", "{pi}");
 }

@@ -45,6 +45,8 @@ pub enum ReconcileVia {
 pub struct StripeCharge {
     parts: Parts,
     via: ReconcileVia,
+    /// A test-mode key (`sk_test_…`, `rk_test_…`): Stripe's test payment methods exist.
+    test_mode: bool,
 }
 
 /// A PaymentIntent created and confirmed at once (POST /v1/payment_intents, confirm=true).
@@ -57,9 +59,12 @@ pub struct Args {
     /// Three-letter lower-case ISO currency code.
     #[schemars(pattern("^[a-z]{3}$"))]
     pub currency: String,
-    /// Stripe customer id (cus_…).
+    /// Stripe customer id (cus_…). Without `payment_method`, the customer's default
+    /// (`invoice_settings.default_payment_method`) is charged.
     pub customer: Option<String>,
-    /// Stripe PaymentMethod id (pm_…).
+    /// Stripe PaymentMethod id (pm_…). Without it: the customer's default; with neither,
+    /// Stripe's test card `pm_card_visa` under a test-mode key, and no charge under a
+    /// live one.
     pub payment_method: Option<String>,
     pub description: Option<String>,
 }
@@ -88,10 +93,13 @@ impl StripeCharge {
     /// The secret is sent in the `Authorization` header only and never logged.
     pub fn new(base_url: impl Into<String>, secret: impl Into<String>) -> Self {
         let profile = Self::default_profile();
+        let secret = secret.into();
+        let test_mode = secret.starts_with("sk_test_") || secret.starts_with("rk_test_");
         let api = PartnerClient::bearer(base_url, secret, profile.call_timeout);
         Self {
             parts: Parts::new("stripe.charge", profile, api),
             via: ReconcileVia::List,
+            test_mode,
         }
     }
 
@@ -157,6 +165,54 @@ impl StripeCharge {
         StripeApi(&self.parts.api)
     }
 
+    /// The customer's default payment method (`GET /v1/customers/{id}`,
+    /// `invoice_settings.default_payment_method`, an id or an expanded object). Read-only,
+    /// so any failure here is "not sent": a 404 or no default fails the action, anything
+    /// else is retried. Read at each attempt: should the default change between attempts,
+    /// Stripe refuses the key with other parameters and the lookup decides.
+    async fn default_payment_method(&self, customer: &str) -> Result<String, ExecOutcome> {
+        let path = format!(
+            "/v1/customers/{}",
+            percent_encoding::utf8_percent_encode(customer, percent_encoding::NON_ALPHANUMERIC)
+        );
+        let req = self.parts.api.get(&path);
+        let resp = crate::http::send_traced(req, "stripe.retrieve_customer")
+            .await
+            .map_err(|e| ExecOutcome::NotProcessed {
+                reason: format!("customer lookup failed: {}", crate::http::without_url(&e)),
+                retry_after: None,
+            })?;
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        match status {
+            200 => {
+                let pm = &body["invoice_settings"]["default_payment_method"];
+                match pm.as_str().or(pm["id"].as_str()) {
+                    Some(pm) => Ok(pm.to_owned()),
+                    None => Err(ExecOutcome::Failed {
+                        reason: format!(
+                            "customer {customer} has no default payment method \
+                             (invoice_settings.default_payment_method): give payment_method"
+                        ),
+                    }),
+                }
+            }
+            404 => Err(ExecOutcome::Failed {
+                reason: format!("no such customer: {customer}"),
+            }),
+            400 | 401 | 403 => Err(ExecOutcome::Failed {
+                reason: format!(
+                    "customer lookup answered {status}: {}",
+                    body["error"]["message"].as_str().unwrap_or("")
+                ),
+            }),
+            s => Err(ExecOutcome::NotProcessed {
+                reason: format!("customer lookup answered {s}"),
+                retry_after: None,
+            }),
+        }
+    }
+
     async fn find_by_list(&self, action: ActionId, args: &Args, t0: i64) -> Verdict {
         let mut q: Vec<(String, String)> =
             vec![("created[gte]".into(), (t0 - CREATED_SKEW_SECS).to_string())];
@@ -199,16 +255,33 @@ impl TypedCell for StripeCharge {
     crate::parts!();
 
     async fn send(&self, action: ActionId, args: &Args, attempt: &Attempt) -> ExecOutcome {
+        let payment_method = match (&args.payment_method, &args.customer) {
+            (Some(pm), _) => pm.clone(),
+            (None, Some(customer)) => match self.default_payment_method(customer).await {
+                Ok(pm) => pm,
+                Err(outcome) => return outcome,
+            },
+            // Stripe's documented test card: it exists only in test mode.
+            (None, None) if self.test_mode => "pm_card_visa".into(),
+            (None, None) => {
+                return ExecOutcome::Failed {
+                    reason: "no payment_method and no customer: with a live key there is \
+                             nothing to charge"
+                        .into(),
+                }
+            }
+        };
         let mut form: Vec<(&str, String)> = vec![
             ("amount", args.amount.to_string()),
             ("currency", args.currency.clone()),
             ("confirm", "true".into()),
-            (
-                "payment_method",
-                args.payment_method
-                    .clone()
-                    .unwrap_or_else(|| "pm_card_visa".into()),
-            ),
+            ("payment_method", payment_method),
+            // Off-session, no customer to redirect: a payment that needs one (3-D Secure)
+            // fails at once instead of waiting in `requires_action`, and no redirect-based
+            // method is offered, so no `return_url` is needed.
+            ("error_on_requires_action", "true".into()),
+            ("automatic_payment_methods[enabled]", "true".into()),
+            ("automatic_payment_methods[allow_redirects]", "never".into()),
             ("metadata[idem_action_id]", action.to_string()),
         ];
         for (field, v) in [

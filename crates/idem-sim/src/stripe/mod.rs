@@ -117,6 +117,8 @@ struct Inner {
     script: std::collections::VecDeque<Fault>,
     next_id: u64,
     anon: u64,
+    /// Customers told to the simulator, with their default payment method (or none).
+    customers: HashMap<String, Option<String>>,
 }
 
 /// The simulator's state, shared by its routes and by in-process tests.
@@ -157,6 +159,15 @@ impl StripeSim {
     /// Its ledger entry carries no action id.
     pub fn create_succeeded_intent(&self, amount: i64, currency: &str) -> String {
         routes::seed_intent(self, amount, currency)
+    }
+
+    /// A customer with this default payment method (`None`: a customer without one).
+    /// A `cus_…` id never told to the simulator is a test-mode customer whose default is
+    /// `pm_card_visa`, so that tests name customers without creating them.
+    pub fn add_customer(&self, id: &str, default_payment_method: Option<&str>) {
+        self.lock()
+            .customers
+            .insert(id.to_owned(), default_payment_method.map(str::to_owned));
     }
 
     pub fn requests(&self) -> Vec<RequestLog> {

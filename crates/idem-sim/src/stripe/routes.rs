@@ -24,6 +24,7 @@ pub(super) fn router(sim: StripeSim) -> Router {
         .route("/v1/payment_intents/search", get(search))
         .route("/v1/payment_intents/{id}", get(retrieve))
         .route("/v1/payment_intents/{id}/confirm", post(confirm))
+        .route("/v1/customers/{id}", get(customer))
         .route(REFUNDS, post(create_refund).get(refunds::list))
         .route("/_sim/ledger", get(ledger))
         .route("/_sim/requests", get(requests))
@@ -398,12 +399,47 @@ pub(super) fn metadata_of(p: &HashMap<String, String>) -> serde_json::Map<String
         .collect()
 }
 
+/// `GET /v1/customers/{id}`: the customer's `invoice_settings.default_payment_method`.
+async fn customer(
+    State(sim): State<StripeSim>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    if !authorized(&headers) {
+        return unauthorized();
+    }
+    let known = sim.lock().customers.get(&id).cloned();
+    let default = match known {
+        Some(d) => d,
+        None if id.starts_with("cus_") => Some("pm_card_visa".to_owned()),
+        None => {
+            return error(
+                StatusCode::NOT_FOUND,
+                stripe_error(
+                    StatusCode::NOT_FOUND,
+                    "invalid_request_error",
+                    Some("resource_missing"),
+                    &format!("No such customer: '{id}'"),
+                ),
+            )
+        }
+    };
+    Json(json!({"id": id, "object": "customer", "livemode": false,
+                "invoice_settings": {"default_payment_method": default}}))
+    .into_response()
+}
+
 /// A confirmed, succeeded PaymentIntent, as if created through the API without a key.
 pub(super) fn seed_intent(sim: &StripeSim, amount: i64, currency: &str) -> String {
     let p: HashMap<String, String> = [
         ("amount".to_owned(), amount.to_string()),
         ("currency".to_owned(), currency.to_owned()),
         ("confirm".to_owned(), "true".to_owned()),
+        ("payment_method".to_owned(), "pm_card_visa".to_owned()),
+        (
+            "automatic_payment_methods[allow_redirects]".to_owned(),
+            "never".to_owned(),
+        ),
     ]
     .into_iter()
     .collect();
@@ -424,6 +460,45 @@ fn validate_intent(p: &HashMap<String, String>) -> Result<IntentParams, Refusal>
         .and_then(|a| a.parse::<i64>().ok())
         .filter(|a| *a > 0);
     let currency = p.get("currency").filter(|c| c.len() == 3).cloned();
+    let refuse = |code: &str, message: &str| {
+        Err((
+            StatusCode::BAD_REQUEST,
+            stripe_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some(code),
+                message,
+            ),
+        ))
+    };
+    if p.get("confirm").is_some_and(|c| c == "true") {
+        // Stripe confirms only with a payment method: it does not pick the customer's.
+        if p.get("payment_method").is_none_or(|pm| pm.is_empty()) {
+            return refuse(
+                "payment_intent_unexpected_state",
+                "You cannot confirm this PaymentIntent because it's missing a payment method. \
+                 To confirm a PaymentIntent, you must provide a payment_method.",
+            );
+        }
+        // Automatic payment methods are on by default and may redirect: confirming needs a
+        // return_url, unless redirects are ruled out or the method types are given.
+        let no_redirects = p
+            .get("automatic_payment_methods[allow_redirects]")
+            .is_some_and(|v| v == "never")
+            || p.keys().any(|k| k.starts_with("payment_method_types["))
+            || p.get("automatic_payment_methods[enabled]")
+                .is_some_and(|v| v == "false");
+        if !no_redirects && p.get("return_url").is_none_or(|u| u.is_empty()) {
+            return refuse(
+                "parameter_missing",
+                "This PaymentIntent is configured to accept payment methods enabled in your \
+                 Dashboard, because automatic_payment_methods is enabled. Some of these payment \
+                 methods might redirect your customer off of your page. You must provide a \
+                 return_url when confirming a PaymentIntent with automatic_payment_methods \
+                 enabled, or set automatic_payment_methods[allow_redirects]=never.",
+            );
+        }
+    }
     match (amount, currency) {
         (Some(amount), Some(currency)) => Ok(IntentParams {
             p: p.clone(),
@@ -452,16 +527,25 @@ fn execute_intent(sim: &StripeSim, v: IntentParams, key: Option<&str>) -> (u16, 
     let declined = p
         .get("payment_method")
         .is_some_and(|pm| pm == "pm_card_chargeDeclined");
+    // Stripe's test cards that need 3-D Secure on every payment.
+    let needs_action = p.get("payment_method").is_some_and(|pm| {
+        pm == "pm_card_authenticationRequired" || pm == "pm_card_threeDSecure2Required"
+    });
+    let fail_on_action = p
+        .get("error_on_requires_action")
+        .is_some_and(|v| v == "true");
     let confirm = p.get("confirm").is_some_and(|c| c == "true");
     let search_lag = sim.config_snapshot().search_lag;
     let mut inner = sim.lock();
     inner.next_id += 1;
     let id = format!("pi_sim{:018}", inner.next_id);
     let created = now_unix();
-    let status = match (confirm, declined) {
-        (false, _) => "requires_confirmation",
-        (true, true) => "requires_payment_method",
-        (true, false) => "succeeded",
+    let status = match (confirm, declined, needs_action, fail_on_action) {
+        (false, ..) => "requires_confirmation",
+        (true, true, ..) => "requires_payment_method",
+        (true, false, true, true) => "requires_payment_method",
+        (true, false, true, false) => "requires_action",
+        (true, false, false, _) => "succeeded",
     };
     let pi = json!({
         "id": id, "object": "payment_intent", "amount": amount, "amount_received": if status == "succeeded" { amount } else { 0 },
@@ -486,6 +570,12 @@ fn execute_intent(sim: &StripeSim, v: IntentParams, key: Option<&str>) -> (u16, 
             idempotency_key: key.map(str::to_owned),
             created,
         });
+    }
+    if confirm && needs_action && fail_on_action && !declined {
+        return (
+            402,
+            json!({"error": {"type": "card_error", "code": "authentication_required", "decline_code": "authentication_required", "message": "Your card was declined. This transaction requires authentication.", "payment_intent": pi}}),
+        );
     }
     if declined && confirm {
         (
