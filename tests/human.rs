@@ -1112,3 +1112,50 @@ async fn dead_work_is_put_back_by_audited_decisions_and_acts_once() {
         "{out}"
     );
 }
+
+/// Gmail returns only the headers `metadataHeaders` names: the cell asks for X-Idem-Key
+/// as well as the Message-ID Gmail rewrites, so a send whose answer was lost is found in
+/// the SENT history (not sent to a person). With a token that may send but not read, every
+/// lookup is refused: the case goes to a person at once, saying which scope is missing.
+#[tokio::test]
+async fn a_lost_email_is_found_by_its_idem_header_and_a_send_only_token_is_named() {
+    use idem_cells::GmailSend;
+    use idem_sim::{GmailConfig, GmailSim, SimServer};
+    for (token, want) in [
+        ("ya29.reads-too", State::Succeeded),
+        ("ya29.send-only", State::NeedsHuman),
+    ] {
+        let db = TestDb::new().await;
+        // Gmail replaces our Message-ID: only X-Idem-Key identifies the message.
+        let sim = GmailSim::new(1, Default::default(), GmailConfig::default());
+        let server = SimServer::start(sim.router(), ([127, 0, 0, 1], 0).into())
+            .await
+            .unwrap();
+        let cell = GmailSend::new(server.base_url(), token).with_profile(|p| {
+            p.call_timeout = Duration::from_millis(1000);
+            p.settle_time = Duration::from_millis(200);
+            p.doubt_horizon = Duration::from_secs(30);
+            p.lookup = idem_core::profile::Lookup::Eventual {
+                lag_bound: Duration::from_secs(20),
+            };
+        });
+        let w = idem_testkit::harness::worker(&db.store, Registry::new().with(cell), "gmail-hdr");
+        let a = NewAction::new(
+            ActionId::random(),
+            CellName::new("gmail.send").unwrap(),
+            json!({"to": "customer@example.com", "subject": "Receipt", "text": "Paid."}),
+        );
+        enqueue(db.store.pool(), &a).await.unwrap();
+        sim.core.script([Fault::DropAfterEffect]);
+        deliver_all(&db.store, &w).await;
+        // Well inside the 20 s lag bound: neither outcome waits for it.
+        sweep_until(&w, &db.store, a.action_id, want, Duration::from_secs(8)).await;
+        assert_eq!(sim.core.effects_for(&a.action_id.to_string()), 1, "{token}");
+        assert_eq!(sim.send_requests(), 1, "{token}: never resent");
+        if want == State::NeedsHuman {
+            let row = state(&db.store, a.action_id).await;
+            let why = row.reason.unwrap_or_default();
+            assert!(why.contains("gmail.readonly or gmail.modify"), "{why}");
+        }
+    }
+}

@@ -4,6 +4,13 @@
 //! (`format=metadata`), and `messages.list?q=rfc822msgid:` with a search-index lag. Gmail
 //! has no idempotency key.
 //!
+//! As documented [G6]: `messages.get?format=metadata&metadataHeaders=A&metadataHeaders=B`
+//! returns only the headers asked for (all of them without `metadataHeaders`);
+//! `history.list` pages (`maxResults`, default 100, at most 500; `nextPageToken`); reads
+//! need `gmail.readonly`, `gmail.modify` or `mail.google.com` — a token with
+//! `gmail.send` alone (here: one containing `.send-only`) sends but gets 403
+//! `insufficientPermissions` on every read.
+//!
 //! Guessed (n/d), worse case by default: Gmail **replaces** a client-set Message-ID
 //! (`keep_message_id = false`; custom `X-Idem-Key` headers survive), search lags
 //! (`search_lag`), history ids expire after `history_retention`.
@@ -82,6 +89,28 @@ fn authorized(h: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .is_some_and(|t| t.starts_with("ya29."))
+}
+
+/// A read's check: authenticated, and a scope that may read (not `gmail.send` alone).
+fn read_refused(h: &HeaderMap) -> Option<Response> {
+    if !authorized(h) {
+        return Some(google_error(
+            StatusCode::UNAUTHORIZED,
+            "authError",
+            "Invalid Credentials",
+        ));
+    }
+    let send_only = h
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.contains(".send-only"));
+    send_only.then(|| {
+        google_error(
+            StatusCode::FORBIDDEN,
+            "insufficientPermissions",
+            "Request had insufficient authentication scopes.",
+        )
+    })
 }
 
 /// Header lines of an RFC 2822 message (unfolded), up to the blank line.
@@ -292,8 +321,8 @@ async fn send_inner(
 }
 
 async fn profile(State(sim): State<GmailSim>, h: HeaderMap, Path(user): Path<String>) -> Response {
-    if !authorized(&h) {
-        return google_error(StatusCode::UNAUTHORIZED, "authError", "Invalid Credentials");
+    if let Some(r) = read_refused(&h) {
+        return r;
     }
     let mb = sim.mb();
     Json(json!({"emailAddress": if user == "me" { "agent@idem.invalid".to_owned() } else { user },
@@ -306,8 +335,8 @@ async fn history(
     h: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if !authorized(&h) {
-        return google_error(StatusCode::UNAUTHORIZED, "authError", "Invalid Credentials");
+    if let Some(r) = read_refused(&h) {
+        return r;
     }
     let Some(start) = q.get("startHistoryId").and_then(|s| s.parse::<u64>().ok()) else {
         return google_error(
@@ -330,7 +359,13 @@ async fn history(
             "Requested entity was not found.",
         );
     }
-    let entries: Vec<Value> = mb
+    let size: usize = q
+        .get("maxResults")
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(100)
+        .clamp(1, 500);
+    let offset: usize = q.get("pageToken").and_then(|t| t.parse().ok()).unwrap_or(0);
+    let all: Vec<Value> = mb
         .sent
         .iter()
         .filter(|s| s.history_id > start)
@@ -339,21 +374,38 @@ async fn history(
             "messagesAdded": [{"message": {"id": s.id, "threadId": s.id, "labelIds": ["SENT"]}}]})
         })
         .collect();
-    Json(json!({"history": entries, "historyId": mb.history_id.to_string()})).into_response()
+    let page: Vec<Value> = all.iter().skip(offset).take(size).cloned().collect();
+    let mut body = json!({"history": page, "historyId": mb.history_id.to_string()});
+    if all.len() > offset + size {
+        body["nextPageToken"] = json!((offset + size).to_string());
+    }
+    Json(body).into_response()
 }
 
 async fn message(
     State(sim): State<GmailSim>,
     h: HeaderMap,
     Path((_, id)): Path<(String, String)>,
+    Query(q): Query<Vec<(String, String)>>,
 ) -> Response {
-    if !authorized(&h) {
-        return google_error(StatusCode::UNAUTHORIZED, "authError", "Invalid Credentials");
+    if let Some(r) = read_refused(&h) {
+        return r;
     }
+    // With format=metadata and metadataHeaders, only the headers asked for come back.
+    let metadata = q
+        .iter()
+        .any(|(k, v)| k == "format" && v.eq_ignore_ascii_case("metadata"));
+    let asked: Vec<&str> = q
+        .iter()
+        .filter(|(k, _)| k == "metadataHeaders")
+        .map(|(_, v)| v.as_str())
+        .collect();
     let mb = sim.mb();
     match mb.sent.iter().find(|s| s.id == id) {
         Some(s) => Json(json!({"id": s.id, "threadId": s.id, "labelIds": ["SENT"], "historyId": s.history_id.to_string(),
-            "payload": {"headers": s.headers.iter().map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>()}}))
+            "payload": {"headers": s.headers.iter()
+                .filter(|(k, _)| !metadata || asked.is_empty() || asked.iter().any(|a| a.eq_ignore_ascii_case(k)))
+                .map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>()}}))
         .into_response(),
         None => google_error(StatusCode::NOT_FOUND, "notFound", "Requested entity was not found."),
     }
@@ -365,8 +417,8 @@ async fn list(
     h: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if !authorized(&h) {
-        return google_error(StatusCode::UNAUTHORIZED, "authError", "Invalid Credentials");
+    if let Some(r) = read_refused(&h) {
+        return r;
     }
     let query = q.get("q").cloned().unwrap_or_default();
     let Some(want) = query.strip_prefix("rfc822msgid:") else {

@@ -182,39 +182,60 @@ impl GmailSend {
         action: ActionId,
         start: u64,
     ) -> Result<Option<String>, String> {
-        let (status, body) = self
-            .get(
-                "/history",
-                &[
-                    ("startHistoryId", start.to_string()),
-                    ("historyTypes", "messageAdded".into()),
-                    ("labelId", "SENT".into()),
-                ],
-            )
-            .await?;
-        if status == 404 {
-            return Err("startHistoryId too old".into());
+        let mut ids: Vec<String> = vec![];
+        let mut token: Option<String> = None;
+        for page in 0.. {
+            if page == HISTORY_PAGES {
+                return Err(format!("more than {HISTORY_PAGES} pages of SENT history"));
+            }
+            let mut q = vec![
+                ("startHistoryId", start.to_string()),
+                ("historyTypes", "messageAdded".into()),
+                ("labelId", "SENT".into()),
+                ("maxResults", "500".into()),
+            ];
+            if let Some(t) = &token {
+                q.push(("pageToken", t.clone()));
+            }
+            let (status, body) = self.get("/history", &q).await?;
+            if status == 404 {
+                return Err("startHistoryId too old".into());
+            }
+            if status == 403 {
+                return Err(scope_error(&body));
+            }
+            if status != 200 {
+                return Err(format!("history answered {status}"));
+            }
+            ids.extend(
+                body["history"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|h| h["messagesAdded"].as_array().cloned().unwrap_or_default())
+                    .filter_map(|m| m["message"]["id"].as_str().map(str::to_owned)),
+            );
+            match body["nextPageToken"].as_str() {
+                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+                _ => break,
+            }
         }
-        if status != 200 {
-            return Err(format!("history answered {status}"));
-        }
-        let ids: Vec<String> = body["history"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|h| h["messagesAdded"].as_array().cloned().unwrap_or_default())
-            .filter_map(|m| m["message"]["id"].as_str().map(str::to_owned))
-            .collect();
         for id in ids {
+            // With format=metadata Gmail returns only the headers named here: both the
+            // Message-ID (which Gmail may rewrite) and X-Idem-Key (which it keeps).
             let (status, m) = self
                 .get(
                     &format!("/messages/{id}"),
                     &[
                         ("format", "metadata".into()),
                         ("metadataHeaders", "Message-ID".into()),
+                        ("metadataHeaders", "X-Idem-Key".into()),
                     ],
                 )
                 .await?;
+            if status == 403 {
+                return Err(scope_error(&m));
+            }
             if status == 200 && self.is_ours(action, &m["payload"]["headers"]) {
                 return Ok(Some(id));
             }
@@ -222,6 +243,23 @@ impl GmailSend {
         Ok(None)
     }
 }
+
+/// Pages of 500 history records read before a lookup gives up for this round.
+const HISTORY_PAGES: usize = 20;
+
+/// What a 403 on a read means: usually a token that may send but not read.
+fn scope_error(body: &Value) -> String {
+    let reason = body["error"]["errors"][0]["reason"].as_str().unwrap_or("");
+    if reason == "insufficientPermissions" {
+        NO_READ_SCOPE.to_owned()
+    } else {
+        format!("read answered 403 {reason}")
+    }
+}
+
+/// The words for a token without a read scope (matched to stop waiting: it will not pass).
+const NO_READ_SCOPE: &str = "the token may send but not read (403 insufficientPermissions): \
+     lookups need the gmail.readonly or gmail.modify scope besides gmail.send";
 
 #[async_trait]
 impl TypedCell for GmailSend {
@@ -313,8 +351,19 @@ impl TypedCell for GmailSend {
                 }
                 notes.push("not found by rfc822msgid".into());
             }
+            Ok((403, b)) => notes.push(scope_error(&b)),
             Ok((s, _)) => notes.push(format!("search answered {s}")),
             Err(e) => notes.push(e),
+        }
+        // Without a read scope no lookup can ever answer: say so now, not after the bound.
+        if notes.iter().any(|n| n.as_str() == NO_READ_SCOPE) {
+            return Verdict::Unknowable {
+                reason: format!(
+                    "{NO_READ_SCOPE}. Look in the mailbox's Sent folder for Message-ID <{}> \
+                     before deciding; an email is never resent automatically",
+                    self.message_id(action)
+                ),
+            };
         }
         let first = attempts
             .iter()
