@@ -320,6 +320,10 @@ async fn run(cli: Cli, metrics: std::sync::Arc<idem_telemetry::metrics::Metrics>
                 }
                 SimCommand::Hubspot { listen, faults } => {
                     let sim = idem_sim::HubSpotSim::new(faults.seed, faults.rates());
+                    sim.add_unique_property(
+                        "companies",
+                        idem_cells::hubspot::COMPANY_UNIQUE_PROPERTY,
+                    );
                     ("hubspot", listen, sim.router())
                 }
             };

@@ -72,6 +72,8 @@ impl Partners {
         }
         let stripe = StripeSim::new(stripe_config);
         let hubspot = HubSpotSim::new(k.seed, k.faults);
+        // The portal's unique company property hubspot.company.upsert needs (created once).
+        hubspot.add_unique_property("companies", idem_cells::hubspot::COMPANY_UNIQUE_PROPERTY);
         // Slack's one history request a minute (apps outside the Marketplace), run sixty
         // times faster so that a campaign's lookups finish in its minutes; 15 a page as is.
         let slack = SlackSim::new(k.seed, k.faults, k.history_lag)

@@ -180,6 +180,8 @@ pub const HUBSPOT_TEST_TOKEN: &str = "pat-idem-testkit";
 impl HubSpotSubject {
     pub async fn start() -> Self {
         let sim = HubSpotSim::new(1, FaultRates::default());
+        // What a portal's admin does once for hubspot.company.upsert.
+        sim.add_unique_property("companies", idem_cells::hubspot::COMPANY_UNIQUE_PROPERTY);
         let server = SimServer::start(sim.router(), ([127, 0, 0, 1], 0).into())
             .await
             .expect("bind a local port for the simulator");

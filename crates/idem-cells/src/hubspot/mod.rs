@@ -4,7 +4,7 @@
 mod company;
 mod upsert;
 
-pub use company::HubSpotCompanyUpsert;
+pub use company::{HubSpotCompanyUpsert, COMPANY_UNIQUE_PROPERTY};
 pub use upsert::{HubSpotUpsert, Scalar};
 
 /// hubspot's cells, for [`crate::builtin`].

@@ -59,6 +59,25 @@ pub enum Scalar {
     Flag(bool),
 }
 
+impl Scalar {
+    /// As HubSpot takes and returns every property value: a string (`42`, `true`).
+    pub fn as_hubspot(&self) -> String {
+        match self {
+            Scalar::Text(s) => s.clone(),
+            Scalar::Number(n) => n.to_string(),
+            Scalar::Flag(b) => b.to_string(),
+        }
+    }
+}
+
+/// The properties as the API types them: strings.
+fn as_strings(properties: &BTreeMap<String, Scalar>) -> BTreeMap<&str, String> {
+    properties
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_hubspot()))
+        .collect()
+}
+
 impl CellArgs for Args {
     fn summary(&self) -> Option<String> {
         let props: Vec<&str> = self.properties.keys().map(String::as_str).collect();
@@ -84,7 +103,7 @@ impl Args {
         self.object_type.as_deref().unwrap_or("contacts")
     }
 
-    fn id_property(&self) -> &str {
+    pub(super) fn id_property(&self) -> &str {
         self.id_property.as_deref().unwrap_or("email")
     }
 }
@@ -151,7 +170,7 @@ pub(super) async fn upsert(api: &PartnerClient, action: ActionId, args: &Args) -
     let body = json!({"inputs": [{
         "idProperty": args.id_property(),
         "id": args.id,
-        "properties": args.properties,
+        "properties": as_strings(&args.properties),
         "objectWriteTraceId": action.to_string(),
     }]});
     let path = format!("/crm/v3/objects/{}/batch/upsert", args.object_type());
@@ -194,7 +213,12 @@ pub(super) async fn upsert(api: &PartnerClient, action: ActionId, args: &Args) -
 /// Read the object by its unique property: ours if it carries our properties.
 pub(super) async fn read(api: &PartnerClient, args: &Args) -> Verdict {
     let path = format!("/crm/v3/objects/{}/{}", args.object_type(), args.id);
-    let req = api.get(&path).query(&[("idProperty", args.id_property())]);
+    // Only default properties come back unless named; every value comes back a string.
+    let names: Vec<&str> = args.properties.keys().map(String::as_str).collect();
+    let req = api.get(&path).query(&[
+        ("idProperty", args.id_property()),
+        ("properties", &names.join(",")),
+    ]);
     let resp = match crate::http::send_traced(req, "hubspot.read").await {
         Ok(r) => r,
         Err(e) => {
@@ -208,15 +232,10 @@ pub(super) async fn read(api: &PartnerClient, args: &Args) -> Verdict {
     match status {
         404 => Verdict::NotHappened,
         200 => {
-            let theirs = |k: &str| {
-                body["properties"]
-                    .get(k)
-                    .and_then(|v| serde_json::from_value::<Scalar>(v.clone()).ok())
-            };
-            if args
-                .properties
+            let theirs = |k: &str| body["properties"].get(k).and_then(Value::as_str);
+            if as_strings(&args.properties)
                 .iter()
-                .all(|(k, v)| theirs(k).as_ref() == Some(v))
+                .all(|(k, v)| theirs(k) == Some(v.as_str()))
             {
                 Verdict::Happened(receipt(&body, None))
             } else {

@@ -4,6 +4,14 @@
 //! naturally idempotent: the same payload again changes nothing, so the ledger records a
 //! `create`, or an `update` only when a property value actually changed.
 //!
+//! As the CRM v3 specs publish it [HS3]: an upsert's `idProperty` must be a property with
+//! unique values (`hasUniqueValue`) — `email` and `hs_object_id` for contacts,
+//! `hs_object_id` for companies (not `domain`), and any the portal created unique
+//! ([`HubSpotSim::add_unique_property`]); others are a 400. Property values are strings
+//! (`additionalProperties: {type: string}`); a number or boolean is a 400. A read returns
+//! the object type's default properties only, unless `properties=a,b` names others, and
+//! every value as a string.
+//!
 //! Guessed (n/d in partners.md), worse case by default: a 409 is answered without running
 //! anything but the client cannot know that; a 5xx may come after the write (`fail_after`).
 
@@ -37,6 +45,35 @@ struct Record {
 struct Objects {
     records: Vec<Record>,
     next_id: u64,
+    /// Unique properties the portal created, by object type.
+    unique: HashMap<String, Vec<String>>,
+}
+
+/// Properties HubSpot defines with unique values, by object type.
+fn built_in_unique(object_type: &str, property: &str) -> bool {
+    property == "hs_object_id" || (object_type == "contacts" && property == "email")
+}
+
+/// What a read returns when `properties=` names nothing.
+fn default_properties(object_type: &str) -> &'static [&'static str] {
+    match object_type {
+        "contacts" => &[
+            "createdate",
+            "email",
+            "firstname",
+            "lastname",
+            "lastmodifieddate",
+            "hs_object_id",
+        ],
+        "companies" => &[
+            "createdate",
+            "domain",
+            "name",
+            "hs_lastmodifieddate",
+            "hs_object_id",
+        ],
+        _ => &["hs_createdate", "hs_lastmodifieddate", "hs_object_id"],
+    }
 }
 
 /// The simulator: its partner core (faults, requests, ledger) and the CRM's objects.
@@ -64,6 +101,16 @@ impl HubSpotSim {
             .route("/crm/v3/objects/{object_type}/{id}", get(read))
             .with_state(self.clone())
             .merge(self.core.control_routes())
+    }
+
+    /// A property the portal created with unique values (what an admin does in HubSpot's
+    /// settings before `idProperty` may name it).
+    pub fn add_unique_property(&self, object_type: &str, property: &str) {
+        self.objects()
+            .unique
+            .entry(object_type.to_owned())
+            .or_default()
+            .push(property.to_owned());
     }
 
     /// Requests on the upsert route.
@@ -118,6 +165,11 @@ fn parse(body: &[u8]) -> Result<Vec<Input>, String> {
             let properties = i["properties"]
                 .as_object()
                 .ok_or("properties: required object")?;
+            if let Some((k, v)) = properties.iter().find(|(_, v)| !v.is_string()) {
+                return Err(format!(
+                    "Property values must be strings: properties.{k} is {v}"
+                ));
+            }
             Ok(Input {
                 id_property: id_property.to_owned(),
                 id: id.to_owned(),
@@ -175,6 +227,30 @@ async fn upsert_inner(
             )
         }
     };
+    {
+        let objs = sim.objects();
+        let created = |p: &str| {
+            objs.unique
+                .get(object_type)
+                .is_some_and(|u| u.iter().any(|x| x == p))
+        };
+        if let Some(i) = inputs
+            .iter()
+            .find(|i| !built_in_unique(object_type, &i.id_property) && !created(&i.id_property))
+        {
+            let m = format!(
+                "Property \"{}\" is not a unique identifier for {object_type}: idProperty must \
+                 name a property with hasUniqueValue=true",
+                i.id_property
+            );
+            return (
+                hub_error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", &m),
+                400,
+                None,
+                None,
+            );
+        }
+    }
     let key = inputs[0]
         .trace
         .clone()
@@ -293,6 +369,29 @@ fn object_json(r: &Record) -> Value {
     json!({"id": r.id, "properties": r.properties, "createdAt": r.created_at, "updatedAt": r.updated_at, "archived": false})
 }
 
+/// An object as a read returns it: the named properties (or the defaults), as strings.
+fn read_json(r: &Record, asked: Option<&str>) -> Value {
+    let names: Vec<&str> = match asked {
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .collect(),
+        None => default_properties(&r.object_type).to_vec(),
+    };
+    let mut props = Map::new();
+    for n in names {
+        let v = match n {
+            "hs_object_id" => Some(json!(r.id)),
+            _ => r.properties.get(n).cloned(),
+        };
+        if let Some(v) = v {
+            props.insert(n.to_owned(), v);
+        }
+    }
+    json!({"id": r.id, "properties": props, "createdAt": r.created_at, "updatedAt": r.updated_at, "archived": false})
+}
+
 /// `GET /crm/v3/objects/{type}/{id}?idProperty=…` (read-your-writes).
 async fn read(
     State(sim): State<HubSpotSim>,
@@ -316,7 +415,7 @@ async fn read(
             }
     });
     match found {
-        Some(r) => Json(object_json(r)).into_response(),
+        Some(r) => Json(read_json(r, q.get("properties").map(String::as_str))).into_response(),
         None => hub_error(
             StatusCode::NOT_FOUND,
             "OBJECT_NOT_FOUND",
