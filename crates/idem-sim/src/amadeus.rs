@@ -387,17 +387,18 @@ async fn cancel(State(sim): State<AmadeusSim>, h: HeaderMap, Path(id): Path<Stri
             {
                 Some(o) => {
                     o.2 = true;
-                    true
+                    Some(o.0.clone())
                 }
-                None => false,
+                None => None,
             }
         };
-        if !done {
+        // The ledger names the order by its id as Amadeus returned it (URL-encoded).
+        let Some(order) = done else {
             return (not_found(), 404, fault);
-        }
+        };
         s.core.record(Effect {
             effect: "cancel".into(),
-            id: id.clone(),
+            id: order,
             idem_action_id: a.clone(),
             detail: Value::Null,
         });
